@@ -1,0 +1,40 @@
+"""cpllm: CP-LLM no-reference video quality assessment for encoding workflows.
+
+    >>> import cpllm_plugin
+    >>> r = cpllm_plugin.score("clip.mp4")          # video path, or (N, H, W, 3) uint8 RGB
+    >>> r.score, r.frame_scores, r.backend
+
+Scoring needs no torch once a model is exported to ONNX; :func:`describe` and
+:func:`compare` run the Gemma decoder in torch.
+"""
+
+from .api import (
+    DEFAULT_MODEL,
+    Comparison,
+    Description,
+    Model,
+    ScoreResult,
+    compare,
+    describe,
+    load_model,
+    score,
+)
+from .configs import ModelConfig, get_config, list_models
+from .errors import CpllmError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Comparison",
+    "CpllmError",
+    "Description",
+    "Model",
+    "ModelConfig",
+    "ScoreResult",
+    "compare",
+    "describe",
+    "get_config",
+    "list_models",
+    "load_model",
+    "score",
+]
+__version__ = "0.1.0"

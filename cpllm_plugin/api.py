@@ -1,0 +1,234 @@
+"""The public API: :func:`score`, :func:`describe`, :func:`compare` and :func:`load_model`.
+
+Every entry point goes through :meth:`Model.key_frames` and
+:func:`cpllm_plugin.preprocess.prepare`, so a frame is scored the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import backends, preprocess
+from .configs import COMPARE_PROMPT, MODELS
+from .errors import UnknownNameError, VideoNotFoundError, message, suggest
+from .modeldir import is_model_dir
+
+DEFAULT_MODEL = "cpllm-lite"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The quality of one video or frame sequence.
+
+    Attributes:
+        score: video score on the model's range (1-5: bad, poor, fair, good, excellent),
+            the mean of the per-key-frame scores.
+        frame_scores: ``(M,)`` score of each key frame.
+        frame_indices: ``(M,)`` frame number of each key frame.
+        timestamps: ``(M,)`` seconds from the start, or None for arrays given without fps.
+        model: model id, ``name@sha256[:8]``.
+        backend: the backend that ran.
+    """
+
+    score: float
+    frame_scores: np.ndarray
+    frame_indices: np.ndarray
+    timestamps: np.ndarray | None
+    model: str
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "score": self.score,
+            "frame_scores": [float(s) for s in self.frame_scores],
+            "frame_indices": [int(i) for i in self.frame_indices],
+            "timestamps": None if self.timestamps is None else [float(t) for t in self.timestamps],
+            "model": self.model,
+            "backend": self.backend,
+        }
+
+
+@dataclass(frozen=True)
+class Description:
+    """A three-sentence description (content, style, technical quality) and the score."""
+
+    text: str
+    result: ScoreResult
+
+    @property
+    def score(self) -> float:
+        return self.result.score
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Which of two videos is better (``"a"`` or ``"b"``), both scores and an explanation."""
+
+    better: str
+    a: ScoreResult
+    b: ScoreResult
+    explanation: str
+    margin: float = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "margin", abs(self.a.score - self.b.score))
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Key frames of a source: ``frames (M, H, W, 3)``, their indices and timestamps."""
+
+    frames: np.ndarray
+    indices: np.ndarray
+    timestamps: np.ndarray | None
+
+
+class Model:
+    """A loaded model with its backend; create with :func:`load_model`.
+
+    Safe to call from several threads: backends guard what they must.
+    """
+
+    def __init__(self, source: str | Path, backend: backends.Backend):
+        self.source = str(source)
+        self.backend = backend
+        self.config = backend.config
+        self.id = backend.id
+        if not self.config.trained:
+            warnings.warn(
+                f"model {self.id} has an untrained quality head: its scores are not "
+                "meaningful. Train one with cpllm-train, or pass a trained model directory.",
+                stacklevel=3)
+
+    def __repr__(self) -> str:
+        return f"Model({self.id!r}, backend={self.backend.name!r})"
+
+    def key_frames(self, source: Any, count: int | None = None, fps: float | None = None,
+                   where: str = "score()") -> Frames:
+        """M key frames of a video path or of frames ``(N, H, W, 3)``, spread uniformly."""
+        count = count or self.config.key_frames
+        if isinstance(source, (str, os.PathLike)):
+            from .video import read_key_frames
+
+            path = Path(source)
+            if not path.is_file():
+                raise VideoNotFoundError(message(
+                    where, "a path to a video file", f"{str(path)!r}, which "
+                    + ("is a directory" if path.is_dir() else "does not exist"),
+                    "check the path (relative paths start from the current directory)"))
+            k = read_key_frames(path, count)
+            return Frames(k.frames, k.indices, k.timestamps)
+        frames = preprocess.as_frames(source, where)
+        idx = preprocess.key_frame_indices(len(frames), count)
+        ts = None if fps is None else idx / float(fps)
+        return Frames(frames[idx], idx, ts)
+
+    def score(self, source: Any, key_frames: int | None = None,
+              fps: float | None = None) -> ScoreResult:
+        """Score a video path or frames; see :func:`score`."""
+        return self.score_key_frames(self.key_frames(source, key_frames, fps))
+
+    def score_key_frames(self, k: Frames) -> ScoreResult:
+        """Score key frames already chosen by :meth:`key_frames`."""
+        x = preprocess.prepare(k.frames, self.config)
+        scores = np.asarray(self.backend.run(x.views, x.patches), dtype=np.float64)
+        return ScoreResult(float(scores.mean()), scores, k.indices, k.timestamps,
+                           self.id, self.backend.name)
+
+
+_cache: dict[tuple, Model] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(model: str | Path | Model = DEFAULT_MODEL, backend: str = "auto",
+               decoder: bool = False, **backend_options) -> Model:
+    """Load a model once per (model, backend, decoder) and keep it for later calls.
+
+    Args:
+        model: a registered name (:func:`list_models`), a model directory, or a loaded Model.
+        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        decoder: also load the Gemma decoder (needed by describe and compare).
+        **backend_options: passed to the backend (for torch: ``device``, ``batch_size``).
+    """
+    if isinstance(model, Model):
+        return model
+    if not is_model_dir(model) and str(model) not in MODELS:
+        raise UnknownNameError(message(
+            "load_model()", f"a model name, one of {sorted(MODELS)}, or a model directory",
+            repr(str(model)), f"pick a listed name or give a directory with config.json."
+            f"{suggest(str(model), MODELS)}"))
+    key = (str(model), backend, decoder, tuple(sorted(backend_options.items())))
+    with _cache_lock:
+        if key not in _cache:
+            if decoder and backend == "auto":
+                backend = "torch"  # the decoder runs in torch by design
+            be = backends.create(backend, model, **({"decoder": True} if decoder else {}),
+                                 **backend_options)
+            _cache[key] = Model(model, be)
+        return _cache[key]
+
+
+def score(frames: Any, model: str | Path | Model = DEFAULT_MODEL, backend: str = "auto",
+          key_frames: int | None = None, fps: float | None = None) -> ScoreResult:
+    """No-reference quality of a video.
+
+    Args:
+        frames: a video path, a ``(N, H, W, 3)`` uint8 RGB array (or float in [0, 1]), or a
+            list of ``(H, W, 3)`` arrays of one size.
+        model: model name or directory (see :func:`load_model`).
+        backend: which backend runs the encoders and head.
+        key_frames: M, key frames spread uniformly over the video (default: the model's).
+        fps: frame rate of array input, to fill in timestamps.
+
+    Returns:
+        :class:`ScoreResult` with the score on 1-5 and per-key-frame details.
+    """
+    return load_model(model, backend).score(frames, key_frames, fps)
+
+
+def _decoder_visuals(m: Model, k: Frames):
+    """Visual tokens of the key frames the decoder sees (``decoder_frames`` of them)."""
+    sub = k.frames[preprocess.key_frame_indices(len(k.frames), m.config.decoder_frames)]
+    x = preprocess.prepare(sub, m.config)
+    net, torch = m.backend.net, m.backend.torch
+    with torch.inference_mode():
+        dev = m.backend.device
+        return net.visual_tokens(torch.from_numpy(x.views).to(dev),
+                                 torch.from_numpy(x.patches).to(dev))
+
+
+def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
+             key_frames: int | None = None, max_new_tokens: int | None = None) -> Description:
+    """The paper's three-sentence description (content, style, technical quality) and score.
+
+    Runs in torch with the Gemma decoder (extra ``describe``). Arguments as in :func:`score`.
+    """
+    m = load_model(model, "torch", decoder=True)
+    k = m.key_frames(frames, key_frames, where="describe()")
+    result = m.score_key_frames(k)
+    text = m.backend.net.generate_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens)[0]
+    return Description(text, result)
+
+
+def compare(a: Any, b: Any, model: str | Path | Model = DEFAULT_MODEL,
+            key_frames: int | None = None, max_new_tokens: int | None = None) -> Comparison:
+    """Which of two videos (or frame arrays) has better quality, in pairwise mode (Fig. 6).
+
+    The verdict comes from the quality head's scores; the decoder, fed both variants, writes
+    the explanation. Runs in torch with the Gemma decoder.
+    """
+    m = load_model(model, "torch", decoder=True)
+    ka = m.key_frames(a, key_frames, where="compare(a)")
+    kb = m.key_frames(b, key_frames, where="compare(b)")
+    ra, rb = m.score_key_frames(ka), m.score_key_frames(kb)
+    text = m.backend.net.generate_text(_decoder_visuals(m, ka), _decoder_visuals(m, kb),
+                                       prompt=COMPARE_PROMPT, max_new_tokens=max_new_tokens)[0]
+    return Comparison("a" if ra.score >= rb.score else "b", ra, rb, text)

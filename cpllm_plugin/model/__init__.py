@@ -1,0 +1,1 @@
+"""The torch model of CP-LLM (needs the torch extra)."""

@@ -1,0 +1,182 @@
+"""CP-LLM (paper section 3.1): two vision encoders, a quality head and a Gemma decoder.
+
+Data path for one key frame (shapes for ``cpllm-lite``, D = 640):
+
+    view (3, 448, 448)       -> high encoder (frozen) -> (196, 1280) -> linear -> u (196, D)
+    patches (8, 3, 224, 224) -> low encoder           -> (8, 49, 1280) -> linear -> mean over
+                                the 8 patches -> LayerNorm -> v (49, D)
+    score = lo + (hi - lo) * sigmoid(MLP([mean(u); mean(v)]))      per frame; video = mean
+
+The decoder reads ``[<bos>, u_a, v_a, u_b, v_b, prompt]`` under a Prefix-LM mask. A sample is
+a pair of variants; a single input is duplicated and the copy masked out (paper Fig. 4a).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..configs import ModelConfig
+from ..configs import decoder as decoder_entry
+from ..errors import ModelFileError, message
+from .encoders import Encoder, seeded
+
+
+def decoder_width(cfg: ModelConfig) -> int:
+    """The decoder's embedding size D, known without loading the decoder."""
+    if cfg.decoder_overrides.get("hidden_size"):
+        return int(cfg.decoder_overrides["hidden_size"])
+    path = Path(cfg.decoder)
+    if path.is_dir():
+        conf = path / "config.json"
+        if not conf.is_file():
+            raise ModelFileError(message(
+                f"decoder {cfg.decoder!r}", "a Gemma directory with config.json",
+                "no config.json", "point decoder at a directory saved with save_pretrained()"))
+        data = json.loads(conf.read_text())
+        return int(data.get("text_config", data)["hidden_size"])
+    return decoder_entry(cfg.decoder).width
+
+
+class Scorer(nn.Module):
+    """The scoring path: encoders, projections, pooling, LayerNorm and the MLP head.
+
+    This is the part exported to ONNX; it needs no decoder.
+
+    Args:
+        cfg: the model config.
+        width: D, the decoder's embedding size the projections map to.
+    """
+
+    def __init__(self, cfg: ModelConfig, width: int):
+        super().__init__()
+        self.high = Encoder(cfg.high, cfg.view_size)
+        self.high.requires_grad_(False)  # frozen: the paper's best setting (Table 4c)
+        self.low = Encoder(cfg.low, cfg.patch_size)
+        with seeded(1):
+            self.high_proj = nn.Linear(self.high.width, width)
+            self.low_proj = nn.Linear(self.low.width, width)
+            self.low_norm = nn.LayerNorm(width)
+            self.head = nn.Sequential(
+                nn.Linear(2 * width, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, 1))
+        lo, hi = cfg.score_range
+        self.register_buffer("range", torch.tensor([lo, hi - lo]), persistent=False)
+
+    def train(self, mode: bool = True) -> Scorer:
+        super().train(mode)
+        self.high.eval()  # frozen means its BatchNorm statistics stay put too
+        return self
+
+    def context(self, views: torch.Tensor) -> torch.Tensor:
+        """Frozen high-level tokens ``(B, Th, Ch)`` of views ``(B, 3, S, S)``; cacheable."""
+        with torch.no_grad():
+            return self.high(views)
+
+    def embed(self, context: torch.Tensor, patches: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual embeddings ``u (B, Th, D)`` and ``v (B, Tl, D)``.
+
+        Args:
+            context: ``(B, Th, Ch)`` from :meth:`context`.
+            patches: ``(B, K, 3, P, P)`` float in [0, 1].
+        """
+        u = self.high_proj(context)
+        v = self.low_norm(self.low_proj(self.low(patches)).mean(dim=1))
+        return u, v
+
+    def head_score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-frame scores ``(B,)``, strictly inside the score range (no ties from clipping)."""
+        raw = self.head(torch.cat([u.mean(dim=1), v.mean(dim=1)], dim=-1)).squeeze(-1)
+        return self.range[0] + self.range[1] * torch.sigmoid(raw)
+
+    def forward(self, views: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B,)`` of frames given as views ``(B, 3, S, S)`` and patches."""
+        return self.head_score(*self.embed(self.context(views), patches))
+
+
+class CPLLM(nn.Module):
+    """The whole model: :class:`Scorer` plus the LoRA-adapted Gemma decoder.
+
+    Args:
+        cfg: the model config.
+        with_decoder: False builds only the scoring path (no Gemma load).
+    """
+
+    def __init__(self, cfg: ModelConfig, with_decoder: bool = True):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.scorer = Scorer(cfg, decoder_width(cfg))
+        self.decoder = None
+        self.tokenizer = None
+        if with_decoder:
+            self.attach_decoder()
+
+    def attach_decoder(self, adapter_dir: str | Path | None = None) -> None:
+        """Load the base decoder and put LoRA on its q/k/v (or load a saved adapter)."""
+        from . import decoder as dec
+
+        base, self.tokenizer = dec.load_decoder(self.config.decoder, self.config.decoder_overrides)
+        if adapter_dir is None:
+            self.decoder = dec.add_lora(base, self.config.lora_rank, self.config.lora_alpha)
+        else:
+            self.decoder = dec.load_lora(base, adapter_dir)
+
+    # --- decoder input --------------------------------------------------------------
+
+    def _need_decoder(self, where: str) -> None:
+        if self.decoder is None:
+            raise ModelFileError(message(
+                where, "a model with its decoder loaded", "a scoring-only model",
+                "load with cpllm_plugin.load_model(..., decoder=True)"))
+
+    def prefix(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None,
+               prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder prefix embeddings and validity for a batch of samples.
+
+        Args:
+            visual_a: ``(B, Tv, D)`` visual tokens of the first variant ([u; v] per frame).
+            visual_b: the same for the second variant, or None for single inputs: the first
+                is then duplicated and the copy masked out (paper Fig. 4a).
+            prompt: the text prompt.
+
+        Returns:
+            ``embeds (B, P, D)`` and ``valid (B, P)`` bool.
+        """
+        self._need_decoder("CPLLM.prefix")
+        from .decoder import embed_tokens
+
+        b, tv, _ = visual_a.shape
+        tok = self.tokenizer
+        ids = tok(prompt + "\n", add_special_tokens=False, return_tensors="pt").input_ids
+        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1).to(visual_a.device)
+        text = embed_tokens(self.decoder, ids).expand(b, -1, -1).to(visual_a.dtype)
+        single = visual_b is None
+        second = visual_a if single else visual_b
+        embeds = torch.cat([text[:, :1], visual_a, second, text[:, 1:]], dim=1)
+        valid = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        if single:
+            valid[:, 1 + tv:1 + 2 * tv] = False
+        return embeds, valid
+
+    def visual_tokens(self, views: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """``(F, 3, S, S)``, ``(F, K, 3, P, P)`` of one variant to ``(1, F * (Th + Tl), D)``."""
+        u, v = self.scorer.embed(self.scorer.context(views), patches)
+        return torch.cat([u, v], dim=1).reshape(1, -1, u.shape[-1])
+
+    @torch.no_grad()
+    def generate_text(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None = None,
+                      prompt: str | None = None, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy text for each sample, honouring the Prefix-LM mask."""
+        self._need_decoder("CPLLM.generate_text")
+        from .decoder import generate
+
+        embeds, valid = self.prefix(visual_a, visual_b, prompt or self.config.prompt)
+        tok = self.tokenizer
+        ids = generate(self.decoder, embeds, valid,
+                       max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]

@@ -1,0 +1,1 @@
+"""cpllm_plugin.training"""
