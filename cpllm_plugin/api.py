@@ -115,16 +115,10 @@ class Model:
                    where: str = "score()") -> Frames:
         """M key frames of a video path or of frames ``(N, H, W, 3)``, spread uniformly."""
         count = count or self.config.key_frames
-        if isinstance(source, (str, os.PathLike)):
+        if _check_path(source, where):
             from .video import read_key_frames
 
-            path = Path(source)
-            if not path.is_file():
-                raise VideoNotFoundError(message(
-                    where, "a path to a video file", f"{str(path)!r}, which "
-                    + ("is a directory" if path.is_dir() else "does not exist"),
-                    "check the path (relative paths start from the current directory)"))
-            k = read_key_frames(path, count)
+            k = read_key_frames(source, count)
             return Frames(k.frames, k.indices, k.timestamps)
         frames = preprocess.as_frames(source, where)
         idx = preprocess.key_frame_indices(len(frames), count)
@@ -142,6 +136,19 @@ class Model:
         scores = np.asarray(self.backend.run(x.views, x.patches), dtype=np.float64)
         return ScoreResult(float(scores.mean()), scores, k.indices, k.timestamps,
                            self.id, self.backend.name)
+
+
+def _check_path(source: Any, where: str) -> bool:
+    """True for a path to an existing file; raise for a path that is not one (before loading)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    path = Path(source)
+    if not path.is_file():
+        raise VideoNotFoundError(message(
+            where, "a path to a video file", f"{str(path)!r}, which "
+            + ("is a directory" if path.is_dir() else "does not exist"),
+            "check the path (relative paths start from the current directory)"))
+    return True
 
 
 _cache: dict[tuple, Model] = {}
@@ -191,6 +198,7 @@ def score(frames: Any, model: str | Path | Model = DEFAULT_MODEL, backend: str =
     Returns:
         :class:`ScoreResult` with the score on 1-5 and per-key-frame details.
     """
+    _check_path(frames, "score()")
     return load_model(model, backend).score(frames, key_frames, fps)
 
 
@@ -211,6 +219,7 @@ def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
 
     Runs in torch with the Gemma decoder (extra ``describe``). Arguments as in :func:`score`.
     """
+    _check_path(frames, "describe()")
     m = load_model(model, "torch", decoder=True)
     k = m.key_frames(frames, key_frames, where="describe()")
     result = m.score_key_frames(k)
@@ -225,6 +234,8 @@ def compare(a: Any, b: Any, model: str | Path | Model = DEFAULT_MODEL,
     The verdict comes from the quality head's scores; the decoder, fed both variants, writes
     the explanation. Runs in torch with the Gemma decoder.
     """
+    _check_path(a, "compare(a)")
+    _check_path(b, "compare(b)")
     m = load_model(model, "torch", decoder=True)
     ka = m.key_frames(a, key_frames, where="compare(a)")
     kb = m.key_frames(b, key_frames, where="compare(b)")

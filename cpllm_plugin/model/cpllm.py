@@ -153,7 +153,7 @@ class CPLLM(nn.Module):
         tok = self.tokenizer
         ids = tok(prompt + "\n", add_special_tokens=False, return_tensors="pt").input_ids
         ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1).to(visual_a.device)
-        text = embed_tokens(self.decoder, ids).expand(b, -1, -1).to(visual_a.dtype)
+        text = embed_tokens(self.decoder)(ids).expand(b, -1, -1).to(visual_a.dtype)
         single = visual_b is None
         second = visual_a if single else visual_b
         embeds = torch.cat([text[:, :1], visual_a, second, text[:, 1:]], dim=1)

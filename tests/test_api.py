@@ -1,0 +1,140 @@
+"""The public API on real video files, and every bad input it must name."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from media import pan_frames, write_audio, write_video
+
+import cpllm_plugin as cp
+from cpllm_plugin import api, errors
+from cpllm_plugin.cli import main as cli
+from cpllm_plugin.model import io
+
+pytestmark = pytest.mark.filterwarnings("ignore:model .* untrained quality head")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("media") / "pan.mp4", pan_frames(40), fps=25)
+
+
+def test_score_a_real_video_file(clip):
+    before = clip.read_bytes(), clip.stat().st_mtime_ns
+    r = cp.score(clip, model="cpllm-tiny", key_frames=4)
+    assert 1.0 <= r.score <= 5.0
+    assert r.frame_scores.shape == (4,) and np.isclose(r.score, r.frame_scores.mean())
+    assert r.frame_indices.tolist() == [5, 15, 25, 35]
+    np.testing.assert_allclose(r.timestamps, r.frame_indices / 25, atol=1e-3)
+    assert r.model.startswith("cpllm-tiny@") and r.backend == "torch"
+    assert json.loads(json.dumps(r.to_dict()))["frame_indices"] == [5, 15, 25, 35]
+    assert (clip.read_bytes(), clip.stat().st_mtime_ns) == before  # input untouched
+
+
+def test_default_model_scores_the_bundled_sample():
+    r = cp.score("samples/sample.mp4")
+    assert r.model.startswith("cpllm-lite@") and len(r.frame_scores) == 5
+    assert 1.0 < r.score < 5.0
+    assert r.frame_indices.tolist() == [9, 28, 48, 67, 86]  # 96 frames, M = 5
+
+
+def test_arrays_lists_and_files_agree(clip):
+    frames = pan_frames(40)
+    a = cp.score(frames, model="cpllm-tiny", key_frames=4)
+    b = cp.score(list(frames), model="cpllm-tiny", key_frames=4)
+    assert a.score == b.score and a.timestamps is None
+    c = cp.score(clip, model="cpllm-tiny", key_frames=4)
+    assert abs(a.score - c.score) < 0.05  # the file went through CRF 18 compression
+
+
+def test_untrained_head_warns():
+    api._cache.clear()
+    with pytest.warns(UserWarning, match="untrained quality head"):
+        cp.load_model("cpllm-tiny")
+
+
+def test_describe_and_compare_run_the_decoder(clip):
+    d = cp.describe(clip, model="cpllm-tiny", max_new_tokens=4)
+    assert isinstance(d.text, str) and 1 <= d.score <= 5
+    c = cp.compare(clip, pan_frames(40)[:, ::-1], model="cpllm-tiny", max_new_tokens=4)
+    assert c.better in ("a", "b") and isinstance(c.explanation, str)
+    assert c.better == ("a" if c.a.score >= c.b.score else "b")
+
+
+def test_model_directory_loads(tmp_path, clip):
+    io.save(io.build("cpllm-tiny"), tmp_path / "tiny")
+    r = cp.score(clip, model=tmp_path / "tiny", key_frames=2)
+    assert r.model.startswith("cpllm-tiny@")
+
+
+def _truncated(tmp_path, clip):
+    data = clip.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
+    return tmp_path / "cut.mp4"
+
+
+def _damaged_model(tmp_path, clip):
+    path = io.save(io.build("cpllm-tiny", with_decoder=False), tmp_path / "bad")
+    (path / "model.safetensors").write_bytes(b"\0" * 100)
+    return path
+
+
+BAD = {
+    "dtype": (lambda t, c: dict(frames=np.zeros((2, 8, 8, 3), np.int64)),
+              errors.FrameDtypeError, "int64"),
+    "shape": (lambda t, c: dict(frames=np.zeros((8, 8), np.uint8)),
+              errors.FrameShapeError, "(N, H, W, 3)"),
+    "channels": (lambda t, c: dict(frames=np.zeros((2, 8, 8, 4), np.uint8)),
+                 errors.FrameShapeError, "4 channels"),
+    "empty": (lambda t, c: dict(frames=[]), errors.EmptyInputError, "empty list"),
+    "nan": (lambda t, c: dict(frames=np.full((1, 8, 8, 3), np.nan, np.float32)),
+            errors.NonFiniteError, "NaN"),
+    "missing path": (lambda t, c: dict(frames=t / "nope.mp4"),
+                     errors.VideoNotFoundError, "does not exist"),
+    "directory": (lambda t, c: dict(frames=t), errors.VideoNotFoundError, "is a directory"),
+    "no video stream": (lambda t, c: dict(frames=write_audio(t / "a.wav")),
+                        errors.NoVideoStreamError, "video stream"),
+    "truncated": (lambda t, c: dict(frames=_truncated(t, c)), errors.VideoDecodeError, ""),
+    "corrupt": (lambda t, c: dict(frames=(t / "x.mp4").write_bytes(b"\x13" * 5000)
+                                  and t / "x.mp4"), errors.VideoDecodeError, ""),
+    "unknown model": (lambda t, c: dict(frames=c, model="cpllm-lit"),
+                      errors.UnknownNameError, "Did you mean 'cpllm-lite'"),
+    "unknown backend": (lambda t, c: dict(frames=c, backend="onnx"),
+                        errors.UnknownNameError, "Did you mean 'onnxruntime'"),
+    "damaged model": (lambda t, c: dict(frames=c, model=_damaged_model(t, c)),
+                      errors.ModelFileError, "sha256"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_named_error(case, tmp_path, clip):
+    make, error, words = BAD[case]
+    kw = make(tmp_path, clip)
+    frames = kw.pop("frames")
+    with pytest.raises(error) as info:
+        cp.score(frames, **({"model": "cpllm-tiny"} | kw))
+    text = str(info.value)
+    assert isinstance(info.value, errors.CpllmError)
+    assert "expected" in text and "got" in text and "Fix:" in text, text
+    assert words in text
+    assert info.value.__traceback__ is not None and info.value.__cause__ is None
+
+
+def test_missing_torch_names_the_extra(monkeypatch, clip):
+    monkeypatch.setattr(api, "_cache", {})
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(errors.MissingExtraError, match=r"pip install 'cpllm-plugin\[torch\]'"):
+        cp.score(clip, model="cpllm-tiny", backend="torch")
+
+
+def test_cli_score_json_and_errors(clip):
+    runner = CliRunner()
+    out = runner.invoke(cli, ["score", str(clip), "-m", "cpllm-tiny", "-k", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["type"] == "score" and len(line["frame_scores"]) == 3
+    bad = runner.invoke(cli, ["score", "missing.mp4", "-m", "cpllm-tiny"])
+    assert bad.exit_code == 1 and "error: score(): expected a path" in bad.stderr
+    assert runner.invoke(cli, ["score"]).exit_code == 2

@@ -1,0 +1,151 @@
+"""Preprocessing: the paper's geometry, the documented rules, and input checks."""
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from cpllm_plugin import errors
+from cpllm_plugin import preprocess as pp
+from cpllm_plugin.configs import get_config
+
+CFG = get_config("cpllm-lite")
+
+
+def boxes_overlap(pos, p):
+    for i in range(len(pos)):
+        for j in range(i + 1, len(pos)):
+            (y1, x1), (y2, x2) = pos[i], pos[j]
+            if abs(y1 - y2) < p and abs(x1 - x2) < p:
+                return True
+    return False
+
+
+def test_1080p_gives_paper_shapes():
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    view, patches = pp.prepare_frame(frame, CFG)
+    assert view.shape == (3, 448, 448) and view.dtype == np.float32
+    assert patches.shape == (8, 3, 224, 224) and patches.dtype == np.float32
+    assert pp.fit_size(1080, 1920, CFG.fit, 224) == (540, 960)
+    assert pp.patch_grid(540, 960, 8, 224) == (2, 4)
+    pos = pp.patch_positions(540, 960, 8, 224)
+    assert not boxes_overlap(pos, 224)
+    assert pos.min() >= 0 and (pos[:, 0] + 224).max() <= 540 and (pos[:, 1] + 224).max() <= 960
+    # spread over the frame: equal gaps, centred in 4 column cells and 2 row cells
+    assert list(pos[:4, 1]) == [8, 248, 488, 728] and list(pos[::4, 0]) == [23, 293]
+
+
+def test_patches_are_cut_from_the_fitted_frame():
+    # A horizontal ramp survives resizing; each patch must match its window of the fit.
+    ramp = np.tile(np.linspace(0, 255, 1920).astype(np.uint8), (1080, 1))
+    frame = np.stack([ramp, ramp.T[:1080, :1080].repeat(2, 1)[:, :1920], ramp], -1)
+    _, patches = pp.prepare_frame(frame, CFG)
+    fitted = pp.resize(frame, 540, 960)
+    for (y, x), patch in zip(pp.patch_positions(540, 960, 8, 224), patches, strict=True):
+        np.testing.assert_array_equal(patch, fitted[y:y + 224, x:x + 224].transpose(2, 0, 1))
+
+
+def test_portrait_fits_1080_high_540_wide():
+    assert pp.fit_size(1920, 1080, CFG.fit, 224) == (960, 540)
+    assert pp.patch_grid(960, 540, 8, 224) == (4, 2)
+    view, patches = pp.prepare_frame(np.zeros((1920, 1080, 3), np.uint8), CFG)
+    assert view.shape == (3, 448, 448) and patches.shape == (8, 3, 224, 224)
+    assert not boxes_overlap(pp.patch_positions(960, 540, 8, 224), 224)
+
+
+@pytest.mark.parametrize("h,w,fit", [
+    (480, 640, (540, 720)),   # 4:3 scales up to the fit
+    (1080, 1440, (540, 720)),
+    (360, 640, (540, 960)),   # small frames scale up: fixed resolution, as in the paper
+    (817, 1920, (460, 1080)),  # cinema: long side limits
+])
+def test_fit_keeps_aspect_ratio(h, w, fit):
+    fh, fw = pp.fit_size(h, w, CFG.fit, 224)
+    assert (fh, fw) == fit
+    assert abs(fh / fw - h / w) < 0.01
+    assert fh <= 540 or fw <= 540
+
+
+def test_4_3_patches_overlap_evenly():
+    pos = pp.patch_positions(540, 720, 8, 224)
+    xs = sorted(set(pos[:, 1].tolist()))
+    assert xs[0] == 0 and xs[-1] == 720 - 224  # edge to edge
+    gaps = np.diff(xs)
+    assert gaps.max() - gaps.min() <= 1
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (16, 16), (100, 2000), (2000, 30), (7, 3)])
+def test_tiny_and_thin_frames_follow_the_rule(h, w):
+    frame = np.full((h, w, 3), 128, np.uint8)
+    fh, fw = pp.fit_size(h, w, CFG.fit, 224)
+    assert min(fh, fw) >= 224
+    if max(h, w) / min(h, w) > 1080 / 224:  # too thin: short side raised to one patch
+        assert min(fh, fw) == 224
+    view, patches = pp.prepare_frame(frame, CFG)
+    assert view.shape == (3, 448, 448) and patches.shape == (8, 3, 224, 224)
+    np.testing.assert_allclose(patches, 128 / 255, atol=1e-5)  # flat stays flat
+
+
+def test_random_placement_stays_in_cells_and_frame():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        pos = pp.patch_positions(540, 960, 8, 224, rng)
+        assert not boxes_overlap(pos, 224)
+        assert pos.min() >= 0 and (pos[:, 0] + 224).max() <= 540 and (pos[:, 1] + 224).max() <= 960
+        seen.add(tuple(pos.ravel()))
+    assert len(seen) > 40
+
+
+@pytest.mark.parametrize("size", [(448, 448), (200, 300), (700, 900), (540, 960)])
+def test_resize_matches_pil_bilinear(size):
+    img = skimage.data.astronaut()
+    h, w = size
+    ref = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR), np.float32)
+    mine = pp.resize(img, h, w) * 255
+    assert np.abs(mine - ref).max() <= 1.01  # PIL rounds to 8 bits
+    assert np.abs(mine - ref).mean() < 0.4
+
+
+def test_float_and_uint8_frames_agree():
+    img = skimage.data.coffee()
+    a = pp.resize(img, 448, 448)
+    b = pp.resize(img.astype(np.float32) / 255, 448, 448)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,m,expected", [
+    (100, 5, [10, 30, 50, 70, 90]),
+    (10, 5, [1, 3, 5, 7, 9]),
+    (3, 5, [0, 1, 2]),
+    (19, 19, list(range(19))),
+])
+def test_key_frames_uniform(n, m, expected):
+    assert pp.key_frame_indices(n, m).tolist() == expected
+
+
+GOOD = np.zeros((2, 32, 48, 3), np.uint8)
+
+
+@pytest.mark.parametrize("frames,error,words", [
+    (GOOD.astype(np.int32), errors.FrameDtypeError, ["uint8", "int32", "Fix"]),
+    (GOOD.astype(np.uint16), errors.FrameDtypeError, ["uint16", "1023"]),
+    (GOOD[..., :1], errors.FrameShapeError, ["3 channels", "np.repeat"]),
+    (np.zeros((2, 32, 48, 4), np.uint8), errors.FrameShapeError, ["4 channels", "alpha"]),
+    (np.zeros((2, 3, 32, 48), np.uint8), errors.FrameShapeError, ["transpose"]),
+    (np.zeros((32,), np.uint8), errors.FrameShapeError, ["(N, H, W, 3)"]),
+    ([], errors.EmptyInputError, ["empty list"]),
+    (GOOD[:0], errors.EmptyInputError, ["at least one frame"]),
+    ([GOOD[0], np.zeros((10, 10, 3), np.uint8)], errors.FrameShapeError, ["one size"]),
+    (np.full((1, 8, 8, 3), np.nan, np.float32), errors.NonFiniteError, ["NaN", "192"]),
+    (np.full((1, 8, 8, 3), 2.0, np.float32), errors.NonFiniteError, ["[0, 1]", "255"]),
+    ({"not": "frames"}, errors.FrameDtypeError, ["dict", "numpy array"]),
+])
+def test_bad_frames_raise_named_errors(frames, error, words):
+    with pytest.raises(error) as info:
+        pp.as_frames(frames, "score()")
+    text = str(info.value)
+    assert text.startswith("score(): expected") and "got" in text and "Fix:" in text
+    for w in words:
+        assert w in text
+    assert isinstance(info.value, errors.CpllmError) and isinstance(info.value, ValueError)
