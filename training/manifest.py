@@ -6,7 +6,7 @@
 
 Paths are relative to the manifest's folder unless absolute. Splits are by source, never by
 variant. Scores are on 1-5: ``mos`` is a real opinion score mapped from ``mos_scale``;
-``pseudo`` is derived (from the source's MOS and/or VMAF, see ``cpllm_plugin.training.data``).
+``pseudo`` is derived (from the source's MOS and/or VMAF, see ``cpllm_plugin.training.variants``).
 """
 
 from __future__ import annotations
