@@ -18,7 +18,9 @@ from .api import (
     describe,
     load_model,
     score,
+    score_many,
 )
+from .backends import ORT, TRT
 from .configs import ModelConfig, get_config, list_models
 from .errors import CpllmError
 
@@ -28,6 +30,8 @@ __all__ = [
     "CpllmError",
     "Description",
     "Model",
+    "ORT",
+    "TRT",
     "ModelConfig",
     "ScoreResult",
     "compare",
@@ -36,5 +40,6 @@ __all__ = [
     "list_models",
     "load_model",
     "score",
+    "score_many",
 ]
 __version__ = "0.1.0"

@@ -134,8 +134,47 @@ class Model:
         """Score key frames already chosen by :meth:`key_frames`."""
         x = preprocess.prepare(k.frames, self.config)
         scores = np.asarray(self.backend.run(x.views, x.patches), dtype=np.float64)
+        return self._result(k, scores)
+
+    def _result(self, k: Frames, scores: np.ndarray) -> ScoreResult:
         return ScoreResult(float(scores.mean()), scores, k.indices, k.timestamps,
                            self.id, self.backend.name)
+
+    def score_many(self, sources: list[Any], key_frames: int | None = None,
+                   fps: float | None = None, batch: int = 32) -> list[ScoreResult]:
+        """Score several videos, sending their key frames to the backend in shared batches.
+
+        Args:
+            sources: video paths and/or frame arrays (as for :meth:`score`).
+            key_frames: M per video (default: the model's).
+            fps: frame rate of array sources.
+            batch: key frames gathered before a backend call; one frame's inputs take about
+                7 MB (448 view and 8 patches in float32), so 32 frames hold about 230 MB.
+
+        Returns:
+            One :class:`ScoreResult` per source, in order; each equals :meth:`score` of it.
+        """
+        results: list[ScoreResult | None] = [None] * len(sources)
+        pending: list[tuple[int, Frames, preprocess.Inputs]] = []
+
+        def flush():
+            views = np.concatenate([x.views for _, _, x in pending])
+            patches = np.concatenate([x.patches for _, _, x in pending])
+            scores = np.asarray(self.backend.run(views, patches), dtype=np.float64)
+            at = 0
+            for i, k, x in pending:
+                results[i] = self._result(k, scores[at:at + len(x.views)])
+                at += len(x.views)
+            pending.clear()
+
+        for i, src in enumerate(sources):
+            k = self.key_frames(src, key_frames, fps, where=f"score_many(sources[{i}])")
+            pending.append((i, k, preprocess.prepare(k.frames, self.config)))
+            if sum(len(x.views) for _, _, x in pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        return results
 
 
 def _check_path(source: Any, where: str) -> bool:
@@ -155,15 +194,19 @@ _cache: dict[tuple, Model] = {}
 _cache_lock = threading.Lock()
 
 
-def load_model(model: str | Path | Model = DEFAULT_MODEL, backend: str = "auto",
+def load_model(model: str | Path | Model = DEFAULT_MODEL,
+               backend: str | backends.ORT | backends.TRT = "auto",
                decoder: bool = False, **backend_options) -> Model:
     """Load a model once per (model, backend, decoder) and keep it for later calls.
 
     Args:
         model: a registered name (:func:`list_models`), a model directory, or a loaded Model.
-        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``, or options
+            ``backends.ORT(...)`` / ``backends.TRT(...)``. ``"auto"`` picks TensorRT > ONNX
+            Runtime (CUDA, then CPU) > torch for an exported directory, torch otherwise.
         decoder: also load the Gemma decoder (needed by describe and compare).
-        **backend_options: passed to the backend (for torch: ``device``, ``batch_size``).
+        **backend_options: passed to the backend (torch: ``device``, ``batch_size``; ONNX
+            Runtime: the fields of ``backends.ORT``; TensorRT: those of ``backends.TRT``).
     """
     if isinstance(model, Model):
         return model
@@ -200,6 +243,15 @@ def score(frames: Any, model: str | Path | Model = DEFAULT_MODEL, backend: str =
     """
     _check_path(frames, "score()")
     return load_model(model, backend).score(frames, key_frames, fps)
+
+
+def score_many(sources: list[Any], model: str | Path | Model = DEFAULT_MODEL,
+               backend: str = "auto", key_frames: int | None = None,
+               fps: float | None = None) -> list[ScoreResult]:
+    """Score several videos with their key frames batched together; see :func:`score`."""
+    for i, src in enumerate(sources):
+        _check_path(src, f"score_many(sources[{i}])")
+    return load_model(model, backend).score_many(list(sources), key_frames, fps)
 
 
 def _decoder_visuals(m: Model, k: Frames):

@@ -4,23 +4,81 @@ Every backend takes the arrays made by :func:`cpllm_plugin.preprocess.prepare` a
 ``(M,)`` float scores. ``"auto"`` resolves once, in order of preference, and the result says
 which backend ran. An explicit choice that cannot run raises :class:`BackendError` naming the
 fix; there is no silent fallback after the choice.
+
+Order of ``"auto"`` for a model directory exported with ``cpllm-export``: TensorRT (importable
+and a GPU present) > ONNX Runtime with CUDA > ONNX Runtime on CPU > torch. A registered name
+or a directory without ONNX files runs in torch. The ONNX Runtime path never imports torch.
+
+Runtime knobs live in small frozen dataclasses, in the spirit of vs-mlrt's ``Backend.*``::
+
+    load_model("exported/", backend=ORT(threads=2, precision="int8"))
+    load_model("exported/", backend="onnxruntime", threads=2)      # the same
+    load_model("exported/", backend=TRT(fp16=True, max_batch=16))
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import importlib.util
+import json
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .configs import ModelConfig
-from .errors import BackendError, UnknownNameError, message, require, suggest
+from .errors import BackendError, ModelFileError, UnknownNameError, message, require, suggest
+from .modeldir import is_model_dir, read_config, verify
 
 log = logging.getLogger("cpllm")
 
 NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+# The export writes these (cpllm_plugin.export.onnx.FILES); repeated so no export code loads.
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+MANIFEST = "manifest.json"
+EXPORT_FIX = "export the model first: cpllm-export MODEL OUT_DIR, then load OUT_DIR"
+
+
+@dataclass(frozen=True)
+class ORT:
+    """ONNX Runtime options.
+
+    Attributes:
+        threads: intra-op threads per session (0: ONNX Runtime's default, one per core).
+        precision: which exported graph to run: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        device: ``"auto"`` (CUDA when its provider works, else CPU), ``"cpu"`` or ``"cuda"``.
+        batch_size: key frames per session run.
+    """
+
+    threads: int = 0
+    precision: str = "fp32"
+    device: str = "auto"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TRT:
+    """TensorRT options (engines are built once and cached; see :mod:`cpllm_plugin.export.trt`).
+
+    Attributes:
+        fp16: build from the fp16 ONNX (TensorRT 11 networks are strongly typed).
+        workspace: builder workspace limit in MiB.
+        min_batch, opt_batch, max_batch: the optimisation profile's batch sizes.
+        device: CUDA device index.
+        cache_dir: engine cache folder (default: ``<cpllm cache>/trt``).
+    """
+
+    fp16: bool = False
+    workspace: int = 1024
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    device: int = 0
+    cache_dir: str | None = None
 
 
 class Backend:
@@ -79,31 +137,261 @@ class TorchBackend(Backend):
         return np.concatenate(out)
 
 
+class Exported:
+    """An exported model directory: config, manifest and verified graph files (no torch).
+
+    Args:
+        source: the directory written by ``cpllm-export``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        where: the caller, for error messages.
+    """
+
+    def __init__(self, source: str | Path, precision: str, where: str):
+        path = Path(source)
+        if precision not in PRECISIONS:
+            raise UnknownNameError(message(
+                where, f"precision one of {list(PRECISIONS)}", repr(precision),
+                f"pick a listed precision.{suggest(str(precision), PRECISIONS)}"))
+        if not is_model_dir(path):
+            raise BackendError(message(
+                where, "an exported model directory (model.onnx, manifest.json)",
+                f"{str(source)!r}, a registered name or a directory without them", EXPORT_FIX))
+        self.config, files = read_config(path)
+        name = ONNX_FILES[precision]
+        if name not in files or MANIFEST not in files:
+            raise BackendError(message(
+                where, f"{name} and {MANIFEST} in {path}", "a model without that export",
+                f"{EXPORT_FIX} (with --precision {precision})"))
+        self.manifest = json.loads(_verified(path, files, [MANIFEST])[0].read_text())
+        data = [n for n in self.manifest.get("files", {}) if n.startswith(name + ".")]
+        self.path = _verified(path, files, [name, *data])[0]
+        self.sha256 = files[name]
+        self.id = self.manifest["model_id"]
+        self.precision = precision
+
+
+def _verified(path: Path, files: dict[str, str], names: list[str]) -> list[Path]:
+    verify(path, files, names)
+    return [path / n for n in names]
+
+
+def has_onnx(source: str | Path, precision: str = "fp32") -> bool:
+    """True when ``source`` is a model directory with an exported graph of ``precision``."""
+    try:
+        _, files = read_config(source) if is_model_dir(source) else (None, {})
+    except ModelFileError:
+        return False
+    return ONNX_FILES.get(precision, "") in files and MANIFEST in files
+
+
+_sessions: dict[tuple, object] = {}
+_sessions_lock = threading.Lock()
+
+
+def _ort_providers(device: str, where: str) -> list[str]:
+    ort = require("onnxruntime", "onnxruntime", where)
+    have = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in have:
+        raise BackendError(message(
+            where, "onnxruntime's CUDAExecutionProvider", f"only {have}",
+            "pip install onnxruntime-gpu (instead of onnxruntime), or use device='cpu'"))
+    if device in ("cuda", "auto") and "CUDAExecutionProvider" in have and gpu_count() > 0:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device not in ("auto", "cpu", "cuda"):
+        raise UnknownNameError(message(
+            where, "device 'auto', 'cpu' or 'cuda'", repr(device), "pick one of them"))
+    return ["CPUExecutionProvider"]
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime on an exported model directory; never imports torch.
+
+    One session per (graph file, providers, threads) for the whole process, created on first
+    use. ``InferenceSession.run`` is safe to call from several threads at once, so ``run`` takes
+    no lock: the VapourSynth filter's worker threads score concurrently.
+
+    Args:
+        source: a directory written by ``cpllm-export``.
+        options: :class:`ORT` options (or give its fields as keywords).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, source: str | Path, options: ORT | None = None, **kw):
+        options = _options(ORT, options, kw, "backend 'onnxruntime'")
+        where = "backend 'onnxruntime'"
+        ort = require("onnxruntime", "onnxruntime", where)
+        model = Exported(source, options.precision, where)
+        self.config, self.id, self.options = model.config, model.id, options
+        self.providers = _ort_providers(options.device, where)
+        key = (str(model.path.resolve()), model.sha256, tuple(self.providers), options.threads)
+        with _sessions_lock:
+            if key not in _sessions:
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = options.threads
+                so.log_severity_level = 3  # fp16 graphs on CPU print cast warnings otherwise
+                _sessions[key] = ort.InferenceSession(str(model.path), so,
+                                                      providers=self.providers)
+        self.session = _sessions[key]
+        log.info("cpllm: onnxruntime %s on %s (%s)", model.path.name, self.providers[0], self.id)
+
+    def run(self, views: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        b = self.options.batch_size
+        out = [self.session.run(["scores"], {"views": views[i:i + b],
+                                             "patches": patches[i:i + b]})[0]
+               for i in range(0, len(views), b)]
+        return np.concatenate(out).astype(np.float64)
+
+
+class TrtBackend(Backend):
+    """A TensorRT engine built from the exported ONNX (cached; see ``export/trt.py``).
+
+    Device buffers are torch CUDA tensors, the one GPU array library the project depends on
+    for its decoder anyway; calls run one at a time on one execution context.
+
+    Args:
+        source: a directory written by ``cpllm-export``.
+        options: :class:`TRT` options (or give its fields as keywords).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, source: str | Path, options: TRT | None = None, **kw):
+        options = _options(TRT, options, kw, "backend 'tensorrt'")
+        where = "backend 'tensorrt'"
+        trt = require("tensorrt", "trt", where)
+        torch = require("torch", "torch", where)
+        if not torch.cuda.is_available():
+            raise BackendError(message(
+                where, "an NVIDIA GPU visible to CUDA", "none",
+                "run on a machine with a GPU, or use backend='onnxruntime'"))
+        from cpllm_plugin.export import trt as build
+
+        model = Exported(source, "fp16" if options.fp16 else "fp32", where)
+        self.config, self.id, self.options, self.torch = model.config, model.id, options, torch
+        self.engine_path = build.build_engine(model.path, model.sha256, options)
+        self.device = torch.device("cuda", options.device)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self._lock = threading.Lock()
+
+    def run(self, views: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        torch, b, out = self.torch, self.options.max_batch, []
+        with self._lock, torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream()
+            for i in range(0, len(views), b):
+                v = torch.from_numpy(np.ascontiguousarray(views[i:i + b])).to(self.device)
+                p = torch.from_numpy(np.ascontiguousarray(patches[i:i + b])).to(self.device)
+                s = torch.empty(len(v), dtype=torch.float32, device=self.device)
+                for name, t in (("views", v), ("patches", p)):
+                    self.context.set_input_shape(name, tuple(t.shape))
+                    self.context.set_tensor_address(name, t.data_ptr())
+                self.context.set_tensor_address("scores", s.data_ptr())
+                if not self.context.execute_async_v3(stream.cuda_stream):
+                    raise BackendError(message(
+                        "backend 'tensorrt'", "the engine to run", "execute_async_v3 failed",
+                        "delete the engine cache and retry, or use backend='onnxruntime'"))
+                stream.synchronize()
+                out.append(s.double().cpu().numpy())
+        return np.concatenate(out)
+
+
+def _options(cls, options, kw: dict, where: str):
+    """An options dataclass from an instance or keywords (not both), with a named error."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - fields)
+    if unknown or (options is not None and kw):
+        raise BackendError(message(
+            where, f"options among {sorted(fields)} (or one {cls.__name__}(...))",
+            f"{unknown or sorted(kw)}", f"pass {cls.__name__}(...) or its field names"))
+    return options if options is not None else cls(**kw)
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs the CUDA driver sees, asked through libcuda (no torch import)."""
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        n = ctypes.c_int(0)
+        if cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(n)) == 0:
+            return n.value
+        return 0
+    return 0
+
+
+def _ort_cuda() -> bool:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and gpu_count() > 0
+
+
 def available() -> list[str]:
-    """Backends that could run here, best first."""
+    """Backends that could run here, best first (``onnxruntime-cuda`` is ORT with its GPU)."""
     found = []
+    gpu = gpu_count() > 0
+    if gpu and importlib.util.find_spec("tensorrt") and importlib.util.find_spec("torch"):
+        found.append("tensorrt")
+    if _ort_cuda():
+        found.append("onnxruntime-cuda")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        found.append("onnxruntime")
     if importlib.util.find_spec("torch") is not None:
         found.append("torch")
     return found
 
 
-def create(name: str, source: str | Path, **kw) -> Backend:
-    """The backend called ``name`` (or the best available for ``"auto"``) for a model."""
+def resolve(source: str | Path) -> str:
+    """What ``"auto"`` picks for ``source``: ONNX backends only for exported directories.
+
+    For an exported directory the ONNX Runtime branch never looks torch up, so scoring there
+    stays torch-free even in environments that forbid importing it.
+    """
+    exported = has_onnx(source)
+    if exported:
+        find = importlib.util.find_spec
+        if gpu_count() > 0 and find("tensorrt") and find("torch"):
+            return "tensorrt"
+        if find("onnxruntime") is not None:
+            return "onnxruntime"  # with CUDA when its provider works (ORT(device="auto"))
+    if importlib.util.find_spec("torch") is not None:
+        return "torch"
+    raise BackendError(message(
+        "backend='auto'", "an installed backend that can run this model",
+        "none (no ONNX export and torch is not installed)" if not exported else "none",
+        f"pip install 'cpllm-plugin[torch]', or {EXPORT_FIX}"))
+
+
+def create(name: str | ORT | TRT, source: str | Path, **kw) -> Backend:
+    """The backend called ``name`` (or the best available for ``"auto"``) for a model.
+
+    Args:
+        name: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``, or an :class:`ORT` /
+            :class:`TRT` options object.
+        source: a registered model name or a model directory.
+        **kw: backend options (torch: ``device``, ``batch_size``, ``decoder``; the others: the
+            fields of :class:`ORT` / :class:`TRT`).
+    """
+    if isinstance(name, ORT):
+        return OrtBackend(source, name, **kw)
+    if isinstance(name, TRT):
+        return TrtBackend(source, name, **kw)
     where = f"backend={name!r}"
     if name not in NAMES:
         raise UnknownNameError(message(
             where, f"one of {list(NAMES)}", repr(name),
-            f"pick a listed name.{suggest(name, NAMES)}"))
+            f"pick a listed name.{suggest(str(name), NAMES)}"))
     if name == "auto":
-        found = available()
-        if not found:
-            raise BackendError(message(
-                where, "an installed backend", "none (torch is not installed)",
-                "pip install 'cpllm-plugin[torch]'"))
-        name = found[0]
-        log.info("cpllm: backend 'auto' chose %r", name)
+        name = resolve(source)
+        log.info("cpllm: backend 'auto' chose %r for %s", name, source)
+        if name != "torch":
+            kw = {k: v for k, v in kw.items() if k != "decoder"}
     if name == "torch":
         return TorchBackend(source, **kw)
-    raise BackendError(message(
-        where, "a backend this version can run (torch)", f"{name!r}, which needs an ONNX "
-        "export of the model", "use backend='torch' until ONNX export lands (cpllm-export)"))
+    if name == "onnxruntime":
+        return OrtBackend(source, **kw)
+    return TrtBackend(source, **kw)

@@ -1,0 +1,178 @@
+"""Scoring speed: frames/s, ms/frame and peak memory for torch and ONNX Runtime (fp32, int8).
+
+    python bench/bench_scoring.py                                  # cpllm-lite and cpllm-paper
+    python bench/bench_scoring.py --model cpllm-lite --batch 8 --threads 2
+
+Each model is exported once (``cpllm_plugin.export.onnx.export``, parity checked); each
+backend then runs in its own spawned process so its peak resident memory (``ru_maxrss``) is
+its own. ``cpllm-paper`` is built with random weights at its full size (SigLIP so400m/14 at
+448, VideoPrism base on the patches): no weights of it can be obtained here. The machine is
+described first. Results go to stdout as a table (or NDJSON with ``--json``), progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, load and library versions."""
+    import numpy
+    import onnxruntime
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        tv, cuda = torch.__version__, (torch.cuda.get_device_name(0)
+                                       if torch.cuda.is_available() else None)
+    except ImportError:
+        tv, cuda = None, None
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "numpy": numpy.__version__,
+            "onnxruntime": onnxruntime.__version__, "ort_providers":
+            onnxruntime.get_available_providers(), "torch": tv, "gpu": cuda}
+
+
+def _random_paper():
+    """cpllm-paper at full size with random weights (overrides make the build random)."""
+    from cpllm_plugin.configs import BACKBONES, EncoderConfig, get_config
+
+    cfg = get_config("cpllm-paper")
+    for side in ("high", "low"):
+        enc = getattr(cfg, side)
+        depth = BACKBONES[enc.backbone].hf_config["num_hidden_layers"]
+        setattr(cfg, side, EncoderConfig(enc.backbone, overrides={"num_hidden_layers": depth}))
+    return cfg
+
+
+def _export(name: str, folder: Path, say) -> Path:
+    from cpllm_plugin.export import onnx as ex
+    from cpllm_plugin.model import io
+
+    src = folder / f"{name}-torch"
+    cfg = _random_paper() if name == "cpllm-paper" else name
+    io.save(io.build(cfg, with_decoder=False), src)
+    out = folder / name
+    t = time.perf_counter()
+    m = ex.export(src, out, precisions=("fp32", "int8"), key_frames=2, log=say)
+    say(f"bench: exported {name} in {time.perf_counter() - t:.0f} s "
+        f"(fp32 diff {m['precisions']['fp32']['max_abs_diff']:.2g}, "
+        f"int8 diff {m['precisions']['int8']['max_abs_diff']:.2g})")
+    return out
+
+
+def _child(model_dir: str, backend: str, batches: list[int], threads: int, repeats: int,
+           queue) -> None:
+    """Runs in a spawned process: time one backend at each batch size, report peak RSS."""
+    import numpy as np
+
+    rows = []
+    try:
+        if backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+            from cpllm_plugin.backends import TorchBackend
+
+            be = TorchBackend(model_dir, device="cpu", batch_size=max(batches))
+        else:
+            from cpllm_plugin.backends import ORT, OrtBackend
+
+            prec = backend.split("-")[1]
+            be = OrtBackend(model_dir, ORT(threads=threads, precision=prec,
+                                           batch_size=max(batches), device="cpu"))
+        cfg = be.config
+        rng = np.random.default_rng(0)
+        for b in batches:
+            views = rng.random((b, 3, cfg.view_size, cfg.view_size), dtype=np.float32)
+            patches = rng.random((b, cfg.num_patches, 3, cfg.patch_size, cfg.patch_size),
+                                 dtype=np.float32)
+            be.run(views, patches)  # warm-up: allocations, kernel choice
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                be.run(views, patches)
+                times.append(time.perf_counter() - t)
+            best = min(times)
+            rows.append({"batch": b, "frames_per_s": b / best, "ms_per_frame": 1e3 * best / b,
+                         "median_ms_per_frame": 1e3 * sorted(times)[len(times) // 2] / b,
+                         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                         / 1024})
+        queue.put({"rows": rows})
+    except Exception as exc:  # reported in the table rather than killing the whole run
+        queue.put({"rows": rows, "error": f"{type(exc).__name__}: {exc}"})
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, default=["cpllm-lite", "cpllm-paper"],
+              show_default=True, help="Models to measure.")
+@click.option("--backend", "backends", multiple=True, show_default=True,
+              default=["torch", "onnxruntime-fp32", "onnxruntime-int8"],
+              type=click.Choice(["torch", "onnxruntime-fp32", "onnxruntime-int8"]))
+@click.option("--batch", "batches", multiple=True, type=int, default=[1, 8, 32],
+              show_default=True, help="Key frames per call.")
+@click.option("--threads", type=int, default=os.cpu_count(), show_default=True,
+              help="Intra-op threads for torch and ONNX Runtime.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs (best kept).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where exports go (default: a temporary folder, removed afterwards).")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON to stdout.")
+def main(models, backends, batches, threads, repeats, workdir, as_json):
+    """Measure scoring speed of MODELS on this machine."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    info = machine()
+    click.echo(json.dumps({"type": "machine", **info}) if as_json else
+               f"# {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, load "
+               f"{info['load_average']}, onnxruntime {info['onnxruntime']}, torch "
+               f"{info['torch']}, GPU {info['gpu']}, threads {threads}")
+    if not as_json:
+        click.echo(f"{'model':<12} {'backend':<17} {'batch':>5} {'frames/s':>9} "
+                   f"{'ms/frame':>9} {'peak MiB':>9}")
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for name in models:
+            model_dir = _export(name, Path(tmp), say)
+            for backend in backends:
+                q = ctx.Queue()
+                p = ctx.Process(target=_child, args=(str(model_dir), backend, list(batches),
+                                                     threads, repeats, q))
+                p.start()
+                res = q.get()
+                p.join()
+                for r in res["rows"]:
+                    if as_json:
+                        click.echo(json.dumps({"type": "bench", "model": name,
+                                               "backend": backend, "threads": threads, **r}))
+                    else:
+                        click.echo(f"{name:<12} {backend:<17} {r['batch']:>5} "
+                                   f"{r['frames_per_s']:>9.2f} {r['ms_per_frame']:>9.1f} "
+                                   f"{r['peak_rss_mib']:>9.0f}")
+                if "error" in res:
+                    click.echo(f"{name:<12} {backend:<17} error: {res['error']}")
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

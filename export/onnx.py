@@ -1,0 +1,372 @@
+"""Export the scoring path to ONNX, check it against torch and write a runtime model directory.
+
+The exported graph is :class:`cpllm_plugin.model.cpllm.Scorer`: both encoders, projections,
+pooling, LayerNorm and the MLP head. Per key frame it takes exactly what
+:func:`cpllm_plugin.preprocess.prepare` makes, with a dynamic batch dimension B::
+
+    views    (B, 3, 448, 448)     float32 in [0, 1]
+    patches  (B, 8, 3, 224, 224)  float32 in [0, 1]
+    scores   (B,)                 float32 in (1, 5)
+
+The output directory is itself a model directory (``cpllm_plugin.load_model(out_dir)``):
+
+    config.json        the ModelConfig and the sha256 of every file below
+    model.safetensors  the torch weights (so torch, describe() and compare() still work)
+    adapter/           the LoRA adapter, when the source had one
+    model.onnx         fp32, checked against torch (max |diff| <= 1e-4 or the export fails)
+    model.fp16.onnx    fp16 weights and activations, fp32 inputs and output (for TensorRT)
+    model.int8.onnx    dynamic int8 (weights int8, activations quantised at run time; CPU)
+    manifest.json      model id, checksums, opset, inputs, preprocessing, score range,
+                       measured differences and the versions that made it
+
+Models over 2 GB (protobuf's limit) keep their weights in ``<file>.data`` next to the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cpllm_plugin import modeldir
+from cpllm_plugin.configs import ModelConfig
+from cpllm_plugin.errors import CpllmError, ModelFileError, message, require
+from cpllm_plugin.hashing import sha256_file
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "cpllm-onnx/1"
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+INPUTS = ("views", "patches")
+OUTPUT = "scores"
+OPSET = 17
+TOLERANCE = 1e-4  # max |score difference| of the fp32 graph against torch
+EXTERNAL_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit, with room for the graph itself
+TRACE_BATCH = 2  # trace with B != 1 so nothing specialises on a batch of one
+
+
+class ParityError(CpllmError, RuntimeError):
+    """The exported graph scores differently from the torch model."""
+
+
+def input_specs(cfg: ModelConfig) -> list[dict]:
+    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of the graph inputs."""
+    s, k, p = cfg.view_size, cfg.num_patches, cfg.patch_size
+    return [
+        {"name": "views", "shape": ["batch", 3, s, s], "dtype": "float32"},
+        {"name": "patches", "shape": ["batch", k, 3, p, p], "dtype": "float32"},
+    ]
+
+
+def data_files(path: Path) -> list[str]:
+    """Names of the external data files an ONNX file refers to (empty when self-contained)."""
+    onnx = require("onnx", "dev", "cpllm-export")
+    model = onnx.load(str(path), load_external_data=False)
+    names = set()
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                names.add(entry.value)
+    return sorted(names)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from cpllm_plugin import __version__
+
+    return {"cpllm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
+
+
+def _half(scorer):
+    """The scorer with fp16 weights and activations behind fp32 inputs and output.
+
+    TensorRT 11 builds strongly typed networks, so the precision must already be in the ONNX.
+    """
+    import torch
+
+    class Half(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = copy.deepcopy(net).half()
+
+        def forward(self, views, patches):
+            return self.net(views.half(), patches.half()).float()
+
+    return Half(scorer).eval()
+
+
+def _save(model, path: Path) -> None:
+    """Write an ONNX ModelProto, moving weights to ``<name>.data`` when it passes 2 GB."""
+    import onnx
+
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _trace(net, cfg: ModelConfig, path: Path, opset: int) -> None:
+    """Trace ``net`` (views, patches) -> scores into ``path`` with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    s, k, p = cfg.view_size, cfg.num_patches, cfg.patch_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        example = (torch.rand(TRACE_BATCH, 3, s, s), torch.rand(TRACE_BATCH, k, 3, p, p))
+    batch = {0: "batch"}
+    # Torch writes one file per tensor for large models; trace into a scratch folder and
+    # save once, as one graph (plus one .data file when over 2 GB).
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        scratch = Path(tmp) / "traced.onnx"
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                net, example, str(scratch), dynamo=False, opset_version=opset,
+                input_names=list(INPUTS), output_names=[OUTPUT], do_constant_folding=True,
+                dynamic_axes={"views": batch, "patches": batch, OUTPUT: batch})
+        model = onnx.load(str(scratch))
+        _dedupe_identities(model)
+        _save(model, path)
+
+
+def _dedupe_identities(model) -> None:
+    """Point consumers of ``Identity(initializer)`` straight at the initializer.
+
+    The tracer shares identical weights (both encoders start from the same ImageNet weights)
+    through Identity nodes; quantisers and some TensorRT passes want initializers on Conv.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in inits}
+    outputs = {o.name for o in model.graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    if not alias:
+        return
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 for MatMul and Gemm: int8 weights, activations quantised per run.
+
+    Conv stays fp32: ONNX Runtime's ConvInteger was many times slower than fp32 Conv for
+    EfficientNet-Lite0 on this CPU (8 key frames: 3.7 s fp32, unfinished after 4 minutes int8).
+    """
+    large = bool(data_files(src))
+    # Its only warning asks for optional shape pre-processing, which changes nothing here.
+    logging.disable(logging.WARNING)
+    try:
+        _quantize(src, dst, large)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _quantize(src: Path, dst: Path, large: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"],
+                     use_external_data_format=large)
+
+
+def ort_scores(path: Path, views: np.ndarray, patches: np.ndarray, threads: int = 1,
+               batch: int = 4) -> np.ndarray:
+    """Scores ``(M,)`` float64 from ONNX Runtime on CPU (used by the parity check)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = [sess.run([OUTPUT], {"views": views[i:i + batch], "patches": patches[i:i + batch]})[0]
+           for i in range(0, len(views), batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _reference_frames(video: str | os.PathLike | None, count: int) -> tuple[np.ndarray, str]:
+    """Real key frames ``(M, H, W, 3)`` for the parity check and where they came from."""
+    from cpllm_plugin.video import read_key_frames
+
+    if video is None:
+        sample = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+        if not sample.is_file():
+            raise ModelFileError(message(
+                "cpllm-export", "a video for the parity check", "no --video and no bundled "
+                "samples/sample.mp4", "pass --video PATH (any real clip)"))
+        video = sample
+    return read_key_frames(video, count).frames, str(video)
+
+
+def _load_torch(source: str | Path):
+    from cpllm_plugin.model import io
+
+    if Path(source).is_dir():
+        return io.load(source, with_decoder=False)
+    return io.build(str(source), with_decoder=False)
+
+
+def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] = tuple(FILES),
+           frames: np.ndarray | None = None, video: str | os.PathLike | None = None,
+           key_frames: int = 3, opset: int = OPSET, tolerance: float = TOLERANCE,
+           log=None) -> dict:
+    """Export a model's scoring path to ONNX with a parity check; returns the manifest.
+
+    Args:
+        source: a model directory (from training or :func:`cpllm_plugin.model.io.save`) or a
+            registered model name (fresh weights, e.g. ``"cpllm-lite"``).
+        out_dir: the model directory to write (replaced only when everything passed).
+        precisions: which of ``"fp32"``, ``"fp16"``, ``"int8"`` to write (fp32 always is).
+        frames: real frames ``(M, H, W, 3)`` uint8 for the parity check; default: ``key_frames``
+            key frames of ``video``.
+        video: clip to take parity frames from (default: the bundled ``samples/sample.mp4``).
+        key_frames: how many key frames of ``video`` to compare on.
+        opset: ONNX opset.
+        tolerance: largest fp32 score difference to accept.
+        log: callable taking one line of progress (e.g. ``click.echo`` to stderr), or None.
+
+    Returns:
+        The manifest dict, also written to ``out_dir/manifest.json``.
+
+    Raises:
+        ParityError: ONNX Runtime's fp32 scores differ from torch by more than ``tolerance``.
+        UnknownNameError, ModelFileError: the source cannot be loaded.
+    """
+    torch = require("torch", "torch", "cpllm-export")
+    require("onnx", "dev", "cpllm-export")
+    from cpllm_plugin import preprocess
+    from cpllm_plugin.model import io
+
+    say = log or (lambda line: None)
+    bad = [p for p in precisions if p not in FILES]
+    if bad:
+        raise ModelFileError(message(
+            "cpllm-export", f"precisions among {list(FILES)}", repr(bad), "drop the unknown ones"))
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
+    out_dir = Path(out_dir)
+
+    model = _load_torch(source)
+    cfg, scorer = model.config, model.scorer.eval()
+    mid = io.model_id(model)
+    if frames is None:
+        frames, origin = _reference_frames(video, key_frames)
+    else:
+        origin = "frames given to export()"
+    x = preprocess.prepare(preprocess.as_frames(frames, "cpllm-export"), cfg)
+    with torch.no_grad():
+        ref = scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).double().numpy()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        # The torch side of the directory first: io.save writes weights, adapter, config.json.
+        if Path(source).is_dir():
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            for stale in [*FILES.values(), MANIFEST]:
+                (tmp / stale).unlink(missing_ok=True)
+        else:
+            io.save(model, tmp)
+        results = {}
+        for prec in precisions:
+            path = tmp / FILES[prec]
+            say(f"cpllm-export: tracing {prec} -> {path.name}")
+            if prec == "fp32":
+                _trace(scorer, cfg, path, opset)
+            elif prec == "fp16":
+                _trace(_half(scorer), cfg, path, opset)
+            else:
+                _quantize_int8(tmp / FILES["fp32"], path)
+            got = ort_scores(path, x.views, x.patches)
+            diff = float(np.abs(got - ref).max())
+            ok = diff <= tolerance if prec == "fp32" else True
+            results[prec] = {"file": FILES[prec], "max_abs_diff": diff,
+                             "tolerance": tolerance if prec == "fp32" else None, "passed": ok,
+                             "scores_in_range": bool(np.all((got > cfg.score_range[0])
+                                                            & (got < cfg.score_range[1])))}
+            say(f"cpllm-export: {prec} max |ONNX Runtime - torch| = {diff:.3g}")
+            if not ok:
+                raise ParityError(message(
+                    "cpllm-export", f"ONNX Runtime fp32 scores within {tolerance:g} of torch",
+                    f"a difference of {diff:.3g} on {len(ref)} real frames ({origin})",
+                    "report it with the manifest; export with another --opset meanwhile"))
+        manifest = _manifest(tmp, cfg, mid, opset, results, origin, len(ref))
+        _write_config(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, origin: str,
+              count: int) -> dict:
+    files = {}
+    for r in results.values():
+        for name in [r["file"], *data_files(d / r["file"])]:
+            files[name] = {"sha256": sha256_file(d / name), "bytes": (d / name).stat().st_size}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "model_id": mid,
+        "model": cfg.name,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "opset": opset,
+        "inputs": input_specs(cfg),
+        "outputs": [{"name": OUTPUT, "shape": ["batch"], "dtype": "float32"}],
+        "precisions": results,
+        "parity": {"frames": count, "source": origin, "reference": "torch fp32 on CPU",
+                   "runtime": "onnxruntime CPUExecutionProvider"},
+        "preprocessing": {
+            "function": "cpllm_plugin.preprocess.prepare", "value_range": [0.0, 1.0],
+            "layout": "RGB, channels first", "view_size": cfg.view_size, "fit": list(cfg.fit),
+            "patch_size": cfg.patch_size, "num_patches": cfg.num_patches,
+            "key_frames": cfg.key_frames, "resize": "bilinear, antialiased when shrinking",
+            "normalisation": "inside the graph"},
+        "score_range": list(cfg.score_range),
+        "files": files,
+        "versions": _versions(),
+    }
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _write_config(d: Path) -> None:
+    """Record the sha256 of every file (torch weights, ONNX, manifest) in config.json."""
+    conf = d / "config.json"
+    data = json.loads(conf.read_text())
+    data["files"] = {p.relative_to(d).as_posix(): sha256_file(p)
+                     for p in sorted(d.rglob("*")) if p.is_file() and p.name != "config.json"}
+    data["format"] = modeldir.FORMAT
+    conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of an exported model directory (checked against config.json's sha256)."""
+    path = Path(path)
+    _, files = modeldir.read_config(path)
+    modeldir.verify(path, files, [MANIFEST])
+    return json.loads((path / MANIFEST).read_text())
