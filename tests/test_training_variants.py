@@ -1,0 +1,265 @@
+"""The CRF ladder on a real photo-pan clip: VMAF falls with CRF, CRF 53 = 51 by hash,
+resumability, pseudo-scores, LSVQ label files and named errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import pan_frames, write_video
+
+from cpllm_plugin.errors import CpllmError, VideoNotFoundError
+from cpllm_plugin.training import variants as vr
+from cpllm_plugin.training.manifest import Item, read_manifest
+
+CRFS = (15, 31, 51, 53)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A short, clean pan across a real photo (20 frames, 256x144)."""
+    pytest.importorskip("imageio_ffmpeg")
+    return write_video(tmp_path_factory.mktemp("src") / "coffee.mp4",
+                       pan_frames(20, 144, 256), fps=25, crf=10)
+
+
+@pytest.fixture(scope="module")
+def ladder(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ladder")
+    items = vr.make_variants([Item(str(source), "coffee", split="dev", tag="a cup of coffee")],
+                             out, crfs=CRFS, jobs=2, progress=False)
+    return out, items
+
+
+def test_ladder_rows_and_vmaf_falls_with_crf(ladder):
+    out, items = ladder
+    assert [i.original for i in items] == [True] + [False] * len(CRFS)
+    variants = {i.crf: i for i in items if not i.original}
+    assert sorted(variants) == list(CRFS)
+    assert all((out / i.path).is_file() for i in variants.values())
+    vmaf = [variants[c].vmaf for c in (15, 31, 51)]
+    psnr = [variants[c].psnr for c in (15, 31, 51)]
+    assert vmaf[0] > 90 and vmaf[0] > vmaf[1] > vmaf[2]
+    assert psnr[0] > psnr[1] > psnr[2]
+    pseudo = [variants[c].pseudo for c in (15, 31, 51)]
+    assert pseudo[0] > pseudo[1] > pseudo[2] and all(1 <= p <= 5 for p in pseudo)
+    assert all(i.split == "dev" and i.tag == "a cup of coffee" for i in items)
+    # the manifest on disk is the same, and its paths resolve from its folder
+    assert read_manifest(out / vr.MANIFEST_NAME) == items
+
+
+def test_crf53_is_byte_identical_to_crf51_and_seen_by_hash(ladder):
+    _, items = ladder
+    v = {i.crf: i for i in items if not i.original}
+    assert v[53].sha256 == v[51].sha256  # libx264 clamps CRF to 51 on 8-bit input
+    assert len({i.sha256 for i in v.values()}) == 3
+    assert v[53].vmaf == v[51].vmaf  # measured once for both
+
+
+def _count_ffmpeg(monkeypatch) -> list:
+    calls = []
+    real = vr._run_ffmpeg
+
+    def counting(args, where):
+        calls.append("libvmaf" if any("libvmaf" in a for a in args) else "encode")
+        return real(args, where)
+
+    monkeypatch.setattr(vr, "_run_ffmpeg", counting)
+    return calls
+
+
+def test_resume_runs_no_ffmpeg_and_redoes_only_what_is_gone(source, tmp_path, monkeypatch):
+    src = [Item(str(source), "coffee")]
+    first = vr.make_variants(src, tmp_path, crfs=CRFS, jobs=2, progress=False)
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.mp4")}
+    calls = _count_ffmpeg(monkeypatch)
+    again = vr.make_variants(src, tmp_path, crfs=CRFS, jobs=2, progress=False)
+    assert calls == [] and again == first
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.mp4")} == mtimes
+
+    # Lost files are encoded again; x264 is deterministic, so the bytes (and hashes) come
+    # back the same and the measurements in the manifest still hold.
+    (tmp_path / "coffee" / "libx264_crf31.mp4").unlink()
+    (tmp_path / "coffee" / "libx264_crf53.mp4").unlink()
+    third = vr.make_variants(src, tmp_path, crfs=CRFS, jobs=2, progress=False)
+    assert calls == ["encode", "encode"] and third == first
+
+    # A measurement missing from the manifest (a crash mid-run) is measured, only that one.
+    from dataclasses import replace
+
+    from cpllm_plugin.training.manifest import write_manifest
+
+    write_manifest(tmp_path / vr.MANIFEST_NAME,
+                   [replace(i, vmaf=None) if i.crf == 31 else i for i in third])
+    calls.clear()
+    fourth = vr.make_variants(src, tmp_path, crfs=CRFS, jobs=2, progress=False)
+    assert calls == ["libvmaf"] and fourth == first
+
+
+def test_leftover_partial_files_are_ignored(source, tmp_path):
+    part = tmp_path / "coffee" / ".libx264_crf15.x.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"half an encode")
+    items = vr.make_variants([Item(str(source), "coffee")], tmp_path, crfs=(15,), jobs=1,
+                             measure=False, progress=False)
+    assert items[1].path == "coffee/libx264_crf15.mp4" and items[1].vmaf is None
+    assert items[1].pseudo is None and items[1].sha256  # ranking-only row
+    # a crash's leftover is left alone, and the run's own temporary file is gone
+    assert sorted(p.name for p in part.parent.iterdir()) == [part.name, "libx264_crf15.mp4"]
+
+
+def test_progress_lines_go_to_the_callable(source, tmp_path):
+    lines = []
+    vr.make_variants([Item(str(source), "coffee")], tmp_path, crfs=(23,), jobs=1,
+                     progress=lines.append)
+    assert any(line.startswith("[encode 1/1]") for line in lines)
+    assert any(line.startswith("[measure 1/1]") and "VMAF" in line for line in lines)
+
+
+def test_annotator_descriptions_and_mos_survive_a_rerun(source, tmp_path):
+    from dataclasses import replace
+
+    from cpllm_plugin.training.manifest import write_manifest
+
+    src = [Item(str(source), "coffee", mos=4.0)]
+    items = vr.make_variants(src, tmp_path, crfs=(15,), jobs=1, progress=False)
+    edited = [replace(i, description="Written by a person.") if not i.original else i
+              for i in items]
+    write_manifest(tmp_path / vr.MANIFEST_NAME, edited)
+    again = vr.make_variants(src, tmp_path, crfs=(15,), jobs=1, progress=False)
+    assert again[1].description == "Written by a person."
+    assert again[1].pseudo == pytest.approx(vr.pseudo_score(again[1].vmaf, 4.0))
+    assert again[1].pseudo <= 4.0
+
+
+# --- pseudo-scores -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mos", [None, 1.0, 2.5, 4.2, 5.0])
+def test_pseudo_score_is_monotone_and_bounded(mos):
+    v = np.linspace(-20, 120, 281)
+    p = np.array([vr.pseudo_score(x, mos) for x in v])
+    assert np.all(np.diff(p) >= 0) and p.min() >= 1.0 and p.max() <= 5.0
+    top = 5.0 if mos is None else mos
+    assert vr.pseudo_score(100, mos) == pytest.approx(top)
+    assert vr.pseudo_score(0, mos) == pytest.approx(1.0)
+    assert vr.pseudo_score(None, mos) is None
+
+
+def test_pseudo_score_known_values():
+    assert vr.pseudo_score(80) == pytest.approx(4.2)
+    assert vr.pseudo_score(50) == pytest.approx(3.0)
+    assert vr.pseudo_score(50, 4.0) == pytest.approx(2.5)  # 1 + 3 * 0.5: below its source
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def test_measure_identical_file_is_perfect(source):
+    vmaf, psnr = vr.measure_fr(source, source)
+    assert vmaf > 97 and psnr == vr.PSNR_CAP
+
+
+def test_measure_odd_sized_source(tmp_path):
+    frames = pan_frames(10, 101, 181)  # odd sizes: the variant drops a row and a column
+    src = write_video(tmp_path / "odd.mp4", frames, crf=10, codec="libx264rgb",
+                      pix_fmt="rgb24")
+    items = vr.make_variants([Item(str(src), "odd")], tmp_path / "v", crfs=(20, 45),
+                             jobs=2, progress=False)
+    assert items[1].vmaf > items[2].vmaf and items[1].vmaf > 80
+
+
+# --- named errors --------------------------------------------------------------------------
+
+
+def test_corrupt_source_is_a_named_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    with pytest.raises(vr.FfmpegError, match=r"encode\('bad.mp4', crf=23\).*ffmpeg"):
+        vr.make_variants([Item(str(bad), "bad")], tmp_path / "out", crfs=(23,),
+                         progress=False)
+
+
+def test_missing_source_is_a_named_error(tmp_path):
+    with pytest.raises(vr.MissingVideosError, match="1 missing") as e:
+        vr.make_variants([Item(str(tmp_path / "nope.mp4"), "nope")], tmp_path, crfs=(23,),
+                         progress=False)
+    assert isinstance(e.value, (CpllmError, FileNotFoundError))
+    with pytest.raises(VideoNotFoundError):
+        vr.measure_fr(tmp_path / "nope.mp4", tmp_path / "nope.mp4")
+
+
+def test_ffmpeg_without_libvmaf_or_missing_is_named(tmp_path):
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho ' .. psnr  VV->V  Calculate the PSNR'\n")
+    fake.chmod(0o755)
+    with pytest.raises(vr.FfmpegError, match="built with libvmaf"):
+        vr.make_variants([Item(str(fake), "x")], tmp_path / "o", ffmpeg=str(fake),
+                         progress=False)
+    with pytest.raises(vr.FfmpegError, match="an executable ffmpeg"):
+        vr.find_ffmpeg(tmp_path / "no-such-ffmpeg")
+
+
+@pytest.mark.parametrize("kw, err, text", [
+    ({"crfs": ()}, ValueError, "CRF levels"),
+    ({"crfs": (70,)}, ValueError, "CRF levels"),
+    ({"jobs": 0}, ValueError, "jobs >= 1"),
+])
+def test_bad_arguments(source, tmp_path, kw, err, text):
+    with pytest.raises(err, match=text):
+        vr.make_variants([Item(str(source), "c")], tmp_path, progress=False, **kw)
+
+
+# --- LSVQ label files ----------------------------------------------------------------------
+
+_LSVQ_HEADER = "name,p1,p2,p3,height,width,mos_p1,mos_p2,mos_p3,mos,frame_number,is_test\n"
+
+
+def _lsvq(tmp_path: Path, rows: list[tuple[str, float, bool]], make: int) -> Path:
+    videos = tmp_path / "videos"
+    for name, *_ in rows[:make]:
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / f"{name}.mp4").write_bytes(b"video")
+    csv = tmp_path / "labels_train_test.csv"
+    csv.write_text(_LSVQ_HEADER + "".join(
+        f"{n},0,0,0,720,1280,50,50,50,{m},240,{str(t)}\n" for n, m, t in rows))
+    return csv
+
+
+def test_read_lsvq_csv_maps_0_100_to_1_5(tmp_path):
+    rows = [("yfcc-batch1/11819", 0.0, False), ("ia-batch3/clip_a", 100.0, True),
+            ("yfcc-batch2/7", 62.5, False)]
+    items = vr.read_lsvq_csv(_lsvq(tmp_path, rows, 3), tmp_path / "videos")
+    assert [i.source for i in items] == [r[0] for r in rows]
+    assert [i.mos for i in items] == pytest.approx([1.0, 5.0, 3.5])
+    assert [i.mos_raw for i in items] == [0.0, 100.0, 62.5]
+    assert all(i.mos_scale == (0.0, 100.0) and i.original for i in items)
+    assert [i.split for i in items] == ["train", "test", "train"]
+    assert Path(items[0].path) == (tmp_path / "videos/yfcc-batch1/11819.mp4").resolve()
+    dev = vr.read_lsvq_csv(tmp_path / "labels_train_test.csv", tmp_path / "videos",
+                           split="dev")
+    assert {i.split for i in dev} == {"dev"}
+
+
+def test_read_lsvq_csv_names_missing_videos(tmp_path):
+    rows = [(f"yfcc-batch1/{n}", 50.0, False) for n in range(8)]
+    csv = _lsvq(tmp_path, rows, 2)
+    with pytest.raises(vr.MissingVideosError, match=r"6 of 8 missing.*yfcc-batch1/2") as e:
+        vr.read_lsvq_csv(csv, tmp_path / "videos")
+    assert isinstance(e.value, FileNotFoundError)
+    with pytest.warns(UserWarning, match="6 of 8 missing"):
+        assert len(vr.read_lsvq_csv(csv, tmp_path / "videos", missing="skip")) == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name,score\na,3\n", "columns 'name' and 'mos'"),
+    ("name,mos\na,high\n", r":2: expected a number in column 'mos'"),
+    ("name,mos\n,40\n", "a video name"),
+])
+def test_read_lsvq_csv_bad_files(tmp_path, text, match):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "l.csv").write_text(text)
+    with pytest.raises(vr.LabelFileError, match=match):
+        vr.read_lsvq_csv(tmp_path / "l.csv", tmp_path / "videos")

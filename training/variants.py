@@ -1,0 +1,632 @@
+"""Compression variants of source videos, their full-reference metrics and pseudo-scores.
+
+:func:`make_variants` encodes every source at the paper's 20 libx264 CRF levels (15, 17, ...,
+53) through ffmpeg, measures each variant against its source (VMAF and PSNR) and writes a
+manifest (``OUT_DIR/manifest.jsonl``) holding the originals and the variants::
+
+    OUT_DIR/manifest.jsonl
+    OUT_DIR/<source>/libx264_crf15.mp4 ... libx264_crf53.mp4
+
+It is resumable: an encode is written under a temporary name and renamed when ffmpeg
+succeeds, so a file that exists is complete and is never encoded again; measurements already
+in the manifest are kept while the file's sha256 is unchanged. Encodes and measurements run
+``jobs`` at a time (one ffmpeg process each); progress goes to stderr.
+
+Identical encodes: libx264 clamps CRF to 51 for 8-bit video, so CRF 53 gives the same bytes
+as CRF 51. Every row carries the file's sha256, which shows it; the metrics are measured once
+per distinct file, and :func:`cpllm_plugin.training.metrics.flip_rate` never counts a pair of
+identical files.
+
+Encoding: ``-c:v libx264 -preset medium -crf N -pix_fmt yuv420p``, first video stream only,
+every frame kept with its timestamp (``-fps_mode passthrough``), sizes cropped to even
+numbers (the bottom row / right column of an odd-sized source is dropped; 4:2:0 needs even
+sizes), metadata dropped so equal encodes are equal bytes.
+
+Measuring (:func:`measure_fr`): ffmpeg's ``libvmaf`` filter with the built-in model
+``version=vmaf_v0.6.1`` and the ``psnr`` filter, in one pass. Both inputs go through the same
+chain: crop to even size, scale to the variant's size (a no-op for these variants), convert
+to yuv420p, then re-time frame ``n`` to ``n / 25`` s so that frame ``n`` of the variant is
+compared with frame ``n`` of the source whatever their timestamps. VMAF is the mean over
+frames, PSNR the ffmpeg summary ("average" of Y, U, V weighted by plane size) in dB, capped at
+100 dB for identical inputs. VMAF is measured at the source's own resolution (the model was
+trained for 1080p viewing; for small sources it is a relative, not an absolute, number).
+
+Pseudo-scores (:func:`pseudo_score`), on the 1-5 scale of the paper (1 bad, 2 poor, 3 fair,
+4 good, 5 excellent), for variants, from VMAF ``v`` clipped to [0, 100]:
+
+- source without MOS: ``pseudo = 1 + 4 * v / 100``. This is the usual reading of VMAF's own
+  scale, which was fitted to absolute category ratings: each 20 VMAF points is one category
+  (80-100 excellent, 60-80 good, ...), so v = 80 gives 4.2 and v = 50 gives 3.0.
+- source with MOS ``m`` (already on 1-5): ``pseudo = 1 + (m - 1) * v / 100``: a perfect copy
+  (v = 100) scores the source's MOS, and a variant never scores above its source.
+
+Both are monotone non-decreasing in VMAF and stay within [1, 5]. A variant without VMAF
+(``measure=False``, or ffmpeg without libvmaf) gets no pseudo-score: its row still feeds the
+ranking loss (a lower CRF of the same source is never worse). Originals keep their MOS if
+they have one and get no pseudo-score (there is no reference to measure them against).
+
+Real opinion scores: :func:`read_lsvq_csv` reads LSVQ's label CSVs (``labels_train_test.csv``,
+``labels_test_1080p.csv``) into manifest items with ``mos`` mapped from 0-100 to 1-5.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import functools
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from cpllm_plugin.errors import (
+    CpllmError,
+    MissingExtraError,
+    VideoNotFoundError,
+    message,
+)
+from cpllm_plugin.hashing import sha256_file
+
+from .manifest import (
+    CRF_LEVELS,
+    Item,
+    ManifestError,
+    map_scale,
+    read_manifest,
+    resolve,
+    write_manifest,
+)
+
+VMAF_MODEL = "vmaf_v0.6.1"  # libvmaf's built-in model, 1080p viewing at 3 picture heights
+PSNR_CAP = 100.0  # dB; identical inputs have infinite PSNR, JSON has no infinity
+LSVQ_SCALE = (0.0, 100.0)  # LSVQ publishes MOS on 0-100
+MANIFEST_NAME = "manifest.jsonl"
+
+Progress = Callable[[str], None]
+
+
+class FfmpegError(CpllmError, RuntimeError):
+    """ffmpeg could not be found, lacks a needed filter, or failed on a file."""
+
+
+class LabelFileError(CpllmError, ValueError):
+    """A label file (LSVQ-style CSV) is malformed."""
+
+
+class MissingVideosError(CpllmError, FileNotFoundError):
+    """Videos named by a label file or manifest are not on disk."""
+
+
+# --- ffmpeg -------------------------------------------------------------------------------
+
+
+def find_ffmpeg(ffmpeg: str | os.PathLike | None = None) -> str:
+    """The ffmpeg to use: ``ffmpeg`` if given, else ``$CPLLM_FFMPEG``, else imageio-ffmpeg's.
+
+    imageio-ffmpeg's static build has libx264 and libvmaf with built-in models; Debian's
+    ffmpeg has no libvmaf.
+    """
+    ffmpeg = ffmpeg or os.environ.get("CPLLM_FFMPEG")
+    if ffmpeg:
+        path = Path(ffmpeg)
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        import shutil
+
+        found = shutil.which(str(ffmpeg))
+        if found:
+            return found
+        raise FfmpegError(message(
+            "find_ffmpeg()", "an executable ffmpeg", f"{str(ffmpeg)!r}, which is not one",
+            "give the path of an ffmpeg binary, or leave it out to use imageio-ffmpeg's"))
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise MissingExtraError(message(
+            "find_ffmpeg()", "the Python package 'imageio_ffmpeg' (extra 'train')",
+            "ImportError", "pip install 'cpllm-plugin[train]', or pass ffmpeg=PATH")) from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=8)
+def _filters(ffmpeg: str) -> frozenset[str]:
+    out = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True,
+                         errors="replace", check=False).stdout
+    return frozenset(line.split()[1] for line in out.splitlines()
+                     if len(line.split()) > 2 and line.split()[2].count("->") == 1)
+
+
+def has_libvmaf(ffmpeg: str) -> bool:
+    """True when ``ffmpeg`` was built with the libvmaf filter."""
+    return "libvmaf" in _filters(ffmpeg)
+
+
+def _require_libvmaf(ffmpeg: str, where: str) -> None:
+    if not has_libvmaf(ffmpeg):
+        raise FfmpegError(message(
+            where, "an ffmpeg built with libvmaf", f"{ffmpeg} (no libvmaf filter)",
+            "use imageio-ffmpeg's binary (the default), or pass measure=False "
+            "(--no-measure) to make ranking-only rows without VMAF"))
+
+
+def _run_ffmpeg(args: Sequence[str], where: str) -> str:
+    """Run one ffmpeg command; return its stderr, raise :class:`FfmpegError` on failure."""
+    proc = subprocess.run(list(args), capture_output=True, text=True, errors="replace",
+                          check=False, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-4:]) or "no output"
+        raise FfmpegError(message(
+            where, "ffmpeg to succeed", f"exit code {proc.returncode}: {tail}",
+            "check that the input plays (ffprobe FILE) and that this ffmpeg has the encoder"))
+    return proc.stderr
+
+
+def _threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+_EVEN = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"  # 4:2:0 needs even sizes; keep the top left
+
+
+def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str = "libx264",
+           preset: str = "medium", ffmpeg: str | None = None, threads: int | None = None) -> Path:
+    """Encode the first video stream of ``src`` at ``crf`` into ``dst`` (MP4), atomically.
+
+    ffmpeg writes ``dst``'s folder under a temporary name that is renamed only on success,
+    so an existing ``dst`` is always a complete encode.
+    """
+    ffmpeg = find_ffmpeg(ffmpeg)
+    src, dst = Path(src), Path(dst)
+    where = f"encode({src.name!r}, crf={crf})"
+    if not src.is_file():
+        raise VideoNotFoundError(message(where, "a source video file", f"missing {src}",
+                                         "check the source path in the manifest"))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".part", dir=dst.parent)
+    os.close(fd)
+    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
+            "-vf", _EVEN, "-fps_mode", "passthrough", "-c:v", codec, "-preset", preset,
+            "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", str(threads or _threads(1))]
+    if codec in ("libvpx-vp9", "libaom-av1"):
+        args += ["-b:v", "0"]  # constant quality: these encoders cap the bitrate otherwise
+    try:
+        _run_ffmpeg(args + ["-f", "mp4", tmp], where)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+def _even_size(path: Path) -> tuple[int, int]:
+    """Display size of a video, rounded down to even numbers (as :data:`_EVEN` crops)."""
+    from cpllm_plugin.video import probe
+
+    info = probe(path)
+    return info.width - info.width % 2, info.height - info.height % 2
+
+
+def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
+               threads: int | None = None, subsample: int = 1) -> tuple[float, float]:
+    """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
+
+    Args:
+        ref: the source video.
+        dist: the variant.
+        ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`); needs libvmaf.
+        threads: libvmaf threads (default: all cores).
+        subsample: measure every n-th frame for VMAF (1: all).
+
+    Returns:
+        ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100).
+    """
+    ffmpeg = find_ffmpeg(ffmpeg)
+    ref, dist = Path(ref), Path(dist)
+    where = f"measure_fr({dist.name!r} against {ref.name!r})"
+    for p in (ref, dist):
+        if not p.is_file():
+            raise VideoNotFoundError(message(where, "two video files", f"missing {p}",
+                                             "check both paths"))
+    _require_libvmaf(ffmpeg, where)
+    w, h = _even_size(dist)
+    # The same chain for both inputs; frame n is re-timed to n/25 s so frames pair by index.
+    chain = f"{_EVEN},scale={w}:{h}:flags=bicubic,format=yuv420p,settb=1/25,setpts=N"
+    with tempfile.TemporaryDirectory(prefix="cpllm-vmaf-") as tmp:
+        log = Path(tmp) / "vmaf.json"  # a plain path: no characters to escape in the graph
+        graph = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];"
+                 f"[d][r1]psnr=shortest=1[dp];"
+                 f"[dp][r2]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
+                 f":n_threads={threads or _threads(1)}:n_subsample={subsample}:shortest=1")
+        err = _run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "info",
+                           "-i", str(dist), "-i", str(ref), "-lavfi", graph,
+                           "-f", "null", "-"], where)
+        vmaf = _parse_vmaf(log, where)
+    return vmaf, _parse_psnr(err, where)
+
+
+def _parse_vmaf(log: Path, where: str) -> float:
+    try:
+        data = json.loads(log.read_text())
+    except (OSError, ValueError) as exc:
+        raise FfmpegError(message(where, "libvmaf's JSON log", f"{type(exc).__name__}: {exc}",
+                                  "run the ffmpeg command by hand to see what failed")) from None
+    pooled = (data.get("pooled_metrics") or {}).get("vmaf") or {}
+    if isinstance(pooled.get("mean"), (int, float)):
+        return float(pooled["mean"])
+    frames = [f.get("metrics", {}).get("vmaf") for f in data.get("frames", [])]
+    frames = [v for v in frames if isinstance(v, (int, float))]
+    if not frames:
+        raise FfmpegError(message(where, "VMAF values in libvmaf's log", "no frames",
+                                  "check that both videos decode (ffprobe FILE)"))
+    return float(sum(frames) / len(frames))
+
+
+_PSNR_RE = re.compile(r"PSNR y:\S+ u:\S+ v:\S+ average:(\S+)")
+
+
+def _parse_psnr(stderr: str, where: str) -> float:
+    found = _PSNR_RE.findall(stderr)
+    if not found:
+        raise FfmpegError(message(where, "ffmpeg's PSNR summary line", "none in its output",
+                                  "check that both videos decode (ffprobe FILE)"))
+    value = found[-1]
+    return PSNR_CAP if value in ("inf", "nan") else min(float(value), PSNR_CAP)
+
+
+# --- pseudo-scores ------------------------------------------------------------------------
+
+
+def pseudo_score(vmaf: float | None, source_mos: float | None = None) -> float | None:
+    """A variant's score on 1-5 from its VMAF (and its source's MOS, 1-5, when known).
+
+    Without MOS: ``1 + 4 * v / 100``; with MOS ``m``: ``1 + (m - 1) * v / 100`` (never above
+    the source). ``v`` is clipped to [0, 100]; no VMAF gives None (ranking loss only).
+    """
+    if vmaf is None:
+        return None
+    v = min(max(float(vmaf), 0.0), 100.0) / 100.0
+    if source_mos is None:
+        return round(1.0 + 4.0 * v, 6)
+    m = min(max(float(source_mos), 1.0), 5.0)
+    return round(1.0 + (m - 1.0) * v, 6)
+
+
+# --- the ladder ---------------------------------------------------------------------------
+
+
+def _folder(source: str) -> str:
+    """A file-system-safe folder name for a source id (unique: a hash is added if changed)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._") or "source"
+    if safe != source:
+        safe += "-" + hashlib.sha1(source.encode()).hexdigest()[:6]
+    return safe
+
+
+def variant_path(out_dir: str | Path, source: str, codec: str, crf: int) -> Path:
+    """Where :func:`make_variants` writes the variant of ``source`` at ``crf``."""
+    return Path(out_dir) / _folder(source) / f"{codec}_crf{crf:02d}.mp4"
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), base.resolve())
+    except ValueError:  # another drive on Windows
+        return str(path.resolve())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Writer:
+    """Writes the manifest at most every ``every`` seconds while work goes on."""
+
+    def __init__(self, path: Path, rows: Callable[[], list[Item]], every: float = 2.0):
+        self.path, self.rows, self.every = path, rows, every
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        with self.lock:
+            if force or time.monotonic() - self.last >= self.every:
+                write_manifest(self.path, self.rows())
+                self.last = time.monotonic()
+
+
+def _load_sources(sources: Sequence[Item] | str | os.PathLike) -> tuple[list[Item], Path | None]:
+    if isinstance(sources, (str, os.PathLike)):
+        return read_manifest(sources), Path(sources)
+    return list(sources), None
+
+
+def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os.PathLike,
+                  crfs: Iterable[int] = CRF_LEVELS, codec: str = "libx264",
+                  preset: str = "medium", ffmpeg: str | None = None, jobs: int = 2,
+                  measure: bool = True, progress: Progress | bool = True,
+                  vmaf_subsample: int = 1) -> list[Item]:
+    """Encode every source at every CRF, measure the variants, write the manifest.
+
+    Args:
+        sources: items (originals; only ``original=True`` rows are used) or the path of a
+            manifest holding them. Paths of a manifest resolve against its folder; paths of
+            items as given (absolute, or relative to the current directory).
+        out_dir: where variants and ``manifest.jsonl`` go.
+        crfs: CRF levels (default: the paper's 15, 17, ..., 53).
+        codec, preset: the ffmpeg encoder and its preset.
+        ffmpeg: ffmpeg binary (default: ``$CPLLM_FFMPEG``, else imageio-ffmpeg's).
+        jobs: ffmpeg processes at once.
+        measure: measure VMAF and PSNR against the source (needs libvmaf).
+        progress: True for lines on stderr, False for none, or a callable taking a line.
+        vmaf_subsample: measure VMAF on every n-th frame (faster on long sources).
+
+    Returns:
+        The manifest's items: each original followed by its variants in CRF order. The
+        manifest holds exactly the requested rows; an earlier manifest in ``out_dir`` is
+        read only to reuse its measurements.
+    """
+    where = "make_variants()"
+    say: Progress = (_stderr if progress is True else (lambda _: None) if not progress
+                     else progress)
+    crfs = sorted({int(c) for c in crfs})
+    if not crfs or crfs[0] < 0 or crfs[-1] > 63:
+        raise ValueError(message(where, "CRF levels in 0..63", repr(crfs),
+                                 "pass e.g. crfs=range(15, 54, 2)"))
+    if jobs < 1:
+        raise ValueError(message(where, "jobs >= 1", repr(jobs), "pass jobs=1 or more"))
+    ffmpeg = find_ffmpeg(ffmpeg)
+    if measure:
+        _require_libvmaf(ffmpeg, where)
+    items, manifest = _load_sources(sources)
+    originals = [i for i in items if i.original]
+    if not originals:
+        raise ManifestError(message(where, "at least one original (original=true)",
+                                    "none", "list the source videos, one row each"))
+    dupes = sorted({i.source for i in originals if sum(j.source == i.source
+                                                       for j in originals) > 1})
+    if dupes:
+        raise ManifestError(message(where, "one original per source id", f"duplicates {dupes}",
+                                    "give every source its own id"))
+    files = {i.source: (resolve(manifest, i) if manifest else Path(i.path)) for i in originals}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise MissingVideosError(message(
+            where, "every source video on disk", f"{len(missing)} missing, first: "
+            f"{missing[:3]}", "fix the paths (a manifest's relative paths start at its folder)"))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST_NAME
+    old = {i.path: i for i in read_manifest(path)} if path.is_file() else {}
+
+    # Originals: hashed; a source whose bytes changed since the last run is encoded again.
+    say(f"hashing {len(originals)} sources")
+    rows: dict[str, Item] = {}
+    stale: set[str] = set()
+    for o in originals:
+        rel = _rel(files[o.source], out)
+        sha = sha256_file(files[o.source])
+        prev = old.get(rel)
+        if prev is not None and prev.sha256 not in (None, sha):
+            stale.add(o.source)
+        rows[rel] = _keep_annotations(replace(o, path=rel, sha256=sha), prev)
+
+    variants: dict[str, tuple[Item, Path]] = {}  # rel path -> (row, source file)
+    for o in originals:
+        for crf in crfs:
+            dst = variant_path(out, o.source, codec, crf)
+            rel = _rel(dst, out)
+            if o.source in stale and dst.exists():
+                dst.unlink()
+            row = Item(rel, o.source, split=o.split, original=False, codec=codec, crf=crf,
+                       tag=o.tag)
+            variants[rel] = (_keep_annotations(row, old.get(rel)), files[o.source])
+
+    def all_rows() -> list[Item]:
+        by_source: dict[str, list[Item]] = {}
+        for r in rows.values():
+            by_source.setdefault(r.source, []).append(r)
+        return [r for o in originals for r in sorted(by_source[o.source],
+                                                     key=lambda r: (not r.original,
+                                                                    r.codec or "", r.crf or 0))]
+
+    writer = _Writer(path, all_rows)
+    threads = _threads(jobs)
+
+    # Phase 1: encode what is missing (parallel), hash every variant.
+    todo = [(rel, row, src) for rel, (row, src) in variants.items()
+            if not (out / rel).is_file()]
+    say(f"encode: {len(variants) - len(todo)} of {len(variants)} variants already on disk, "
+        f"{len(todo)} to encode with {codec} -preset {preset} ({jobs} at a time)")
+
+    def do_encode(rel: str, row: Item, src: Path) -> float:
+        t = time.perf_counter()
+        encode(src, out / rel, row.crf, codec, preset, ffmpeg, threads)
+        return time.perf_counter() - t
+
+    _parallel(todo, do_encode, jobs, say, "encode",
+              lambda a, dt: f"{a[1].source} crf {a[1].crf}: {dt:.1f} s")
+    for rel, (row, _src) in variants.items():
+        rows[rel] = replace(row, sha256=sha256_file(out / rel))
+    writer(force=True)
+
+    # Phase 2: measure each distinct file once; reuse measurements of unchanged files.
+    mos = {o.source: o.mos for o in originals}
+    done: dict[tuple[str, str], tuple[float, float]] = {}
+    for rel in variants:
+        prev = old.get(rel)
+        if (prev is not None and prev.sha256 == rows[rel].sha256 and prev.vmaf is not None
+                and prev.psnr is not None and rows[rel].source not in stale):
+            done[(rows[rel].source, rows[rel].sha256)] = (prev.vmaf, prev.psnr)
+    if measure:
+        todo_m, seen = [], set(done)
+        for rel, (row, src) in variants.items():
+            key = (row.source, rows[rel].sha256)
+            if key not in seen:
+                seen.add(key)
+                todo_m.append((rel, rows[rel], src))
+        say(f"measure: {len(variants) - len(todo_m)} of {len(variants)} variants known "
+            f"(already measured, or identical to another file), {len(todo_m)} to measure "
+            f"(VMAF {VMAF_MODEL} + PSNR)")
+
+        lock = threading.Lock()
+
+        def do_measure(rel: str, row: Item, src: Path) -> float:
+            t = time.perf_counter()
+            result = measure_fr(src, out / rel, ffmpeg, threads, vmaf_subsample)
+            with lock:  # keep finished measurements on disk as they come
+                done[(row.source, row.sha256)] = result
+                _fill(rows, done, mos)
+            writer()
+            return time.perf_counter() - t
+
+        _parallel(todo_m, do_measure, jobs, say, "measure",
+                  lambda a, dt: f"{a[1].source} crf {a[1].crf}: VMAF "
+                  f"{done[(a[1].source, a[1].sha256)][0]:.2f}, PSNR "
+                  f"{done[(a[1].source, a[1].sha256)][1]:.2f} dB, {dt:.1f} s")
+    _fill(rows, done, mos)
+    writer(force=True)
+    say(f"wrote {path} ({len(rows)} rows)")
+    return all_rows()
+
+
+def _keep_annotations(row: Item, prev: Item | None) -> Item:
+    """Carry descriptions and opinion scores of an earlier run's row into a row without them."""
+    if prev is None:
+        return row
+    if row.description is None and prev.description is not None:
+        row = replace(row, description=prev.description,
+                      description_generated=prev.description_generated)
+    if row.mos is None and prev.mos is not None:
+        row = replace(row, mos=prev.mos, mos_raw=prev.mos_raw, mos_scale=prev.mos_scale)
+    return row
+
+
+def _fill(rows: dict[str, Item], done: dict, mos: dict[str, float | None]) -> None:
+    """Put known measurements and pseudo-scores into the variant rows."""
+    for rel, r in list(rows.items()):
+        if r.original:
+            continue
+        vmaf, psnr = done.get((r.source, r.sha256), (None, None))
+        rows[rel] = replace(r, vmaf=vmaf, psnr=psnr, pseudo=pseudo_score(vmaf, mos[r.source]))
+
+
+def _parallel(tasks: list[tuple], fn: Callable[..., float], jobs: int, say: Progress,
+              what: str, line: Callable[[tuple, float], str]) -> None:
+    """Run ``fn(*task)`` for every task, ``jobs`` at a time, with a progress line each."""
+    if not tasks:
+        return
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(fn, *t): t for t in tasks}
+        try:
+            for n, fut in enumerate(cf.as_completed(futures), 1):
+                dt = fut.result()
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / n * (len(tasks) - n)
+                say(f"[{what} {n}/{len(tasks)}] {line(futures[fut], dt)} "
+                    f"(elapsed {elapsed:.0f} s, left ~{eta:.0f} s)")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+# --- real opinion scores ------------------------------------------------------------------
+
+_VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".webm", ".avi")
+
+
+def read_lsvq_csv(csv_path: str | os.PathLike, video_dir: str | os.PathLike,
+                  split: str | None = None, scale: tuple[float, float] = LSVQ_SCALE,
+                  missing: str = "error") -> list[Item]:
+    """Read an LSVQ-style label CSV into manifest items with real MOS.
+
+    LSVQ's public label files (``labels_train_test.csv``, ``labels_test_1080p.csv``) have a
+    header row with at least ``name`` (for example ``yfcc-batch1/11819``: the video is
+    ``VIDEO_DIR/yfcc-batch1/11819.mp4``) and ``mos`` (0-100), plus ``height``, ``width``,
+    ``frame_number``, patch coordinates and patch MOS (``mos_p1`` ...), which are not used;
+    ``labels_train_test.csv`` also has ``is_test``. Any CSV with ``name`` and ``mos`` columns
+    works.
+
+    Args:
+        csv_path: the label file.
+        video_dir: the folder the names are relative to.
+        split: the split of every row; None takes it from ``is_test`` (true: ``"test"``,
+            false: ``"train"``), or ``"train"`` without that column.
+        scale: the (low, high) range of ``mos``; mapped linearly to 1-5.
+        missing: ``"error"`` raises :class:`MissingVideosError` naming how many videos are
+            missing and the first few; ``"skip"`` leaves them out with a warning.
+
+    Returns:
+        One original per row: ``path`` (absolute), ``source`` = ``name``, ``mos_raw``,
+        ``mos_scale`` and ``mos`` on 1-5.
+    """
+    csv_path, video_dir = Path(csv_path), Path(video_dir)
+    where = f"read_lsvq_csv({str(csv_path)!r})"
+    if missing not in ("error", "skip"):
+        raise ValueError(message(where, "missing='error' or 'skip'", repr(missing),
+                                 "pick one of them"))
+    if not csv_path.is_file():
+        raise LabelFileError(message(where, "a CSV label file", "no such file",
+                                     "check the path"))
+    if not video_dir.is_dir():
+        raise MissingVideosError(message(where, "a folder of videos", f"{video_dir} "
+                                         "(not a folder)", "pass the folder the names are "
+                                         "relative to"))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in reader.fieldnames or []]
+        need = [c for c in ("name", "mos") if c not in cols]
+        if need:
+            raise LabelFileError(message(where, "a header with columns 'name' and 'mos'",
+                                         f"columns {cols[:8]}", f"add {need} (LSVQ layout)"))
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    items, lost = [], []
+    for n, r in enumerate(rows, 2):
+        try:
+            raw = float(r["mos"])
+        except ValueError:
+            raise LabelFileError(message(f"{csv_path}:{n}", "a number in column 'mos'",
+                                         repr(r["mos"]), "fix or delete that row")) from None
+        if not r["name"]:
+            raise LabelFileError(message(f"{csv_path}:{n}", "a video name in column 'name'",
+                                         "an empty cell", "fix or delete that row"))
+        path = _find_video(video_dir, r["name"])
+        if path is None:
+            lost.append(r["name"])
+            continue
+        row_split = split or ("test" if r.get("is_test", "").lower() in ("1", "true", "yes")
+                              else "train")
+        items.append(Item(str(path.resolve()), r["name"], split=row_split, mos_raw=raw,
+                          mos_scale=tuple(scale), mos=map_scale(raw, scale)))
+    if lost:
+        text = message(where, f"every video under {video_dir}",
+                       f"{len(lost)} of {len(rows)} missing, first: {lost[:5]}",
+                       "download them, point video_dir at the right folder, or pass "
+                       "missing='skip'")
+        if missing == "error":
+            raise MissingVideosError(text)
+        import warnings
+
+        warnings.warn(text, stacklevel=2)
+    return items
+
+
+def _find_video(video_dir: Path, name: str) -> Path | None:
+    p = video_dir / name
+    if p.is_file():
+        return p
+    for ext in _VIDEO_EXTS:
+        q = p.with_name(p.name + ext)
+        if q.is_file():
+            return q
+    return None
