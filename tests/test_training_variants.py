@@ -203,13 +203,14 @@ def test_ffmpeg_without_libvmaf_or_missing_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("kw, err, text", [
-    ({"crfs": ()}, ValueError, "CRF levels"),
-    ({"crfs": (70,)}, ValueError, "CRF levels"),
-    ({"jobs": 0}, ValueError, "jobs >= 1"),
+    ({"crfs": ()}, vr.DataArgumentError, "CRF levels"),
+    ({"crfs": (70,)}, vr.DataArgumentError, "CRF levels"),
+    ({"jobs": 0}, vr.DataArgumentError, "jobs >= 1"),
 ])
 def test_bad_arguments(source, tmp_path, kw, err, text):
-    with pytest.raises(err, match=text):
+    with pytest.raises(err, match=text) as e:
         vr.make_variants([Item(str(source), "c")], tmp_path, progress=False, **kw)
+    assert isinstance(e.value, (CpllmError, ValueError))
 
 
 # --- LSVQ label files ----------------------------------------------------------------------

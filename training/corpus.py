@@ -44,6 +44,7 @@ from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, write_manifest
+from .variants import progress_printer
 
 SPLIT_FILE = Path(__file__).with_name("split.json")
 
@@ -365,8 +366,7 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
     Returns:
         The originals as manifest items (paths relative to ``out_dir``).
     """
-    say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress is True else \
-        (progress or (lambda _: None))
+    say = progress_printer(progress)
     out = Path(out_dir)
     downloads, originals = out / "downloads", out / "originals"
     originals.mkdir(parents=True, exist_ok=True)

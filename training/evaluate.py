@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from cpllm_plugin.errors import CpllmError, message
@@ -33,6 +33,7 @@ from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, ManifestError, read_manifest, resolve
 from .metrics import FLIP_DIFFS, flip_rate, plcc, srcc
+from .variants import progress_printer
 
 CACHE_NAME = "scores-cache.json"
 
@@ -137,8 +138,7 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
     import cpllm_plugin
 
     where = "evaluate()"
-    say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress is True else \
-        (progress or (lambda _: None))
+    say = progress_printer(progress)
     manifest = Path(manifest)
     items = select_split(read_manifest(manifest), split, where)
     paths = [resolve(manifest, i) for i in items]
@@ -191,8 +191,6 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
 
 
 def _with_sha(item: Item, path: Path) -> Item:
-    from dataclasses import replace
-
     return replace(item, sha256=sha256_file(path))
 
 

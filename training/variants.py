@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -95,6 +96,10 @@ Progress = Callable[[str], None]
 
 class FfmpegError(CpllmError, RuntimeError):
     """ffmpeg could not be found, lacks a needed filter, or failed on a file."""
+
+
+class DataArgumentError(CpllmError, ValueError):
+    """An argument is out of range (CRF levels, job count, ...)."""
 
 
 class LabelFileError(CpllmError, ValueError):
@@ -323,23 +328,28 @@ def _rel(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def progress_printer(progress: Progress | bool) -> Progress:
+    """``True``: lines to stderr; ``False``/None: nothing; a callable: itself."""
+    if progress is True:
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return progress or (lambda _: None)
 
 
 class _Writer:
-    """Writes the manifest at most every ``every`` seconds while work goes on."""
+    """Writes the manifest while work goes on: at most every ``every`` seconds, and never
+    spending more than about 5% of the time writing (large manifests take a while)."""
 
     def __init__(self, path: Path, rows: Callable[[], list[Item]], every: float = 2.0):
         self.path, self.rows, self.every = path, rows, every
         self.lock = threading.Lock()
-        self.last = 0.0
+        self.next = 0.0
 
     def __call__(self, force: bool = False) -> None:
         with self.lock:
-            if force or time.monotonic() - self.last >= self.every:
+            if force or time.monotonic() >= self.next:
+                t = time.monotonic()
                 write_manifest(self.path, self.rows())
-                self.last = time.monotonic()
+                self.next = time.monotonic() + max(self.every, 20 * (time.monotonic() - t))
 
 
 def _load_sources(sources: Sequence[Item] | str | os.PathLike) -> tuple[list[Item], Path | None]:
@@ -374,14 +384,13 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
         read only to reuse its measurements.
     """
     where = "make_variants()"
-    say: Progress = (_stderr if progress is True else (lambda _: None) if not progress
-                     else progress)
+    say = progress_printer(progress)
     crfs = sorted({int(c) for c in crfs})
     if not crfs or crfs[0] < 0 or crfs[-1] > 63:
-        raise ValueError(message(where, "CRF levels in 0..63", repr(crfs),
-                                 "pass e.g. crfs=range(15, 54, 2)"))
+        raise DataArgumentError(message(where, "CRF levels in 0..63", repr(crfs),
+                                        "pass e.g. crfs=range(15, 54, 2)"))
     if jobs < 1:
-        raise ValueError(message(where, "jobs >= 1", repr(jobs), "pass jobs=1 or more"))
+        raise DataArgumentError(message(where, "jobs >= 1", repr(jobs), "pass jobs=1 or more"))
     ffmpeg = find_ffmpeg(ffmpeg)
     if measure:
         _require_libvmaf(ffmpeg, where)
@@ -390,8 +399,7 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
     if not originals:
         raise ManifestError(message(where, "at least one original (original=true)",
                                     "none", "list the source videos, one row each"))
-    dupes = sorted({i.source for i in originals if sum(j.source == i.source
-                                                       for j in originals) > 1})
+    dupes = sorted(s for s, n in Counter(i.source for i in originals).items() if n > 1)
     if dupes:
         raise ManifestError(message(where, "one original per source id", f"duplicates {dupes}",
                                     "give every source its own id"))
@@ -454,8 +462,13 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
 
     _parallel(todo, do_encode, jobs, say, "encode",
               lambda a, dt: f"{a[1].source} crf {a[1].crf}: {dt:.1f} s")
-    for rel, (row, _src) in variants.items():
-        rows[rel] = replace(row, sha256=sha256_file(out / rel))
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:  # hashing is I/O bound
+        hashes = pool.map(sha256_file, [out / rel for rel in variants])
+        for (rel, (row, _src)), sha in zip(variants.items(), hashes, strict=True):
+            rows[rel] = replace(row, sha256=sha)
+    same: dict[tuple[str, str], list[str]] = {}  # (source, sha256) -> rows of that file
+    for rel in variants:
+        same.setdefault((rows[rel].source, rows[rel].sha256), []).append(rel)
     writer(force=True)
 
     # Phase 2: measure each distinct file once; reuse measurements of unchanged files.
@@ -484,7 +497,7 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
             result = measure_fr(src, out / rel, ffmpeg, threads, vmaf_subsample)
             with lock:  # keep finished measurements on disk as they come
                 done[(row.source, row.sha256)] = result
-                _fill(rows, done, mos)
+                _fill(rows, same[(row.source, row.sha256)], result, mos)
             writer()
             return time.perf_counter() - t
 
@@ -492,7 +505,8 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
                   lambda a, dt: f"{a[1].source} crf {a[1].crf}: VMAF "
                   f"{done[(a[1].source, a[1].sha256)][0]:.2f}, PSNR "
                   f"{done[(a[1].source, a[1].sha256)][1]:.2f} dB, {dt:.1f} s")
-    _fill(rows, done, mos)
+    for key, rels in same.items():
+        _fill(rows, rels, done.get(key, (None, None)), mos)
     writer(force=True)
     say(f"wrote {path} ({len(rows)} rows)")
     return all_rows()
@@ -510,12 +524,12 @@ def _keep_annotations(row: Item, prev: Item | None) -> Item:
     return row
 
 
-def _fill(rows: dict[str, Item], done: dict, mos: dict[str, float | None]) -> None:
-    """Put known measurements and pseudo-scores into the variant rows."""
-    for rel, r in list(rows.items()):
-        if r.original:
-            continue
-        vmaf, psnr = done.get((r.source, r.sha256), (None, None))
+def _fill(rows: dict[str, Item], rels: list[str], measured: tuple[float | None, float | None],
+          mos: dict[str, float | None]) -> None:
+    """Put a file's ``(vmaf, psnr)`` and the pseudo-score into its rows ``rels``."""
+    vmaf, psnr = measured
+    for rel in rels:
+        r = rows[rel]
         rows[rel] = replace(r, vmaf=vmaf, psnr=psnr, pseudo=pseudo_score(vmaf, mos[r.source]))
 
 
@@ -573,8 +587,8 @@ def read_lsvq_csv(csv_path: str | os.PathLike, video_dir: str | os.PathLike,
     csv_path, video_dir = Path(csv_path), Path(video_dir)
     where = f"read_lsvq_csv({str(csv_path)!r})"
     if missing not in ("error", "skip"):
-        raise ValueError(message(where, "missing='error' or 'skip'", repr(missing),
-                                 "pick one of them"))
+        raise DataArgumentError(message(where, "missing='error' or 'skip'", repr(missing),
+                                        "pick one of them"))
     if not csv_path.is_file():
         raise LabelFileError(message(where, "a CSV label file", "no such file",
                                      "check the path"))
