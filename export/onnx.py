@@ -308,15 +308,9 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
                     f"a difference of {diff:.3g} on {len(ref)} real frames ({origin})",
                     "report it with the manifest; export with another --opset meanwhile"))
         manifest = _manifest(tmp, cfg, mid, opset, results, origin, len(ref))
-        _write_config(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        conf = json.loads((tmp / "config.json").read_text())
+        modeldir.write_config(tmp, {k: v for k, v in conf.items() if k != "files"})
+        modeldir.replace_dir(tmp, out_dir)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -352,16 +346,6 @@ def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, or
     }
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def _write_config(d: Path) -> None:
-    """Record the sha256 of every file (torch weights, ONNX, manifest) in config.json."""
-    conf = d / "config.json"
-    data = json.loads(conf.read_text())
-    data["files"] = {p.relative_to(d).as_posix(): sha256_file(p)
-                     for p in sorted(d.rglob("*")) if p.is_file() and p.name != "config.json"}
-    data["format"] = modeldir.FORMAT
-    conf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +10,7 @@ import torch
 
 from ..configs import ModelConfig, get_config
 from ..errors import ModelFileError, message
-from ..hashing import sha256_file
-from ..modeldir import ADAPTER, FORMAT, WEIGHTS, read_config, verify
+from ..modeldir import ADAPTER, FORMAT, WEIGHTS, read_config, replace_dir, verify, write_config
 from .cpllm import CPLLM
 
 
@@ -36,17 +32,8 @@ def save(model: CPLLM, path: str | Path) -> Path:
     save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
     if model.decoder is not None:
         model.decoder.save_pretrained(tmp / ADAPTER, safe_serialization=True)
-    files = {p.relative_to(tmp).as_posix(): sha256_file(p)
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
-    meta = {"format": FORMAT, **model.config.to_dict(), "files": files}
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    write_config(tmp, model.config.to_dict())
+    replace_dir(tmp, path)
     return path
 
 
