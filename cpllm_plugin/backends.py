@@ -189,7 +189,7 @@ _sessions_lock = threading.Lock()
 
 
 def _ort_providers(device: str, where: str) -> list[str]:
-    ort = require("onnxruntime", "onnxruntime", where)
+    ort = require("onnxruntime", None, where)
     have = ort.get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in have:
         raise BackendError(message(
@@ -220,7 +220,7 @@ class OrtBackend(Backend):
     def __init__(self, source: str | Path, options: ORT | None = None, **kw):
         options = _options(ORT, options, kw, "backend 'onnxruntime'")
         where = "backend 'onnxruntime'"
-        ort = require("onnxruntime", "onnxruntime", where)
+        ort = require("onnxruntime", None, where)
         model = Exported(source, options.precision, where)
         self.config, self.id, self.options = model.config, model.id, options
         self.providers = _ort_providers(options.device, where)

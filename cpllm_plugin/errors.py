@@ -89,18 +89,18 @@ class BackendError(CpllmError, RuntimeError):
     """A backend that was asked for explicitly cannot run here."""
 
 
-def require(module: str, extra: str, where: str):
-    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
+def require(module: str, extra: str | None, where: str):
+    """Import ``module`` or raise :class:`MissingExtraError` naming the install that fixes it.
+
+    ``extra`` is the cpllm-plugin extra providing the module, or None for core dependencies.
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        what = f"extra {extra!r}" if extra else "a core dependency"
+        fix = f"pip install 'cpllm-plugin[{extra}]'" if extra else "pip install cpllm-plugin"
         raise MissingExtraError(
-            message(
-                where,
-                f"the Python package {module!r} (extra {extra!r})",
-                f"ImportError: {exc}",
-                f"pip install 'cpllm-plugin[{extra}]'",
-            )
+            message(where, f"the Python package {module!r} ({what})", f"ImportError: {exc}", fix)
         ) from None
