@@ -61,11 +61,11 @@ class Inputs:
     """Model inputs for M key frames.
 
     Attributes:
-        views: ``(M, 3, S, S)`` float32 in [0, 1], S = view size (448).
+        views: ``(M, 3, S, S)`` float32 in [0, 1], S = view size (448); None when not asked.
         patches: ``(M, K, 3, P, P)`` float32 in [0, 1], P = patch size (224).
     """
 
-    views: np.ndarray
+    views: np.ndarray | None
     patches: np.ndarray
 
 
@@ -251,21 +251,34 @@ def patch_positions(height: int, width: int, k: int, patch: int,
 # --- the whole path ---------------------------------------------------------------------
 
 
-def prepare_frame(frame: np.ndarray, geo: Geometry,
-                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(H, W, 3)`` frame to ``view (3, S, S)`` and ``patches (K, 3, P, P)`` float32."""
+def make_view(frame: np.ndarray, geo: Geometry) -> np.ndarray:
+    """The high-level view ``(3, S, S)`` float32 of one ``(H, W, 3)`` frame."""
+    return resize(frame, geo.view_size, geo.view_size).transpose(2, 0, 1)
+
+
+def make_patches(frame: np.ndarray, geo: Geometry,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """The K low-level patches ``(K, 3, P, P)`` float32 of one ``(H, W, 3)`` frame."""
     h, w = frame.shape[:2]
-    view = resize(frame, geo.view_size, geo.view_size)
     fh, fw = fit_size(h, w, tuple(geo.fit), geo.patch_size)
     fitted = resize(frame, fh, fw)
     p = geo.patch_size
     pos = patch_positions(fh, fw, geo.num_patches, p, rng)
-    patches = np.stack([fitted[y:y + p, x:x + p] for y, x in pos])
-    return view.transpose(2, 0, 1), patches.transpose(0, 3, 1, 2)
+    return np.stack([fitted[y:y + p, x:x + p] for y, x in pos]).transpose(0, 3, 1, 2)
 
 
-def prepare(frames: np.ndarray, geo: Geometry,
-            rng: np.random.Generator | None = None) -> Inputs:
-    """Key frames ``(M, H, W, 3)`` (uint8, or float in [0, 1]) to model :class:`Inputs`."""
-    pairs = [prepare_frame(f, geo, rng) for f in frames]
-    return Inputs(np.stack([v for v, _ in pairs]), np.stack([p for _, p in pairs]))
+def prepare_frame(frame: np.ndarray, geo: Geometry,
+                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(H, W, 3)`` frame to ``view (3, S, S)`` and ``patches (K, 3, P, P)`` float32."""
+    return make_view(frame, geo), make_patches(frame, geo, rng)
+
+
+def prepare(frames: np.ndarray, geo: Geometry, rng: np.random.Generator | None = None,
+            views: bool = True) -> Inputs:
+    """Key frames ``(M, H, W, 3)`` (uint8, or float in [0, 1]) to model :class:`Inputs`.
+
+    ``views=False`` skips the high-level views (``Inputs.views`` is None): training reuses
+    cached high-level tokens and needs only fresh patches.
+    """
+    patches = np.stack([make_patches(f, geo, rng) for f in frames])
+    return Inputs(np.stack([make_view(f, geo) for f in frames]) if views else None, patches)

@@ -262,10 +262,12 @@ class TrainingData:
             self._frames[i] = out
         return out
 
-    def _prepare(self, i: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _prepare(self, i: int, seed: Sequence[int]) -> tuple:
+        """Patches, key frame indices, and cached high-level tokens or the views to make them."""
         frames, idx = self.key_frames(i)
-        x = prepare(frames, self.cfg, np.random.default_rng(list(seed)))
-        return x.views, x.patches, idx
+        ctx = self.cache.lookup(self.sha(i), idx) if self.cache is not None else None
+        x = prepare(frames, self.cfg, np.random.default_rng(list(seed)), views=ctx is None)
+        return x.views, x.patches, idx, ctx
 
     def batch(self, samples: Sequence[Sample], scorer: Scorer, seed: Sequence[int],
               tokenizer=None, max_text_tokens: int = 512, device: torch.device | None = None
@@ -299,8 +301,7 @@ class TrainingData:
                 "training batch", f"{self.m} key frames from every video",
                 f"counts {sorted(m)}", "drop videos shorter than M frames or lower key_frames"))
         contexts = []
-        for i, (views, _, idx) in zip(order, prepared, strict=True):
-            ctx = self.cache.lookup(self.sha(i), idx) if self.cache is not None else None
+        for i, (views, _, idx, ctx) in zip(order, prepared, strict=True):
             if ctx is None:
                 v = torch.from_numpy(views)
                 if device is not None:
