@@ -151,6 +151,26 @@ def key_frame_indices(n: int, m: int) -> np.ndarray:
 
 
 # --- resizing ---------------------------------------------------------------------------
+#
+# A bilinear resize is two 1-D passes, each a multiplication by a (n_out, n_in) weight matrix
+# that is zero outside a narrow band (a few taps per output). Gathering rows tap by tap, as a
+# direct implementation does, makes float temporaries and strided transposes that cost far
+# more than the arithmetic. Here each band of outputs becomes one small BLAS matmul with the
+# dense block of the weight matrix that its taps touch: no gathers, no transposes between the
+# passes, and the matrix is never built whole (an 8K frame would need tens of MB).
+#
+# Frames are kept as (H, C, W) float32 internally: the row pass then multiplies (H, C*W) from
+# the left and the column pass multiplies (H*C, W) from the right, both plain 2-D BLAS calls,
+# and patches come out channels-first with one strided copy. uint8 rows are converted in
+# slabs, once for all targets, so an 8K frame never exists as a whole in float32.
+
+_ROW_TAPS = 12  # input rows per row band; small blocks: the matmul is wide (C*W columns)
+_COL_TAPS = 48  # input columns per column band; the matmul has few columns, so wider blocks
+_SLAB = 48  # input rows converted to float32 at a time
+# Multiply-adds per BLAS call at most. OpenBLAS splits a product above 4 * 65536 over its
+# threads; on products this small the hand-offs cost more than they give (a 1080p frame took
+# 300 ms instead of 40 with two threads on a busy 2-core machine), so calls stay under it.
+_CALL = 4 * 65536
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,27 +188,136 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(idx, 0, n_in - 1)[:, used], w[:, used].astype(np.float32)
 
 
-def _resize_rows(x: np.ndarray, n_out: int) -> np.ndarray:
-    """Resize axis 0 by gathering whole rows: contiguous copies, and uint8 is read as is."""
-    idx, w = _taps(x.shape[0], n_out)
-    out = w[:, 0, None, None] * x[idx[:, 0]]
-    for t in range(1, idx.shape[1]):
-        out += w[:, t, None, None] * x[idx[:, t]]
-    return out
+Band = tuple[int, int, int, int, np.ndarray]
+
+
+@functools.lru_cache(maxsize=64)
+def _bands(n_in: int, n_out: int, gain: float, taps: int) -> tuple[Band, ...]:
+    """The weight matrix of :func:`_taps` cut into dense blocks along its band.
+
+    Args:
+        n_in, n_out: input and output length.
+        gain: factor folded into the weights (1/255 turns uint8 into [0, 1] for free).
+        taps: about how many inputs one block should span; sets outputs per block.
+
+    Returns:
+        Blocks ``(o0, o1, i0, i1, m)``: outputs ``o0:o1`` are ``m @ inputs[i0:i1]``, with
+        ``m`` of shape ``(o1 - o0, i1 - i0)`` float32, read-only.
+    """
+    idx, w = _taps(n_in, n_out)
+    w = w * np.float32(gain)
+    live = w > 0
+    lo = np.where(live, idx, n_in).min(axis=1)
+    hi = np.where(live, idx, -1).max(axis=1) + 1
+    step = max(1, round(taps * n_out / n_in))  # outputs whose taps span about `taps` inputs
+    out = []
+    for o0 in range(0, n_out, step):
+        o1 = min(o0 + step, n_out)
+        i0, i1 = int(lo[o0:o1].min()), int(hi[o0:o1].max())
+        m = np.zeros((o1 - o0, i1 - i0), np.float32)
+        rows = np.broadcast_to(np.arange(o1 - o0)[:, None], idx[o0:o1].shape)
+        keep = live[o0:o1]
+        m[rows[keep], idx[o0:o1][keep] - i0] = w[o0:o1][keep]  # taps of one output are distinct
+        m.flags.writeable = False
+        out.append((o0, o1, i0, i1, m))
+    return tuple(out)
+
+
+def _row_pass(x: np.ndarray, bands: tuple[Band, ...], out: np.ndarray, start: int = 0) -> None:
+    """``out[o] = sum_i m[o, i] x[i - start]`` over axis 0: ``(n, C, W)`` into ``(h, C, W)``."""
+    x2, out2 = x.reshape(x.shape[0], -1), out.reshape(out.shape[0], -1)
+    for o0, o1, i0, i1, m in bands:
+        step = max(64, _CALL // m.size)
+        for j in range(0, x2.shape[1], step):
+            np.matmul(m, x2[i0 - start:i1 - start, j:j + step], out=out2[o0:o1, j:j + step])
+
+
+def _col_pass(x: np.ndarray, bands: tuple[Band, ...], out: np.ndarray) -> None:
+    """The same along the last axis: ``(n, C, W)`` into ``(n, C, w)``."""
+    x2, out2 = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+    for o0, o1, i0, i1, m in bands:
+        step = max(64, _CALL // m.size)
+        for j in range(0, x2.shape[0], step):
+            np.matmul(x2[j:j + step, i0:i1], m.T, out=out2[j:j + step, o0:o1])
+
+
+def _cost(bands: tuple[Band, ...]) -> int:
+    """Multiply-adds per row (or column) the bands take."""
+    return sum((o1 - o0) * (i1 - i0) for o0, o1, i0, i1, _ in bands)
+
+
+def _resize_hcw(img: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Resize one ``(H, W, C)`` image to several sizes at once: ``(h, C, w)`` float32 each.
+
+    uint8 input is scaled to [0, 1] (the 1/255 sits in the first pass's weights), float input
+    is taken as is. The image is converted to float32 ``(rows, C, W)`` one slab of rows at a
+    time and every target takes what it needs from the slab, so the conversion is shared.
+    Each target runs the pass that does less work first: usually the one that shrinks more.
+    """
+    n_h, n_w, c = img.shape
+    gain = 1 / 255 if img.dtype == np.uint8 else 1.0
+    plans = []  # (rows first, row bands, column bands, middle buffer, output)
+    for h, w in sizes:
+        out = np.empty((h, c, w), np.float32)
+        if n_h == h:  # a column pass alone (it also applies the gain)
+            plans.append((False, None, _bands(n_w, w, gain, _COL_TAPS), out, out))
+            continue
+        if n_w == w:  # a row pass alone
+            plans.append((True, _bands(n_h, h, gain, _ROW_TAPS), None, out, out))
+            continue
+        rows_first = (c * n_w * _cost(_bands(n_h, h, 1.0, _ROW_TAPS))
+                      + c * h * _cost(_bands(n_w, w, 1.0, _COL_TAPS))
+                      <= c * n_h * _cost(_bands(n_w, w, 1.0, _COL_TAPS))
+                      + c * w * _cost(_bands(n_h, h, 1.0, _ROW_TAPS)))
+        if rows_first:
+            plans.append((True, _bands(n_h, h, gain, _ROW_TAPS), _bands(n_w, w, 1.0, _COL_TAPS),
+                          np.empty((h, c, n_w), np.float32), out))
+        else:
+            plans.append((False, _bands(n_h, h, 1.0, _ROW_TAPS), _bands(n_w, w, gain, _COL_TAPS),
+                          np.empty((n_h, c, w), np.float32), out))
+
+    # Row bands read a window of input rows; the slab buffer keeps the rows still needed.
+    span = max([i1 - i0 for p in plans if p[0] for _, _, i0, i1, _ in p[1]], default=0)
+    buf = np.empty((min(n_h, span + _SLAB), c, n_w), np.float32)
+    nxt = [0] * len(plans)  # next row band of each rows-first plan
+    lo = hi = 0  # buf holds input rows lo:hi
+    while hi < n_h:
+        need = [p[1][k][2] for p, k in zip(plans, nxt, strict=True) if p[0] and k < len(p[1])]
+        keep = min(need + [hi])
+        if keep > lo:
+            buf[:hi - keep] = buf[keep - lo:hi - lo]  # numpy copies overlapping rows safely
+            lo = keep
+        top = min(n_h, lo + len(buf))
+        buf[hi - lo:top - lo] = img[hi:top].transpose(0, 2, 1)
+        fresh = buf[hi - lo:top - lo]
+        for i, (rows_first, rb, cb, mid, _) in enumerate(plans):
+            if not rows_first:
+                _col_pass(fresh, cb, mid[hi:top])
+                continue
+            k = nxt[i]
+            while k < len(rb) and rb[k][3] <= top:
+                k += 1
+            _row_pass(buf[:top - lo], rb[nxt[i]:k], mid, lo)
+            nxt[i] = k
+        hi = top
+
+    for rows_first, rb, cb, mid, out in plans:
+        if mid is out:
+            continue
+        if rows_first:
+            _col_pass(mid, cb, out)
+        else:
+            _row_pass(mid, rb, out)
+    return [p[4] for p in plans]
 
 
 def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize, antialiased when shrinking: ``(H, W, C)`` to ``(height, width, C)`` float32.
 
     Matches PIL's ``BILINEAR`` to within one 8-bit level. uint8 input comes out scaled to
-    [0, 1]; float input is taken as [0, 1] already.
+    [0, 1]; float input is taken as [0, 1] already. Two banded matmuls (see above).
     """
-    out = img if img.shape[0] == height else _resize_rows(img, height)
-    if img.shape[1] != width:
-        out = _resize_rows(np.ascontiguousarray(out.transpose(1, 0, 2)), width).transpose(1, 0, 2)
-    if img.dtype == np.uint8:
-        return out * np.float32(1 / 255)
-    return out.astype(np.float32, copy=False)
+    return np.ascontiguousarray(_resize_hcw(img, [(height, width)])[0].transpose(0, 2, 1))
 
 
 # --- the low-level fit and patch layout -------------------------------------------------
@@ -251,26 +380,47 @@ def patch_positions(height: int, width: int, k: int, patch: int,
 # --- the whole path ---------------------------------------------------------------------
 
 
+def _fill(frame: np.ndarray, geo: Geometry, rng: np.random.Generator | None,
+          view: np.ndarray | None, patches: np.ndarray) -> None:
+    """Write the view ``(3, S, S)`` (unless None) and patches ``(K, 3, P, P)`` of one frame.
+
+    Both come from one :func:`_resize_hcw` call, so the frame is converted to float once.
+    """
+    h, w = frame.shape[:2]
+    fh, fw = fit_size(h, w, tuple(geo.fit), geo.patch_size)
+    p = geo.patch_size
+    pos = patch_positions(fh, fw, geo.num_patches, p, rng)
+    sizes = [(fh, fw)] + ([(geo.view_size, geo.view_size)] if view is not None else [])
+    outs = _resize_hcw(frame, sizes)
+    for k, (y, x) in enumerate(pos):
+        patches[k] = outs[0][y:y + p, :, x:x + p].transpose(1, 0, 2)
+    if view is not None:
+        view[...] = outs[1].transpose(1, 0, 2)
+
+
 def make_view(frame: np.ndarray, geo: Geometry) -> np.ndarray:
     """The high-level view ``(3, S, S)`` float32 of one ``(H, W, 3)`` frame."""
-    return resize(frame, geo.view_size, geo.view_size).transpose(2, 0, 1)
+    s = geo.view_size
+    return np.ascontiguousarray(_resize_hcw(frame, [(s, s)])[0].transpose(1, 0, 2))
 
 
 def make_patches(frame: np.ndarray, geo: Geometry,
                  rng: np.random.Generator | None = None) -> np.ndarray:
     """The K low-level patches ``(K, 3, P, P)`` float32 of one ``(H, W, 3)`` frame."""
-    h, w = frame.shape[:2]
-    fh, fw = fit_size(h, w, tuple(geo.fit), geo.patch_size)
-    fitted = resize(frame, fh, fw)
     p = geo.patch_size
-    pos = patch_positions(fh, fw, geo.num_patches, p, rng)
-    return np.stack([fitted[y:y + p, x:x + p] for y, x in pos]).transpose(0, 3, 1, 2)
+    patches = np.empty((geo.num_patches, 3, p, p), np.float32)
+    _fill(frame, geo, rng, None, patches)
+    return patches
 
 
 def prepare_frame(frame: np.ndarray, geo: Geometry,
                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One ``(H, W, 3)`` frame to ``view (3, S, S)`` and ``patches (K, 3, P, P)`` float32."""
-    return make_view(frame, geo), make_patches(frame, geo, rng)
+    s, p = geo.view_size, geo.patch_size
+    view = np.empty((3, s, s), np.float32)
+    patches = np.empty((geo.num_patches, 3, p, p), np.float32)
+    _fill(frame, geo, rng, view, patches)
+    return view, patches
 
 
 def prepare(frames: np.ndarray, geo: Geometry, rng: np.random.Generator | None = None,
@@ -278,7 +428,12 @@ def prepare(frames: np.ndarray, geo: Geometry, rng: np.random.Generator | None =
     """Key frames ``(M, H, W, 3)`` (uint8, or float in [0, 1]) to model :class:`Inputs`.
 
     ``views=False`` skips the high-level views (``Inputs.views`` is None): training reuses
-    cached high-level tokens and needs only fresh patches.
+    cached high-level tokens and needs only fresh patches. Each frame is resized once for both
+    outputs, straight into the batch arrays.
     """
-    patches = np.stack([make_patches(f, geo, rng) for f in frames])
-    return Inputs(np.stack([make_view(f, geo) for f in frames]) if views else None, patches)
+    m, s, p = len(frames), geo.view_size, geo.patch_size
+    out_v = np.empty((m, 3, s, s), np.float32) if views else None
+    out_p = np.empty((m, geo.num_patches, 3, p, p), np.float32)
+    for i, f in enumerate(frames):
+        _fill(f, geo, rng, None if out_v is None else out_v[i], out_p[i])
+    return Inputs(out_v, out_p)

@@ -1,8 +1,12 @@
 """Preprocessing: the paper's geometry, the documented rules, and input checks."""
 
+import functools
+import math
+
 import numpy as np
 import pytest
 import skimage.data
+from media import pan_frames
 from PIL import Image
 
 from cpllm_plugin import errors
@@ -149,3 +153,117 @@ def test_bad_frames_raise_named_errors(frames, error, words):
     for w in words:
         assert w in text
     assert isinstance(info.value, errors.CpllmError) and isinstance(info.value, ValueError)
+
+
+# --- equality with the slow reference ------------------------------------------------------
+# The gather-per-tap resize that preprocess.py used before its banded-matmul rewrite, kept
+# verbatim as the reference: the fast path must give the same numbers up to float rounding.
+
+
+@functools.lru_cache(maxsize=64)
+def ref_taps(n_in, n_out):
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = (np.arange(n_out) + 0.5) * scale
+    first = np.floor(centre - support + 0.5).astype(np.int64)
+    idx = first[:, None] + np.arange(int(math.ceil(2 * support)) + 1)[None, :]
+    w = np.clip(1.0 - np.abs((idx + 0.5 - centre[:, None]) / support), 0.0, None)
+    w[(idx < 0) | (idx >= n_in)] = 0.0
+    w /= w.sum(axis=1, keepdims=True)
+    used = w.max(axis=0) > 0
+    return np.clip(idx, 0, n_in - 1)[:, used], w[:, used].astype(np.float32)
+
+
+def ref_resize_rows(x, n_out):
+    idx, w = ref_taps(x.shape[0], n_out)
+    out = w[:, 0, None, None] * x[idx[:, 0]]
+    for t in range(1, idx.shape[1]):
+        out += w[:, t, None, None] * x[idx[:, t]]
+    return out
+
+
+def ref_resize(img, height, width):
+    out = img if img.shape[0] == height else ref_resize_rows(img, height)
+    if img.shape[1] != width:
+        out = ref_resize_rows(np.ascontiguousarray(out.transpose(1, 0, 2)), width)
+        out = out.transpose(1, 0, 2)
+    if img.dtype == np.uint8:
+        return out * np.float32(1 / 255)
+    return out.astype(np.float32, copy=False)
+
+
+def ref_prepare(frames, geo, rng=None):
+    """Views (M, 3, S, S) and patches (M, K, 3, P, P) the old way."""
+    views, patches = [], []
+    for f in frames:
+        views.append(ref_resize(f, geo.view_size, geo.view_size).transpose(2, 0, 1))
+        fh, fw = pp.fit_size(*f.shape[:2], tuple(geo.fit), geo.patch_size)
+        fitted, p = ref_resize(f, fh, fw), geo.patch_size
+        pos = pp.patch_positions(fh, fw, geo.num_patches, p, rng)
+        patches.append(np.stack([fitted[y:y + p, x:x + p] for y, x in pos]).transpose(0, 3, 1, 2))
+    return np.stack(views), np.stack(patches)
+
+
+TOL = 1e-5  # float32 rounding on [0, 1] values
+
+
+def frames_of(kind, h, w, n=2):
+    if kind == "photo":
+        return pan_frames(n, h, w, "astronaut")
+    return np.random.default_rng(h * 7919 + w).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+SIZES = [
+    (180, 320),   # upscaled to the fit, shrunk to the view
+    (320, 180),   # portrait
+    (240, 320),   # 4:3, overlapping patches
+    (181, 333),   # odd sizes
+    (50, 30), (3, 200), (1, 1),  # tiny and thin: scaled up, too thin for a patch
+]
+
+
+@pytest.mark.parametrize("kind,h,w,dtype", [
+    (k, h, w, d) for k in ("photo", "noise") for h, w in SIZES for d in ("uint8", "float32")
+] + [("photo", 1080, 1920, "uint8")])  # the common case
+def test_prepare_equals_reference(kind, h, w, dtype):
+    frames = frames_of(kind, h, w)
+    if dtype == "float32":
+        frames = frames.astype(np.float32) / 255
+    views, patches = ref_prepare(frames, CFG)
+    got = pp.prepare(frames, CFG)
+    for a, b in ((got.views, views), (got.patches, patches)):
+        assert a.dtype == np.float32 and a.flags.c_contiguous and a.shape == b.shape
+        assert np.abs(a - b).max() <= TOL
+    view, patch = pp.prepare_frame(frames[0], CFG)
+    assert np.abs(view - views[0]).max() <= TOL and np.abs(patch - patches[0]).max() <= TOL
+    assert np.abs(pp.make_view(frames[1], CFG) - views[1]).max() <= TOL
+    assert np.abs(pp.make_patches(frames[1], CFG) - patches[1]).max() <= TOL
+
+
+def test_random_placement_equals_reference():
+    frames = frames_of("photo", 240, 427, n=3)
+    views, patches = ref_prepare(frames, CFG, np.random.default_rng(3))
+    got = pp.prepare(frames, CFG, np.random.default_rng(3), views=False)
+    assert got.views is None
+    assert np.abs(got.patches - patches).max() <= TOL  # same positions, same rng draws
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (7, 3), (50, 30), (181, 333), (300, 200)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_resize_equals_reference(h, w, dtype):
+    img = np.random.default_rng(h + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if dtype != np.uint8:
+        img = img.astype(dtype) / 255
+    for oh, ow in [(2 * h + 1, w + 3), (max(1, h // 3), max(1, w // 2)), (h, w), (h, 2 * w),
+                   (h + 5, w), (448, 448), (13, 1)]:
+        got = pp.resize(img, oh, ow)
+        assert got.shape == (oh, ow, 3) and got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.abs(got - ref_resize(img, oh, ow)).max() <= TOL
+
+
+def test_8k_frame_equals_reference():
+    # Banded blocks and float32 slabs: an 8K frame is never held in float32 as a whole.
+    frame = np.random.default_rng(8).integers(0, 256, (1, 4320, 7680, 3), dtype=np.uint8)
+    views, patches = ref_prepare(frame, CFG)
+    got = pp.prepare(frame, CFG)
+    assert np.abs(got.views - views).max() <= TOL and np.abs(got.patches - patches).max() <= TOL

@@ -1,0 +1,90 @@
+"""Preprocessing speed: ms per key frame of ``preprocess.prepare`` at common input sizes.
+
+    python bench/bench_preprocess.py                          # cpllm-lite, 360p to 2160p
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_preprocess.py   # one thread
+
+Each size is a random uint8 RGB frame (the resize costs the same for any content), run once
+to warm up caches, then timed ``--repeats`` times; the best run is kept, the median shown.
+numpy's BLAS threads follow the environment, so set the thread variables before starting.
+The machine is described first. Results go to stdout as a table (or NDJSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import click
+
+SIZES = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "2160p": (2160, 3840)}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def machine() -> dict:
+    """CPU model, cores, load, numpy version and the thread variables in effect."""
+    import numpy
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "numpy": numpy.__version__,
+            "threads": {k: os.environ.get(k) for k in THREAD_VARS}}
+
+
+@click.command()
+@click.option("--model", default="cpllm-lite", show_default=True,
+              help="Config whose geometry (view, fit, patches) is used.")
+@click.option("--size", "sizes", multiple=True, type=click.Choice(list(SIZES)),
+              default=list(SIZES), show_default=True, help="Input sizes to measure.")
+@click.option("--frames", type=int, default=4, show_default=True,
+              help="Key frames per prepare() call.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed calls (best kept).")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON to stdout.")
+def main(model, sizes, frames, repeats, as_json):
+    """Measure preprocessing speed of the MODEL geometry on this machine."""
+    import numpy as np
+
+    from cpllm_plugin.configs import get_config
+    from cpllm_plugin.preprocess import prepare
+
+    cfg = get_config(model)
+    info = machine()
+    threads = " ".join(f"{k}={v}" for k, v in info["threads"].items() if v) or "threads unset"
+    click.echo(json.dumps({"type": "machine", **info}) if as_json else
+               f"# {info['cpu']}, {info['cores']} cores, load {info['load_average']}, "
+               f"numpy {info['numpy']}, {threads}")
+    if not as_json:
+        click.echo(f"{'size':<6} {'input':>10} {'frames/s':>9} {'ms/frame':>9} {'median':>9}")
+    rng = np.random.default_rng(0)
+    for name in sizes:
+        h, w = SIZES[name]
+        x = rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+        prepare(x, cfg)  # warm-up: weight caches, allocations
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            prepare(x, cfg)
+            times.append((time.perf_counter() - t) / frames)
+        best, median = min(times), sorted(times)[len(times) // 2]
+        row = {"size": name, "height": h, "width": w, "model": model, "frames": frames,
+               "frames_per_s": 1 / best, "ms_per_frame": 1e3 * best,
+               "median_ms_per_frame": 1e3 * median}
+        if as_json:
+            click.echo(json.dumps({"type": "bench", **row}))
+        else:
+            click.echo(f"{name:<6} {f'{w}x{h}':>10} {row['frames_per_s']:>9.1f} "
+                       f"{row['ms_per_frame']:>9.1f} {row['median_ms_per_frame']:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
