@@ -32,7 +32,7 @@ def lite_dir(tmp_path_factory, lite_scorer):
     # From a saved model directory, as a trained model would come.
     src = io.save(lite_scorer, tmp_path_factory.mktemp("ckpt") / "lite")
     out = tmp_path_factory.mktemp("export") / "lite"
-    ex.export(src, out, precisions=("fp32", "int8"),
+    ex.export(src, out, precisions=("fp32", "fp16", "int8"),
               frames=pan_frames(3, 360, 640, photo="astronaut"))
     return out
 
@@ -62,6 +62,7 @@ def test_lite_parity_within_1e4_and_the_batch_axis_is_dynamic(lite_dir, lite_sco
     m = ex.read_manifest(lite_dir)
     assert m["precisions"]["fp32"]["max_abs_diff"] <= 1e-4
     assert m["precisions"]["int8"]["max_abs_diff"] < 0.05
+    assert 0 < m["precisions"]["fp16"]["max_abs_diff"] < 1e-2
     assert m["model_id"] == io.model_id(lite_scorer)
     x = preprocess.prepare(pan_frames(3, 270, 480, photo="chelsea"), lite_scorer.config)
     with torch.no_grad():
@@ -70,6 +71,22 @@ def test_lite_parity_within_1e4_and_the_batch_axis_is_dynamic(lite_dir, lite_sco
         got = ex.ort_scores(lite_dir / "model.onnx", x.views, x.patches, batch=batch)
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
         assert np.all((got > 1) & (got < 5))
+
+
+def test_int8_quantises_the_context_encoder_and_leaves_the_pixel_encoder_fp32(lite_dir, tiny_dir):
+    import onnx
+
+    q = ex.read_manifest(lite_dir)["precisions"]["int8"]["quantization"]
+    assert q["method"] == "static" and q["calibration_frames"] == 3
+    nodes = onnx.load(str(lite_dir / "model.int8.onnx")).graph.node
+    high = [n.op_type for n in nodes if n.name.startswith("/high/")]
+    low = [n.op_type for n in nodes if n.name.startswith("/low/")]
+    assert high.count("QLinearConv") > 40 and "Conv" not in high
+    assert low.count("Conv") > 40 and not any(op.startswith("QLinear") for op in low)
+    assert ex.read_manifest(tiny_dir)["precisions"]["int8"]["quantization"]["method"] == "dynamic"
+    tiny = onnx.load(str(tiny_dir / "model.int8.onnx")).graph.node
+    assert any(n.op_type == "MatMulInteger" and n.name.startswith("/high/") for n in tiny)
+    assert not any(n.op_type == "MatMulInteger" and n.name.startswith("/low/") for n in tiny)
 
 
 def test_score_through_onnxruntime_equals_torch_on_a_real_clip(lite_dir, tmp_path):
@@ -110,3 +127,17 @@ def test_cli_exports_and_names_errors(tmp_path):
     assert r.exit_code == 1 and "error:" in r.stderr and "cpllm-tiny" in r.stderr
     r = CliRunner().invoke(cli, ["cpllm-tiny", str(tmp_path / "x"), "-p", "int4"])
     assert r.exit_code == 2
+
+
+def test_paper_architecture_exports_with_its_position_embeddings(tmp_path):
+    # SigLIP at 448 and VideoPrism on 8 patches of 224, one layer each: the sizes they are
+    # built for, so no antialiased position-embedding resize (which ONNX cannot express).
+    cfg = cp.configs.get_config("cpllm-paper")
+    cfg.high.overrides = {"num_hidden_layers": 1, "hidden_size": 96, "intermediate_size": 192,
+                          "num_attention_heads": 2}
+    cfg.low.overrides = {"num_spatial_layers": 1, "num_temporal_layers": 1, "hidden_size": 96,
+                         "intermediate_size": 192, "num_attention_heads": 2}
+    src = io.save(io.build(cfg, with_decoder=False), tmp_path / "paper")
+    m = ex.export(src, tmp_path / "out", precisions=("fp32", "int8"), frames=pan_frames(2))
+    assert m["precisions"]["fp32"]["max_abs_diff"] <= 1e-4
+    assert m["precisions"]["int8"]["quantization"]["method"] == "dynamic"

@@ -109,7 +109,8 @@ class Encoder(nn.Module):
         if self.spec.video:
             # VideoPrism sees the K patches of a frame as the frames of a clip.
             clip = x if grouped else x.unsqueeze(1)
-            t = self.net(pixel_values_videos=clip, interpolate_pos_encoding=True).last_hidden_state
+            t = self.net(pixel_values_videos=clip,
+                         interpolate_pos_encoding=self._resized(clip)).last_hidden_state
             out = t.reshape(b, clip.shape[1], -1, t.shape[-1])
             return out if grouped else out[:, 0]
         if grouped:
@@ -119,5 +120,19 @@ class Encoder(nn.Module):
         elif self.spec.hf_class == "Dinov2Model":
             t = self.net(pixel_values=x).last_hidden_state  # interpolates by itself
         else:
-            t = self.net(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+            resized = self._resized(x)
+            t = self.net(pixel_values=x, interpolate_pos_encoding=resized).last_hidden_state
         return t.reshape(b, -1, *t.shape[1:]) if grouped else t
+
+    def _resized(self, x: torch.Tensor) -> bool:
+        """Whether position embeddings must be interpolated for this input size.
+
+        Only when the size differs from the one the backbone was built for: transformers
+        always interpolates while tracing when asked to, with an antialiased resize that
+        ONNX cannot express, which would make cpllm-paper unexportable.
+        """
+        conf = self.net.config
+        side = getattr(conf, "image_size", None)
+        if side is None or tuple(x.shape[-2:]) != (side, side):
+            return True
+        return bool(self.spec.video and x.shape[1] != getattr(conf, "num_frames", x.shape[1]))
