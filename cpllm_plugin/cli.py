@@ -13,6 +13,7 @@ import warnings
 import click
 
 from . import api
+from .backends import choose
 from .configs import list_models
 from .errors import CpllmError
 
@@ -20,6 +21,10 @@ model_option = click.option(
     "--model", "-m", default=api.DEFAULT_MODEL, show_default=True, envvar="CPLLM_MODEL",
     help="Registered model name or model directory.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print NDJSON to stdout.")
+precision_option = click.option(
+    "--precision", "-p", default="fp32", show_default=True,
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="Exported graph to run (int8: ONNX Runtime on CPU; see cpllm-export).")
 frames_option = click.option(
     "--key-frames", "-k", type=click.IntRange(min=1), default=None,
     help="Key frames M spread over the video (default: the model's).")
@@ -50,13 +55,15 @@ def main() -> None:
 @model_option
 @click.option("--backend", "-b", default="auto", show_default=True, envvar="CPLLM_BACKEND",
               type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@precision_option
 @frames_option
 @json_option
-def score(videos, model, backend, key_frames, as_json):
+def score(videos, model, backend, precision, key_frames, as_json):
     """Score VIDEOS on 1 (bad) to 5 (excellent)."""
     def go():
+        chosen = choose(backend, precision)
         for path in videos:
-            r = api.score(path, model=model, backend=backend, key_frames=key_frames)
+            r = api.score(path, model=model, backend=chosen, key_frames=key_frames)
             _emit({"type": "score", "path": path, **r.to_dict()}, as_json,
                   f"{path}\t{r.score:.3f}\t({len(r.frame_scores)} key frames, {r.model}, "
                   f"{r.backend})")

@@ -43,6 +43,26 @@ def test_options_objects_and_keywords_select_the_same_graph(tiny_dir):
     assert np.array_equal(fp32.frame_scores, same.frame_scores)
     assert 0 < np.abs(int8.frame_scores - fp32.frame_scores).max() < 0.05
     assert fp32.model == int8.model == ex.read_manifest(tiny_dir)["model_id"]
+    # Same model, different graph: results say which one scored.
+    assert (fp32.backend, int8.backend) == ("onnxruntime", "onnxruntime-int8")
+
+
+@pytest.mark.parametrize("name, precision, want", [
+    ("auto", "fp32", "auto"), ("torch", "fp32", "torch"),
+    ("auto", "int8", ORT(precision="int8")), ("onnxruntime", "fp16", ORT(precision="fp16")),
+    ("tensorrt", "fp16", backends.TRT(fp16=True)),
+])
+def test_command_line_backend_and_precision_become_load_model_options(name, precision, want):
+    assert backends.choose(name, precision) == want
+
+
+@pytest.mark.parametrize("name, precision, error", [
+    ("torch", "int8", errors.BackendError), ("tensorrt", "int8", errors.BackendError),
+    ("auto", "int4", errors.UnknownNameError),
+])
+def test_impossible_backend_and_precision_pairs_are_named(name, precision, error):
+    with pytest.raises(error, match="precision"):
+        backends.choose(name, precision)
 
 
 @pytest.mark.parametrize("call, error, text", [

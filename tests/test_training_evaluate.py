@@ -125,6 +125,7 @@ def test_cli_json_and_markdown(manifest, tmp_path):
     (["cpllm-tinny", "MANIFEST"], 1, "Did you mean"),
     (["cpllm-tiny", "MANIFEST", "--split", "nope"], 1, "error: evaluate()"),
     (["cpllm-tiny", "MANIFEST", "-k", "0"], 2, "Invalid value"),
+    (["cpllm-tiny", "MANIFEST", "-b", "torch", "-p", "int8"], 1, "cpllm-eval --precision"),
 ])
 def test_cli_errors(manifest, tmp_path, args, code, text):
     args = [str(manifest) if a == "MANIFEST" else a for a in args]

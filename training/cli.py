@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from cpllm_plugin.cli import _run
+from cpllm_plugin.backends import choose
+from cpllm_plugin.cli import _run, precision_option
 
 from .manifest import CRF_LEVELS
 
@@ -116,12 +117,14 @@ def variants_main(sources, out_dir, crfs, codec, preset, ffmpeg, jobs, measure,
               help="Key frames M per video (default: the model's).")
 @click.option("--backend", "-b", default="auto", show_default=True, envvar="CPLLM_BACKEND",
               type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result to stdout.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON here instead of OUT/eval.json.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Keep scores per file sha256 in OUT/scores-cache.json.")
-def eval_main(model, manifest, split, out_dir, key_frames, backend, as_json, json_out, cache):
+def eval_main(model, manifest, split, out_dir, key_frames, backend, precision, as_json,
+              json_out, cache):
     """Evaluate MODEL on one split of MANIFEST: SRCC, PLCC and flip rates, with VMAF and PSNR.
 
     Prints a markdown table (or the JSON with --json) and writes it with a PNG plot of the
@@ -131,7 +134,8 @@ def eval_main(model, manifest, split, out_dir, key_frames, backend, as_json, jso
 
     def go():
         out = Path(out_dir) if out_dir else Path(manifest).parent / f"eval-{split}"
-        result = evaluate(model, manifest, key_frames=key_frames, backend=backend,
+        result = evaluate(model, manifest, key_frames=key_frames,
+                          backend=choose(backend, precision, "cpllm-eval --precision"),
                           split=split, cache=out / CACHE_NAME if cache else None)
         paths = write_report(result, out, json_out)
         if as_json:

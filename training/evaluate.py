@@ -116,7 +116,7 @@ def _row(name: str, kind: str, values: list[float | None], items: list[Item],
 
 
 def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
-             backend: str = "auto", split: str | None = "dev",
+             backend="auto", split: str | None = "dev",
              cache: str | os.PathLike | None = None,
              progress: Callable[[str], None] | bool = True) -> dict:
     """Score one split of a manifest and compute SRCC, PLCC and flip rates.
@@ -125,7 +125,8 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
         model: a model name, a model directory or a loaded ``cpllm_plugin.Model``.
         manifest: the JSONL manifest (see ``training/manifest.py``).
         key_frames: key frames per video (default: the model's).
-        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``, or options such as
+            ``backends.ORT(precision="int8")`` (see ``cpllm_plugin.backends.choose``).
         split: which split to evaluate (``"dev"`` by default; None or ``"all"`` for all rows).
         cache: the score cache file (None: no cache).
         progress: True for lines on stderr, False for none, or a callable taking a line.
@@ -149,7 +150,7 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
                                     "re-run cpllm-variants / cpllm-corpus, or fix the paths"))
     m = cpllm_plugin.load_model(model, backend)
     count = key_frames or m.config.key_frames
-    key = f"{m.id}|M={count}"
+    key = f"{m.id}|{m.backend.name}|M={count}"  # int8 and fp32 scores must not mix
     store = ScoreCache(cache)
     items = [i if i.sha256 else _with_sha(i, p) for i, p in zip(items, paths, strict=True)]
     scores: list[float] = []
