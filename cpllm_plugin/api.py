@@ -20,6 +20,9 @@ from .configs import COMPARE_PROMPT, MODELS
 from .errors import UnknownNameError, VideoNotFoundError, message, suggest
 from .modeldir import is_model_dir
 
+# Key frames are resized on every core; the matmuls in preprocess release the GIL.
+_WORKERS = os.cpu_count() or 1
+
 DEFAULT_MODEL = "cpllm-lite"
 
 
@@ -132,7 +135,7 @@ class Model:
 
     def score_key_frames(self, k: Frames) -> ScoreResult:
         """Score key frames already chosen by :meth:`key_frames`."""
-        x = preprocess.prepare(k.frames, self.config)
+        x = preprocess.prepare(k.frames, self.config, workers=_WORKERS)
         scores = np.asarray(self.backend.run(x.views, x.patches), dtype=np.float64)
         return self._result(k, scores)
 
@@ -169,7 +172,7 @@ class Model:
 
         for i, src in enumerate(sources):
             k = self.key_frames(src, key_frames, fps, where=f"score_many(sources[{i}])")
-            pending.append((i, k, preprocess.prepare(k.frames, self.config)))
+            pending.append((i, k, preprocess.prepare(k.frames, self.config, workers=_WORKERS)))
             if sum(len(x.views) for _, _, x in pending) >= batch:
                 flush()
         if pending:

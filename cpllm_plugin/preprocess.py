@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -424,16 +425,28 @@ def prepare_frame(frame: np.ndarray, geo: Geometry,
 
 
 def prepare(frames: np.ndarray, geo: Geometry, rng: np.random.Generator | None = None,
-            views: bool = True) -> Inputs:
+            views: bool = True, workers: int = 1) -> Inputs:
     """Key frames ``(M, H, W, 3)`` (uint8, or float in [0, 1]) to model :class:`Inputs`.
 
     ``views=False`` skips the high-level views (``Inputs.views`` is None): training reuses
     cached high-level tokens and needs only fresh patches. Each frame is resized once for both
     outputs, straight into the batch arrays.
+
+    ``workers > 1`` prepares frames on that many threads (numpy's matmuls release the GIL);
+    the result is the same. With ``rng`` frames stay sequential so placements are reproducible.
     """
     m, s, p = len(frames), geo.view_size, geo.patch_size
     out_v = np.empty((m, 3, s, s), np.float32) if views else None
     out_p = np.empty((m, geo.num_patches, 3, p, p), np.float32)
-    for i, f in enumerate(frames):
-        _fill(f, geo, rng, None if out_v is None else out_v[i], out_p[i])
+
+    def fill(i: int) -> None:
+        _fill(frames[i], geo, rng, None if out_v is None else out_v[i], out_p[i])
+
+    workers = min(workers, m) if rng is None else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, range(m)))
+    else:
+        for i in range(m):
+            fill(i)
     return Inputs(out_v, out_p)
