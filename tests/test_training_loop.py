@@ -84,6 +84,28 @@ def test_one_step_changes_exactly_the_trainable_groups(ladder, tmp_path):
     assert not any(n.startswith("scorer.high.") for n in changed)
 
 
+def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch):
+    # The CUDA path autocasts to bf16; no GPU here, so CPU autocast runs the same dtype
+    # handling (scorer, Prefix-LM mask, text loss) through all three losses.
+    from cpllm_plugin.training import train as train_module
+
+    monkeypatch.setattr(train_module, "_autocast", lambda dev, cfg: cfg.bf16)
+    seen = []
+    real = torch.autocast
+
+    def spy(*args, **kw):
+        seen.append((args[0], kw.get("dtype"), kw.get("enabled")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module.torch, "autocast", spy)
+    summary = train(_config(ladder, tmp_path / "run", "steps=2", "pair_ratio=0.5", "bf16=true"))
+    assert seen and all(s == ("cpu", torch.bfloat16, True) for s in seen)
+    assert all(np.isfinite(summary[k]) for k in ("l1", "l2", "l3", "total"))
+    assert summary["l3"] > 0  # the decoder's text loss ran under autocast too
+    weights = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
 def test_training_lowers_flip_rate(ladder, tmp_path):
     cfg = _config(ladder, tmp_path / "run", "steps=16", "lr=2e-3", "decoder=false")
     before = _flip(build_model(cfg), ladder)

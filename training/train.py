@@ -502,7 +502,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             _trim_log(log_path, step)
             _log(f"cpllm-train: {len(data.items)} videos, {sampler.steps_per_epoch} steps/epoch, "
                  f"{total_steps} steps, world {world}, device {dev}, start at step {step}")
-        autocast = dev.type == "cuda" and cfg.bf16
+        autocast = _autocast(dev, cfg)
         start = time.perf_counter()
         last_losses = (math.nan,) * 4
         saved = None
@@ -546,6 +546,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     finally:
         if dist:
             tdist.destroy_process_group()
+
+
+def _autocast(dev: torch.device, cfg: TrainConfig) -> bool:
+    """bf16 autocast only on CUDA: CPUs without bf16 units run it slower than fp32."""
+    return dev.type == "cuda" and cfg.bf16
 
 
 def _trim_log(path: Path, step: int) -> None:
