@@ -12,33 +12,12 @@ The machine is described first. Results go to stdout as a table (or NDJSON with 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import click
+from machine import describe  # bench/ is on sys.path: these run as scripts
 
 SIZES = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "2160p": (2160, 3840)}
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def machine() -> dict:
-    """CPU model, cores, load, numpy version and the thread variables in effect."""
-    import numpy
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "numpy": numpy.__version__,
-            "threads": {k: os.environ.get(k) for k in THREAD_VARS}}
 
 
 @click.command()
@@ -58,7 +37,7 @@ def main(model, sizes, frames, repeats, as_json):
     from cpllm_plugin.preprocess import prepare
 
     cfg = get_config(model)
-    info = machine()
+    info = describe()
     threads = " ".join(f"{k}={v}" for k, v in info["threads"].items() if v) or "threads unset"
     click.echo(json.dumps({"type": "machine", **info}) if as_json else
                f"# {info['cpu']}, {info['cores']} cores, load {info['load_average']}, "

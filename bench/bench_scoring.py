@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -25,22 +24,14 @@ import time
 from pathlib import Path
 
 import click
+from machine import describe  # bench/ is on sys.path: these run as scripts
 
 
 def machine() -> dict:
-    """CPU model, cores, memory, load and library versions."""
-    import numpy
+    """The machine (see machine.py) plus memory, runtime versions and the GPU."""
     import onnxruntime
     import psutil
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import torch
 
@@ -48,12 +39,9 @@ def machine() -> dict:
                                        if torch.cuda.is_available() else None)
     except ImportError:
         tv, cuda = None, None
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "numpy": numpy.__version__,
-            "onnxruntime": onnxruntime.__version__, "ort_providers":
-            onnxruntime.get_available_providers(), "torch": tv, "gpu": cuda}
+    return {**describe(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "onnxruntime": onnxruntime.__version__,
+            "ort_providers": onnxruntime.get_available_providers(), "torch": tv, "gpu": cuda}
 
 
 def peak_mib() -> float:
