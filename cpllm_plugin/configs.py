@@ -182,6 +182,9 @@ class ModelConfig:
     decoder_overrides: dict[str, Any] = field(default_factory=dict)
     view_size: int = 448  # high-level view, square, aspect ratio ignored (paper 4.1)
     fit: tuple[int, int] = (540, 1080)  # low-level fit box (short, long) (paper 4.1)
+    # "fit": frames are scaled into the fit box (paper 4.1). "native": frames larger than the
+    # box keep their own pixels, so 1080p artifacts reach the pixel encoder unfiltered.
+    low_input: str = "fit"
     patch_size: int = 224  # low-level patch side (paper 4.1)
     num_patches: int = 8  # K (paper 4.1)
     key_frames: int = 5  # M; the paper used 5, 8 and 19 depending on the dataset
@@ -221,6 +224,10 @@ class ModelConfig:
         """Check that the names exist; raise :class:`UnknownNameError` with suggestions if not."""
         for enc in (self.high, self.low):
             backbone(enc.backbone)
+        if self.low_input not in ("fit", "native"):
+            raise UnknownNameError(message(
+                f"model config {self.name!r}: low_input", "'fit' (paper) or 'native'",
+                repr(self.low_input), "set low_input to one of them"))
         if not Path(self.decoder).is_dir():
             decoder(self.decoder)
 

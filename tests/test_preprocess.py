@@ -1,5 +1,6 @@
 """Preprocessing: the paper's geometry, the documented rules, and input checks."""
 
+import dataclasses
 import functools
 import math
 
@@ -278,3 +279,60 @@ def test_threaded_prepare_equals_sequential():
     a = pp.prepare(frames, CFG, np.random.default_rng(7), workers=3)
     b = pp.prepare(frames, CFG, np.random.default_rng(7))
     assert np.array_equal(a.patches, b.patches)
+
+
+# --- the native low-level input (issue 8): 1080p artifacts reach the pixel encoder ----------
+
+NATIVE = dataclasses.replace(CFG, low_input="native")
+
+
+@pytest.mark.parametrize("h,w,fitted", [
+    ((1080, 1920), None, (1080, 1920)),      # larger than the box: native pixels
+    ((1920, 1080), None, (1920, 1080)),      # portrait too
+    ((2160, 3840), None, (2160, 3840)),      # 4K: never shrunk
+    ((360, 640), None, (540, 960)),          # smaller: scaled up as in the paper's fit
+    ((540, 960), None, (540, 960)),
+])
+def test_native_fit_keeps_large_frames(h, w, fitted):
+    del w
+    assert pp.fit_size(*h, CFG.fit, 224, "native") == fitted
+
+
+def test_native_patches_are_native_pixels_spread_over_the_frame():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    view, patches = pp.prepare_frame(frame, NATIVE)
+    pos = pp.patch_positions(1080, 1920, 8, 224)
+    assert pp.patch_grid(1080, 1920, 8, 224) == (2, 4)
+    for (y, x), patch in zip(pos, patches, strict=True):
+        np.testing.assert_allclose(patch, frame[y:y + 224, x:x + 224].transpose(2, 0, 1) / 255,
+                                   atol=1e-6)
+    # spread over the whole frame: the grid's cells span it edge to edge
+    assert pos[:, 1].min() < 1920 / 4 and pos[:, 1].max() + 224 > 3 * 1920 / 4
+    assert pos[:, 0].min() < 1080 / 2 and pos[:, 0].max() + 224 > 1080 / 2
+    # the high-level view is the same whatever the low-level mode
+    np.testing.assert_array_equal(view, pp.prepare_frame(frame, CFG)[0])
+
+
+def test_native_equals_fit_for_small_frames_and_accepts_float():
+    frame = (np.random.default_rng(1).random((360, 640, 3))).astype(np.float32)
+    a = pp.prepare(frame[None], CFG)
+    b = pp.prepare(frame[None], NATIVE)
+    np.testing.assert_array_equal(a.patches, b.patches)
+    big = np.random.default_rng(2).random((720, 1280, 3)).astype(np.float32)
+    p = pp.prepare(big[None], NATIVE).patches[0]
+    y, x = pp.patch_positions(720, 1280, 8, 224)[0]
+    np.testing.assert_array_equal(p[0], big[y:y + 224, x:x + 224].transpose(2, 0, 1))
+
+
+def test_native_random_placement_stays_inside_the_frame():
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[::2] = 255
+    p = pp.prepare(frame[None], NATIVE, rng=np.random.default_rng(3)).patches
+    assert p.shape == (1, 8, 3, 224, 224) and set(np.unique(p)) <= {0.0, 1.0}
+
+
+def test_unknown_low_input_is_named():
+    bad = dataclasses.replace(CFG, low_input="crop")
+    with pytest.raises(errors.UnknownNameError, match="'fit' \\(paper\\) or 'native'"):
+        bad.validate()
