@@ -13,6 +13,7 @@ from media import pan_frames, write_video
 from cpllm_plugin.training import evaluate as ev
 from cpllm_plugin.training.cli import eval_main, variants_main
 from cpllm_plugin.training.manifest import Item, read_manifest, write_manifest
+from cpllm_plugin.training.metrics import srcc
 from cpllm_plugin.training.variants import make_variants
 
 CRFS = (15, 17, 21, 25, 35, 45, 51, 53)  # pairs at every difference of Table 3
@@ -53,6 +54,15 @@ def test_result_structure(result):
         # 8 CRFs give 28 pairs per source; CRF 53 = 51 removes one: 27 each
         assert f["pairs"] == 2 * 27
     json.dumps(result, allow_nan=False)  # strictly valid JSON: no NaN anywhere
+    assert [g["name"] for g in result["by_resolution"]] == ["<=480p", "540p", "720p", "1080p"]
+    assert result["by_resolution"][0]["sources"] == 2 and result["by_resolution"][3]["sources"] == 0
+    assert result["by_resolution"][0]["flip"] == result["rows"][0]["flip"]  # all are 144p
+    assert [g["name"] for g in result["by_codec"]] == ["libx264"]
+    w = result["srcc_vs_vmaf"]
+    assert w["codec"] == "libx264" and w["model"]["sources"] == 2 and w["model"]["n"] == 14
+    assert set(result["ties"]) == {"count", "pairs"}
+    assert result["ties"]["pairs"] == 2 * 28  # 8 distinct files a source (53 = 51)
+    assert result["degraded_originals"]["count"] == 0
 
 
 def test_full_reference_baselines_rank_a_real_ladder(result):
@@ -70,7 +80,9 @@ def test_report_files(result, tmp_path):
     assert json.loads(paths["json"].read_text())["rows"] == result["rows"]
     md = paths["markdown"].read_text()
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| model | SRCC | PLCC | FR d=2 |") and len(table) == 2 + 3
+    assert table[0].startswith("| model | SRCC | PLCC | FR d=2 |") and len(table[:5]) == 5
+    assert "| <=480p | 2 | 54 |" in md and "| libx264 | 2 | 54 |" in md
+    assert "SRCC against VMAF within a source (libx264)" in md and "Ties:" in md
     assert "VMAF (full reference)" in md and "against VMAF" in md
     with Image.open(paths["plot"]) as im:
         im.load()
@@ -118,6 +130,9 @@ def test_cli_json_and_markdown(manifest, tmp_path):
     res = runner.invoke(eval_main, ["cpllm-tiny", str(manifest), "--out", str(tmp_path),
                                     "-k", "2"])
     assert res.exit_code == 0 and "| VMAF (full reference) |" in res.stdout
+    res = runner.invoke(eval_main, ["cpllm-tiny", str(manifest), "--out", str(tmp_path),
+                                    "-k", "2", "--json", "--within-codec", "all"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["srcc_vs_vmaf"]["codec"] is None
 
 
 @pytest.mark.parametrize("args, code, text", [
@@ -152,7 +167,99 @@ def test_variants_cli_on_a_manifest(manifest, tmp_path):
     assert res.exit_code == 0, res.output
     rows = read_manifest(tmp_path / "v" / "manifest.jsonl")
     assert [r.crf for r in rows] == [None, 20, 40]
-    assert all(r.description_generated and "CRF" in r.description for r in rows[1:])
+    assert all(r.description_generated and "CRF" not in r.description for r in rows[1:])
+    assert all(r.height == 144 for r in rows)
+    res = CliRunner().invoke(variants_main, [str(tmp_path / "sources.jsonl"),
+                                             str(tmp_path / "v"), "--codec", "libsvtav1",
+                                             "--crfs", "63", "--vmaf-subsample", "2",
+                                             "--no-describe"])
+    assert res.exit_code == 0, res.output
+    rows = read_manifest(tmp_path / "v" / "manifest.jsonl")  # the libx264 rows are kept
+    assert [(r.codec, r.crf) for r in rows] == [(None, None), ("libsvtav1", 63),
+                                                ("libx264", 20), ("libx264", 40)]
     bad = CliRunner().invoke(variants_main, [str(tmp_path / "sources.jsonl"),
                                              str(tmp_path / "v"), "--crfs", "a,b"])
     assert bad.exit_code == 2 and "comma-separated" in bad.output
+
+
+# --- the statistics, from hand-made rows and scores (no model) ----------------------------
+
+
+def _v(source: str, crf: int, vmaf: float, codec: str = "libx264", **kw) -> Item:
+    return Item(f"{source}/{codec}_{crf}.mp4", source, original=False, codec=codec, crf=crf,
+                vmaf=vmaf, psnr=20 + vmaf / 5, sha256=f"{source}-{codec}-{crf}", **kw)
+
+
+def _o(source: str, height: int | None, **kw) -> Item:
+    return Item(f"{source}.mp4", source, sha256=source, height=height, **kw)
+
+
+def test_statistics_by_resolution_codec_and_within_source():
+    rows = [_o("sd", 360), _v("sd", 15, 95.0), _v("sd", 25, 80.0), _v("sd", 35, 50.0),
+            _o("hd", 1080), _v("hd", 15, 97.0), _v("hd", 25, 85.0), _v("hd", 35, 40.0),
+            _v("hd", 20, 90.0, "libx265"), _v("hd", 40, 60.0, "libx265"),
+            _o("q", 540), _v("q", 15, 90.0), _v("q", 25, 70.0)]
+    scores = [4.9, 4.5, 4.0, 2.0,       # sd: right
+              4.8, 3.0, 4.0, 1.5,       # hd: 15 < 25 (one flip of three)
+              4.2, 3.0,                 # hd libx265: right
+              4.0, 3.5, 3.5]            # q: a tie, which is a flip
+    st = ev.statistics(rows, scores, "m")
+    res = {g["name"]: g for g in st["by_resolution"]}
+    assert list(res) == ["<=480p", "540p", "720p", "1080p"]
+    assert (res["<=480p"]["sources"], res["<=480p"]["flip"]["overall"]) == (1, 0.0)
+    assert res["540p"]["flip"]["pairs"] == 1 and res["540p"]["flip"]["overall"] == 1.0
+    assert res["720p"]["sources"] == 0 and res["720p"]["flip"]["pairs"] == 0
+    assert res["1080p"]["flip"]["pairs"] == 3 + 1 and res["1080p"]["flip"]["overall"] == 0.25
+    codec = {g["name"]: g for g in st["by_codec"]}
+    assert list(codec) == ["libx264", "libx265"]
+    assert codec["libx264"]["flip"]["pairs"] == 7 and codec["libx264"]["flip"]["overall"] == \
+        pytest.approx(2 / 7)
+    assert codec["libx265"]["sources"] == 1 and codec["libx265"]["flip"]["overall"] == 0.0
+    assert st["rows"][0]["flip"]["pairs"] == 8 and st["rows"][0]["name"] == "m"
+    w = st["srcc_vs_vmaf"]["model"]
+    # libx264 only: sd ranks right, hd half right, q gives both variants one score (counts 0)
+    assert w["per_source"] == pytest.approx({"sd": 1.0, "hd": 0.5, "q": 0.0})
+    assert w["within_source"] == pytest.approx(0.5) and w["sources"] == 3
+    assert w["n"] == 10 and w["pooled"] == pytest.approx(
+        srcc([4.5, 4.0, 2.0, 3.0, 4.0, 1.5, 4.2, 3.0, 3.5, 3.5],
+             [95, 80, 50, 97, 85, 40, 90, 60, 90, 70]))
+    assert st["srcc_vs_vmaf"]["psnr"]["within_source"] == pytest.approx(1.0)  # PSNR ~ VMAF
+    every = ev.statistics(rows, scores, within_codec=None)["srcc_vs_vmaf"]["model"]
+    assert every["per_source"]["hd"] == pytest.approx(srcc([3.0, 4.0, 1.5, 4.2, 3.0],
+                                                           [97, 85, 40, 90, 60]))
+    # equal scores of distinct files of one source: q's two variants, and hd's x264 CRF 15
+    # with its x265 CRF 40; pairs: 4 files of sd, 6 of hd, 3 of q
+    assert st["ties"] == {"count": 2, "pairs": 6 + 15 + 3}
+    assert st["degraded_originals"]["count"] == 0 and st["truth"] == "vmaf"
+
+
+def test_statistics_degraded_originals_and_unknown_heights():
+    rows = [_o("clean", 720), _v("clean", 20, 95.0),
+            _o("blur", None, reference="clean.mp4", vmaf=70.0),
+            _o("noisy", None, reference="./clean.mp4", vmaf=60.0),
+            _o("orphan", 480, reference="elsewhere/parent.mp4", vmaf=50.0)]
+    st = ev.statistics(rows, [4.0, 3.8, 3.1, 4.0, 2.0])
+    d = st["degraded_originals"]
+    assert (d["count"], d["below_parent"], d["rate"], d["missing_parent"]) == (2, 1, 0.5, 1)
+    assert [(p["source"], p["parent"], p["below"]) for p in d["pairs"]] == [
+        ("blur", "clean", True), ("noisy", "clean", False)]  # a tie is not below
+    res = {g["name"]: g["sources"] for g in st["by_resolution"]}
+    assert res == {"<=480p": 1, "540p": 0, "720p": 1, "1080p": 0, "unknown": 2}
+    assert ev.resolution_class(576) == "540p" and ev.resolution_class(577) == "720p"
+    assert ev.resolution_class(900) == "720p" and ev.resolution_class(901) == "1080p"
+    with pytest.raises(ev.EvaluationError, match="one score per row"):
+        ev.statistics(rows, [1.0])
+
+
+def test_markdown_of_hand_made_statistics():
+    rows = [_o("sd", 360), _v("sd", 15, 95.0), _v("sd", 35, 50.0),
+            _o("low", 360, reference="sd.mp4", vmaf=60.0)]
+    result = {"split": "dev", "manifest": "m.jsonl", "sources": 2, "videos_n": 4,
+              "key_frames": 3, "backend": "torch", "flip_diffs": [2, 4, 6, 8, 10, 20],
+              **ev.statistics(rows, [4.5, 4.0, 3.0, 4.6], "m")}
+    md = ev.markdown_table(result)
+    assert "| <=480p | 2 | 1 |" in md and "| 720p |" not in md  # empty classes are left out
+    assert "| libx264 | 1 | 1 |" in md
+    assert "below their clean parent: 0 of 1 (0.0%)" in md
+    assert "Ties: 0 of 3 pairs" in md
+    json.dumps(ev._clean(result), allow_nan=False)

@@ -177,9 +177,11 @@ def test_measure_odd_sized_source(tmp_path):
 def test_corrupt_source_is_a_named_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    with pytest.raises(vr.FfmpegError, match=r"encode\('bad.mp4', crf=23\).*ffmpeg"):
+    with pytest.raises(CpllmError, match=r"probe\('.*bad.mp4'\).*ffprobe"):
         vr.make_variants([Item(str(bad), "bad")], tmp_path / "out", crfs=(23,),
-                         progress=False)
+                         progress=False)  # found when its height is read, before any encode
+    with pytest.raises(vr.FfmpegError, match=r"encode\('bad.mp4', crf=23\).*ffmpeg"):
+        vr.encode(bad, tmp_path / "out.mp4", 23)
 
 
 def test_missing_source_is_a_named_error(tmp_path):
@@ -264,3 +266,110 @@ def test_read_lsvq_csv_bad_files(tmp_path, text, match):
     (tmp_path / "l.csv").write_text(text)
     with pytest.raises(vr.LabelFileError, match=match):
         vr.read_lsvq_csv(tmp_path / "l.csv", tmp_path / "videos")
+
+
+# --- encoders ------------------------------------------------------------------------------
+
+
+def test_encoder_table_is_complete_and_consistent():
+    assert set(vr.ENCODERS) == {"libx264", "libx265", "libsvtav1", "libvpx-vp9"}
+    assert vr.ENCODERS["libx264"].ladder == tuple(range(15, 54, 2))  # the paper's 20 levels
+    for name, enc in vr.ENCODERS.items():
+        lo, hi = enc.crf_range
+        assert enc.name == name and list(enc.ladder) == sorted(set(enc.ladder))
+        assert lo <= enc.ladder[0] and enc.ladder[-1] <= hi
+        assert name == "libx264" or len(enc.ladder) == 8
+        args = enc.args(30, threads=3)
+        assert args[:2] == ["-c:v", name] and "30" in args and "{n}" not in " ".join(args)
+        assert any("3" in a for a in args[args.index("30") + 1:])  # the thread cap
+    vp9 = vr.ENCODERS["libvpx-vp9"].args(40, preset="2")
+    assert vp9[vp9.index("-cpu-used") + 1] == "2" and vp9[vp9.index("-b:v") + 1] == "0"
+
+
+def test_unknown_codec_and_out_of_range_crf_are_named(source, tmp_path):
+    with pytest.raises(vr.DataArgumentError, match="did you mean 'libx265'") as e:
+        vr.make_variants([Item(str(source), "c")], tmp_path, codec="x265", progress=False)
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(vr.DataArgumentError, match=r"0\.\.51 for libx265"):
+        vr.make_variants([Item(str(source), "c")], tmp_path, codec="libx265", crfs=(53,),
+                         progress=False)
+
+
+def test_threads_never_oversubscribe(monkeypatch):
+    monkeypatch.setattr(vr, "_cpus", lambda: 2)
+    assert vr.default_jobs() == 2 and vr._threads(2) == 1 and vr._threads(1) == 2
+    assert vr._threads(5) == 1
+    assert [vr.auto_subsample(n) for n in (20, 96, 191, 300, 600)] == [1, 1, 1, 3, 6]
+
+
+@pytest.fixture(scope="module")
+def codecs(source, tmp_path_factory):
+    """Two levels of every encoder, written into one folder by successive runs."""
+    out = tmp_path_factory.mktemp("codecs")
+    for name, enc in vr.ENCODERS.items():
+        rows = vr.make_variants([Item(str(source), "coffee", split="dev")], out,
+                                crfs=(enc.ladder[0], enc.ladder[-1]), codec=name, jobs=2,
+                                progress=False)
+    return out, rows
+
+
+def test_every_encoder_makes_a_ladder_and_runs_merge(codecs):
+    out, rows = codecs
+    variants = [r for r in rows if not r.original]
+    assert sorted({r.codec for r in variants}) == sorted(vr.ENCODERS)  # no run dropped another
+    assert len(variants) == 2 * len(vr.ENCODERS)
+    from cpllm_plugin.video import probe
+
+    for name, enc in vr.ENCODERS.items():
+        best, worst = sorted((r for r in variants if r.codec == name), key=lambda r: r.crf)
+        assert (best.crf, worst.crf) == (enc.ladder[0], enc.ladder[-1])
+        assert best.vmaf > 90 and best.vmaf > worst.vmaf and best.pseudo > worst.pseudo
+        assert best.height == worst.height == 144 and best.split == "dev"
+        assert probe(out / best.path).codec in {"h264", "hevc", "av1", "libdav1d", "vp9"}
+    assert rows[0].original and rows[0].height == 144 and rows[0].pseudo is None
+    assert read_manifest(out / vr.MANIFEST_NAME) == rows
+
+
+def test_merge_keeps_other_codecs_measured_once_and_can_be_turned_off(codecs, source,
+                                                                      monkeypatch):
+    out, rows = codecs
+    calls = _count_ffmpeg(monkeypatch)
+    again = vr.make_variants([Item(str(source), "coffee", split="dev")], out, crfs=(15, 31),
+                             progress=False)
+    assert calls == ["encode", "libvmaf"]  # only libx264 CRF 31 is new
+    assert {r.codec for r in again if not r.original} == set(vr.ENCODERS)
+    assert [r.crf for r in again if r.codec == "libx264"] == [15, 31]
+    kept = {r.path: r for r in again if r.codec not in (None, "libx264")}
+    assert kept == {r.path: r for r in rows if r.codec not in (None, "libx264")}
+    only = vr.make_variants([Item(str(source), "coffee", split="dev")], out, crfs=(15,),
+                            merge=False, progress=False)
+    assert [r.codec for r in only] == [None, "libx264"]
+    assert all((out / p).is_file() for p in kept)  # files stay; a merging run finds them
+
+
+# --- degraded originals and their reference ------------------------------------------------
+
+
+def test_degraded_original_is_measured_against_its_reference(source, tmp_path, monkeypatch):
+    low = write_video(tmp_path / "coffee_low.mp4", pan_frames(20, 72, 128), fps=25, crf=10)
+    sources = [Item(str(source), "coffee", mos=4.0),
+               Item(str(low), "coffee-low", reference=str(source))]
+    rows = vr.make_variants(sources, tmp_path / "v", crfs=(15, 45), jobs=2, progress=False)
+    by = {(r.source, r.crf): r for r in rows}
+    clean, low_o = by[("coffee", None)], by[("coffee-low", None)]
+    assert clean.vmaf is None and clean.pseudo is None and clean.reference is None
+    assert low_o.reference == clean.path and low_o.height == 72
+    assert 20 < low_o.vmaf < 90 and low_o.psnr < 40  # a quarter of the pixels, upscaled
+    # capped by the clean parent's MOS, like a variant of it
+    assert low_o.pseudo == pytest.approx(vr.pseudo_score(low_o.vmaf, 4.0))
+    lo15, lo45 = by[("coffee-low", 15)], by[("coffee-low", 45)]
+    assert lo15.reference == lo45.reference == clean.path and lo15.height == 72
+    # measured against the clean reference: never better than the degraded original
+    assert lo45.vmaf < lo15.vmaf <= low_o.vmaf + 1
+    assert by[("coffee", 15)].vmaf > 95 > lo15.vmaf and lo15.pseudo <= low_o.pseudo + 0.05
+    calls = _count_ffmpeg(monkeypatch)
+    assert vr.make_variants(sources, tmp_path / "v", crfs=(15, 45), progress=False) == rows
+    assert calls == []  # resumable: every measurement kept
+    with pytest.raises(vr.MissingVideosError, match="reference"):
+        vr.make_variants([Item(str(low), "x", reference=str(tmp_path / "gone.mp4"))],
+                         tmp_path / "w", crfs=(15,), progress=False)

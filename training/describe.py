@@ -13,7 +13,12 @@ Rows without one get a generated description, marked ``description_generated=Tru
 2. style: from the source file's metadata (resolution, orientation, frame rate, duration,
    codec) and, when the tag starts with a style word, what kind of footage it is.
 3. technical quality: the score (MOS, else pseudo-score) in the words of the paper's Fig. 1
-   (1 bad, 2 poor, 3 fair, 4 good, 5 excellent), and for variants the codec and CRF.
+   (1 bad, 2 poor, 3 fair, 4 good, 5 excellent) and what that level looks like (blocking,
+   blur, banding, ringing, noise, lost detail), worded from the score alone: never the codec
+   or CRF, which the pixels cannot reveal. For a degraded original (a row with a
+   ``reference``) and its variants, the tag may add what the degradation looks like
+   ("blurred", "noisy", "downscaled" ...). :func:`quality_word_in` reads the quality word
+   back from any three-sentence description, generated or written by a model.
 
 Tags: free text, optionally led by a style word and a colon, for example
 ``"cgi: an animated rabbit in a meadow"`` or ``"camera: cyclists on a city street"``. Style
@@ -37,14 +42,26 @@ from .manifest import Item, resolve
 
 QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
 
-# What each quality level looks like after compression, said plainly.
+# What each quality level looks like, said plainly; no quality word may appear in these.
 _ARTIFACTS = {
-    "excellent": "with no visible compression artifacts",
-    "good": "with a slight loss of fine detail",
-    "fair": "with visible softening and some blocking",
-    "poor": "with strong blocking and smeared textures",
-    "bad": "with severe blocking and most detail lost",
+    "excellent": "the picture is clean and sharp, with fine detail intact and no visible "
+                 "blocking, banding or noise",
+    "good": "the picture is clean, with a slight softening of the finest detail and no "
+            "obvious blocking or banding",
+    "fair": "fine detail is visibly lost and textures look soft, with some blocking, banding "
+            "in smooth gradients and ringing around edges",
+    "poor": "the picture is blurry and blocky, with smeared textures, clear banding in smooth "
+            "areas and ringing around edges",
+    "bad": "heavy blocking and smearing dominate the picture, with almost all fine detail "
+           "lost and strong banding",
 }
+
+# What a degraded original (and its variants) looks like, from words of its tag.
+_DEGRADATIONS = (
+    (re.compile(r"blur|soft|defocus", re.I), "blurred"),
+    (re.compile(r"down-?scal|up-?scal|rescal|low[- ]res", re.I), "soft from upscaling"),
+    (re.compile(r"nois|grain", re.I), "noisy"),
+)
 
 STYLES = {
     "camera": "camera footage",
@@ -121,37 +138,66 @@ def style_sentence(tag: str | None, info) -> str:
     kind = STYLES[style] if style else "a video"
     if info is None:
         return f"It is {kind} of unknown format."
+    # Only what the pictures show: no codec, frame rate or duration (one key frame cannot
+    # reveal them, and a decoder trained to say them would learn to guess).
     w, h = info.width, info.height
     shape = "portrait" if h > w else "square" if h == w else "landscape"
-    seconds = f"{info.duration:.0f} second{'s' if round(info.duration) != 1 else ''}"
-    return (f"It is {kind} in {_resolution(w, h)} {shape} format ({w}x{h}) at "
-            f"{info.fps:.3g} frames per second, {seconds} long, with {codec_name(info.codec)} "
-            "as the source codec.")
+    return f"It is {kind} in {_resolution(w, h)} {shape} format."
 
 
 def quality_sentence(item: Item) -> str:
-    """Sentence 3: technical quality from the MOS or pseudo-score, with codec and CRF."""
+    """Sentence 3: technical quality from the MOS or pseudo-score, in visible terms.
+
+    The wording depends only on the score's level (and, for rows with a ``reference``, on
+    degradation words in the tag); never on the codec or CRF.
+    """
     score = item.target
-    encoded = (f"encoded with {codec_name(item.codec)} at CRF {item.crf}"
-               if item.codec and item.crf is not None else None)
+    looks = _degradation(item)
     if score is None:
-        if encoded:
-            return (f"Its technical quality is not rated; it was {encoded}, where a higher CRF "
-                    "means stronger compression.")
-        return "Its technical quality is not rated; it is the original file before re-encoding."
+        tail = f"; the picture looks {looks}" if looks else ""
+        what = "the original file" if item.original else "a re-encoded copy of the original"
+        return f"Its technical quality is not rated; it is {what}{tail}."
+    # The number stays with the quality head (describe() prints it); the text says the band.
     word = quality_word(score)
-    rated = "as rated by viewers" if item.mos is not None else "by estimate"
-    if encoded:
-        return (f"Its technical quality is {word} ({score:.1f} of 5, {rated}): "
-                f"{encoded}, {_ARTIFACTS[word]}.")
-    return f"Its technical quality is {word} ({score:.1f} of 5, {rated})."
+    tail = f", and the footage itself looks {looks}" if looks else ""
+    return f"Its technical quality is {word}: {_ARTIFACTS[word]}{tail}."
+
+
+def _degradation(item: Item) -> str | None:
+    """``"blurred and noisy"`` etc. from the tag of a row with a reference, else None."""
+    if not item.reference or not item.tag:
+        return None
+    found = [name for pattern, name in _DEGRADATIONS if pattern.search(item.tag)]
+    return " and ".join(found) or None
+
+
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
+_QUALITY_RE = re.compile(r"\b(" + "|".join(QUALITY_WORDS) + r")\b", re.I)
+
+
+def quality_word_in(text: str | None) -> str | None:
+    """The paper's quality word that a description uses in its third sentence.
+
+    Sentences end at ``.``, ``!`` or ``?`` followed by white space (so "3.7 of 5" is not an
+    end); a text of fewer than three sentences is read in its last one. The first of
+    bad/poor/fair/good/excellent there, as a whole word in any case, is returned in lower
+    case; None when there is none (or no text). Negations ("not good") are not parsed.
+
+    Args:
+        text: a description from :func:`generated_description`, an annotator or a model.
+    """
+    if not text or not text.strip():
+        return None
+    parts = [p for p in _SENTENCES.split(text.strip()) if p]
+    found = _QUALITY_RE.search(parts[2] if len(parts) >= 3 else parts[-1])
+    return found.group(1).lower() if found else None
 
 
 def generated_description(item: Item, info=None, labels: Sequence[str] | None = None) -> str:
     """The three sentences for ``item``: content, style (of its source), technical quality.
 
     Args:
-        item: the manifest row (its ``tag``, ``codec``, ``crf``, ``mos`` / ``pseudo``).
+        item: the manifest row (its ``tag``, ``mos`` / ``pseudo``, ``reference``).
         info: ``cpllm_plugin.video.VideoInfo`` of the row's source (the original), or None.
         labels: ImageNet class names for the content when there is no tag.
     """

@@ -10,7 +10,16 @@
   score strictly higher; ties count as wrong; identical files, e.g. CRF 53 = 51, are
   skipped), plus the overall rate over every pair;
 - the same numbers for the full-reference baselines VMAF and PSNR (their flip rates from
-  their own values), for context. A baseline is not correlated with itself.
+  their own values), for context. A baseline is not correlated with itself;
+- the model's flip rates per resolution class of the source (``<=480p``, ``540p``,
+  ``720p``, ``1080p``, by ``height``) and per codec;
+- SRCC against VMAF within a source (mean over sources, over the variants of one codec,
+  libx264 by default) next to the pooled SRCC over all variants;
+- the number of ties (equal scores of distinct files of one source; they count as flips);
+- for degraded originals (originals with a ``reference``), how often they score below their
+  clean parent.
+
+All of these come from :func:`statistics`, a pure function of the rows and the scores.
 
 Scores are cached per model id, key frame count and file sha256 in a JSON file, so a re-run
 only scores new files. Outputs: a JSON-ready dict, a markdown table
@@ -94,6 +103,28 @@ def select_split(items: Sequence[Item], split: str | None, where: str) -> list[I
     return chosen
 
 
+# Resolution classes of a source by its display height: (name, lowest, highest) in pixels.
+RESOLUTION_CLASSES = (("<=480p", 0, 480), ("540p", 481, 576), ("720p", 577, 900),
+                      ("1080p", 901, 1 << 30))
+
+
+def resolution_class(height: int | None) -> str:
+    """``"<=480p"``, ``"540p"`` (481-576), ``"720p"`` (577-900), ``"1080p"`` (>900) or
+    ``"unknown"`` (no height)."""
+    if height is None:
+        return "unknown"
+    return next(name for name, lo, hi in RESOLUTION_CLASSES if lo <= height <= hi)
+
+
+def _flip_groups(items: Sequence[Item], values: Sequence[float | None],
+                 keep: Callable[[Item], bool] = lambda i: True) -> list[list]:
+    groups: dict[tuple[str, str], list] = {}
+    for v, i in zip(values, items, strict=True):
+        if v is not None and not i.original and i.crf is not None and keep(i):
+            groups.setdefault((i.source, i.codec or ""), []).append((i.crf, v, i.sha256))
+    return list(groups.values())
+
+
 def _row(name: str, kind: str, values: list[float | None], items: list[Item],
          truth: list[float | None], truth_name: str) -> dict:
     pairs, seen = [], set()
@@ -101,12 +132,8 @@ def _row(name: str, kind: str, values: list[float | None], items: list[Item],
         if v is not None and t is not None and (i.source, i.sha256) not in seen:
             seen.add((i.source, i.sha256))  # an identical file (CRF 53 = 51) counts once
             pairs.append((v, t))
-    groups: dict[tuple[str, str], list] = {}
-    for v, i in zip(values, items, strict=True):
-        if v is not None and not i.original and i.crf is not None:
-            groups.setdefault((i.source, i.codec or ""), []).append((i.crf, v, i.sha256))
     row = {"name": name, "kind": kind, "n": len(pairs), "srcc": None, "plcc": None,
-           "flip": flip_rate(groups.values())}
+           "flip": flip_rate(_flip_groups(items, values))}
     if name.lower() == truth_name:
         row["note"] = "the reference of the correlations"
     elif len(pairs) >= 2:
@@ -115,10 +142,148 @@ def _row(name: str, kind: str, values: list[float | None], items: list[Item],
     return row
 
 
+def _source_heights(items: Sequence[Item]) -> dict[str, int | None]:
+    """Per source, the height of its original row, else of any of its rows, else None."""
+    out: dict[str, int | None] = {}
+    for i in sorted(items, key=lambda i: not i.original):  # originals first
+        if out.get(i.source) is None:
+            out[i.source] = i.height
+    return out
+
+
+def _srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
+                  codec: str | None) -> dict:
+    """SRCC against VMAF within each source (variants of ``codec``) and pooled (variants)."""
+    per: dict[str, dict[str, tuple[float, float]]] = {}  # source -> sha -> (value, vmaf)
+    pooled: dict[tuple[str, str | None], tuple[float, float]] = {}
+    for v, i in zip(values, items, strict=True):
+        if v is None or i.vmaf is None or i.original:
+            continue
+        pooled[(i.source, i.sha256)] = (v, i.vmaf)  # an identical file counts once
+        if codec is None or i.codec == codec:
+            per.setdefault(i.source, {})[i.sha256 or i.path] = (v, i.vmaf)
+    within: dict[str, float] = {}
+    for source, files in per.items():
+        v, t = zip(*files.values(), strict=True) if files else ((), ())
+        if len(files) < 2 or len(set(t)) < 2:
+            continue  # nothing to rank: one file, or VMAF equal on all
+        r = srcc(v, t)
+        within[source] = 0.0 if math.isnan(r) else r  # one score for all: no ranking at all
+    p = list(pooled.values())
+    return {"within_source": sum(within.values()) / len(within) if within else None,
+            "sources": len(within),
+            "pooled": srcc(*zip(*p, strict=True)) if len(p) >= 2 else None,
+            "n": len(p), "per_source": within}
+
+
+def _ties(items: Sequence[Item], scores: Sequence[float | None]) -> dict:
+    """Pairs of distinct files of one source with equal scores, among all such pairs."""
+    files: dict[str, dict[str, float]] = {}
+    for s, i in zip(scores, items, strict=True):
+        if s is not None:
+            files.setdefault(i.source, {})[i.sha256 or i.path] = s
+    tied = total = 0
+    for per in files.values():
+        values = list(per.values())
+        for a in range(len(values)):
+            for b in range(a + 1, len(values)):
+                total += 1
+                tied += values[a] == values[b]
+    return {"count": tied, "pairs": total}
+
+
+def _degraded(items: Sequence[Item], scores: Sequence[float | None]) -> dict:
+    """How often a degraded original scores below its clean parent (strictly)."""
+    def norm(p: str) -> str:
+        return os.path.normpath(p)
+
+    parents = {norm(i.path): (i, s) for i, s in zip(items, scores, strict=True) if i.original}
+    pairs, missing = [], 0
+    for i, s in zip(items, scores, strict=True):
+        if not (i.original and i.reference) or s is None:
+            continue
+        parent = parents.get(norm(i.reference))
+        if parent is None or parent[1] is None:
+            missing += 1
+            continue
+        pairs.append({"source": i.source, "parent": parent[0].source, "score": s,
+                      "parent_score": parent[1], "below": s < parent[1]})
+    below = sum(p["below"] for p in pairs)
+    return {"count": len(pairs), "below_parent": below,
+            "rate": below / len(pairs) if pairs else None, "missing_parent": missing,
+            "pairs": pairs}
+
+
+def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str = "model",
+               within_codec: str | None = "libx264") -> dict:
+    """Every number of the evaluation, from the rows and the model's scores; no I/O.
+
+    Args:
+        items: manifest rows (one split); ``height`` should be set (see :func:`evaluate`).
+        scores: the model's score of each row, in the same order (None: not scored).
+        name: the model's name in ``rows``.
+        within_codec: the codec whose variants "SRCC within a source" ranks (None: all).
+
+    Returns:
+        A dict with
+
+        - ``truth``: ``"mos"`` or ``"vmaf"``; ``rows``: the model, VMAF and PSNR, each
+          ``{"name", "kind", "n", "srcc", "plcc", "flip"}`` (``flip`` as
+          :func:`~cpllm_plugin.training.metrics.flip_rate` returns it);
+        - ``by_resolution``: one entry per class of :data:`RESOLUTION_CLASSES` (and
+          ``"unknown"`` if a source has no height) ``{"name", "sources", "videos", "flip"}``,
+          the model's flip rates over the sources of that class (by the source's height);
+        - ``by_codec``: the same per codec present, ``name`` being the codec;
+        - ``srcc_vs_vmaf``: ``{"codec", "model": S, "psnr": S}`` where S is
+          ``{"within_source": mean over sources of SRCC against VMAF over the source's
+          variants of codec, "sources": n, "pooled": SRCC against VMAF over all variants
+          (distinct files), "n": files, "per_source": {source: SRCC}}``. A source whose
+          variants all get one score counts as 0;
+        - ``ties``: ``{"count", "pairs"}``: pairs of distinct files of one source with equal
+          model scores (they count as flips), among all such pairs;
+        - ``degraded_originals``: ``{"count", "below_parent", "rate", "missing_parent",
+          "pairs"}``: originals with a ``reference`` whose parent (the original row whose
+          ``path`` is that reference) is in ``items``, and how many score strictly below it.
+    """
+    items, scores = list(items), list(scores)
+    if len(items) != len(scores):
+        raise EvaluationError(message("statistics()", "one score per row",
+                                      f"{len(items)} rows and {len(scores)} scores",
+                                      "pass the scores in the order of the rows"))
+    has_mos = any(i.mos is not None for i in items)
+    truth_name = "mos" if has_mos else "vmaf"
+    truth = [i.mos if has_mos else i.vmaf for i in items]
+    rows = [
+        _row(name, "model", scores, items, truth, truth_name),
+        _row("VMAF", "full-reference", [i.vmaf for i in items], items, truth, truth_name),
+        _row("PSNR", "full-reference", [i.psnr for i in items], items, truth, truth_name),
+    ]
+    cls = {s: resolution_class(h) for s, h in _source_heights(items).items()}
+    names = [n for n, _, _ in RESOLUTION_CLASSES]
+    names += ["unknown"] if "unknown" in cls.values() else []
+    by_resolution = [_subset(c, items, scores, lambda i, c=c: cls[i.source] == c)
+                     for c in names]
+    codecs = sorted({i.codec for i in items if not i.original and i.codec})
+    by_codec = [_subset(c, items, scores, lambda i, c=c: i.codec == c) for c in codecs]
+    within = {"codec": within_codec,
+              "model": _srcc_vs_vmaf(items, scores, within_codec),
+              "psnr": _srcc_vs_vmaf(items, [i.psnr for i in items], within_codec)}
+    return {"truth": truth_name, "rows": rows, "by_resolution": by_resolution,
+            "by_codec": by_codec, "srcc_vs_vmaf": within, "ties": _ties(items, scores),
+            "degraded_originals": _degraded(items, scores)}
+
+
+def _subset(name: str, items: list[Item], scores: list, keep: Callable[[Item], bool]) -> dict:
+    chosen = [i for i in items if keep(i)]
+    return {"name": name, "sources": len({i.source for i in chosen}), "videos": len(chosen),
+            "flip": flip_rate(_flip_groups(items, scores, keep))}
+
+
 def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
              backend="auto", split: str | None = "dev",
              cache: str | os.PathLike | None = None,
-             progress: Callable[[str], None] | bool = True) -> dict:
+             progress: Callable[[str], None] | bool = True,
+             within_codec: str | None = "libx264") -> dict:
     """Score one split of a manifest and compute SRCC, PLCC and flip rates.
 
     Args:
@@ -130,11 +295,15 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
         split: which split to evaluate (``"dev"`` by default; None or ``"all"`` for all rows).
         cache: the score cache file (None: no cache).
         progress: True for lines on stderr, False for none, or a callable taking a line.
+        within_codec: the codec of "SRCC within a source" (None: every codec).
 
     Returns:
         A JSON-ready dict: ``model``, ``backend``, ``split``, ``truth`` (``"mos"`` or
         ``"vmaf"``), ``rows`` (the model, then VMAF and PSNR: ``srcc``, ``plcc``, ``n``,
-        ``flip``) and ``videos`` (one entry per row of the split with its score).
+        ``flip``), ``by_resolution``, ``by_codec``, ``srcc_vs_vmaf``, ``ties`` and
+        ``degraded_originals`` (see :func:`statistics`), and ``videos`` (one entry per row
+        of the split with its score and height). Rows of a source without any ``height``
+        get the height of its first file (probed).
     """
     import cpllm_plugin
 
@@ -172,23 +341,31 @@ def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
     say(f"scored {fresh} videos, {len(items) - fresh} from the cache "
         f"({time.perf_counter() - t0:.0f} s)")
 
-    has_mos = any(i.mos is not None for i in items)
-    truth_name = "mos" if has_mos else "vmaf"
-    truth = [i.mos if has_mos else i.vmaf for i in items]
-    rows = [
-        _row(m.id, "model", scores, items, truth, truth_name),
-        _row("VMAF", "full-reference", [i.vmaf for i in items], items, truth, truth_name),
-        _row("PSNR", "full-reference", [i.psnr for i in items], items, truth, truth_name),
-    ]
+    items = _with_heights(items, paths)
+    stats = statistics(items, scores, m.id, within_codec)
     videos = [{"path": i.path, "source": i.source, "original": i.original, "codec": i.codec,
                "crf": i.crf, "sha256": i.sha256, "score": s, "mos": i.mos, "vmaf": i.vmaf,
-               "psnr": i.psnr, "pseudo": i.pseudo} for i, s in zip(items, scores, strict=True)]
+               "psnr": i.psnr, "pseudo": i.pseudo, "height": i.height,
+               "reference": i.reference} for i, s in zip(items, scores, strict=True)]
     return _clean({
         "type": "evaluation", "model": m.id, "backend": m.backend.name,
         "manifest": str(manifest), "split": split or "all", "key_frames": count,
-        "truth": truth_name, "sources": len({i.source for i in items}), "videos_n": len(items),
-        "flip_diffs": list(FLIP_DIFFS), "rows": rows, "videos": videos,
+        "sources": len({i.source for i in items}), "videos_n": len(items),
+        "flip_diffs": list(FLIP_DIFFS), **stats, "videos": videos,
     })
+
+
+def _with_heights(items: list[Item], paths: list[Path]) -> list[Item]:
+    """Rows of sources without any ``height`` get the probed height of one of their files."""
+    from cpllm_plugin.video import probe
+
+    known = {s: h for s, h in _source_heights(items).items() if h is not None}
+    out = []
+    for i, p in zip(items, paths, strict=True):
+        if i.height is None and i.source not in known:
+            known[i.source] = probe(p).height
+        out.append(i if i.height is not None else replace(i, height=known[i.source]))
+    return out
 
 
 def _with_sha(item: Item, path: Path) -> Item:
@@ -227,6 +404,36 @@ def markdown_table(result: dict) -> str:
     f = result["rows"][0]["flip"]
     lines += ["", "Pairs: " + ", ".join(f"d={d}: {f[f'pairs_d{d}']}" for d in diffs)
               + f", all: {f['pairs']}. Ties count as wrong; identical files are skipped."]
+    for key, title in (("by_resolution", "source resolution"), ("by_codec", "codec")):
+        groups = [g for g in result.get(key, []) if g["sources"]]
+        if not groups:
+            continue
+        lines += ["", f"Flip rate of the model by {title}:", "",
+                  f"| {title} | sources | pairs | "
+                  + " | ".join(f"FR d={d}" for d in diffs) + " | FR all |",
+                  "|---|---:|---:|" + "---:|" * (len(diffs) + 1)]
+        for g in groups:
+            f = g["flip"]
+            lines.append(f"| {g['name']} | {g['sources']} | {f['pairs']} | "
+                         + " | ".join(_num(f[f"d{d}"], True) for d in diffs)
+                         + f" | {_num(f['overall'], True)} |")
+    w = result.get("srcc_vs_vmaf")
+    if w:
+        m, p = w["model"], w["psnr"]
+        lines += ["", f"SRCC against VMAF within a source ({w['codec'] or 'every codec'}): "
+                  f"model {_num(m['within_source'])}, PSNR {_num(p['within_source'])} "
+                  f"(mean over {m['sources']} sources); pooled over all variants: model "
+                  f"{_num(m['pooled'])}, PSNR {_num(p['pooled'])} ({m['n']} files)."]
+    t = result.get("ties")
+    if t:
+        lines += ["", f"Ties: {t['count']} of {t['pairs']} pairs of distinct files of one "
+                  "source got equal scores (counted as flips above)."]
+    d = result.get("degraded_originals")
+    if d and (d["count"] or d["missing_parent"]):
+        lines += ["", f"Degraded originals scored below their clean parent: "
+                  f"{d['below_parent']} of {d['count']} ({_num(d['rate'], True)})"
+                  + (f"; {d['missing_parent']} without their parent in this split"
+                     if d["missing_parent"] else "") + "."]
     return "\n".join(lines) + "\n"
 
 

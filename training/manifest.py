@@ -45,6 +45,12 @@ class Item:
             annotator (a person or a multimodal LLM).
         tag: a content tag (for example "coffee"), used by generated descriptions.
         sha256: of the file; variants with equal hashes are identical encodes.
+        reference: the clean video this row's full-reference metrics are measured against,
+            when that is not its own original: set on a degraded original (made from a
+            clean parent by blurring, rescaling, noise or an earlier low-bitrate encode) and
+            on that original's variants, so their VMAF and pseudo-score say absolute quality
+            (a blurry original is not excellent). Path as ``path``.
+        height: the video's display height in pixels (for per-resolution reports).
     """
 
     path: str
@@ -63,6 +69,8 @@ class Item:
     description_generated: bool = False
     tag: str | None = None
     sha256: str | None = None
+    reference: str | None = None
+    height: int | None = None
 
     @property
     def target(self) -> float | None:

@@ -1,49 +1,69 @@
 """Compression variants of source videos, their full-reference metrics and pseudo-scores.
 
-:func:`make_variants` encodes every source at the paper's 20 libx264 CRF levels (15, 17, ...,
-53) through ffmpeg, measures each variant against its source (VMAF and PSNR) and writes a
+:func:`make_variants` encodes every source at a ladder of quality levels (CRF) of one
+encoder through ffmpeg, measures each variant against its source (VMAF and PSNR) and writes a
 manifest (``OUT_DIR/manifest.jsonl``) holding the originals and the variants::
 
     OUT_DIR/manifest.jsonl
     OUT_DIR/<source>/libx264_crf15.mp4 ... libx264_crf53.mp4
+    OUT_DIR/<source>/libx265_crf15.mp4 ...        (a later run with codec="libx265")
+
+Encoders (:data:`ENCODERS`, one table): libx264 (the paper's 20 levels 15, 17, ..., 53),
+libx265, libsvtav1 and libvpx-vp9, each with its quality option, a preset fast enough for a
+2-core machine and a default ladder of 8 levels. Runs with different encoders into the same
+``OUT_DIR`` add up: the rows of other encoders already in the manifest are kept
+(``merge=True``).
 
 It is resumable: an encode is written under a temporary name and renamed when ffmpeg
 succeeds, so a file that exists is complete and is never encoded again; measurements already
-in the manifest are kept while the file's sha256 is unchanged. Encodes and measurements run
-``jobs`` at a time (one ffmpeg process each); progress goes to stderr.
+in the manifest are kept while the file's sha256 (and its reference) is unchanged. Encodes
+and measurements run ``jobs`` at a time (one ffmpeg process each, ``cores // jobs`` threads
+each, so the machine is never oversubscribed); progress goes to stderr.
 
 Identical encodes: libx264 clamps CRF to 51 for 8-bit video, so CRF 53 gives the same bytes
 as CRF 51. Every row carries the file's sha256, which shows it; the metrics are measured once
-per distinct file, and :func:`cpllm_plugin.training.metrics.flip_rate` never counts a pair of
-identical files.
+per distinct (reference, file), and :func:`cpllm_plugin.training.metrics.flip_rate` never
+counts a pair of identical files.
 
-Encoding: ``-c:v libx264 -preset medium -crf N -pix_fmt yuv420p``, first video stream only,
-every frame kept with its timestamp (``-fps_mode passthrough``), sizes cropped to even
-numbers (the bottom row / right column of an odd-sized source is dropped; 4:2:0 needs even
-sizes), metadata dropped so equal encodes are equal bytes.
+Encoding: ``-c:v ENCODER PRESET -crf N -pix_fmt yuv420p`` plus the encoder's own options
+(see :data:`ENCODERS`), first video stream only, every frame kept with its timestamp
+(``-fps_mode passthrough``), sizes cropped to even numbers (the bottom row / right column of
+an odd-sized source is dropped; 4:2:0 needs even sizes), metadata dropped so equal encodes
+are equal bytes. Every variant row records its display height (``height``).
 
 Measuring (:func:`measure_fr`): ffmpeg's ``libvmaf`` filter with the built-in model
 ``version=vmaf_v0.6.1`` and the ``psnr`` filter, in one pass. Both inputs go through the same
-chain: crop to even size, scale to the variant's size (a no-op for these variants), convert
-to yuv420p, then re-time frame ``n`` to ``n / 25`` s so that frame ``n`` of the variant is
-compared with frame ``n`` of the source whatever their timestamps. VMAF is the mean over
-frames, PSNR the ffmpeg summary ("average" of Y, U, V weighted by plane size) in dB, capped at
-100 dB for identical inputs. VMAF is measured at the source's own resolution (the model was
-trained for 1080p viewing; for small sources it is a relative, not an absolute, number).
+chain: crop to even size, scale to the reference's size (a no-op for variants of a source;
+an upscale for a downscaled degraded original), convert to yuv420p, then re-time frame ``n``
+to ``n / 25`` s so that frame ``n`` of one is compared with frame ``n`` of the other whatever
+their timestamps. VMAF is the mean over frames (every n-th frame, :func:`auto_subsample`:
+at least 96 frames), PSNR the ffmpeg summary ("average" of Y, U, V weighted by plane size) in
+dB over every frame, capped at 100 dB for identical inputs. VMAF is measured at the
+reference's own resolution (the model was trained for 1080p viewing; for small sources it is
+a relative, not an absolute, number).
+
+References (``Item.reference``): an original with a reference is a degraded copy of a clean
+parent (blurred, rescaled, noisy, or an earlier low-bitrate encode). That original is
+measured against its reference and gets a pseudo-score like a variant, and its variants are
+measured against the reference too (not against the degraded original) and inherit it, so
+their VMAF and pseudo-scores say absolute quality: a blurry original is not excellent.
+Originals without reference are not measured and get no pseudo-score.
 
 Pseudo-scores (:func:`pseudo_score`), on the 1-5 scale of the paper (1 bad, 2 poor, 3 fair,
-4 good, 5 excellent), for variants, from VMAF ``v`` clipped to [0, 100]:
+4 good, 5 excellent), from VMAF ``v`` clipped to [0, 100]:
 
-- source without MOS: ``pseudo = 1 + 4 * v / 100``. This is the usual reading of VMAF's own
+- no MOS above it: ``pseudo = 1 + 4 * v / 100``. This is the usual reading of VMAF's own
   scale, which was fitted to absolute category ratings: each 20 VMAF points is one category
   (80-100 excellent, 60-80 good, ...), so v = 80 gives 4.2 and v = 50 gives 3.0.
-- source with MOS ``m`` (already on 1-5): ``pseudo = 1 + (m - 1) * v / 100``: a perfect copy
-  (v = 100) scores the source's MOS, and a variant never scores above its source.
+- a MOS ``m`` above it (already on 1-5): ``pseudo = 1 + (m - 1) * v / 100``: a perfect copy
+  (v = 100) scores that MOS, and a variant never scores above it. The MOS above a variant is
+  its source's; above a degraded original and its variants, the MOS of the clean parent (the
+  original whose file is the reference), if the parent is among the sources and has one.
 
-Both are monotone non-decreasing in VMAF and stay within [1, 5]. A variant without VMAF
+Both are monotone non-decreasing in VMAF and stay within [1, 5]. A row without VMAF
 (``measure=False``, or ffmpeg without libvmaf) gets no pseudo-score: its row still feeds the
 ranking loss (a lower CRF of the same source is never worse). Originals keep their MOS if
-they have one and get no pseudo-score (there is no reference to measure them against).
+they have one.
 
 Real opinion scores: :func:`read_lsvq_csv` reads LSVQ's label CSVs (``labels_train_test.csv``,
 ``labels_test_1080p.csv``) into manifest items with ``mos`` mapped from 0-100 to 1-5.
@@ -65,7 +85,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cpllm_plugin.errors import (
@@ -174,35 +194,136 @@ def _run_ffmpeg(args: Sequence[str], where: str) -> str:
     return proc.stderr
 
 
+def _cpus() -> int:
+    """CPU cores this process may use (its affinity mask, which containers and taskset set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """ffmpeg processes at once by default: one per usable core (each runs one thread)."""
+    return _cpus()
+
+
 def _threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    """Threads per ffmpeg process so that ``jobs`` processes together use every core once."""
+    return max(1, _cpus() // max(1, jobs))
 
 
 _EVEN = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"  # 4:2:0 needs even sizes; keep the top left
 
 
+# --- encoders -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """How :func:`encode` drives one ffmpeg video encoder at constant quality.
+
+    Attributes:
+        name: ffmpeg's encoder name (``-c:v NAME``); also the manifest's ``codec``.
+        crf_flag: the option that takes the quality level (higher is worse for all of them).
+        preset_flag: the option that takes the speed preset.
+        preset: the default preset, as ffmpeg takes it.
+        crf_range: ``(lowest, highest)`` level the encoder accepts.
+        ladder: the default levels of :func:`make_variants`, best quality first.
+        extra: further output options, always passed.
+        threads: output options that cap the encoder at ``{n}`` threads.
+    """
+
+    name: str
+    crf_flag: str
+    preset_flag: str
+    preset: str
+    crf_range: tuple[int, int]
+    ladder: tuple[int, ...]
+    extra: tuple[str, ...] = ()
+    threads: tuple[str, ...] = ("-threads", "{n}")
+
+    def args(self, crf: int, preset: str | None = None, threads: int = 1) -> list[str]:
+        """The output options for one encode at ``crf`` (``preset`` None: the default)."""
+        return ["-c:v", self.name, self.preset_flag, str(preset or self.preset),
+                self.crf_flag, str(crf), *self.extra,
+                *(a.replace("{n}", str(threads)) for a in self.threads)]
+
+
+# One row per encoder. Presets are chosen to be fast enough for a 2-core machine (a 4 s 360p
+# clip encodes in about 1-2 s on one thread with each), and ladders so that each encoder
+# spans as much of the quality range of libx264 CRF 15..51 as it can. VMAF v0.6.1 measured on
+# samples/sample.mp4 (3 s of photo pans, 640x360; easy content, harder content scores lower):
+#   libx264  -preset medium:  CRF 15: 99.3, 31: 91.8, 39: 74.0, 43: 58.2, 47: 37.8, 51: 16.3
+#   libx265  -preset fast:    CRF 15: 99.2, 31: 92.9, 39: 79.6, 43: 66.7, 47: 50.4, 51: 32.2
+#   libsvtav1 -preset 8:      CRF 20: ~99, 45: 96.3, 55: 93.1, 59: 90.4, 61: 86.6, 63: 76.9
+#   libvpx-vp9 -cpu-used 4:   CRF 15: 98.7, 45: 90.8, 51: 85.3, 55: 79.4, 59: 73.6, 63: 61.5
+# AV1 and VP9 at their highest level are still far better than libx264 at 51: no CRF of theirs
+# reaches "bad"; their ladders spend more levels at the low-quality end, where VMAF moves.
+ENCODERS: dict[str, Encoder] = {e.name: e for e in (
+    # The paper's encoder and ladder. CRF above 51 is clamped to 51 on 8-bit video (CRF 53
+    # gives the bytes of CRF 51; the sha256 shows it).
+    Encoder("libx264", "-crf", "-preset", "medium", (0, 63), CRF_LEVELS),
+    # x265 "fast": about libx264 medium's speed; "medium" is ~2x slower for a small gain.
+    # pools=N sizes its thread pool (set by x265 itself otherwise); hvc1 is for Apple players.
+    Encoder("libx265", "-crf", "-preset", "fast", (0, 51), (15, 23, 29, 35, 39, 43, 47, 51),
+            extra=("-tag:v", "hvc1"), threads=("-x265-params", "pools={n}:log-level=error")),
+    # SVT-AV1 preset 8: real-time-class speed on 1-2 cores (presets below 6 are many times
+    # slower). lp=N caps its threads ("level of parallelism"; it does not follow -threads).
+    Encoder("libsvtav1", "-crf", "-preset", "8", (1, 63), (20, 32, 42, 50, 55, 59, 61, 63),
+            threads=("-svtav1-params", "lp={n}")),
+    # libvpx-vp9: -b:v 0 makes -crf constant quality (else it is capped by a default
+    # bitrate); -deadline good -cpu-used 4 is its usual fast two-pass-free setting, row-mt
+    # lets its threads work on rows of one frame.
+    Encoder("libvpx-vp9", "-crf", "-cpu-used", "4", (0, 63), (15, 27, 37, 45, 51, 55, 59, 63),
+            extra=("-b:v", "0", "-deadline", "good", "-row-mt", "1")),
+)}
+
+
+def get_encoder(codec: str, where: str = "get_encoder()") -> Encoder:
+    """The :data:`ENCODERS` entry of ``codec``; a named error listing them otherwise."""
+    if codec in ENCODERS:
+        return ENCODERS[codec]
+    import difflib
+
+    close = difflib.get_close_matches(codec, list(ENCODERS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise DataArgumentError(message(where, f"an encoder of {sorted(ENCODERS)}", repr(codec),
+                                    f"{hint}add a row to ENCODERS for another encoder"))
+
+
 def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str = "libx264",
-           preset: str = "medium", ffmpeg: str | None = None, threads: int | None = None) -> Path:
+           preset: str | None = None, ffmpeg: str | None = None,
+           threads: int | None = None) -> Path:
     """Encode the first video stream of ``src`` at ``crf`` into ``dst`` (MP4), atomically.
 
     ffmpeg writes ``dst``'s folder under a temporary name that is renamed only on success,
     so an existing ``dst`` is always a complete encode.
+
+    Args:
+        src: the source video.
+        dst: the MP4 to write.
+        crf: the quality level (see :data:`ENCODERS` for each encoder's range).
+        codec: an encoder of :data:`ENCODERS`.
+        preset: its speed preset (None: the table's default).
+        ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`).
+        threads: threads for decoding, filtering and encoding (default: every usable core).
     """
     ffmpeg = find_ffmpeg(ffmpeg)
     src, dst = Path(src), Path(dst)
     where = f"encode({src.name!r}, crf={crf})"
+    enc = get_encoder(codec, where)
     if not src.is_file():
         raise VideoNotFoundError(message(where, "a source video file", f"missing {src}",
                                          "check the source path in the manifest"))
+    n = str(threads or _threads(1))
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".part", dir=dst.parent)
     os.close(fd)
-    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-filter_threads", n, "-threads", n, "-i", str(src),
             "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
-            "-vf", _EVEN, "-fps_mode", "passthrough", "-c:v", codec, "-preset", preset,
-            "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", str(threads or _threads(1))]
-    if codec in ("libvpx-vp9", "libaom-av1"):
-        args += ["-b:v", "0"]  # constant quality: these encoders cap the bitrate otherwise
+            "-vf", _EVEN, "-fps_mode", "passthrough", *enc.args(crf, preset, int(n)),
+            "-pix_fmt", "yuv420p"]
     try:
         _run_ffmpeg(args + ["-f", "mp4", tmp], where)
         os.replace(tmp, dst)
@@ -220,16 +341,33 @@ def _even_size(path: Path) -> tuple[int, int]:
     return info.width - info.width % 2, info.height - info.height % 2
 
 
+VMAF_FRAMES = 96  # automatic subsampling still measures VMAF on at least this many frames
+
+
+def auto_subsample(frames: int) -> int:
+    """VMAF on every n-th frame such that at least :data:`VMAF_FRAMES` frames are measured.
+
+    A 10 s clip at 30 fps gets n = 3 (100 frames). On samples/sample.mp4, n = 3 and n = 5
+    changed VMAF by at most 0.5 against n = 1 (four variants of libx264, libx265 and
+    libvpx-vp9 at VMAF 50-92) and cut the time of a measurement by a third to a half;
+    libvmaf still feeds its motion feature every frame.
+    """
+    return max(1, int(frames) // VMAF_FRAMES)
+
+
 def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
-               threads: int | None = None, subsample: int = 1) -> tuple[float, float]:
+               threads: int | None = None, subsample: int | None = 1) -> tuple[float, float]:
     """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
 
+    Both are compared at the reference's size (even-cropped): a smaller ``dist`` (a
+    downscaled degraded original) is upscaled with bicubic, so its loss of resolution counts.
+
     Args:
-        ref: the source video.
-        dist: the variant.
+        ref: the clean video (the source, or a degraded original's reference).
+        dist: the variant or degraded original.
         ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`); needs libvmaf.
-        threads: libvmaf threads (default: all cores).
-        subsample: measure every n-th frame for VMAF (1: all).
+        threads: threads for decoding, filtering and libvmaf (default: every usable core).
+        subsample: measure every n-th frame for VMAF (1: all; None: :func:`auto_subsample`).
 
     Returns:
         ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100).
@@ -242,7 +380,12 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
             raise VideoNotFoundError(message(where, "two video files", f"missing {p}",
                                              "check both paths"))
     _require_libvmaf(ffmpeg, where)
-    w, h = _even_size(dist)
+    w, h = _even_size(ref)
+    if subsample is None:
+        from cpllm_plugin.video import probe
+
+        subsample = auto_subsample(probe(dist).frame_count)
+    n = str(threads or _threads(1))
     # The same chain for both inputs; frame n is re-timed to n/25 s so frames pair by index.
     chain = f"{_EVEN},scale={w}:{h}:flags=bicubic,format=yuv420p,settb=1/25,setpts=N"
     with tempfile.TemporaryDirectory(prefix="cpllm-vmaf-") as tmp:
@@ -250,9 +393,10 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
         graph = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];"
                  f"[d][r1]psnr=shortest=1[dp];"
                  f"[dp][r2]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
-                 f":n_threads={threads or _threads(1)}:n_subsample={subsample}:shortest=1")
+                 f":n_threads={n}:n_subsample={subsample}:shortest=1")
         err = _run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "info",
-                           "-i", str(dist), "-i", str(ref), "-lavfi", graph,
+                           "-filter_complex_threads", n, "-threads", n, "-i", str(dist),
+                           "-threads", n, "-i", str(ref), "-lavfi", graph,
                            "-f", "null", "-"], where)
         vmaf = _parse_vmaf(log, where)
     return vmaf, _parse_psnr(err, where)
@@ -359,38 +503,53 @@ def _load_sources(sources: Sequence[Item] | str | os.PathLike) -> tuple[list[Ite
 
 
 def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os.PathLike,
-                  crfs: Iterable[int] = CRF_LEVELS, codec: str = "libx264",
-                  preset: str = "medium", ffmpeg: str | None = None, jobs: int = 2,
-                  measure: bool = True, progress: Progress | bool = True,
-                  vmaf_subsample: int = 1) -> list[Item]:
+                  crfs: Iterable[int] | None = None, codec: str = "libx264",
+                  preset: str | None = None, ffmpeg: str | None = None,
+                  jobs: int | None = None, measure: bool = True,
+                  progress: Progress | bool = True, vmaf_subsample: int | None = None,
+                  merge: bool = True) -> list[Item]:
     """Encode every source at every CRF, measure the variants, write the manifest.
 
     Args:
         sources: items (originals; only ``original=True`` rows are used) or the path of a
-            manifest holding them. Paths of a manifest resolve against its folder; paths of
-            items as given (absolute, or relative to the current directory).
+            manifest holding them. Paths (``path`` and ``reference``) of a manifest resolve
+            against its folder; paths of items as given (absolute, or relative to the
+            current directory).
         out_dir: where variants and ``manifest.jsonl`` go.
-        crfs: CRF levels (default: the paper's 15, 17, ..., 53).
-        codec, preset: the ffmpeg encoder and its preset.
+        crfs: quality levels (default: the encoder's ladder in :data:`ENCODERS`; for libx264
+            the paper's 15, 17, ..., 53).
+        codec: an encoder of :data:`ENCODERS`.
+        preset: its preset (default: the table's).
         ffmpeg: ffmpeg binary (default: ``$CPLLM_FFMPEG``, else imageio-ffmpeg's).
-        jobs: ffmpeg processes at once.
-        measure: measure VMAF and PSNR against the source (needs libvmaf).
+        jobs: ffmpeg processes at once (default: one per usable core); each gets
+            ``cores // jobs`` threads, so the machine is never oversubscribed.
+        measure: measure VMAF and PSNR against the source or reference (needs libvmaf).
         progress: True for lines on stderr, False for none, or a callable taking a line.
-        vmaf_subsample: measure VMAF on every n-th frame (faster on long sources).
+        vmaf_subsample: measure VMAF on every n-th frame (None: :func:`auto_subsample`).
+        merge: keep the rows of other encoders that an earlier run wrote into ``out_dir``'s
+            manifest for these sources (their files must still be there).
 
     Returns:
-        The manifest's items: each original followed by its variants in CRF order. The
-        manifest holds exactly the requested rows; an earlier manifest in ``out_dir`` is
-        read only to reuse its measurements.
+        The manifest's items: each original followed by its variants in (codec, CRF) order.
+        Of ``codec``, the manifest holds exactly the requested levels; of other codecs, what
+        an earlier run left (with ``merge``). An earlier manifest is otherwise read only to
+        reuse its measurements and annotations.
     """
     where = "make_variants()"
     say = progress_printer(progress)
-    crfs = sorted({int(c) for c in crfs})
-    if not crfs or crfs[0] < 0 or crfs[-1] > 63:
-        raise DataArgumentError(message(where, "CRF levels in 0..63", repr(crfs),
-                                        "pass e.g. crfs=range(15, 54, 2)"))
+    enc = get_encoder(codec, where)
+    crfs = sorted({int(c) for c in (enc.ladder if crfs is None else crfs)})
+    lo, hi = enc.crf_range
+    if not crfs or crfs[0] < lo or crfs[-1] > hi:
+        raise DataArgumentError(message(where, f"CRF levels in {lo}..{hi} for {codec}",
+                                        repr(crfs), f"pass e.g. crfs={list(enc.ladder)}, or "
+                                        "leave crfs out for that ladder"))
+    jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise DataArgumentError(message(where, "jobs >= 1", repr(jobs), "pass jobs=1 or more"))
+    if vmaf_subsample is not None and vmaf_subsample < 1:
+        raise DataArgumentError(message(where, "vmaf_subsample >= 1 or None", repr(vmaf_subsample),
+                                        "pass 1 to measure every frame, None for automatic"))
     ffmpeg = find_ffmpeg(ffmpeg)
     if measure:
         _require_libvmaf(ffmpeg, where)
@@ -403,31 +562,55 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
     if dupes:
         raise ManifestError(message(where, "one original per source id", f"duplicates {dupes}",
                                     "give every source its own id"))
-    files = {i.source: (resolve(manifest, i) if manifest else Path(i.path)) for i in originals}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+
+    def file_of(p: str) -> Path:
+        return resolve(manifest, Item(p, "")) if manifest else Path(p)
+
+    files = {o.source: file_of(o.path) for o in originals}
+    refs = {o.source: file_of(o.reference) for o in originals if o.reference}
+    missing = [str(p) for p in (*files.values(), *refs.values()) if not p.is_file()]
     if missing:
         raise MissingVideosError(message(
-            where, "every source video on disk", f"{len(missing)} missing, first: "
-            f"{missing[:3]}", "fix the paths (a manifest's relative paths start at its folder)"))
+            where, "every source video (and reference) on disk", f"{len(missing)} missing, "
+            f"first: {missing[:3]}", "fix the paths (a manifest's relative paths start at its "
+            "folder)"))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST_NAME
-    old = {i.path: i for i in read_manifest(path)} if path.is_file() else {}
+    old_rows = read_manifest(path) if path.is_file() else []
+    old = {i.path: i for i in old_rows}
 
-    # Originals: hashed; a source whose bytes changed since the last run is encoded again.
+    # Originals: hashed; a source whose bytes changed since the last run is encoded again,
+    # and a source whose reference is such a source is measured again.
     say(f"hashing {len(originals)} sources")
     rows: dict[str, Item] = {}
     stale: set[str] = set()
+    orig_rel: dict[str, str] = {}  # source -> its original's row
+    ref_rel: dict[str, str | None] = {}  # source -> the reference of its rows (None: itself)
+    heights: dict[str, int] = {}  # source -> display height of its variants (even)
     for o in originals:
         rel = _rel(files[o.source], out)
         sha = sha256_file(files[o.source])
         prev = old.get(rel)
         if prev is not None and prev.sha256 not in (None, sha):
             stale.add(o.source)
-        rows[rel] = _keep_annotations(replace(o, path=rel, sha256=sha), prev)
+        ref_rel[o.source] = _rel(refs[o.source], out) if o.source in refs else None
+        height = _height(files[o.source])
+        heights[o.source] = height - height % 2
+        row = replace(o, path=rel, sha256=sha, reference=ref_rel[o.source],
+                      height=o.height or height)
+        rows[rel] = _keep_annotations(row, prev)
+        orig_rel[o.source] = rel
+    by_rel = {rel: s for s, rel in orig_rel.items()}
+    remeasure = stale | {s for s, r in ref_rel.items() if by_rel.get(r) in stale}
 
-    variants: dict[str, tuple[Item, Path]] = {}  # rel path -> (row, source file)
+    def against(source: str) -> Path:
+        """The file the rows of ``source`` are measured against."""
+        return refs.get(source, files[source])
+
+    # Variants: the requested ladder of ``codec``, and (merge) other codecs' rows on disk.
+    variants: dict[str, Item] = {}
     for o in originals:
         for crf in crfs:
             dst = variant_path(out, o.source, codec, crf)
@@ -435,8 +618,15 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
             if o.source in stale and dst.exists():
                 dst.unlink()
             row = Item(rel, o.source, split=o.split, original=False, codec=codec, crf=crf,
-                       tag=o.tag)
-            variants[rel] = (_keep_annotations(row, old.get(rel)), files[o.source])
+                       tag=o.tag, reference=ref_rel[o.source], height=heights[o.source])
+            variants[rel] = _keep_annotations(row, old.get(rel))
+    if merge:
+        kept, gone = _merge_other_codecs(old_rows, variants, {o.source: o for o in originals},
+                                         out, codec, stale, ref_rel, heights)
+        if kept or gone:
+            say(f"merge: kept {kept} rows of other codecs from {path}"
+                + (f", dropped {len(gone)} (file gone or source changed; first: {gone[:2]})"
+                   if gone else ""))
 
     def all_rows() -> list[Item]:
         by_source: dict[str, list[Item]] = {}
@@ -450,66 +640,132 @@ def make_variants(sources: Sequence[Item] | str | os.PathLike, out_dir: str | os
     threads = _threads(jobs)
 
     # Phase 1: encode what is missing (parallel), hash every variant.
-    todo = [(rel, row, src) for rel, (row, src) in variants.items()
-            if not (out / rel).is_file()]
+    todo = [(rel, row) for rel, row in variants.items() if not (out / rel).is_file()]
     say(f"encode: {len(variants) - len(todo)} of {len(variants)} variants already on disk, "
-        f"{len(todo)} to encode with {codec} -preset {preset} ({jobs} at a time)")
+        f"{len(todo)} to encode with {codec} {enc.preset_flag} {preset or enc.preset} "
+        f"({jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each)")
 
-    def do_encode(rel: str, row: Item, src: Path) -> float:
+    def do_encode(rel: str, row: Item) -> float:
         t = time.perf_counter()
-        encode(src, out / rel, row.crf, codec, preset, ffmpeg, threads)
+        encode(files[row.source], out / rel, row.crf, codec, preset, ffmpeg, threads)
         return time.perf_counter() - t
 
-    _parallel(todo, do_encode, jobs, say, "encode",
-              lambda a, dt: f"{a[1].source} crf {a[1].crf}: {dt:.1f} s")
+    _parallel(todo, do_encode, jobs, say, "encode", lambda a, dt: f"{_label(a[1])}: {dt:.1f} s")
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:  # hashing is I/O bound
         hashes = pool.map(sha256_file, [out / rel for rel in variants])
-        for (rel, (row, _src)), sha in zip(variants.items(), hashes, strict=True):
+        for (rel, row), sha in zip(variants.items(), hashes, strict=True):
             rows[rel] = replace(row, sha256=sha)
-    same: dict[tuple[str, str], list[str]] = {}  # (source, sha256) -> rows of that file
-    for rel in variants:
-        same.setdefault((rows[rel].source, rows[rel].sha256), []).append(rel)
     writer(force=True)
 
-    # Phase 2: measure each distinct file once; reuse measurements of unchanged files.
-    mos = {o.source: o.mos for o in originals}
+    # Phase 2: measure each distinct (reference, file) once: every variant, and every
+    # original that has a reference; reuse measurements of unchanged files.
+    targets = {rel: against(rows[rel].source) for rel in variants}
+    targets.update({orig_rel[s]: refs[s] for s in refs})
+    same: dict[tuple[str, str], list[str]] = {}  # (reference, sha256) -> rows of that file
+    for rel, ref in targets.items():
+        same.setdefault((str(ref), rows[rel].sha256), []).append(rel)
+    ceiling = _ceilings(originals, files, refs)
     done: dict[tuple[str, str], tuple[float, float]] = {}
-    for rel in variants:
-        prev = old.get(rel)
-        if (prev is not None and prev.sha256 == rows[rel].sha256 and prev.vmaf is not None
-                and prev.psnr is not None and rows[rel].source not in stale):
-            done[(rows[rel].source, rows[rel].sha256)] = (prev.vmaf, prev.psnr)
+    for rel, ref in targets.items():
+        prev, row = old.get(rel), rows[rel]
+        if (prev is not None and prev.sha256 == row.sha256 and prev.vmaf is not None
+                and prev.psnr is not None and prev.reference == row.reference
+                and row.source not in remeasure):
+            done[(str(ref), row.sha256)] = (prev.vmaf, prev.psnr)
     if measure:
         todo_m, seen = [], set(done)
-        for rel, (row, src) in variants.items():
-            key = (row.source, rows[rel].sha256)
+        for rel, ref in targets.items():
+            key = (str(ref), rows[rel].sha256)
             if key not in seen:
                 seen.add(key)
-                todo_m.append((rel, rows[rel], src))
-        say(f"measure: {len(variants) - len(todo_m)} of {len(variants)} variants known "
+                todo_m.append((rel, rows[rel], ref))
+        say(f"measure: {len(targets) - len(todo_m)} of {len(targets)} files known "
             f"(already measured, or identical to another file), {len(todo_m)} to measure "
-            f"(VMAF {VMAF_MODEL} + PSNR)")
+            f"(VMAF {VMAF_MODEL} + PSNR, VMAF on every "
+            f"{vmaf_subsample or 'n-th (auto)'} frame)")
 
         lock = threading.Lock()
 
-        def do_measure(rel: str, row: Item, src: Path) -> float:
+        def do_measure(rel: str, row: Item, ref: Path) -> float:
             t = time.perf_counter()
-            result = measure_fr(src, out / rel, ffmpeg, threads, vmaf_subsample)
+            result = measure_fr(ref, out / rel, ffmpeg, threads, vmaf_subsample)
             with lock:  # keep finished measurements on disk as they come
-                done[(row.source, row.sha256)] = result
-                _fill(rows, same[(row.source, row.sha256)], result, mos)
+                done[(str(ref), row.sha256)] = result
+                _fill(rows, same[(str(ref), row.sha256)], result, ceiling)
             writer()
             return time.perf_counter() - t
 
         _parallel(todo_m, do_measure, jobs, say, "measure",
-                  lambda a, dt: f"{a[1].source} crf {a[1].crf}: VMAF "
-                  f"{done[(a[1].source, a[1].sha256)][0]:.2f}, PSNR "
-                  f"{done[(a[1].source, a[1].sha256)][1]:.2f} dB, {dt:.1f} s")
+                  lambda a, dt: f"{_label(a[1])}: VMAF "
+                  f"{done[(str(a[2]), a[1].sha256)][0]:.2f}, PSNR "
+                  f"{done[(str(a[2]), a[1].sha256)][1]:.2f} dB, {dt:.1f} s")
     for key, rels in same.items():
-        _fill(rows, rels, done.get(key, (None, None)), mos)
+        _fill(rows, rels, done.get(key, (None, None)), ceiling)
     writer(force=True)
     say(f"wrote {path} ({len(rows)} rows)")
     return all_rows()
+
+
+def _label(row: Item) -> str:
+    return f"{row.source} " + ("original" if row.original else f"{row.codec} crf {row.crf}")
+
+
+def _height(path: Path) -> int:
+    """Display height of a video (after rotation), from its headers."""
+    from cpllm_plugin.video import probe
+
+    return probe(path).height
+
+
+def _merge_other_codecs(old_rows: list[Item], variants: dict[str, Item],
+                        originals: dict[str, Item], out: Path, codec: str, stale: set[str],
+                        ref_rel: dict[str, str | None], heights: dict[str, int]
+                        ) -> tuple[int, list[str]]:
+    """Add an earlier run's variant rows of other codecs to ``variants`` (in place).
+
+    Rows of sources not in this run are left out; rows whose file is gone are dropped; the
+    files of a source whose bytes changed are deleted (they encode the old bytes). Kept rows
+    follow their source's split, tag and reference, and are measured again when the
+    reference changed. Returns the number kept and the paths dropped.
+    """
+    kept, gone = 0, []
+    for prev in old_rows:
+        if prev.original or prev.codec == codec or prev.source not in originals \
+                or prev.path in variants:
+            continue
+        f = out / prev.path
+        if prev.source in stale:
+            if f.is_file() and f.resolve().is_relative_to(out.resolve()):
+                f.unlink()
+            gone.append(prev.path)
+            continue
+        if not f.is_file():
+            gone.append(prev.path)
+            continue
+        o = originals[prev.source]
+        variants[prev.path] = replace(prev, split=o.split, tag=o.tag,
+                                      reference=ref_rel[prev.source],
+                                      height=prev.height or heights[prev.source])
+        kept += 1
+    return kept, gone
+
+
+def _ceilings(originals: list[Item], files: dict[str, Path], refs: dict[str, Path]
+              ) -> dict[str, float | None]:
+    """Per source, the MOS that caps its pseudo-scores (see :func:`pseudo_score`).
+
+    A source without reference: its own MOS. A source with one: the MOS of the original
+    whose file is that reference (its clean parent), else None (VMAF's own scale).
+    """
+    by_file = {files[o.source].resolve(): o for o in originals}
+    out: dict[str, float | None] = {}
+    for o in originals:
+        if o.source in refs:
+            parent = by_file.get(refs[o.source].resolve())
+            out[o.source] = parent.mos if parent is not None else None
+        else:
+            out[o.source] = o.mos
+    return out
 
 
 def _keep_annotations(row: Item, prev: Item | None) -> Item:
@@ -525,12 +781,13 @@ def _keep_annotations(row: Item, prev: Item | None) -> Item:
 
 
 def _fill(rows: dict[str, Item], rels: list[str], measured: tuple[float | None, float | None],
-          mos: dict[str, float | None]) -> None:
+          ceiling: dict[str, float | None]) -> None:
     """Put a file's ``(vmaf, psnr)`` and the pseudo-score into its rows ``rels``."""
     vmaf, psnr = measured
     for rel in rels:
         r = rows[rel]
-        rows[rel] = replace(r, vmaf=vmaf, psnr=psnr, pseudo=pseudo_score(vmaf, mos[r.source]))
+        rows[rel] = replace(r, vmaf=vmaf, psnr=psnr,
+                            pseudo=pseudo_score(vmaf, ceiling[r.source]))
 
 
 def _parallel(tasks: list[tuple], fn: Callable[..., float], jobs: int, say: Progress,
