@@ -196,6 +196,12 @@ class ModelConfig:
     max_new_tokens: int = 96
     prompt: str = DESCRIBE_PROMPT
     trained: bool = False  # False until a training run has written the head
+    # Pixel-encoder blocks that training kept at their pretrained values (0: all trained).
+    frozen_blocks: int = 0
+    # Weights were rounded to float16 values for storage (arithmetic stays float32); a high
+    # encoder rebuilt from its package is rounded the same way on load, so every backend and
+    # the model id see the same numbers.
+    weights_half: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -120,8 +120,13 @@ def _save(model, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def _trace(net, cfg: ModelConfig, path: Path, opset: int) -> None:
-    """Trace ``net`` (views, patches) -> scores into ``path`` with a dynamic batch axis."""
+def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True) -> None:
+    """Trace ``net`` (views, patches) -> scores into ``path`` with a dynamic batch axis.
+
+    ``fold=False`` keeps BatchNorm apart from the convolutions and the weights as they are
+    in torch (ONNX Runtime fuses them when it loads the graph): weights rounded to float16
+    then stay exactly representable in float16.
+    """
     import onnx
     import torch
 
@@ -137,7 +142,9 @@ def _trace(net, cfg: ModelConfig, path: Path, opset: int) -> None:
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 net, example, str(scratch), dynamo=False, opset_version=opset,
-                input_names=list(INPUTS), output_names=[OUTPUT], do_constant_folding=True,
+                input_names=list(INPUTS), output_names=[OUTPUT], do_constant_folding=fold,
+                training=torch.onnx.TrainingMode.EVAL if fold else
+                torch.onnx.TrainingMode.PRESERVE,
                 dynamic_axes={"views": batch, "patches": batch, OUTPUT: batch})
         model = onnx.load(str(scratch))
         _dedupe_identities(model)
@@ -289,10 +296,41 @@ def _load_torch(source: str | Path):
     return io.build(str(source), with_decoder=False)
 
 
+def halve_weights(path: Path, min_size: int = 1024) -> int:
+    """Store the float32 weights of an fp32 graph as float16, cast back to float32 on load.
+
+    The arithmetic stays float32 (ONNX Runtime folds the casts when it loads the graph), only
+    the file halves. Exact when the weights were already rounded to float16 values, as the
+    recipe does before it exports. Returns the number of tensors converted.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    casts, kept, n = [], [], 0
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if t.data_type == TensorProto.FLOAT and a.size >= min_size:
+            half = numpy_helper.from_array(a.astype(np.float16), t.name + "__fp16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [t.name], to=TensorProto.FLOAT,
+                                          name=t.name + "__cast"))
+            n += 1
+        else:
+            kept.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _save(model, path)
+    return n
+
+
 def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] = tuple(FILES),
            frames: np.ndarray | None = None, video: str | os.PathLike | None = None,
            key_frames: int = 3, calib_frames: int = 16, opset: int = OPSET,
-           tolerance: float = TOLERANCE, log=None) -> dict:
+           tolerance: float = TOLERANCE, log=None, store_half: bool = False) -> dict:
     """Export a model's scoring path to ONNX with a parity check; returns the manifest.
 
     Args:
@@ -309,6 +347,8 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
         opset: ONNX opset.
         tolerance: largest fp32 score difference to accept.
         log: callable taking one line of progress (e.g. ``click.echo`` to stderr), or None.
+        store_half: store the fp32 graph's weights as float16 (see :func:`halve_weights`);
+            the parity check then runs on that file.
 
     Returns:
         The manifest dict, also written to ``out_dir/manifest.json``.
@@ -359,7 +399,10 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
             path = tmp / FILES[prec]
             say(f"cpllm-export: tracing {prec} -> {path.name}")
             if prec == "fp32":
-                _trace(scorer, cfg, path, opset)
+                _trace(scorer, cfg, path, opset, fold=not store_half)
+                if store_half:
+                    say(f"cpllm-export: {halve_weights(path)} weight tensors stored "
+                        "as float16")
             elif prec == "fp16":
                 _trace(_half(scorer), cfg, path, opset)
             else:
@@ -374,6 +417,8 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
                                                             & (got < cfg.score_range[1])))}
             if prec == "int8":
                 results[prec]["quantization"] = how
+            if prec == "fp32" and store_half:
+                results[prec]["weights_stored"] = "float16 (float32 arithmetic)"
             say(f"cpllm-export: {prec} max |ONNX Runtime - torch| = {diff:.3g}")
             if not ok:
                 raise ParityError(message(

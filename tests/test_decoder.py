@@ -419,3 +419,25 @@ def test_gemma3_270m_conversion(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=8, do_sample=False)[:, ids.shape[1]:]
     assert torch.equal(out, ref[:, : out.shape[1]])
+
+
+def test_dropping_a_masked_copy_changes_nothing(tiny):
+    """A single input's masked copy (paper Fig. 4a) is removed before the decoder runs; the
+    logits equal those of the full prefix (window wider than the sequence, as Gemma 3 270M's
+    512 against a short prefix)."""
+    model, _ = tiny
+    P, B = 9, 2
+    target = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    emb = _embeds(model, B, P, target[:, :-1])
+    valid = torch.ones(B, P, dtype=torch.bool)
+    valid[:, 3:6] = False  # the copy, masked in every row
+    window = model.config.sliding_window
+    model.config.sliding_window = 64
+    try:
+        full = _full_logits(model, emb, valid)[:, P - 1:]
+        short = dec.text_logits(model, emb[:, :P], valid, target, 0)
+        kept, v2 = dec.drop_unused(emb[:, :P], valid)
+    finally:
+        model.config.sliding_window = window
+    assert kept.shape[1] == P - 3 and bool(v2.all())
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)

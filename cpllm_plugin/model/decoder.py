@@ -494,6 +494,21 @@ def embed_tokens(model: nn.Module) -> nn.Module:
     return model.get_input_embeddings()
 
 
+def drop_unused(prefix_embeds: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove prefix positions that are invalid in every row (a single input's masked copy).
+
+    Nobody attends them and position ids skip them, so what every valid position computes is
+    unchanged, at a fraction of the cost: a single input's prefix is about half as long.
+    The one difference is Gemma 3's sliding window, which then spans used tokens only, as it
+    spans position ids.
+    """
+    keep = valid.any(dim=0)
+    if bool(keep.all()):
+        return prefix_embeds, valid
+    return prefix_embeds[:, keep], valid[:, keep]
+
+
 def text_logits(
     model: nn.Module,
     prefix_embeds: torch.Tensor,
@@ -521,6 +536,7 @@ def text_logits(
     Returns:
         Float (B, O, V): row k is the prediction of ``target_ids[:, k]``.
     """
+    prefix_embeds, valid = drop_unused(prefix_embeds, valid)
     B, P, _ = prefix_embeds.shape
     n_out = target_ids.shape[1]
     ids = target_ids[:, :-1].masked_fill(target_ids[:, :-1] < 0, pad_id)
@@ -596,6 +612,7 @@ def generate(
     Returns:
         Long (B, N) with N <= max_new_tokens.
     """
+    prefix_embeds, valid = drop_unused(prefix_embeds, valid)
     B, P, _ = prefix_embeds.shape
     if max_new_tokens <= 0:
         return torch.empty(B, 0, dtype=torch.long, device=prefix_embeds.device)

@@ -124,6 +124,40 @@ class Encoder(nn.Module):
             t = self.net(pixel_values=x, interpolate_pos_encoding=resized).last_hidden_state
         return t.reshape(b, -1, *t.shape[1:]) if grouped else t
 
+    # --- a split at block n, for training with the first blocks frozen and cached ----------
+
+    def stem(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """Normalised ``(B, 3, H, W)`` images through the stem and the first ``blocks`` blocks.
+
+        Together with :meth:`rest` this equals :meth:`forward` on single images; only
+        EfficientNet backbones can be split (their blocks are a plain sequence).
+        """
+        net = self._split_net("stem")
+        x = net._swish(net._bn0(net._conv_stem((x - self.mean) / self.std)))
+        for block in net._blocks[:blocks]:
+            x = block(x)  # no drop_connect: split training keeps the encoder in eval mode
+        return x
+
+    def advance(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Feature maps after block ``start - 1`` through blocks ``start .. stop - 1``."""
+        for block in self._split_net("advance")._blocks[start:stop]:
+            x = block(x)
+        return x
+
+    def rest(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """Feature maps from :meth:`stem` through the remaining blocks: tokens ``(B, T, C)``."""
+        net = self._split_net("rest")
+        x = self.advance(x, blocks, len(net._blocks))
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)
+
+    def _split_net(self, where: str) -> nn.Module:
+        if self.spec.family != "efficientnet":
+            raise ModelFileError(message(
+                f"Encoder.{where}", "an EfficientNet backbone (its blocks can be split)",
+                repr(self.spec.name), "train this backbone end to end (frozen_blocks = 0)"))
+        return self.net
+
     def _resized(self, x: torch.Tensor) -> bool:
         """Whether position embeddings must be interpolated for this input size.
 

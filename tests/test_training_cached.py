@@ -1,0 +1,195 @@
+"""Training on frozen features: the split encoder, the feature cache (equal to the inference
+path), resumable training of the scoring path and of the LoRA, float16 storage, and the whole
+recipe on a two-source corpus made in the test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cpllm_plugin.configs import get_config
+from cpllm_plugin.model import io
+from cpllm_plugin.training import recipe as rc
+from cpllm_plugin.training.cached import (
+    CachedConfig,
+    CachedSet,
+    TextConfig,
+    load_state,
+    train_scorer,
+    train_text,
+)
+from cpllm_plugin.training.frozen import FROZEN_BLOCKS, FeatureCache, frozen_parameters
+from cpllm_plugin.training.manifest import Item, read_manifest
+from cpllm_plugin.training.train import model_config
+from cpllm_plugin.training.variants import make_variants
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    """The sample at CRF 18, 30 and 42 with VMAF: a real ladder of one source."""
+    out = tmp_path_factory.mktemp("ladder")
+    make_variants([Item(str(SAMPLE), "sample", split="train")], out, crfs=[18, 30, 42],
+                  progress=False)
+    return out / "manifest.jsonl"
+
+
+@pytest.fixture(scope="module")
+def lite():
+    torch.manual_seed(0)
+    return io.build(model_config("cpllm-lite", {"low_input": "native",
+                                                "decoder": "tiny-gemma"}), with_decoder=True)
+
+
+@pytest.fixture(scope="module")
+def cached(ladder, lite, tmp_path_factory):
+    cache = FeatureCache(lite.scorer, lite.config, tmp_path_factory.mktemp("cache"))
+    stats = cache.build(ladder, read_manifest(ladder), progress=False)
+    return cache, stats
+
+
+def test_split_encoder_equals_the_whole():
+    scorer = io.build("cpllm-lite", with_decoder=False).scorer.eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        whole = scorer.low(x)
+        for b in (0, 8, FROZEN_BLOCKS, 16):
+            torch.testing.assert_close(scorer.low.rest(scorer.low.stem(x, b), b), whole)
+        mid = scorer.low.advance(scorer.low.stem(x, 8), 8, 11)
+        torch.testing.assert_close(mid, scorer.low.stem(x, 11))
+
+
+def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
+    cache, stats = cached
+    items = read_manifest(ladder)
+    assert stats["videos"] == len(items) == 4 and cache.build(ladder, items, False)["videos"] == 0
+    data = CachedSet(ladder, items, cache)
+    f = cache.get(items[1].sha256)
+    assert f.stem.shape == (5, 8, 112, 14, 14) and f.stem.dtype == np.float16
+    assert f.ctx.shape == (5, 1280) and f.tokens.shape == (196, 1280)
+    from_cache = data.score_all(lite.scorer.eval())
+    from cpllm_plugin.preprocess import prepare
+    from cpllm_plugin.video import read_key_frames
+
+    for n, it in enumerate(items):
+        k = read_key_frames(ladder.parent / it.path, 5)
+        x = prepare(k.frames, lite.config)
+        with torch.no_grad():
+            full = lite.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).mean()
+        assert abs(from_cache[n] - float(full)) < 2e-3  # float16 storage of the features
+    # freezing more blocks runs the extra ones once, on load
+    deeper = CachedSet(ladder, items, cache, blocks=13)
+    assert deeper.stem.shape[3:] == (192, 7, 7)
+    np.testing.assert_allclose(deeper.score_all(lite.scorer), from_cache, atol=2e-3)
+
+
+def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
+        ladder, cached, tmp_path):
+    cache, _ = cached
+    items = read_manifest(ladder)
+    data = CachedSet(ladder, items, cache)
+
+    def fresh():
+        torch.manual_seed(0)
+        return io.build(model_config("cpllm-lite", {"low_input": "native"}),
+                        with_decoder=False).scorer
+
+    cfg = CachedConfig(steps=4, pairs=3, log_every=1, checkpoint_every=2, dev_every=2)
+    a = fresh()
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    res = train_scorer(a, data, tmp_path / "a", cfg, dev=data, progress=False)
+    assert res["step"] == 4 and len(res["dev"]) == 2
+    frozen = set(frozen_parameters(a, FROZEN_BLOCKS))
+    after = a.state_dict()
+    for name, _ in a.named_parameters():
+        moved = not torch.equal(before[name], after[name])
+        if name in frozen:
+            assert not moved, name
+    assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
+    assert not torch.equal(before["low.net._conv_head.weight"],
+                           after["low.net._conv_head.weight"])
+    for k in before:  # BatchNorm statistics stay the pretrained ones (eval mode)
+        if "running" in k:
+            assert torch.equal(before[k], after[k]), k
+    rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,l1,l2,total,seconds" and len(rows) == 5
+
+    b = fresh()
+    train_scorer(b, data, tmp_path / "b", CachedConfig(**{**vars(cfg), "steps": 2}),
+                 progress=False)
+    c = fresh()
+    assert load_state(tmp_path / "b", c)["step"] == 2
+    train_scorer(c, data, tmp_path / "b", cfg, progress=False)  # resumes at 2, runs to 4
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(c.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
+    from dataclasses import replace
+
+    cache, _ = cached
+    items = [replace(it, description="A picture. It is a test. Its technical quality is good.")
+             for it in read_manifest(ladder)]
+    data = CachedSet(ladder, items, cache)
+    head = lite.scorer.head[0].weight.clone()
+    lora = {n: p.clone() for n, p in lite.decoder.named_parameters() if "lora_B" in n}
+    res = train_text(lite, data, tmp_path, TextConfig(steps=2, batch=2, log_every=1),
+                     progress=False)
+    assert res == {"step": 2, "seconds": res["seconds"], "samples": 4}
+    assert torch.equal(lite.scorer.head[0].weight, head)
+    assert any(not torch.equal(p, lora[n]) for n, p in lite.decoder.named_parameters()
+               if "lora_B" in n)
+    assert (tmp_path / "text_state.safetensors").is_file()
+    assert len((tmp_path / "text_log.csv").read_text().splitlines()) == 3
+
+
+def test_half_storage_keeps_the_model_id_and_leaves_out_the_packaged_encoder(tmp_path):
+    from safetensors import safe_open
+
+    m = io.build(get_config("cpllm-lite"), with_decoder=False)
+    with torch.no_grad():
+        for t in [*m.scorer.parameters(), *m.scorer.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    io.save(m, tmp_path / "m", half=True)
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+        assert not any(k.startswith("high.") for k in keys)
+        assert f.get_tensor("head.0.weight").dtype == torch.float16
+    back = io.load(tmp_path / "m", with_decoder=False)
+    assert back.config.weights_half and io.model_id(back) == io.model_id(m)
+
+
+def test_recipe_end_to_end_on_two_sources(tmp_path):
+    """corpus (given) -> ladders -> descriptions -> cache -> train -> text -> ship -> eval."""
+    from media import pan_frames, write_video
+
+    corpus = tmp_path / "data" / "corpus"
+    (corpus / "originals").mkdir(parents=True)
+    shutil.copy(SAMPLE, corpus / "originals" / "a.mp4")
+    write_video(corpus / "originals" / "b.mp4", pan_frames(48, 360, 640, "astronaut"), crf=8)
+    rows = [Item("originals/a.mp4", "a", split="train", tag="photo pan: coffee and a rocket"),
+            Item("originals/b.mp4", "b", split="dev", tag="photo pan: an astronaut")]
+    (corpus / "sources.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+    r = rc.Recipe(data=tmp_path / "data", out=tmp_path / "model", steps=3, pairs=2,
+                  text_steps=1, train_crfs=(18, 34, 46), dev_crfs=(18, 26, 34, 42),
+                  dev_codecs=(), decoder="tiny-gemma")
+    costs = rc.run(r, rc.STAGES[1:], progress=False)
+    assert set(costs) == set(rc.STAGES[1:])
+    assert all(c["wall_s"] >= 0 and c["peak_rss_gb"] > 0 for c in costs.values())
+    book = json.loads((tmp_path / "data" / "stages.json").read_text())
+    assert set(book) == set(rc.STAGES[1:])
+    train = read_manifest(r.train_manifest)
+    assert all(i.description and "CRF" not in i.description for i in train)
+    man = json.loads((r.out / "manifest.json").read_text())
+    assert man["precisions"]["fp32"]["passed"]
+    assert man["precisions"]["fp32"]["weights_stored"].startswith("float16")
+    conf = json.loads((r.out / "config.json").read_text())
+    assert conf["trained"] and conf["low_input"] == "native" and conf["frozen_blocks"] == 11
+    assert costs["eval"]["flip"]["pairs"] == 6

@@ -1,0 +1,501 @@
+"""Training the scoring path on frozen features (:mod:`cpllm_plugin.training.frozen`).
+
+The trainable part is what the paper trains on the scoring side: the pixel encoder (here its
+blocks after the frozen ones), both projections, the LayerNorm and the MLP head, with the
+paper's L1 (pairwise hinge) and L2 (squared error) at equal weights and Adam at 1e-4.
+
+How it departs from :mod:`cpllm_plugin.training.train` (the general trainer), and why:
+
+- The first ``frozen_blocks`` blocks of the pixel encoder keep their ImageNet weights, and
+  every BatchNorm keeps its statistics (eval mode): the cached features then equal what
+  inference computes, and a step costs a sixth of a full one on a CPU.
+- A sample is one key frame of a pair of variants of one source: both variants at the same
+  frame and the same patch positions, so the pair differs only by its compression. Half the
+  pairs are neighbours on the source's CRF ladder (the hardest, d = 2..4), half any two of
+  its videos. L2 applies to every frame of the batch that has a target; the frame is scored
+  against its video's (pseudo-)score.
+- Text (L3) is trained afterwards on the frozen scoring path (:func:`train_text`): on two
+  CPU cores a Gemma step costs seconds per sample, which the scoring path cannot wait for.
+
+Everything random is a function of ``(seed, step)``, and ``out/`` holds the trainable state,
+Adam's moments and the step, so ``resume`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CpllmError, message
+from ..model.cpllm import Scorer
+from .frozen import FeatureCache, frozen_parameters
+from .losses import pair_gap, rank_loss, score_loss
+from .manifest import Item, resolve
+from .metrics import flip_rate, srcc
+from .variants import progress_printer
+
+
+class CachedTrainingError(CpllmError, ValueError):
+    """The cached training data or state is unusable."""
+
+
+def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Tensor
+                 ) -> torch.Tensor:
+    """Scores ``(B,)`` of key frames from frozen features.
+
+    Args:
+        scorer: the scoring path.
+        blocks: frozen blocks (where ``stem`` stops).
+        stem: ``(B, K, C, h, w)`` float32 patch features after the frozen blocks.
+        ctx: ``(B, Ch)`` token means of the frozen high-level encoder.
+    """
+    b, k = stem.shape[:2]
+    t = scorer.low.rest(stem.flatten(0, 1), blocks)  # (B * K, Tl, Cl)
+    v = scorer.low_norm(scorer.low_proj(t).view(b, k, *t.shape[1:-1], -1).mean(dim=1))
+    u = scorer.high_proj(ctx)[:, None]  # the mean of the projected tokens (linear)
+    return scorer.head_score(u, v)
+
+
+def visual_tokens(scorer: Scorer, blocks: int, stem: torch.Tensor, tokens: torch.Tensor
+                  ) -> torch.Tensor:
+    """The decoder's visual tokens ``(B, Th + Tl, D)`` = ``[u; v]`` from frozen features.
+
+    Args:
+        stem: ``(B, K, C, h, w)`` patch features of the decoder's key frame.
+        tokens: ``(B, Th, Ch)`` all high-level tokens of that frame.
+    """
+    b, k = stem.shape[:2]
+    t = scorer.low.rest(stem.flatten(0, 1), blocks)
+    v = scorer.low_norm(scorer.low_proj(t).view(b, k, *t.shape[1:-1], -1).mean(dim=1))
+    return torch.cat([scorer.high_proj(tokens), v], dim=1)
+
+
+class CachedSet:
+    """The items of one split with their cached features, in memory.
+
+    Args:
+        manifest: the manifest path (resolves relative item paths).
+        items: the items (one split).
+        cache: a built :class:`FeatureCache` holding every item.
+        blocks: frozen blocks for training (default: the cache's); more than the cache's are
+            run once here, so the stored features start where training does.
+    """
+
+    def __init__(self, manifest: str | os.PathLike, items: Sequence[Item], cache: FeatureCache,
+                 blocks: int | None = None):
+        self.items = list(items)
+        missing = [it.path for it in self.items if it.sha256 is None
+                   or not cache.path(it.sha256).is_file()]
+        if missing:
+            raise CachedTrainingError(message(
+                "CachedSet", "cached features for every item", f"{len(missing)} missing, "
+                f"first {missing[:3]}", "build the cache first (FeatureCache.build)"))
+        feats = [cache.get(it.sha256) for it in self.items]
+        self.blocks = blocks or cache.blocks
+        if self.blocks < cache.blocks:
+            raise CachedTrainingError(message(
+                "CachedSet", f"blocks >= the cache's {cache.blocks}", repr(blocks),
+                "build a cache that stops earlier, or freeze more blocks"))
+        stems = [torch.from_numpy(f.stem) for f in feats]
+        if self.blocks > cache.blocks:
+            low = cache.scorer.low
+
+            def advance(s: torch.Tensor) -> torch.Tensor:
+                x = low.advance(s.flatten(0, 1).float(), cache.blocks, self.blocks)
+                return x.half().view(*s.shape[:2], *x.shape[1:])
+
+            with torch.no_grad():
+                stems = [advance(s) for s in stems]
+        self.stem = torch.stack(stems)  # (N, M, K, C, h, w) float16
+        self.ctx = torch.from_numpy(np.stack([f.ctx for f in feats]))  # (N, M, Ch)
+        self.tokens = torch.from_numpy(np.stack([f.tokens for f in feats]))  # (N, Th, Ch)
+        self.manifest = Path(manifest)
+        self.m = self.stem.shape[1]
+        self.target = np.array([np.nan if it.target is None else it.target
+                                for it in self.items], np.float32)
+        self.partners: list[list[int]] = []
+        self.neighbours: list[list[int]] = []
+        by_source: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            by_source.setdefault(it.source, []).append(i)
+        for i, it in enumerate(self.items):
+            mates = [j for j in by_source[it.source]
+                     if j != i and pair_gap(it, self.items[j]) is not None]
+            self.partners.append(mates)
+            ladder = sorted((j for j in mates + [i] if self.items[j].crf is not None
+                             and self.items[j].codec == it.codec), key=lambda j: self.items[j].crf)
+            near = []
+            if i in ladder:
+                pos = ladder.index(i)
+                near = [ladder[p] for p in (pos - 1, pos + 1) if 0 <= p < len(ladder)]
+            self.neighbours.append([j for j in near if j in mates])
+        self.with_partners = [i for i, p in enumerate(self.partners) if p]
+        if not self.with_partners:
+            raise CachedTrainingError(message(
+                "CachedSet", "videos with a partner of known order (variants of one source)",
+                "none", "train on a manifest made by cpllm-variants"))
+
+    def sample(self, rng: np.random.Generator, pairs: int) -> tuple[np.ndarray, ...]:
+        """``pairs`` random pairs: first, second, gap and the shared key frame."""
+        first = rng.choice(self.with_partners, size=pairs)
+        second, gap = np.empty(pairs, np.int64), np.empty(pairs, np.float32)
+        for n, i in enumerate(first):
+            near = self.neighbours[i]
+            pool = near if near and rng.random() < 0.5 else self.partners[i]
+            j = pool[int(rng.integers(len(pool)))]
+            second[n] = j
+            gap[n] = pair_gap(self.items[i], self.items[j])
+        frame = rng.integers(0, self.m, size=pairs)
+        return first.astype(np.int64), second, gap, frame
+
+    @torch.no_grad()
+    def score_all(self, scorer: Scorer, chunk: int = 16) -> np.ndarray:
+        """Video scores ``(N,)`` (mean over the M key frames) from the cache."""
+        out = np.empty(len(self.items))
+        for s in range(0, len(self.items), chunk):
+            stem = self.stem[s:s + chunk].float()
+            n = stem.shape[0]
+            f = frame_scores(scorer, self.blocks, stem.flatten(0, 1),
+                             self.ctx[s:s + chunk].flatten(0, 1))
+            out[s:s + n] = f.view(n, self.m).mean(dim=1).double().numpy()
+        return out
+
+
+def report(items: Sequence[Item], scores: np.ndarray) -> dict:
+    """Flip rates (ties count), pooled SRCC vs VMAF, mean SRCC against -CRF within a source."""
+    groups: dict[tuple[str, str], list] = {}
+    for it, s in zip(items, scores, strict=True):
+        if not it.original and it.crf is not None:
+            groups.setdefault((it.source, it.codec or ""), []).append((it.crf, float(s),
+                                                                       it.sha256))
+    pairs = [(s, it.vmaf) for it, s in zip(items, scores, strict=True)
+             if it.vmaf is not None and not it.original]
+    within = []
+    for g in groups.values():
+        v = {(c, sha): s for c, s, sha in g}
+        if len(v) >= 3:
+            crfs = [c for c, _ in v]
+            within.append(srcc([-c for c in crfs], list(v.values())))
+    return {"flip": flip_rate(groups.values()),
+            "srcc_vmaf": srcc(*zip(*pairs, strict=True)) if len(pairs) > 2 else None,
+            "srcc_within": float(np.mean(within)) if within else None}
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class CachedConfig:
+    """Settings of :func:`train_scorer`.
+
+    Attributes:
+        steps: optimiser steps in all (a resumed run stops there too).
+        pairs: pairs per step (each two key frames of K patches).
+        lr: Adam learning rate (paper: 1e-4).
+        w_rank, w_score: weights of L1 and L2 (paper: equal).
+        seed: seeds the pair and frame choice.
+        log_every: a CSV row and a progress line every this many steps.
+        checkpoint_every: save the state every this many steps (and at the end).
+        dev_every: dev flip rate and SRCC from the cache every this many steps (0: never).
+        minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
+    """
+
+    steps: int = 400
+    pairs: int = 16
+    lr: float = 1e-4
+    w_rank: float = 1.0
+    w_score: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    dev_every: int = 100
+    minutes: float = 0.0
+
+
+def _trainable(scorer: Scorer, blocks: int) -> list[tuple[str, torch.nn.Parameter]]:
+    frozen = set(frozen_parameters(scorer, blocks))
+    out = []
+    for n, p in scorer.named_parameters():
+        p.requires_grad_(n not in frozen)
+        if n not in frozen:
+            out.append((n, p))
+    return out
+
+
+def _save_state(out: Path, scorer: Scorer, opt: torch.optim.Adam,
+                named: list[tuple[str, torch.nn.Parameter]], step: int, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in scorer.state_dict().items()}
+    for n, p in named:
+        st = opt.state.get(p)
+        if st:
+            tensors[f"adam.{n}.exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"adam.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            extra.setdefault("adam_steps", {})[n] = float(st["step"])
+    tmp = out / ".state.part"
+    save_file(tensors, tmp)
+    (out / ".state.json.part").write_text(json.dumps({"step": step, **extra}))
+    os.replace(tmp, out / "state.safetensors")
+    os.replace(out / ".state.json.part", out / "state.json")
+
+
+def load_state(out: Path, scorer: Scorer) -> dict | None:
+    """Load ``out/state.safetensors`` into ``scorer``; the saved JSON, or None if absent."""
+    f = out / "state.safetensors"
+    if not f.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    tensors = load_file(f)
+    scorer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    meta = json.loads((out / "state.json").read_text())
+    meta["_tensors"] = tensors
+    return meta
+
+
+def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
+                 cfg: CachedConfig, dev: CachedSet | None = None,
+                 progress: Callable[[str], None] | bool = True) -> dict:
+    """Train the scoring path on cached features; resumable from ``out``.
+
+    Returns:
+        ``{"step", "seconds", "dev": [...]}`` where ``dev`` lists the periodic dev reports.
+    """
+    say = progress_printer(progress)
+    blocks = data.blocks
+    if dev is not None and dev.blocks != blocks:
+        raise CachedTrainingError(message("train_scorer", f"dev features after {blocks} "
+                                          "blocks, like the training set's", str(dev.blocks),
+                                          "build both sets with the same blocks"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer.eval()  # BatchNorm statistics stay the pretrained ones (see module docstring)
+    named = _trainable(scorer, blocks)
+    opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
+    meta = load_state(out, scorer)
+    start, history, spent = 0, [], 0.0
+    if meta is not None:
+        start, history, spent = meta["step"], meta.get("dev", []), meta.get("seconds", 0.0)
+        t = meta["_tensors"]
+        for n, p in named:
+            if f"adam.{n}.exp_avg" in t:
+                opt.state[p] = {"step": torch.tensor(meta["adam_steps"][n]),
+                                "exp_avg": t[f"adam.{n}.exp_avg"].clone(),
+                                "exp_avg_sq": t[f"adam.{n}.exp_avg_sq"].clone()}
+        say(f"resumed at step {start} ({spent / 60:.1f} min trained so far)")
+    log = out / "log.csv"
+    if not log.is_file():
+        log.write_text("step,l1,l2,total,seconds\n")
+    t0 = time.perf_counter()
+    step = start
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step])
+        first, second, gap, frame = data.sample(rng, cfg.pairs)
+        fa = list(zip(first.tolist(), frame.tolist(), strict=True))
+        fb = list(zip(second.tolist(), frame.tolist(), strict=True))
+        keys = sorted(set(fa) | set(fb))  # (video, key frame) pairs, each run once
+        slot = {k: n for n, k in enumerate(keys)}
+        vid = torch.tensor([k[0] for k in keys])
+        fr = torch.tensor([k[1] for k in keys])
+        s = frame_scores(scorer, blocks, data.stem[vid, fr].float(), data.ctx[vid, fr])
+        a = torch.tensor([slot[k] for k in fa])
+        b = torch.tensor([slot[k] for k in fb])
+        g = torch.from_numpy(gap)
+        l1 = rank_loss(g, torch.zeros_like(g), s[a], s[b])
+        tgt = torch.from_numpy(data.target[vid.numpy()])
+        l2 = score_loss(tgt, s, ~torch.isnan(tgt))
+        loss = cfg.w_rank * l1 + cfg.w_score * l2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if not math.isfinite(loss.item()):
+            raise CachedTrainingError(message("train_scorer", "a finite loss",
+                                              f"{loss.item()} at step {step}",
+                                              "lower lr or check the targets"))
+        elapsed = spent + time.perf_counter() - t0
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            with log.open("a", newline="") as fh:
+                csv.writer(fh).writerow([step, f"{l1.item():.5f}", f"{l2.item():.5f}",
+                                         f"{loss.item():.5f}", f"{elapsed:.1f}"])
+            say(f"[train {step}/{cfg.steps}] l1 {l1.item():.4f} l2 {l2.item():.4f} "
+                f"({elapsed / step:.2f} s/step)")
+        if dev is not None and cfg.dev_every and step % cfg.dev_every == 0:
+            r = report(dev.items, dev.score_all(scorer))
+            history.append({"step": step, **r})
+            say(f"[dev {step}] flip d=2 {r['flip']['d2']:.3f} all {r['flip']['overall']:.3f}"
+                f" SRCC vs VMAF {r['srcc_vmaf']:.3f}, within a source vs CRF "
+                f"{r['srcc_within']:.3f}")
+        out_of_time = cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            _save_state(out, scorer, opt, named, step, {"dev": history, "seconds": elapsed})
+        if out_of_time:
+            say(f"stopping at step {step}: the {cfg.minutes:g} min budget is spent "
+                "(run again to resume)")
+            break
+    return {"step": step, "seconds": spent + time.perf_counter() - t0, "dev": history}
+
+
+def manifest_items(manifest: str | os.PathLike, items: Sequence[Item]) -> list[Item]:
+    """Items with their sha256 filled in (hashing files that lack one)."""
+    from dataclasses import replace
+
+    from ..hashing import sha256_file
+
+    return [it if it.sha256 else replace(it, sha256=sha256_file(resolve(manifest, it)))
+            for it in items]
+
+
+# --- text (L3) on the frozen scoring path ---------------------------------------------------
+
+
+@dataclass
+class TextConfig:
+    """Settings of :func:`train_text`.
+
+    Attributes:
+        steps: optimiser steps in all.
+        batch: descriptions per step.
+        lr: Adam learning rate on the LoRA weights (paper: 1e-4).
+        max_tokens: longest target in tokens (eos included).
+        seed: seeds the sample choice.
+        log_every, checkpoint_every: as in :class:`CachedConfig`.
+        minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
+    """
+
+    steps: int = 200
+    batch: int = 2
+    lr: float = 1e-4
+    max_tokens: int = 96
+    seed: int = 0
+    log_every: int = 5
+    checkpoint_every: int = 25
+    minutes: float = 0.0
+
+
+def decoder_visuals(scorer: Scorer, data: CachedSet, chunk: int = 8) -> torch.Tensor:
+    """``(N, Th + Tl, D)`` decoder tokens of every item's decoder key frame (no grad)."""
+    from ..preprocess import key_frame_indices
+
+    pick = int(key_frame_indices(data.m, 1)[0])
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(data.items), chunk):
+            out.append(visual_tokens(scorer, data.blocks, data.stem[s:s + chunk, pick].float(),
+                                     data.tokens[s:s + chunk].float()))
+    return torch.cat(out)
+
+
+def _lora(model) -> list[tuple[str, torch.nn.Parameter]]:
+    for p in model.scorer.parameters():
+        p.requires_grad_(False)
+    named = []
+    for n, p in model.decoder.named_parameters():
+        p.requires_grad_("lora_A" in n or "lora_B" in n)
+        if p.requires_grad:
+            named.append((n, p))
+    return named
+
+
+def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
+               progress: Callable[[str], None] | bool = True) -> dict:
+    """Train the decoder's LoRA on the items' descriptions (L3) with the scoring path frozen.
+
+    Single inputs, as in the paper's Fig. 4a: the visual tokens are duplicated and the copy
+    masked out. Resumable from ``out`` (``text_state.safetensors``, ``text_state.json``).
+
+    Returns:
+        ``{"step", "seconds", "samples"}``.
+    """
+    say = progress_printer(progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [i for i, it in enumerate(data.items) if it.description]
+    if not rows:
+        raise CachedTrainingError(message("train_text", "items with a description", "none",
+                                          "run the describe stage first"))
+    tok = model.tokenizer
+    ids = [tok(data.items[i].description, add_special_tokens=False).input_ids[
+        :cfg.max_tokens - 1] + [tok.eos_token_id] for i in rows]
+    say(f"text: {len(rows)} descriptions, {np.mean([len(t) for t in ids]):.0f} tokens on "
+        "average; computing visual tokens")
+    vis = decoder_visuals(model.scorer, data)[rows]
+    named = _lora(model)
+    opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
+    state = out / "text_state.safetensors"
+    start, spent = 0, 0.0
+    if state.is_file():
+        from safetensors.torch import load_file
+
+        t = load_file(state)
+        meta = json.loads((out / "text_state.json").read_text())
+        for n, p in named:
+            p.data.copy_(t[f"w.{n}"])
+            if f"m.{n}" in t:
+                opt.state[p] = {"step": torch.tensor(meta["adam_steps"][n]),
+                                "exp_avg": t[f"m.{n}"].clone(), "exp_avg_sq": t[f"v.{n}"].clone()}
+        start, spent = meta["step"], meta["seconds"]
+        say(f"text: resumed at step {start}")
+
+    def save(step: int, seconds: float) -> None:
+        from safetensors.torch import save_file
+
+        tensors, steps = {}, {}
+        for n, p in named:
+            tensors[f"w.{n}"] = p.detach().contiguous()
+            st = opt.state.get(p)
+            if st:
+                tensors[f"m.{n}"] = st["exp_avg"].contiguous()
+                tensors[f"v.{n}"] = st["exp_avg_sq"].contiguous()
+                steps[n] = float(st["step"])
+        save_file(tensors, out / ".text_state.part")
+        (out / ".text_state.json.part").write_text(json.dumps(
+            {"step": step, "seconds": seconds, "adam_steps": steps}))
+        os.replace(out / ".text_state.part", state)
+        os.replace(out / ".text_state.json.part", out / "text_state.json")
+
+    log = out / "text_log.csv"
+    if not log.is_file():
+        log.write_text("step,l3,seconds\n")
+    model.decoder.train()
+    t0, step = time.perf_counter(), start
+    pad = tok.pad_token_id
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step, 0x73])
+        pick = rng.choice(len(rows), size=min(cfg.batch, len(rows)), replace=False)
+        v = vis[torch.from_numpy(pick)]
+        embeds, valid = model.prefix(v, None, model.config.prompt)
+        width = max(len(ids[i]) for i in pick)
+        target = torch.full((len(pick), width), pad, dtype=torch.long)
+        for r, i in enumerate(pick):
+            target[r, :len(ids[i])] = torch.tensor(ids[i])
+        from .losses import text_loss
+
+        l3 = text_loss(model.decoder, embeds, valid, target, pad)
+        opt.zero_grad(set_to_none=True)
+        l3.backward()
+        opt.step()
+        step += 1
+        elapsed = spent + time.perf_counter() - t0
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            with log.open("a") as fh:
+                fh.write(f"{step},{l3.item():.5f},{elapsed:.1f}\n")
+            say(f"[text {step}/{cfg.steps}] l3 {l3.item():.4f} ({elapsed / step:.1f} s/step)")
+        out_of_time = cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            save(step, elapsed)
+        if out_of_time:
+            say(f"text: stopping at step {step}, the {cfg.minutes:g} min budget is spent")
+            break
+    model.decoder.eval()
+    return {"step": step, "seconds": spent + time.perf_counter() - t0, "samples": len(rows)}

