@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import backends, preprocess
-from .configs import COMPARE_PROMPT, MODELS
+from .configs import COMPARE_PROMPT, MODELS, packaged
 from .errors import UnknownNameError, VideoNotFoundError, message, suggest
 from .modeldir import is_model_dir
 
@@ -204,6 +204,7 @@ def load_model(model: str | Path | Model = DEFAULT_MODEL,
 
     Args:
         model: a registered name (:func:`list_models`), a model directory, or a loaded Model.
+            A name whose trained model ships in the package (``cpllm-lite``) loads it.
         backend: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``, or options
             ``backends.ORT(...)`` / ``backends.TRT(...)``. ``"auto"`` picks TensorRT > ONNX
             Runtime (CUDA, then CPU) > torch for an exported directory, torch otherwise.
@@ -218,6 +219,9 @@ def load_model(model: str | Path | Model = DEFAULT_MODEL,
             "load_model()", f"a model name, one of {sorted(MODELS)}, or a model directory",
             repr(str(model)), f"pick a listed name or give a directory with config.json."
             f"{suggest(str(model), MODELS)}"))
+    # A registered name with a trained model in the package loads that model (torch-free
+    # through ONNX Runtime); names without one build fresh weights (training, tests).
+    model = packaged(str(model)) or model
     key = (str(model), backend, decoder, tuple(sorted(backend_options.items())))
     with _cache_lock:
         if key not in _cache:
@@ -278,7 +282,8 @@ def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
     m = load_model(model, "torch", decoder=True)
     k = m.key_frames(frames, key_frames, where="describe()")
     result = m.score_key_frames(k)
-    text = m.backend.net.generate_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens)[0]
+    text = m.backend.net.generate_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens,
+                                       sentences=3)[0]
     return Description(text, result)
 
 

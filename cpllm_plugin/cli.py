@@ -105,9 +105,11 @@ def compare(a, b, model, key_frames, as_json):
 
 @main.command()
 def models():
-    """List the registered model configs."""
+    """List the registered models; those with trained weights in the package say so."""
+    from .configs import packaged
+
     for name in list_models():
-        click.echo(name)
+        click.echo(f"{name}\t{'trained, bundled' if packaged(name) else 'config only'}")
 
 
 if __name__ == "__main__":

@@ -289,6 +289,16 @@ def decoder(name: str) -> Decoder:
     return _lookup(DECODERS, name, "decoder", "cpllm decoder")
 
 
+# Trained models that ship inside the package, one directory per registered name.
+PACKAGED_DIR = Path(__file__).resolve().parent / "models"
+
+
+def packaged(name: str) -> Path | None:
+    """The trained model directory shipped in the package for ``name``, or None."""
+    path = PACKAGED_DIR / name
+    return path if name in MODELS and (path / "config.json").is_file() else None
+
+
 def list_models() -> list[str]:
     """Names of the registered model configs."""
     return sorted(MODELS)

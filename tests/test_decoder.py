@@ -441,3 +441,11 @@ def test_dropping_a_masked_copy_changes_nothing(tiny):
         model.config.sliding_window = window
     assert kept.shape[1] == P - 3 and bool(v2.all())
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+
+
+def test_no_repeat_ngram_bans_only_the_completing_token():
+    logits = torch.zeros(1, 10)
+    tokens = [torch.tensor([t]) for t in (1, 2, 3, 4, 1, 2)]  # "1 2" seen before, then 3
+    banned = dec._ban_repeats(logits, tokens, 3)
+    assert banned[0, 3] == float("-inf") and torch.isfinite(banned[0, [0, 1, 2, 4, 5]]).all()
+    assert torch.isfinite(dec._ban_repeats(logits, tokens[:3], 3)).all()

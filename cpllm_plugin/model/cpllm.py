@@ -14,6 +14,7 @@ a pair of variants; a single input is duplicated and the copy masked out (paper 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -169,8 +170,13 @@ class CPLLM(nn.Module):
 
     @torch.no_grad()
     def generate_text(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None = None,
-                      prompt: str | None = None, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy text for each sample, honouring the Prefix-LM mask."""
+                      prompt: str | None = None, max_new_tokens: int | None = None,
+                      sentences: int | None = None) -> list[str]:
+        """Greedy text for each sample, honouring the Prefix-LM mask.
+
+        No 4-gram is emitted twice (greedy decoding of a small decoder otherwise loops), and
+        ``sentences`` keeps at most that many sentences (the describe prompt asks for three).
+        """
         self._need_decoder("CPLLM.generate_text")
         from .decoder import generate
 
@@ -178,5 +184,9 @@ class CPLLM(nn.Module):
         tok = self.tokenizer
         ids = generate(self.decoder, embeds, valid,
                        max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       no_repeat_ngram=4)
+        texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        if sentences:
+            texts = [" ".join(re.split(r"(?<=[.!?])\s+", t)[:sentences]) for t in texts]
+        return texts

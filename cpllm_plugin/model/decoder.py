@@ -494,6 +494,18 @@ def embed_tokens(model: nn.Module) -> nn.Module:
     return model.get_input_embeddings()
 
 
+def _ban_repeats(logits: torch.Tensor, tokens: list[torch.Tensor], n: int) -> torch.Tensor:
+    """``logits (B, V)`` with -inf on each token that would complete an n-gram seen before."""
+    seq = torch.stack(tokens, dim=1).tolist()  # (B, L)
+    logits = logits.clone()
+    for b, row in enumerate(seq):
+        prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+        for i in range(len(row) - n + 1):
+            if tuple(row[i:i + n - 1]) == prefix:
+                logits[b, row[i + n - 1]] = float("-inf")
+    return logits
+
+
 def drop_unused(prefix_embeds: torch.Tensor, valid: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove prefix positions that are invalid in every row (a single input's masked copy).
@@ -590,6 +602,7 @@ def generate(
     eos_token_id: int | list[int],
     pad_token_id: int,
     bidirectional: bool = True,
+    no_repeat_ngram: int = 0,
 ) -> torch.LongTensor:
     """Greedy decoding after a Prefix-LM prefix, with a KV cache.
 
@@ -608,6 +621,8 @@ def generate(
         pad_token_id: filler after a row ended.
         bidirectional: see :func:`prefix_lm_mask`; False reproduces ``model.generate``
             on a causal text prompt.
+        no_repeat_ngram: n > 0 never emits a token that would repeat an n-gram of the
+            text generated so far (greedy decoding of a small decoder otherwise loops).
 
     Returns:
         Long (B, N) with N <= max_new_tokens.
@@ -637,7 +652,10 @@ def generate(
         )
         embed = embed_tokens(model)
         for step in range(max_new_tokens):
-            token = out.logits[:, -1].argmax(-1)
+            logits = out.logits[:, -1]
+            if no_repeat_ngram and len(out_tokens) >= no_repeat_ngram - 1:
+                logits = _ban_repeats(logits, out_tokens, no_repeat_ngram)
+            token = logits.argmax(-1)
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             out_tokens.append(token)
             done = done | torch.isin(token, eos)
