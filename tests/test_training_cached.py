@@ -193,3 +193,5 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     conf = json.loads((r.out / "config.json").read_text())
     assert conf["trained"] and conf["low_input"] == "native" and conf["frozen_blocks"] == 11
     assert costs["eval"]["flip"]["pairs"] == 6
+    text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
+    assert text["n"] == 5 and 0 <= text["rate"] <= 1

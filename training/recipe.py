@@ -65,6 +65,8 @@ class Recipe:
         train_crfs, dev_crfs: libx264 ladders of the two splits.
         dev_codecs: also make the dev ladders of these encoders.
         decoder: the decoder to attach (tests use ``tiny-gemma``).
+        describe_count: dev variants whose generated description is checked against the
+            score band in ``eval``.
     """
 
     data: Path = Path("data/recipe")
@@ -82,6 +84,7 @@ class Recipe:
     dev_crfs: tuple[int, ...] = CRF_LEVELS
     dev_codecs: tuple[str, ...] = DEV_CODECS
     decoder: str = "gemma3-270m"
+    describe_count: int = 30
 
     @property
     def corpus(self) -> Path:
@@ -308,13 +311,25 @@ def stage_ship(r: Recipe, say) -> dict:
 
 
 def stage_eval(r: Recipe, say) -> dict:
+    from ..model import io
+    from .cached import CachedSet, describe_agreement
     from .evaluate import evaluate, write_report
 
     res = evaluate(str(r.out), r.dev_manifest, backend="onnxruntime", split="dev",
                    cache=r.data / "eval-cache.json", progress=say)
-    write_report(res, r.data / "eval")
+    out = r.data / "eval"
+    write_report(res, out)
     model = next(row for row in res["rows"] if row["kind"] == "model")
-    return {"flip": model["flip"], "srcc": model["srcc"]}
+    # Descriptions of dev variants, from the shipped weights (torch, decoder attached).
+    shipped = io.load(r.out, with_decoder=True).eval()
+    # The cache holds the frozen parts at full precision (its key is of those weights); the
+    # float16 rounding of the shipped copy moves them by far less than a quality band.
+    dev = CachedSet(r.dev_manifest, _libx264(r.dev_manifest), _cache(r, _model(r)),
+                    r.frozen_blocks)
+    text = describe_agreement(shipped, dev, r.describe_count, progress=say)
+    (out / "describe.json").write_text(json.dumps(text, indent=2) + "\n")
+    return {"flip": model["flip"], "srcc": model["srcc"],
+            "describe_agreement": text["rate"], "three_sentences": text["three_sentences"]}
 
 
 RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
