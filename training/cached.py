@@ -501,34 +501,43 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     return {"step": step, "seconds": spent + time.perf_counter() - t0, "samples": len(rows)}
 
 
-def describe_agreement(model, data: CachedSet, count: int = 30, seed: int = 0,
+def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item],
+                       scores: Sequence[float], count: int = 30,
                        progress: Callable[[str], None] | bool = True) -> dict:
     """How often a generated description's quality word matches the score's band.
 
-    Takes ``count`` items spread evenly over the range of the model's own scores, generates
-    each description from the cached visual tokens (greedy, as ``describe`` does), reads its
-    quality word (:func:`.describe.quality_word_in`) and compares it with
-    :func:`.describe.quality_word` of the score ``describe`` would print.
+    Takes ``count`` of ``items`` spread evenly over the range of their ``scores`` (what the
+    shipped graph printed), generates each description as ``describe`` does (the decoder's
+    key frame, greedy, three sentences), reads its quality word
+    (:func:`.describe.quality_word_in`) and compares it with :func:`.describe.quality_word`
+    of the score.
 
     Returns:
         ``{"n", "agree", "rate", "three_sentences", "examples": [...]}``.
     """
     import re
 
+    from ..preprocess import key_frame_indices, prepare
+    from ..video import read_key_frames
     from .describe import quality_word, quality_word_in
 
     say = progress_printer(progress)
-    scores = data.score_all(model.scorer)
+    scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(scores)
     pick = order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
-    vis = decoder_visuals(model.scorer, data)
+    cfg = model.config
     rows, agree, three = [], 0, 0
     for n, i in enumerate(pick):
-        text = model.generate_text(vis[i:i + 1], sentences=3)[0]
+        k = read_key_frames(resolve(manifest, items[i]), cfg.key_frames)
+        sub = k.frames[key_frame_indices(len(k.frames), cfg.decoder_frames)]
+        x = prepare(sub, cfg)
+        with torch.no_grad():
+            vis = model.visual_tokens(torch.from_numpy(x.views), torch.from_numpy(x.patches))
+        text = model.generate_text(vis, sentences=3)[0]
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
         three += len([s for s in re.split(r"(?<=[.!?])\s+", text) if s]) == 3
-        rows.append({"path": data.items[i].path, "score": float(scores[i]), "band": want,
+        rows.append({"path": items[i].path, "score": float(scores[i]), "band": want,
                      "said": got, "text": text})
         say(f"[describe {n + 1}/{len(pick)}] {scores[i]:.2f} {want} -> {got}: {text[:90]}")
     return {"n": len(pick), "agree": agree, "rate": agree / max(len(pick), 1),

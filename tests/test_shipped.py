@@ -1,0 +1,88 @@
+"""The trained default model as it ships in the package (``make model`` wrote it).
+
+It must load by name, score through ONNX Runtime without torch and without any warning, rank
+compression levels of real footage, be small enough to ship, and describe a video in three
+sentences that do not repeat themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import cpllm_plugin
+from cpllm_plugin.configs import packaged
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "sample.mp4"
+SHIPPED = packaged("cpllm-lite")
+
+
+def test_the_default_model_ships_trained_and_small():
+    assert SHIPPED is not None, "cpllm_plugin/models/cpllm-lite is missing: run make model"
+    conf = json.loads((SHIPPED / "config.json").read_text())
+    assert conf["trained"] and conf["weights_half"]
+    man = json.loads((SHIPPED / "manifest.json").read_text())
+    assert man["precisions"]["fp32"]["passed"] and man["precisions"]["fp32"]["max_abs_diff"] < 1e-4
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size < 50 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert (SHIPPED / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_score_by_default_is_onnx_runtime_and_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "untrained head" or any other warning
+        r = cpllm_plugin.score(str(SAMPLE))
+    assert r.backend == "onnxruntime" and r.model.startswith("cpllm-lite@")
+    assert 1.0 < r.score < 5.0 and len(r.frame_scores) == 5
+
+
+def test_a_ladder_of_the_sample_scores_strictly_lower_with_each_step(tmp_path, ffmpeg_exe):
+    from cpllm_plugin.training.variants import encode
+
+    scores = []
+    for crf in (18, 30, 42):
+        out = encode(SAMPLE, tmp_path / f"crf{crf}.mp4", crf, ffmpeg=ffmpeg_exe)
+        scores.append(cpllm_plugin.score(str(out)).score)
+    assert scores[0] > scores[1] > scores[2], scores
+
+
+def test_pip_install_without_torch_scores_the_sample(tmp_path):
+    """A fresh venv with ``pip install .`` (no extras) scores with torch absent."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = ("import importlib.util, json, sys, cpllm_plugin\n"
+            "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
+            f"r = cpllm_plugin.score({str(SAMPLE)!r})\n"
+            "assert 'torch' not in sys.modules\n"
+            "print(json.dumps(r.to_dict()))\n")
+    run = subprocess.run([str(py), "-W", "error::UserWarning", "-c", code], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["backend"] == "onnxruntime" and 1 < out["score"] < 5
+    here = cpllm_plugin.score(str(SAMPLE))
+    assert abs(out["score"] - here.score) < 1e-5 and out["model"] == here.model
+
+
+@pytest.mark.slow
+def test_describe_gives_three_sentences_that_do_not_repeat():
+    d = cpllm_plugin.describe(str(SAMPLE))
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", d.text.strip()) if s]
+    assert len(sentences) == 3, d.text
+    words = d.text.lower().split()
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    assert len(grams) == len(set(grams)), f"repeats itself: {d.text}"
+    assert len({s.lower() for s in sentences}) == 3
