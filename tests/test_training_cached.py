@@ -195,3 +195,6 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert costs["eval"]["flip"]["pairs"] == 6
     text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
     assert text["n"] == 4 and 0 <= text["rate"] <= 1  # the four dev variants
+    cal = json.loads((r.out / "calibration.json").read_text())["vmaf"]
+    assert set(cal) == {str(a) for a in rc.ANCHORS}
+    assert io.load(r.out, with_decoder=False).config.trained  # hashes still verify

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import CpllmError, message
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
@@ -333,8 +334,42 @@ def stage_eval(r: Recipe, say) -> dict:
     text = describe_agreement(shipped, r.dev_manifest, items, [v["score"] for v in dev],
                               r.describe_count, progress=say)
     (out / "describe.json").write_text(json.dumps(text, indent=2) + "\n")
-    return {"flip": model["flip"], "srcc": model["srcc"],
+    anchors = vmaf_anchors(res["videos"])
+    (out / "anchors.json").write_text(json.dumps(anchors, indent=2) + "\n")
+    _calibrate(r.out, anchors)
+    return {"flip": model["flip"], "srcc": model["srcc"], "anchors": anchors,
             "describe_agreement": text["rate"], "three_sentences": text["three_sentences"]}
+
+
+ANCHORS = (95, 93, 90, 85, 80, 70, 60, 50)
+
+
+def vmaf_anchors(videos: list[dict], width: float = 2.5) -> dict:
+    """The model score that goes with a VMAF level on clean dev sources.
+
+    For each anchor v, the median model score of the libx264 variants of clean sources (no
+    ``reference``) whose VMAF lies within ``width`` of v; the count says how many. This is
+    what lets a user who thinks in VMAF (ab-av1's default target is VMAF 95) pick a score.
+    """
+    rows = [(v["vmaf"], v["score"]) for v in videos if not v["original"]
+            and v.get("codec") == "libx264" and v.get("vmaf") is not None
+            and not v.get("reference")]
+    out = {}
+    for a in ANCHORS:
+        near = sorted(s for m, s in rows if abs(m - a) <= width)
+        out[str(a)] = {"score": float(np.median(near)) if near else None, "n": len(near)}
+    return out
+
+
+def _calibrate(model_dir: Path, anchors: dict) -> None:
+    """Write ``calibration.json`` (VMAF anchors) into the model directory, re-hashing it."""
+    from ..modeldir import write_config
+
+    (model_dir / "calibration.json").write_text(json.dumps(
+        {"about": "median score of libx264 variants of clean dev sources near each VMAF level "
+                  "(cpllm-recipe eval)", "vmaf": anchors}, indent=2) + "\n")
+    conf = json.loads((model_dir / "config.json").read_text())
+    write_config(model_dir, {k: v for k, v in conf.items() if k != "files"})
 
 
 RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
