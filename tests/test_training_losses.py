@@ -94,7 +94,10 @@ def test_text_loss_counts_description_tokens_only(tiny_model):
         target[r, :len(t)] = torch.tensor(t)
     with torch.no_grad():
         loss = text_loss(m.decoder, embeds, valid, target, tok.pad_token_id)
-        # Full forward over [prefix, target[:-1]] with every logit, then pick by hand.
+        # Full forward over [prefix, target[:-1]] with every logit, then pick by hand. The
+        # single input's masked copy is dropped first, as text_loss does (the sliding window
+        # then spans used tokens only; see decoder.drop_unused).
+        embeds, valid = dec.drop_unused(embeds, valid)
         P, T = embeds.shape[1], embeds.shape[1] + width - 1
         seq = torch.cat([embeds, dec.embed_tokens(m.decoder)(target[:, :-1])], dim=1)
         mask = dec.prefix_lm_mask(valid, P, T, dec._window(m.decoder))
