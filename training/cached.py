@@ -58,11 +58,14 @@ def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Ten
         stem: ``(B, K, C, h, w)`` float32 patch features after the frozen blocks.
         ctx: ``(B, Ch)`` token means of the frozen high-level encoder.
     """
-    b, k = stem.shape[:2]
-    t = scorer.low.rest(stem.flatten(0, 1), blocks)  # (B * K, Tl, Cl)
-    v = scorer.low_norm(scorer.low_proj(t).view(b, k, *t.shape[1:-1], -1).mean(dim=1))
     u = scorer.high_proj(ctx)[:, None]  # the mean of the projected tokens (linear)
-    return scorer.head_score(u, v)
+    return scorer.head_score(u, _pixels(scorer, blocks, stem))
+
+
+def _pixels(scorer: Scorer, blocks: int, stem: torch.Tensor) -> torch.Tensor:
+    """``v (B, Tl, D)`` from patch features ``(B, K, C, h, w)`` after the frozen blocks."""
+    t = scorer.low.rest(stem.flatten(0, 1), blocks)  # (B * K, Tl, Cl)
+    return scorer.pixel_tokens(t.view(*stem.shape[:2], *t.shape[1:]))
 
 
 def visual_tokens(scorer: Scorer, blocks: int, stem: torch.Tensor, tokens: torch.Tensor
@@ -73,10 +76,7 @@ def visual_tokens(scorer: Scorer, blocks: int, stem: torch.Tensor, tokens: torch
         stem: ``(B, K, C, h, w)`` patch features of the decoder's key frame.
         tokens: ``(B, Th, Ch)`` all high-level tokens of that frame.
     """
-    b, k = stem.shape[:2]
-    t = scorer.low.rest(stem.flatten(0, 1), blocks)
-    v = scorer.low_norm(scorer.low_proj(t).view(b, k, *t.shape[1:-1], -1).mean(dim=1))
-    return torch.cat([scorer.high_proj(tokens), v], dim=1)
+    return torch.cat([scorer.high_proj(tokens), _pixels(scorer, blocks, stem)], dim=1)
 
 
 class CachedSet:
@@ -345,15 +345,6 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
             break
     return {"step": step, "seconds": spent + time.perf_counter() - t0, "dev": history}
 
-
-def manifest_items(manifest: str | os.PathLike, items: Sequence[Item]) -> list[Item]:
-    """Items with their sha256 filled in (hashing files that lack one)."""
-    from dataclasses import replace
-
-    from ..hashing import sha256_file
-
-    return [it if it.sha256 else replace(it, sha256=sha256_file(resolve(manifest, it)))
-            for it in items]
 
 
 # --- text (L3) on the frozen scoring path ---------------------------------------------------

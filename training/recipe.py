@@ -179,8 +179,8 @@ def _sources(r: Recipe) -> list[Item]:
     def absolute(p: str | None) -> str | None:
         return None if p is None or Path(p).is_absolute() else str(base / p)
 
-    return [dataclasses.replace(i, path=absolute(i.path), reference=absolute(i.reference)
-                                or i.reference) for i in items]
+    return [dataclasses.replace(i, path=absolute(i.path) or i.path,
+                                reference=absolute(i.reference) or i.reference) for i in items]
 
 
 def stage_ladder(r: Recipe, say) -> dict:

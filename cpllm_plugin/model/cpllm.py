@@ -84,9 +84,11 @@ class Scorer(nn.Module):
             context: ``(B, Th, Ch)`` from :meth:`context`.
             patches: ``(B, K, 3, P, P)`` float in [0, 1].
         """
-        u = self.high_proj(context)
-        v = self.low_norm(self.low_proj(self.low(patches)).mean(dim=1))
-        return u, v
+        return self.high_proj(context), self.pixel_tokens(self.low(patches))
+
+    def pixel_tokens(self, low: torch.Tensor) -> torch.Tensor:
+        """``v (B, Tl, D)`` from the low encoder's patch tokens ``(B, K, Tl, Cl)``."""
+        return self.low_norm(self.low_proj(low).mean(dim=1))
 
     def head_score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per-frame scores ``(B,)``, strictly inside the score range (no ties from clipping)."""
