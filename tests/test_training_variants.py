@@ -66,7 +66,11 @@ def _count_ffmpeg(monkeypatch) -> list:
         calls.append("libvmaf" if any("libvmaf" in a for a in args) else "encode")
         return real(args, where)
 
+    from cpllm_plugin.integrations import ffmpeg
+
+    # Encodes run here, measurements in integrations.ffmpeg (shared with the ladder).
     monkeypatch.setattr(vr, "_run_ffmpeg", counting)
+    monkeypatch.setattr(ffmpeg, "run_ffmpeg", counting)
     return calls
 
 
@@ -287,7 +291,7 @@ def test_encoder_table_is_complete_and_consistent():
 
 
 def test_unknown_codec_and_out_of_range_crf_are_named(source, tmp_path):
-    with pytest.raises(vr.DataArgumentError, match="did you mean 'libx265'") as e:
+    with pytest.raises(vr.UnknownEncoderError, match="did you mean 'libx265'") as e:
         vr.make_variants([Item(str(source), "c")], tmp_path, codec="x265", progress=False)
     assert isinstance(e.value, ValueError)
     with pytest.raises(vr.DataArgumentError, match=r"0\.\.51 for libx265"):
@@ -296,7 +300,9 @@ def test_unknown_codec_and_out_of_range_crf_are_named(source, tmp_path):
 
 
 def test_threads_never_oversubscribe(monkeypatch):
-    monkeypatch.setattr(vr, "_cpus", lambda: 2)
+    from cpllm_plugin.integrations import ffmpeg
+
+    monkeypatch.setattr(ffmpeg, "cpus", lambda: 2)
     assert vr.default_jobs() == 2 and vr._threads(2) == 1 and vr._threads(1) == 2
     assert vr._threads(5) == 1
     assert [vr.auto_subsample(n) for n in (20, 96, 191, 300, 600)] == [1, 1, 1, 3, 6]

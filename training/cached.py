@@ -411,9 +411,11 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     say = progress_printer(progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [i for i, it in enumerate(data.items) if it.description]
+    # Unrated items (clean originals) only say "not rated": nothing a viewer of the pixels
+    # could say, and describe() on a clean upload would learn to repeat it.
+    rows = [i for i, it in enumerate(data.items) if it.description and it.target is not None]
     if not rows:
-        raise CachedTrainingError(message("train_text", "items with a description", "none",
+        raise CachedTrainingError(message("train_text", "rated items with a description", "none",
                                           "run the describe stage first"))
     tok = model.tokenizer
     ids = [tok(data.items[i].description, add_special_tokens=False).input_ids[

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpllm_plugin.errors import CpllmError, message
-
-CRF_LEVELS = tuple(range(15, 54, 2))  # the paper's 20 libx264 levels, 15..53
+from cpllm_plugin.integrations.ffmpeg import CRF_LEVELS  # noqa: F401  (re-exported)
 
 
 class ManifestError(CpllmError, ValueError):

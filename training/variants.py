@@ -73,31 +73,51 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
-import functools
 import hashlib
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from cpllm_plugin.errors import (
     CpllmError,
-    MissingExtraError,
     VideoNotFoundError,
     message,
 )
 from cpllm_plugin.hashing import sha256_file
+from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
+    ENCODERS,
+    PSNR_CAP,
+    VMAF_FRAMES,
+    VMAF_MODEL,
+    Encoder,
+    FfmpegError,
+    UnknownEncoderError,
+    _require_libvmaf,
+    auto_subsample,
+    default_jobs,
+    find_ffmpeg,
+    get_encoder,
+    has_libvmaf,
+    measure_fr,
+)
+from cpllm_plugin.integrations.ffmpeg import (
+    even_crop as _EVEN,
+)
+from cpllm_plugin.integrations.ffmpeg import (
+    run_ffmpeg as _run_ffmpeg,
+)
+from cpllm_plugin.integrations.ffmpeg import (
+    threads_per_job as _threads,
+)
 
 from .manifest import (
-    CRF_LEVELS,
     Item,
     ManifestError,
     map_scale,
@@ -106,16 +126,10 @@ from .manifest import (
     write_manifest,
 )
 
-VMAF_MODEL = "vmaf_v0.6.1"  # libvmaf's built-in model, 1080p viewing at 3 picture heights
-PSNR_CAP = 100.0  # dB; identical inputs have infinite PSNR, JSON has no infinity
 LSVQ_SCALE = (0.0, 100.0)  # LSVQ publishes MOS on 0-100
 MANIFEST_NAME = "manifest.jsonl"
 
 Progress = Callable[[str], None]
-
-
-class FfmpegError(CpllmError, RuntimeError):
-    """ffmpeg could not be found, lacks a needed filter, or failed on a file."""
 
 
 class DataArgumentError(CpllmError, ValueError):
@@ -130,165 +144,8 @@ class MissingVideosError(CpllmError, FileNotFoundError):
     """Videos named by a label file or manifest are not on disk."""
 
 
-# --- ffmpeg -------------------------------------------------------------------------------
-
-
-def find_ffmpeg(ffmpeg: str | os.PathLike | None = None) -> str:
-    """The ffmpeg to use: ``ffmpeg`` if given, else ``$CPLLM_FFMPEG``, else imageio-ffmpeg's.
-
-    imageio-ffmpeg's static build has libx264 and libvmaf with built-in models; Debian's
-    ffmpeg has no libvmaf.
-    """
-    ffmpeg = ffmpeg or os.environ.get("CPLLM_FFMPEG")
-    if ffmpeg:
-        path = Path(ffmpeg)
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-        import shutil
-
-        found = shutil.which(str(ffmpeg))
-        if found:
-            return found
-        raise FfmpegError(message(
-            "find_ffmpeg()", "an executable ffmpeg", f"{str(ffmpeg)!r}, which is not one",
-            "give the path of an ffmpeg binary, or leave it out to use imageio-ffmpeg's"))
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise MissingExtraError(message(
-            "find_ffmpeg()", "the Python package 'imageio_ffmpeg' (extra 'train')",
-            "ImportError", "pip install 'cpllm-plugin[train]', or pass ffmpeg=PATH")) from None
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-@functools.lru_cache(maxsize=8)
-def _filters(ffmpeg: str) -> frozenset[str]:
-    out = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True,
-                         errors="replace", check=False).stdout
-    return frozenset(line.split()[1] for line in out.splitlines()
-                     if len(line.split()) > 2 and line.split()[2].count("->") == 1)
-
-
-def has_libvmaf(ffmpeg: str) -> bool:
-    """True when ``ffmpeg`` was built with the libvmaf filter."""
-    return "libvmaf" in _filters(ffmpeg)
-
-
-def _require_libvmaf(ffmpeg: str, where: str) -> None:
-    if not has_libvmaf(ffmpeg):
-        raise FfmpegError(message(
-            where, "an ffmpeg built with libvmaf", f"{ffmpeg} (no libvmaf filter)",
-            "use imageio-ffmpeg's binary (the default), or pass measure=False "
-            "(--no-measure) to make ranking-only rows without VMAF"))
-
-
-def _run_ffmpeg(args: Sequence[str], where: str) -> str:
-    """Run one ffmpeg command; return its stderr, raise :class:`FfmpegError` on failure."""
-    proc = subprocess.run(list(args), capture_output=True, text=True, errors="replace",
-                          check=False, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-4:]) or "no output"
-        raise FfmpegError(message(
-            where, "ffmpeg to succeed", f"exit code {proc.returncode}: {tail}",
-            "check that the input plays (ffprobe FILE) and that this ffmpeg has the encoder"))
-    return proc.stderr
-
-
-def _cpus() -> int:
-    """CPU cores this process may use (its affinity mask, which containers and taskset set)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def default_jobs() -> int:
-    """ffmpeg processes at once by default: one per usable core (each runs one thread)."""
-    return _cpus()
-
-
-def _threads(jobs: int) -> int:
-    """Threads per ffmpeg process so that ``jobs`` processes together use every core once."""
-    return max(1, _cpus() // max(1, jobs))
-
-
-_EVEN = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"  # 4:2:0 needs even sizes; keep the top left
-
-
-# --- encoders -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Encoder:
-    """How :func:`encode` drives one ffmpeg video encoder at constant quality.
-
-    Attributes:
-        name: ffmpeg's encoder name (``-c:v NAME``); also the manifest's ``codec``.
-        crf_flag: the option that takes the quality level (higher is worse for all of them).
-        preset_flag: the option that takes the speed preset.
-        preset: the default preset, as ffmpeg takes it.
-        crf_range: ``(lowest, highest)`` level the encoder accepts.
-        ladder: the default levels of :func:`make_variants`, best quality first.
-        extra: further output options, always passed.
-        threads: output options that cap the encoder at ``{n}`` threads.
-    """
-
-    name: str
-    crf_flag: str
-    preset_flag: str
-    preset: str
-    crf_range: tuple[int, int]
-    ladder: tuple[int, ...]
-    extra: tuple[str, ...] = ()
-    threads: tuple[str, ...] = ("-threads", "{n}")
-
-    def args(self, crf: int, preset: str | None = None, threads: int = 1) -> list[str]:
-        """The output options for one encode at ``crf`` (``preset`` None: the default)."""
-        return ["-c:v", self.name, self.preset_flag, str(preset or self.preset),
-                self.crf_flag, str(crf), *self.extra,
-                *(a.replace("{n}", str(threads)) for a in self.threads)]
-
-
-# One row per encoder. Presets are chosen to be fast enough for a 2-core machine (a 4 s 360p
-# clip encodes in about 1-2 s on one thread with each), and ladders so that each encoder
-# spans as much of the quality range of libx264 CRF 15..51 as it can. VMAF v0.6.1 measured on
-# samples/sample.mp4 (3 s of photo pans, 640x360; easy content, harder content scores lower):
-#   libx264  -preset medium:  CRF 15: 99.3, 31: 91.8, 39: 74.0, 43: 58.2, 47: 37.8, 51: 16.3
-#   libx265  -preset fast:    CRF 15: 99.2, 31: 92.9, 39: 79.6, 43: 66.7, 47: 50.4, 51: 32.2
-#   libsvtav1 -preset 8:      CRF 20: ~99, 45: 96.3, 55: 93.1, 59: 90.4, 61: 86.6, 63: 76.9
-#   libvpx-vp9 -cpu-used 4:   CRF 15: 98.7, 45: 90.8, 51: 85.3, 55: 79.4, 59: 73.6, 63: 61.5
-# AV1 and VP9 at their highest level are still far better than libx264 at 51: no CRF of theirs
-# reaches "bad"; their ladders spend more levels at the low-quality end, where VMAF moves.
-ENCODERS: dict[str, Encoder] = {e.name: e for e in (
-    # The paper's encoder and ladder. CRF above 51 is clamped to 51 on 8-bit video (CRF 53
-    # gives the bytes of CRF 51; the sha256 shows it).
-    Encoder("libx264", "-crf", "-preset", "medium", (0, 63), CRF_LEVELS),
-    # x265 "fast": about libx264 medium's speed; "medium" is ~2x slower for a small gain.
-    # pools=N sizes its thread pool (set by x265 itself otherwise); hvc1 is for Apple players.
-    Encoder("libx265", "-crf", "-preset", "fast", (0, 51), (15, 23, 29, 35, 39, 43, 47, 51),
-            extra=("-tag:v", "hvc1"), threads=("-x265-params", "pools={n}:log-level=error")),
-    # SVT-AV1 preset 8: real-time-class speed on 1-2 cores (presets below 6 are many times
-    # slower). lp=N caps its threads ("level of parallelism"; it does not follow -threads).
-    Encoder("libsvtav1", "-crf", "-preset", "8", (1, 63), (20, 32, 42, 50, 55, 59, 61, 63),
-            threads=("-svtav1-params", "lp={n}")),
-    # libvpx-vp9: -b:v 0 makes -crf constant quality (else it is capped by a default
-    # bitrate); -deadline good -cpu-used 4 is its usual fast two-pass-free setting, row-mt
-    # lets its threads work on rows of one frame.
-    Encoder("libvpx-vp9", "-crf", "-cpu-used", "4", (0, 63), (15, 27, 37, 45, 51, 55, 59, 63),
-            extra=("-b:v", "0", "-deadline", "good", "-row-mt", "1")),
-)}
-
-
-def get_encoder(codec: str, where: str = "get_encoder()") -> Encoder:
-    """The :data:`ENCODERS` entry of ``codec``; a named error listing them otherwise."""
-    if codec in ENCODERS:
-        return ENCODERS[codec]
-    import difflib
-
-    close = difflib.get_close_matches(codec, list(ENCODERS), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise DataArgumentError(message(where, f"an encoder of {sorted(ENCODERS)}", repr(codec),
-                                    f"{hint}add a row to ENCODERS for another encoder"))
+# ffmpeg, the encoder table and VMAF live in cpllm_plugin.integrations.ffmpeg (the
+# runtime ladder uses them too); they are re-exported here for the training code.
 
 
 def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str = "libx264",
@@ -331,104 +188,6 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dst
-
-
-def _even_size(path: Path) -> tuple[int, int]:
-    """Display size of a video, rounded down to even numbers (as :data:`_EVEN` crops)."""
-    from cpllm_plugin.video import probe
-
-    info = probe(path)
-    return info.width - info.width % 2, info.height - info.height % 2
-
-
-VMAF_FRAMES = 96  # automatic subsampling still measures VMAF on at least this many frames
-
-
-def auto_subsample(frames: int) -> int:
-    """VMAF on every n-th frame such that at least :data:`VMAF_FRAMES` frames are measured.
-
-    A 10 s clip at 30 fps gets n = 3 (100 frames). On samples/sample.mp4, n = 3 and n = 5
-    changed VMAF by at most 0.5 against n = 1 (four variants of libx264, libx265 and
-    libvpx-vp9 at VMAF 50-92) and cut the time of a measurement by a third to a half;
-    libvmaf still feeds its motion feature every frame.
-    """
-    return max(1, int(frames) // VMAF_FRAMES)
-
-
-def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
-               threads: int | None = None, subsample: int | None = 1) -> tuple[float, float]:
-    """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
-
-    Both are compared at the reference's size (even-cropped): a smaller ``dist`` (a
-    downscaled degraded original) is upscaled with bicubic, so its loss of resolution counts.
-
-    Args:
-        ref: the clean video (the source, or a degraded original's reference).
-        dist: the variant or degraded original.
-        ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`); needs libvmaf.
-        threads: threads for decoding, filtering and libvmaf (default: every usable core).
-        subsample: measure every n-th frame for VMAF (1: all; None: :func:`auto_subsample`).
-
-    Returns:
-        ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100).
-    """
-    ffmpeg = find_ffmpeg(ffmpeg)
-    ref, dist = Path(ref), Path(dist)
-    where = f"measure_fr({dist.name!r} against {ref.name!r})"
-    for p in (ref, dist):
-        if not p.is_file():
-            raise VideoNotFoundError(message(where, "two video files", f"missing {p}",
-                                             "check both paths"))
-    _require_libvmaf(ffmpeg, where)
-    w, h = _even_size(ref)
-    if subsample is None:
-        from cpllm_plugin.video import probe
-
-        subsample = auto_subsample(probe(dist).frame_count)
-    n = str(threads or _threads(1))
-    # The same chain for both inputs; frame n is re-timed to n/25 s so frames pair by index.
-    chain = f"{_EVEN},scale={w}:{h}:flags=bicubic,format=yuv420p,settb=1/25,setpts=N"
-    with tempfile.TemporaryDirectory(prefix="cpllm-vmaf-") as tmp:
-        log = Path(tmp) / "vmaf.json"  # a plain path: no characters to escape in the graph
-        graph = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];"
-                 f"[d][r1]psnr=shortest=1[dp];"
-                 f"[dp][r2]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
-                 f":n_threads={n}:n_subsample={subsample}:shortest=1")
-        err = _run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "info",
-                           "-filter_complex_threads", n, "-threads", n, "-i", str(dist),
-                           "-threads", n, "-i", str(ref), "-lavfi", graph,
-                           "-f", "null", "-"], where)
-        vmaf = _parse_vmaf(log, where)
-    return vmaf, _parse_psnr(err, where)
-
-
-def _parse_vmaf(log: Path, where: str) -> float:
-    try:
-        data = json.loads(log.read_text())
-    except (OSError, ValueError) as exc:
-        raise FfmpegError(message(where, "libvmaf's JSON log", f"{type(exc).__name__}: {exc}",
-                                  "run the ffmpeg command by hand to see what failed")) from None
-    pooled = (data.get("pooled_metrics") or {}).get("vmaf") or {}
-    if isinstance(pooled.get("mean"), (int, float)):
-        return float(pooled["mean"])
-    frames = [f.get("metrics", {}).get("vmaf") for f in data.get("frames", [])]
-    frames = [v for v in frames if isinstance(v, (int, float))]
-    if not frames:
-        raise FfmpegError(message(where, "VMAF values in libvmaf's log", "no frames",
-                                  "check that both videos decode (ffprobe FILE)"))
-    return float(sum(frames) / len(frames))
-
-
-_PSNR_RE = re.compile(r"PSNR y:\S+ u:\S+ v:\S+ average:(\S+)")
-
-
-def _parse_psnr(stderr: str, where: str) -> float:
-    found = _PSNR_RE.findall(stderr)
-    if not found:
-        raise FfmpegError(message(where, "ffmpeg's PSNR summary line", "none in its output",
-                                  "check that both videos decode (ffprobe FILE)"))
-    value = found[-1]
-    return PSNR_CAP if value in ("inf", "nan") else min(float(value), PSNR_CAP)
 
 
 # --- pseudo-scores ------------------------------------------------------------------------

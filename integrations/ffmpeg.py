@@ -1,0 +1,367 @@
+"""ffmpeg for the ladder and the training data: finding it, running it, the encoder table, VMAF.
+
+One place for what both the runtime (``cpllm-ladder``) and the training package
+(``cpllm-variants``) need, so that a probe encode of the ladder and a training variant are
+made by the same encoder settings and measured by the same VMAF chain. Nothing here needs
+torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpllm_plugin.errors import (
+    CpllmError,
+    MissingExtraError,
+    VideoNotFoundError,
+    message,
+)
+
+CRF_LEVELS = tuple(range(15, 54, 2))  # the paper's 20 libx264 levels, 15..53
+VMAF_MODEL = "vmaf_v0.6.1"  # libvmaf's built-in model, 1080p viewing at 3 picture heights
+PSNR_CAP = 100.0  # dB; identical inputs have infinite PSNR, JSON has no infinity
+
+
+class FfmpegError(CpllmError, RuntimeError):
+    """ffmpeg could not be found, lacks a needed filter, or failed on a file."""
+
+
+class UnknownEncoderError(CpllmError, ValueError):
+    """An encoder name that is not in :data:`ENCODERS`."""
+
+
+# --- ffmpeg -------------------------------------------------------------------------------
+
+
+def find_ffmpeg(ffmpeg: str | os.PathLike | None = None) -> str:
+    """The ffmpeg to use: ``ffmpeg`` if given, else ``$CPLLM_FFMPEG``, else imageio-ffmpeg's.
+
+    imageio-ffmpeg's static build has libx264 and libvmaf with built-in models; Debian's
+    ffmpeg has no libvmaf.
+    """
+    ffmpeg = ffmpeg or os.environ.get("CPLLM_FFMPEG")
+    if ffmpeg:
+        path = Path(ffmpeg)
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        import shutil
+
+        found = shutil.which(str(ffmpeg))
+        if found:
+            return found
+        raise FfmpegError(message(
+            "find_ffmpeg()", "an executable ffmpeg", f"{str(ffmpeg)!r}, which is not one",
+            "give the path of an ffmpeg binary, or leave it out to use imageio-ffmpeg's"))
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise MissingExtraError(message(
+            "find_ffmpeg()", "the Python package 'imageio_ffmpeg' (extra 'train')",
+            "ImportError", "pip install 'cpllm-plugin[train]', or pass ffmpeg=PATH")) from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=8)
+def _filters(ffmpeg: str) -> frozenset[str]:
+    out = subprocess.run([ffmpeg, "-hide_banner", "-filters"], capture_output=True, text=True,
+                         errors="replace", check=False).stdout
+    return frozenset(line.split()[1] for line in out.splitlines()
+                     if len(line.split()) > 2 and line.split()[2].count("->") == 1)
+
+
+def has_libvmaf(ffmpeg: str) -> bool:
+    """True when ``ffmpeg`` was built with the libvmaf filter."""
+    return "libvmaf" in _filters(ffmpeg)
+
+
+def _require_libvmaf(ffmpeg: str, where: str) -> None:
+    if not has_libvmaf(ffmpeg):
+        raise FfmpegError(message(
+            where, "an ffmpeg built with libvmaf", f"{ffmpeg} (no libvmaf filter)",
+            "use imageio-ffmpeg's binary (the default), or pass measure=False "
+            "(--no-measure) to make ranking-only rows without VMAF"))
+
+
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def run_ffmpeg(args: Sequence[str], where: str,
+               on_line: Callable[[str], None] | None = None) -> str:
+    """Run one ffmpeg command; return its stderr, raise :class:`FfmpegError` on failure.
+
+    The process is registered until it ends, so :func:`stop_all` can end it from a signal
+    handler even when it runs in a worker thread (a SIGTERM reaches this process only, not
+    its children).
+
+    Args:
+        args: the whole command line, ffmpeg first (never a shell string).
+        where: the caller, for the error message.
+        on_line: called with each line of stdout as it comes (``-progress pipe:1``).
+    """
+    proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    with _live_lock:
+        _live.add(proc)
+    try:
+        err: list[str] = []
+        # stderr is drained by a thread so that a chatty ffmpeg never blocks on a full pipe.
+        reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+        reader.start()
+        for line in proc.stdout:
+            if on_line:
+                on_line(line.rstrip("\n"))
+        proc.wait()
+        reader.join()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+    stderr = "".join(err)
+    if proc.returncode != 0:
+        raise FfmpegError(message(
+            where, "ffmpeg to succeed", f"exit code {proc.returncode}: {_relevant(stderr)}",
+            "check that the input plays (ffprobe FILE) and that this ffmpeg has the encoder"))
+    return stderr
+
+
+def _relevant(stderr: str, lines: int = 4) -> str:
+    """The lines of ffmpeg's stderr that say what went wrong (errors first, else the tail)."""
+    text = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    bad = [ln for ln in text if re.search(r"error|invalid|unknown|no such|not |unable|fail",
+                                          ln, re.IGNORECASE)]
+    return " | ".join((bad or text)[-lines:]) or "no output"
+
+
+def stop_all() -> None:
+    """Kill every ffmpeg that :func:`run_ffmpeg` started and that still runs."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def cpus() -> int:
+    """CPU cores this process may use (its affinity mask, which containers and taskset set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """ffmpeg processes at once by default: one per usable core (each runs one thread)."""
+    return cpus()
+
+
+def threads_per_job(jobs: int) -> int:
+    """Threads per ffmpeg process so that ``jobs`` processes together use every core once."""
+    return max(1, cpus() // max(1, jobs))
+
+
+even_crop = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"  # 4:2:0 needs even sizes; keep the top left
+
+
+# --- encoders -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """How :func:`encode` drives one ffmpeg video encoder at constant quality.
+
+    Attributes:
+        name: ffmpeg's encoder name (``-c:v NAME``); also the manifest's ``codec``.
+        crf_flag: the option that takes the quality level (higher is worse for all of them).
+        preset_flag: the option that takes the speed preset.
+        preset: the default preset, as ffmpeg takes it.
+        crf_range: ``(lowest, highest)`` level the encoder accepts.
+        ladder: the default levels of :func:`make_variants`, best quality first.
+        extra: further output options, always passed.
+        threads: output options that cap the encoder at ``{n}`` threads.
+        search: ``(lowest, highest)`` level ``cpllm-ladder`` searches by default: from
+            visually lossless for most content to clearly damaged.
+        start: the ladder's first probe, near where this encoder meets VMAF 95 on typical
+            1080p content (the search moves from there).
+    """
+
+    name: str
+    crf_flag: str
+    preset_flag: str
+    preset: str
+    crf_range: tuple[int, int]
+    ladder: tuple[int, ...]
+    extra: tuple[str, ...] = ()
+    threads: tuple[str, ...] = ("-threads", "{n}")
+    search: tuple[int, int] = (15, 51)
+    start: int = 25
+
+    def levels(self, count: int = 20) -> tuple[int, ...]:
+        """``count`` levels spread evenly over :attr:`search` (libx264: the paper's 20)."""
+        if self.name == "libx264" and count == len(CRF_LEVELS):
+            return CRF_LEVELS
+        lo, hi = self.search
+        return tuple(sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)}))
+
+    def args(self, crf: int, preset: str | None = None, threads: int = 1) -> list[str]:
+        """The output options for one encode at ``crf`` (``preset`` None: the default)."""
+        return ["-c:v", self.name, self.preset_flag, str(preset or self.preset),
+                self.crf_flag, str(crf), *self.extra,
+                *(a.replace("{n}", str(threads)) for a in self.threads)]
+
+
+# One row per encoder. Presets are chosen to be fast enough for a 2-core machine (a 4 s 360p
+# clip encodes in about 1-2 s on one thread with each), and ladders so that each encoder
+# spans as much of the quality range of libx264 CRF 15..51 as it can. VMAF v0.6.1 measured on
+# samples/sample.mp4 (3 s of photo pans, 640x360; easy content, harder content scores lower):
+#   libx264  -preset medium:  CRF 15: 99.3, 31: 91.8, 39: 74.0, 43: 58.2, 47: 37.8, 51: 16.3
+#   libx265  -preset fast:    CRF 15: 99.2, 31: 92.9, 39: 79.6, 43: 66.7, 47: 50.4, 51: 32.2
+#   libsvtav1 -preset 8:      CRF 20: ~99, 45: 96.3, 55: 93.1, 59: 90.4, 61: 86.6, 63: 76.9
+#   libvpx-vp9 -cpu-used 4:   CRF 15: 98.7, 45: 90.8, 51: 85.3, 55: 79.4, 59: 73.6, 63: 61.5
+# AV1 and VP9 at their highest level are still far better than libx264 at 51: no CRF of theirs
+# reaches "bad"; their ladders spend more levels at the low-quality end, where VMAF moves.
+ENCODERS: dict[str, Encoder] = {e.name: e for e in (
+    # The paper's encoder and ladder. CRF above 51 is clamped to 51 on 8-bit video (CRF 53
+    # gives the bytes of CRF 51; the sha256 shows it).
+    Encoder("libx264", "-crf", "-preset", "medium", (0, 63), CRF_LEVELS, search=(15, 51),
+            start=24),
+    # x265 "fast": about libx264 medium's speed; "medium" is ~2x slower for a small gain.
+    # pools=N sizes its thread pool (set by x265 itself otherwise); hvc1 is for Apple players.
+    Encoder("libx265", "-crf", "-preset", "fast", (0, 51), (15, 23, 29, 35, 39, 43, 47, 51),
+            extra=("-tag:v", "hvc1"), threads=("-x265-params", "pools={n}:log-level=error"),
+            search=(15, 51), start=26),
+    # SVT-AV1 preset 8: real-time-class speed on 1-2 cores (presets below 6 are many times
+    # slower). lp=N caps its threads ("level of parallelism"; it does not follow -threads).
+    Encoder("libsvtav1", "-crf", "-preset", "8", (1, 63), (20, 32, 42, 50, 55, 59, 61, 63),
+            threads=("-svtav1-params", "lp={n}"), search=(20, 63), start=40),
+    # libvpx-vp9: -b:v 0 makes -crf constant quality (else it is capped by a default
+    # bitrate); -deadline good -cpu-used 4 is its usual fast two-pass-free setting, row-mt
+    # lets its threads work on rows of one frame.
+    Encoder("libvpx-vp9", "-crf", "-cpu-used", "4", (0, 63), (15, 27, 37, 45, 51, 55, 59, 63),
+            extra=("-b:v", "0", "-deadline", "good", "-row-mt", "1"), search=(15, 63),
+            start=40),
+)}
+
+
+def get_encoder(codec: str, where: str = "get_encoder()") -> Encoder:
+    """The :data:`ENCODERS` entry of ``codec``; a named error listing them otherwise."""
+    if codec in ENCODERS:
+        return ENCODERS[codec]
+    import difflib
+
+    close = difflib.get_close_matches(codec, list(ENCODERS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UnknownEncoderError(message(where, f"an encoder of {sorted(ENCODERS)}", repr(codec),
+                                    f"{hint}add a row to ENCODERS for another encoder"))
+
+
+def _even_size(path: Path) -> tuple[int, int]:
+    """Display size of a video, rounded down to even numbers (as :data:`even_crop` crops)."""
+    from cpllm_plugin.video import probe
+
+    info = probe(path)
+    return info.width - info.width % 2, info.height - info.height % 2
+
+
+VMAF_FRAMES = 96  # automatic subsampling still measures VMAF on at least this many frames
+
+
+def auto_subsample(frames: int) -> int:
+    """VMAF on every n-th frame such that at least :data:`VMAF_FRAMES` frames are measured.
+
+    A 10 s clip at 30 fps gets n = 3 (100 frames). On samples/sample.mp4, n = 3 and n = 5
+    changed VMAF by at most 0.5 against n = 1 (four variants of libx264, libx265 and
+    libvpx-vp9 at VMAF 50-92) and cut the time of a measurement by a third to a half;
+    libvmaf still feeds its motion feature every frame.
+    """
+    return max(1, int(frames) // VMAF_FRAMES)
+
+
+def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
+               threads: int | None = None, subsample: int | None = 1) -> tuple[float, float]:
+    """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
+
+    Both are compared at the reference's size (even-cropped): a smaller ``dist`` (a
+    downscaled degraded original) is upscaled with bicubic, so its loss of resolution counts.
+
+    Args:
+        ref: the clean video (the source, or a degraded original's reference).
+        dist: the variant or degraded original.
+        ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`); needs libvmaf.
+        threads: threads for decoding, filtering and libvmaf (default: every usable core).
+        subsample: measure every n-th frame for VMAF (1: all; None: :func:`auto_subsample`).
+
+    Returns:
+        ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100).
+    """
+    ffmpeg = find_ffmpeg(ffmpeg)
+    ref, dist = Path(ref), Path(dist)
+    where = f"measure_fr({dist.name!r} against {ref.name!r})"
+    for p in (ref, dist):
+        if not p.is_file():
+            raise VideoNotFoundError(message(where, "two video files", f"missing {p}",
+                                             "check both paths"))
+    _require_libvmaf(ffmpeg, where)
+    w, h = _even_size(ref)
+    if subsample is None:
+        from cpllm_plugin.video import probe
+
+        subsample = auto_subsample(probe(dist).frame_count)
+    n = str(threads or threads_per_job(1))
+    # The same chain for both inputs; frame n is re-timed to n/25 s so frames pair by index.
+    chain = f"{even_crop},scale={w}:{h}:flags=bicubic,format=yuv420p,settb=1/25,setpts=N"
+    with tempfile.TemporaryDirectory(prefix="cpllm-vmaf-") as tmp:
+        log = Path(tmp) / "vmaf.json"  # a plain path: no characters to escape in the graph
+        graph = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];"
+                 f"[d][r1]psnr=shortest=1[dp];"
+                 f"[dp][r2]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
+                 f":n_threads={n}:n_subsample={subsample}:shortest=1")
+        err = run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "info",
+                           "-filter_complex_threads", n, "-threads", n, "-i", str(dist),
+                           "-threads", n, "-i", str(ref), "-lavfi", graph,
+                           "-f", "null", "-"], where)
+        vmaf = _parse_vmaf(log, where)
+    return vmaf, _parse_psnr(err, where)
+
+
+def _parse_vmaf(log: Path, where: str) -> float:
+    try:
+        data = json.loads(log.read_text())
+    except (OSError, ValueError) as exc:
+        raise FfmpegError(message(where, "libvmaf's JSON log", f"{type(exc).__name__}: {exc}",
+                                  "run the ffmpeg command by hand to see what failed")) from None
+    pooled = (data.get("pooled_metrics") or {}).get("vmaf") or {}
+    if isinstance(pooled.get("mean"), (int, float)):
+        return float(pooled["mean"])
+    frames = [f.get("metrics", {}).get("vmaf") for f in data.get("frames", [])]
+    frames = [v for v in frames if isinstance(v, (int, float))]
+    if not frames:
+        raise FfmpegError(message(where, "VMAF values in libvmaf's log", "no frames",
+                                  "check that both videos decode (ffprobe FILE)"))
+    return float(sum(frames) / len(frames))
+
+
+_PSNR_RE = re.compile(r"PSNR y:\S+ u:\S+ v:\S+ average:(\S+)")
+
+
+def _parse_psnr(stderr: str, where: str) -> float:
+    found = _PSNR_RE.findall(stderr)
+    if not found:
+        raise FfmpegError(message(where, "ffmpeg's PSNR summary line", "none in its output",
+                                  "check that both videos decode (ffprobe FILE)"))
+    value = found[-1]
+    return PSNR_CAP if value in ("inf", "nan") else min(float(value), PSNR_CAP)

@@ -1,0 +1,745 @@
+"""cpllm-ladder's engine: pick the highest CRF whose predicted quality meets a target.
+
+The search is ab-av1's ``crf-search`` idea driven by the no-reference model instead of VMAF:
+
+1. **Samples.** A few short windows spread evenly over the input (the whole input when they
+   would cover most of it) are cut once into lossless *reference samples*, with ``--vfilter``
+   applied, so every probe and the source score see the same frames at the same geometry.
+2. **Probes.** A probe encodes every reference sample at one CRF and scores the encodes with
+   the one scoring path of :mod:`cpllm_plugin` (``Model.score_many``); frame scores are
+   pooled over all key frames of all samples (``mean``, ``p10`` or ``min``).
+3. **Search.** Start near the encoder's usual answer, bracket the target, then interpolate on
+   a monotone (isotonic, non-increasing) fit of score against CRF; stop when the crossing
+   is pinned to within one CRF, or after ``max_probes`` encodes.
+4. **Cache.** Each probe's result is kept on disk under a key made of the input's content
+   identity, the sample plan, the encoder settings and the model id; a repeated run is
+   answered from it.
+
+The reference samples also serve ``vmaf=True``: each probe is measured against them with
+libvmaf, side by side with the predicted score.
+
+Targets (:class:`Target`): ``min_score`` S is absolute (default: the model's score at VMAF 95
+on clean sources, from its ``calibration.json``); ``max_drop`` D is relative to the source's
+own predicted score s0. When s0 >= S the target is S; a source already below S only has to
+stay within D of itself, so the target is s0 - D. Without D, a source below S keeps the
+target S, which no CRF may reach (a named error then says so and suggests D).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cpllm_plugin.errors import CpllmError, message
+
+from . import ffmpeg as ff
+
+POOLS = ("mean", "p10", "min")
+DEFAULT_VMAF = 95.0  # ab-av1's default target; the default min-score is the model's score there
+SAMPLE_SECONDS = 2.0
+KEY_FRAMES = 8  # per sample
+WHOLE_FRACTION = 0.8  # samples covering this much of the input: encode the whole input
+MAX_PROBES = 6
+# Score lost per CRF step on clean dev sources near the VMAF-95 region: the first guess of
+# the curve's slope, before two probes measure it.
+PRIOR_SLOPE = -0.05
+
+Progress = Callable[[str], None]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class LadderError(CpllmError):
+    """Base of the ladder's named errors."""
+
+
+class LadderArgumentError(LadderError, ValueError):
+    """An option is out of range or does not fit the input."""
+
+
+class InputTooShortError(LadderError, ValueError):
+    """The input is shorter than one sample."""
+
+
+class NoCrfMeetsTargetError(LadderError, RuntimeError):
+    """Even the best CRF searched does not meet the target."""
+
+    def __init__(self, text: str, best: Probe | None = None, target: float | None = None):
+        super().__init__(text)
+        self.best = best
+        self.target = target
+
+
+class OutputExistsError(LadderError, FileExistsError):
+    """The output file exists and ``force`` was not given."""
+
+
+# --- settings, samples, source ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How probes and the final encode are made.
+
+    Attributes:
+        encoder: an :data:`~cpllm_plugin.integrations.ffmpeg.ENCODERS` name.
+        preset: its preset (None: the table's).
+        options: ``(key, value)`` pairs passed as ``-key value`` after the encoder's own
+            options (``--enc KEY=VALUE``); ``x264-params`` style keys are merged with the
+            thread cap the table sets.
+        pix_fmt: output pixel format (None: the input's, so 10-bit stays 10-bit).
+        vfilter: an ffmpeg filter chain (scale, crop) applied to probes and the final
+            encode alike.
+        crf_range: ``(lowest, highest)`` CRF searched (None: the encoder's default).
+    """
+
+    encoder: str = "libx264"
+    preset: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    pix_fmt: str | None = None
+    vfilter: str | None = None
+    crf_range: tuple[int, int] | None = None
+
+    @property
+    def table(self) -> ff.Encoder:
+        return ff.get_encoder(self.encoder, "cpllm-ladder --encoder")
+
+    @property
+    def search(self) -> tuple[int, int]:
+        return self.crf_range or self.table.search
+
+    def args(self, crf: int, threads: int | None) -> list[str]:
+        """Output options for the video stream at ``crf``: encoder, preset, CRF, the table's
+        options, the thread cap (None: none) and the user's options."""
+        t = self.table
+        out = ["-c:v", t.name, t.preset_flag, str(self.preset or t.preset), t.crf_flag,
+               str(crf), *t.extra]
+        capped = [a.replace("{n}", str(threads)) for a in t.threads] if threads else []
+        user = dict(self.options)
+        for i in range(0, len(capped), 2):
+            key = capped[i].lstrip("-")
+            if key in user and key.endswith("-params"):
+                # Keep the table's thread cap and add the user's parameters after it.
+                capped[i + 1] = f"{capped[i + 1]}:{user.pop(key)}"
+        out += capped
+        for key, value in user.items():
+            out += [f"-{key}", value]
+        if self.pix_fmt:
+            out += ["-pix_fmt", self.pix_fmt]
+        return out
+
+    def public(self) -> list[str]:
+        """The encoder arguments as reported: no CRF, no thread cap."""
+        args = self.args(0, None)
+        i = args.index(self.table.crf_flag)
+        return args[:i] + args[i + 2:]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A window of the input: ``start`` and ``duration`` in seconds, key frames to score."""
+
+    start: float
+    duration: float
+    key_frames: int
+
+
+def plan_samples(duration: float, count: int | None = None,
+                 seconds: float | None = None, key_frames: int | None = None,
+                 window: tuple[float, float] | None = None) -> list[Sample]:
+    """Windows spread evenly over ``[0, duration]`` (or over ``window``).
+
+    The default count grows with length: 3 up to a minute, one more per 30 s after, at most
+    10. When the windows would cover :data:`WHOLE_FRACTION` of the span, the whole span is
+    one sample (with as many key frames as the windows together).
+    """
+    lo, hi = window or (0.0, duration)
+    span = hi - lo
+    seconds = float(seconds or SAMPLE_SECONDS)
+    kf = int(key_frames or KEY_FRAMES)
+    if count is None:
+        count = min(10, 3 + max(0, math.floor((span - 60) / 30)))
+    if span < min(seconds, 0.5) or span <= 0:
+        raise InputTooShortError(message(
+            "cpllm-ladder", f"an input of at least {min(seconds, 0.5):g} s",
+            f"{span:.3f} s", "use a longer input, or --sample-seconds smaller"))
+    if count * seconds >= WHOLE_FRACTION * span:
+        return [Sample(lo, span, min(kf * count, max(kf, round(span * 4))))]
+    step = span / count
+    return [Sample(round(lo + (i + 0.5) * step - seconds / 2, 3), seconds, kf)
+            for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the ladder knows about its input."""
+
+    path: Path
+    size: int
+    duration: float
+    fps: float
+    width: int
+    height: int
+    bit_depth: int
+    pix_fmt: str
+    hdr: bool
+    identity: str  # size and a hash of sampled bytes: the content, not the name
+
+
+def inspect(path: str | os.PathLike, where: str = "cpllm-ladder") -> Source:
+    """Check and describe the input, raising a named error for anything unusable."""
+    from cpllm_plugin.errors import EmptyInputError, VideoDecodeError, VideoNotFoundError
+    from cpllm_plugin.video import probe
+
+    p = Path(path)
+    if not p.is_file():
+        raise VideoNotFoundError(message(
+            where, "a video file", f"{str(p)!r}, which "
+            + ("is a directory" if p.is_dir() else "does not exist"), "check the path"))
+    size = p.stat().st_size
+    if size == 0:
+        raise EmptyInputError(message(where, "a video file", f"{p} is empty (0 bytes)",
+                                      "give a complete video file"))
+    info = probe(p)
+    if not info.duration or info.duration <= 0 or not info.frame_count:
+        raise VideoDecodeError(message(where, "a video with a duration", f"{p}: none",
+                                       "re-mux it: ffmpeg -i IN -c copy OUT.mkv"))
+    return Source(p, size, float(info.duration), float(info.fps), info.width, info.height,
+                  info.bit_depth, info.pix_fmt, _is_hdr(p), identity(p))
+
+
+def _is_hdr(path: Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            cc = c.streams.video[0].codec_context
+            return int(cc.color_trc or 0) in (16, 18)  # SMPTE ST 2084 (PQ), ARIB B67 (HLG)
+    except Exception:  # noqa: BLE001 - probe() already vetted the file; HDR is a hint
+        return False
+
+
+def identity(path: str | os.PathLike, chunks: int = 16, chunk: int = 1 << 16) -> str:
+    """``size:sha256`` of ``chunks`` pieces read evenly through the file (fast on big files).
+
+    Two files with the same name but other content differ; a renamed copy is the same.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        if size <= chunks * chunk:
+            h.update(f.read())
+        else:
+            for i in range(chunks):
+                f.seek((size - chunk) * i // (chunks - 1))
+                h.update(f.read(chunk))
+    return f"{size}:{h.hexdigest()[:32]}"
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+
+class Scorer:
+    """Frame scores of video files by a cpllm model (ONNX Runtime by default).
+
+    Anything with ``id`` and ``__call__(paths, key_frames) -> [frame scores]`` can stand in
+    (tests use a stub); this one runs ``Model.score_many``, the one scoring path.
+    """
+
+    def __init__(self, model="cpllm-lite", backend: str = "auto"):
+        from cpllm_plugin.api import load_model
+
+        self.model = load_model(model, backend)
+        self.id = self.model.id
+
+    def __call__(self, paths: Sequence[str], key_frames: Sequence[int]) -> list[np.ndarray]:
+        if len(set(key_frames)) == 1:  # one batched call: key frames of all samples together
+            results = self.model.score_many(list(paths), key_frames=key_frames[0])
+        else:
+            results = [self.model.score_many([p], key_frames=k)[0]
+                       for p, k in zip(paths, key_frames, strict=True)]
+        return [r.frame_scores for r in results]
+
+    def calibration(self) -> dict[float, float]:
+        """VMAF level -> score on clean sources, from the model's ``calibration.json``."""
+        path = Path(self.model.source) / "calibration.json"
+        if not path.is_file():
+            return {}
+        data = json.loads(path.read_text())
+        return {float(v): float(a["score"]) for v, a in data.get("vmaf", {}).items()}
+
+
+def pool(scores: np.ndarray, how: str) -> float:
+    """Pool frame scores: ``mean``, ``p10`` (10th percentile) or ``min``."""
+    s = np.asarray(scores, dtype=np.float64)
+    if how == "mean":
+        return float(s.mean())
+    if how == "p10":
+        return float(np.percentile(s, 10))
+    if how == "min":
+        return float(s.min())
+    raise LadderArgumentError(message("pool", f"one of {POOLS}", repr(how), "use --pool mean"))
+
+
+def vmaf_to_score(vmaf: float, calibration: dict[float, float]) -> float:
+    """The score at a VMAF level, interpolated between the model's calibration anchors."""
+    if not calibration:
+        raise LadderArgumentError(message(
+            "--min-vmaf", "a model with calibration.json (VMAF anchors)", "none",
+            "pass --min-score instead, or use the bundled cpllm-lite"))
+    xs = sorted(calibration)
+    if not xs[0] <= vmaf <= xs[-1]:
+        raise LadderArgumentError(message(
+            "--min-vmaf", f"a VMAF in the calibrated range {xs[0]:g}..{xs[-1]:g}",
+            f"{vmaf:g}", "pick a VMAF in that range, or pass --min-score"))
+    return float(np.interp(vmaf, xs, [calibration[x] for x in xs]))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The score a pick must reach, and why (see the module doc)."""
+
+    value: float
+    min_score: float
+    max_drop: float | None
+    source_score: float
+    rule: str  # "min-score" or "max-drop"
+
+    @staticmethod
+    def resolve(min_score: float, max_drop: float | None, source_score: float) -> Target:
+        if max_drop is not None and source_score < min_score:
+            return Target(source_score - max_drop, min_score, max_drop, source_score,
+                          "max-drop")
+        return Target(min_score, min_score, max_drop, source_score, "min-score")
+
+
+# --- probes and the search ----------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """One CRF encoded over all samples and scored."""
+
+    crf: int
+    score: float
+    frame_scores: list[float]
+    bytes: int
+    kbps: float
+    predicted_size: int
+    seconds: float
+    from_cache: bool = False
+    vmaf: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {"type": "probe", **asdict(self)}
+        if d["vmaf"] is None:
+            del d["vmaf"]
+        return d
+
+
+@dataclass
+class Pick:
+    """The answer: the highest CRF meeting the target, and what it predicts."""
+
+    crf: int
+    score: float
+    source_score: float
+    target: Target
+    predicted_size: int
+    predicted_kbps: float
+    encodes: int
+    model: str
+    encoder: str
+    encoder_args: list[str]
+    probes: list[Probe] = field(default_factory=list)
+    vmaf: float | None = None
+    exhaustive: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"type": "pick", "crf": self.crf, "score": self.score,
+             "source_score": self.source_score, "target": self.target.value,
+             "target_rule": self.target.rule, "min_score": self.target.min_score,
+             "max_drop": self.target.max_drop, "predicted_size": self.predicted_size,
+             "predicted_kbps": self.predicted_kbps, "encodes": self.encodes,
+             "model": self.model, "encoder": self.encoder, "encoder_args": self.encoder_args}
+        if self.vmaf is not None:
+            d["vmaf"] = self.vmaf
+        return d
+
+
+def monotone(crfs: Sequence[int], scores: Sequence[float]) -> list[float]:
+    """Non-increasing least-squares fit of scores over increasing CRFs (pool adjacent
+    violators): a higher CRF never predicts a better picture."""
+    order = np.argsort(crfs)
+    blocks: list[list[float]] = []  # [sum, count]
+    for i in order:
+        blocks.append([float(scores[i]), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            s, n = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += n
+    fit = np.empty(len(crfs))
+    at = 0
+    for s, n in blocks:
+        fit[order[at:at + int(n)]] = s / n
+        at += int(n)
+    return [float(v) for v in fit]
+
+
+def best_passing(probes: dict[int, Probe], target: float) -> int | None:
+    """Highest probed CRF that meets the target both raw and on the monotone fit."""
+    crfs = sorted(probes)
+    fit = monotone(crfs, [probes[c].score for c in crfs])
+    ok = [c for c, f in zip(crfs, fit, strict=True) if f >= target and probes[c].score >= target]
+    return max(ok) if ok else None
+
+
+def next_crf(probes: dict[int, Probe], target: float, lo: int, hi: int) -> int | None:
+    """Where to probe next, or None when the answer is pinned to within one CRF."""
+    crfs = sorted(probes)
+    fit = dict(zip(crfs, monotone(crfs, [probes[c].score for c in crfs]), strict=True))
+    good = best_passing(probes, target)
+    bad = min((c for c in crfs if fit[c] < target and (good is None or c > good)), default=None)
+    if good is not None and bad is not None:
+        if bad - good <= 1:
+            return None
+        x = _crossing(crfs, fit, good, bad, target)
+        if x - good < 1:  # the crossing lies within one CRF of a passing probe
+            return None
+        return int(min(max(round(x), good + 1), bad - 1))
+    slope = _slope(crfs, fit)
+    if good is None:  # everything probed fails: go to better quality
+        c0 = min(crfs)
+        if c0 <= lo:
+            return None
+        jump = (target - fit[c0]) / -slope
+        return int(max(lo, c0 - min(max(math.ceil(jump), 2), 12)))
+    c0 = max(crfs)  # everything probed passes: go to fewer bits
+    if c0 >= hi:
+        return None
+    jump = (fit[c0] - target) / -slope
+    return int(min(hi, c0 + min(max(math.floor(jump), 2), 12)))
+
+
+def _crossing(crfs: list[int], fit: dict[int, float], good: int, bad: int,
+              target: float) -> float:
+    """Where the fitted curve crosses ``target`` between the bracket ends ``good < bad``.
+
+    Score against CRF bends down (quality falls faster at high CRF), so a straight line
+    between far-apart bracket ends lands short; with a third probe next to the bracket a
+    parabola through the three follows the bend. Falls back to the straight line when the
+    parabola is not monotone over the bracket.
+    """
+    f0, f1 = fit[good], fit[bad]
+    line = good + (bad - good) * (f0 - target) / (f0 - f1) if f0 > f1 else (good + bad) / 2
+    others = sorted((c for c in crfs if c not in (good, bad)),
+                    key=lambda c: min(abs(c - good), abs(c - bad)))
+    if not others or f0 <= f1:
+        return line
+    xs = np.array([good, bad, others[0]], dtype=np.float64)
+    a, b, c = np.polyfit(xs - good, [fit[int(x)] for x in xs], 2)
+    grid = np.linspace(0, bad - good, 64)
+    curve = a * grid ** 2 + b * grid + c
+    if np.any(np.diff(curve) > 1e-9):
+        return line
+    roots = [r.real for r in np.roots([a, b, c - target])
+             if abs(r.imag) < 1e-9 and 0 <= r.real <= bad - good]
+    return good + min(roots) if roots else line
+
+
+def _slope(crfs: list[int], fit: list[float] | dict) -> float:
+    """Score per CRF from the two outermost probes, never flatter than a tenth of the prior."""
+    f = fit if isinstance(fit, dict) else dict(zip(crfs, fit, strict=True))
+    if len(crfs) >= 2 and crfs[-1] > crfs[0]:
+        s = (f[crfs[-1]] - f[crfs[0]]) / (crfs[-1] - crfs[0])
+        return min(s, PRIOR_SLOPE / 10)
+    return PRIOR_SLOPE
+
+
+class Ladder:
+    """Probes of one input (or one window of it) with fixed samples and settings.
+
+    Use as a context manager: the working folder (reference samples, probe encodes) is
+    removed on exit, also on Ctrl-C.
+
+    Args:
+        source: the input path, or a :class:`Source` from :func:`inspect`.
+        settings: encoder settings.
+        scorer: a :class:`Scorer` (or a stand-in with ``id`` and ``__call__``).
+        samples: the windows to encode (default: :func:`plan_samples`).
+        pool: how frame scores become a score: ``mean``, ``p10``, ``min``.
+        cache: folder of the probe cache (None: no cache).
+        ffmpeg: the ffmpeg binary (see :func:`~cpllm_plugin.integrations.ffmpeg.find_ffmpeg`).
+        vmaf: also measure VMAF of every probe against the reference samples.
+        progress: called with one line per step (stderr in the CLI).
+        workdir: where to make the working folder (default: the system's temp folder).
+    """
+
+    def __init__(self, source, settings: Settings, scorer, samples: list[Sample] | None = None,
+                 pool: str = "mean", cache: str | os.PathLike | None = None,
+                 ffmpeg: str | None = None, vmaf: bool = False,
+                 progress: Progress | None = None, workdir: str | os.PathLike | None = None):
+        self.source = source if isinstance(source, Source) else inspect(source)
+        self.settings = settings
+        self.scorer = scorer
+        self.samples = samples or plan_samples(self.source.duration)
+        if pool not in POOLS:
+            raise LadderArgumentError(message("--pool", f"one of {POOLS}", repr(pool),
+                                              "use --pool mean, p10 or min"))
+        self.pool = pool
+        self.ffmpeg = ff.find_ffmpeg(ffmpeg)
+        self.vmaf = vmaf
+        if vmaf:
+            ff._require_libvmaf(self.ffmpeg, "cpllm-ladder --vmaf")
+        self.say = progress or (lambda _line: None)
+        lo, hi = settings.search
+        rng = settings.table.crf_range
+        if not rng[0] <= lo < hi <= rng[1]:
+            raise LadderArgumentError(message(
+                "--crf-range", f"lowest < highest within {rng[0]}..{rng[1]} for "
+                f"{settings.encoder}", f"{lo}..{hi}", f"e.g. --crf-range {rng[0]}:{rng[1]}"))
+        self.cache = Path(cache) if cache else None
+        self.encodes = 0
+        self.probes: dict[int, Probe] = {}
+        self._workdir = workdir
+        self._dir: Path | None = None
+        self._refs: list[Path] | None = None
+        self._source_frames: np.ndarray | None = None
+
+    # working folder -----------------------------------------------------------------------
+
+    def __enter__(self) -> Ladder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+            self._refs = None
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            base = self._workdir or None
+            if base:
+                Path(base).mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="cpllm-ladder-", dir=base))
+        return self._dir
+
+    # keys ---------------------------------------------------------------------------------
+
+    def _key(self, *parts) -> str:
+        plan = [(s.start, s.duration, s.key_frames) for s in self.samples]
+        blob = json.dumps([self.source.identity, plan, self.settings.vfilter,
+                           self.settings.pix_fmt, self.scorer.id, *parts], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def _cache_file(self, kind: str, *parts) -> Path | None:
+        if self.cache is None:
+            return None
+        return self.cache / f"{kind}-{self._key(kind, *parts)}.json"
+
+    def _probe_key(self) -> tuple:
+        return (self.settings.encoder, self.settings.preset,
+                list(map(list, self.settings.options)))
+
+    @staticmethod
+    def _read(path: Path | None) -> dict | None:
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # a damaged cache entry is recomputed
+
+    @staticmethod
+    def _write(path: Path | None, data: dict) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    # reference samples --------------------------------------------------------------------
+
+    def references(self) -> list[Path]:
+        """Lossless cuts of the samples (``--vfilter`` applied), made once per run."""
+        if self._refs is not None:
+            return self._refs
+        jobs = min(len(self.samples), ff.cpus())
+        threads = ff.threads_per_job(jobs)
+        paths = [self.dir / f"ref{i}.mkv" for i in range(len(self.samples))]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda a: self._cut(*a, threads), zip(self.samples, paths, strict=True)))
+        self.say(f"cut {len(paths)} reference sample(s) in {time.perf_counter() - t0:.1f} s")
+        self._refs = paths
+        return paths
+
+    def _cut(self, s: Sample, out: Path, threads: int) -> None:
+        where = f"cpllm-ladder: cutting the sample at {s.start:.2f} s"
+        seek = ["-ss", f"{s.start:.3f}", "-t", f"{s.duration:.3f}"] if (
+            s.start > 0 or s.duration < self.source.duration) else []
+        vf = ["-vf", self.settings.vfilter] if self.settings.vfilter else []
+        head = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                "-threads", str(threads), *seek, "-i", str(self.source.path),
+                "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,
+                "-fps_mode", "passthrough"]
+        pix = ["-pix_fmt", self.settings.pix_fmt] if self.settings.pix_fmt else []
+        try:  # x264 lossless: several times faster than FFV1, any 8/10-bit 4:2:x format
+            ff.run_ffmpeg(head + ["-c:v", "libx264", "-qp", "0", "-preset", "ultrafast",
+                                  "-threads", str(threads), *pix, str(out)], where)
+        except ff.FfmpegError:
+            ff.run_ffmpeg(head + ["-c:v", "ffv1", "-threads", str(threads), *pix, str(out)],
+                          where)
+
+    # scores -------------------------------------------------------------------------------
+
+    def _frame_scores(self, paths: list[Path]) -> list[np.ndarray]:
+        return self.scorer([str(p) for p in paths], [s.key_frames for s in self.samples])
+
+    def source_score(self) -> tuple[float, list[float]]:
+        """Pooled score of the reference samples (the source as the encode would see it)."""
+        cached = self._read(self._cache_file("source"))
+        if cached is None:
+            frames = [float(v) for f in self._frame_scores(self.references()) for v in f]
+            self._write(self._cache_file("source"), {"frame_scores": frames})
+        else:
+            frames = cached["frame_scores"]
+            self.say("source score from the cache")
+        return pool(np.array(frames), self.pool), frames
+
+    def probe(self, crf: int) -> Probe:
+        """Encode every sample at ``crf``, score (and measure) it; cached on disk."""
+        if crf in self.probes:
+            return self.probes[crf]
+        cfile = self._cache_file("probe", *self._probe_key(), crf)
+        cached = self._read(cfile)
+        if cached is not None and (not self.vmaf or cached.get("vmaf") is not None):
+            p = Probe(**{**cached, "from_cache": True})
+            p.score = pool(np.array(p.frame_scores), self.pool)
+            self.probes[crf] = p
+            self.say(f"crf {crf}: score {p.score:.3f} (from the cache)")
+            return p
+        refs = self.references()
+        t0 = time.perf_counter()
+        jobs = min(len(refs), ff.cpus())
+        threads = ff.threads_per_job(jobs)
+        outs = [self.dir / f"crf{crf}_{i}.mkv" for i in range(len(refs))]
+        with ThreadPoolExecutor(jobs) as ex:
+            list(ex.map(lambda a: self._encode(*a, crf, threads), zip(refs, outs, strict=True)))
+        self.encodes += 1
+        frames = [float(v) for f in self._frame_scores(outs) for v in f]
+        vmaf = self._measure(refs, outs) if self.vmaf else None
+        size = sum(p.stat().st_size for p in outs)
+        secs = sum(s.duration for s in self.samples)
+        probe = Probe(crf, pool(np.array(frames), self.pool), frames, size,
+                      round(size * 8 / secs / 1000, 1),
+                      int(size / secs * self.source.duration),
+                      round(time.perf_counter() - t0, 2), False, vmaf)
+        for p in outs:
+            p.unlink(missing_ok=True)
+        self._write(cfile, {k: v for k, v in asdict(probe).items() if k != "from_cache"})
+        self.probes[crf] = probe
+        extra = f", VMAF {vmaf:.2f}" if vmaf is not None else ""
+        self.say(f"crf {crf}: score {probe.score:.3f}{extra}, {probe.kbps:g} kb/s "
+                 f"({probe.seconds:.1f} s)")
+        return probe
+
+    def _encode(self, ref: Path, out: Path, crf: int, threads: int) -> None:
+        ff.run_ffmpeg([self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                       "-threads", str(threads), "-i", str(ref), "-map", "0:v:0",
+                       "-fps_mode", "passthrough", *self.settings.args(crf, threads),
+                       str(out)], f"cpllm-ladder: encoding the probe at CRF {crf}")
+
+    def _measure(self, refs: list[Path], outs: list[Path]) -> float:
+        vals = [ff.measure_fr(r, o, self.ffmpeg, subsample=1)[0] for r, o in zip(refs, outs,
+                                                                                  strict=True)]
+        weights = [s.duration for s in self.samples]
+        return round(float(np.average(vals, weights=weights)), 3)
+
+    # the search ---------------------------------------------------------------------------
+
+    def search(self, target: float, max_probes: int = MAX_PROBES,
+               start: int | None = None) -> int | None:
+        """Probe until the highest CRF meeting ``target`` is pinned; return it (or None)."""
+        lo, hi = self.settings.search
+        crf = min(max(start if start is not None else self.settings.table.start, lo), hi)
+        while True:
+            self.probe(crf)
+            fresh = sum(not p.from_cache for p in self.probes.values())
+            nxt = next_crf(self.probes, target, lo, hi)
+            if nxt is None or nxt in self.probes or fresh >= max_probes:
+                break
+            crf = nxt
+        return best_passing(self.probes, target)
+
+    def full(self, levels: Sequence[int] | None = None) -> list[Probe]:
+        """Probe every level (default: the encoder's 20 levels; libx264: the paper's)."""
+        lo, hi = self.settings.search
+        levels = levels or [c for c in self.settings.table.levels(20)
+                            if self.settings.table.crf_range[0] <= c
+                            <= self.settings.table.crf_range[1]]
+        return [self.probe(c) for c in levels]
+
+
+def pick(ladder: Ladder, min_score: float, max_drop: float | None = None,
+         max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
+    """Score the source, resolve the target, search, and return the :class:`Pick`.
+
+    Raises:
+        NoCrfMeetsTargetError: even the lowest CRF searched (or tried) misses the target.
+    """
+    if ladder.source.hdr:
+        warnings.warn(f"{ladder.source.path.name} is HDR (PQ or HLG): the model was trained "
+                      "on SDR 8-bit content, so its scores and the pick are rough",
+                      stacklevel=2)
+    s0, _ = ladder.source_score()
+    target = Target.resolve(min_score, max_drop, s0)
+    ladder.say(f"source score {s0:.3f}; target {target.value:.3f} ({target.rule})")
+    if full:
+        ladder.full()
+        crf = best_passing(ladder.probes, target.value)
+    else:
+        crf = ladder.search(target.value, max_probes)
+    if crf is None:
+        best = max(ladder.probes.values(), key=lambda p: p.score)
+        hint = ("pass --max-drop D to accept a CRF within D of the source's own score"
+                if max_drop is None and s0 < min_score else
+                "lower the target (--min-score / --min-vmaf), or widen --crf-range")
+        raise NoCrfMeetsTargetError(message(
+            "cpllm-ladder pick", f"a CRF scoring at least {target.value:.3f} ({target.rule})",
+            f"none; the best CRF tried is {best.crf} with score {best.score:.3f} "
+            f"(source {s0:.3f})", hint), best, target.value)
+    p = ladder.probes[crf]
+    secs = sum(s.duration for s in ladder.samples)
+    return Pick(crf, p.score, s0, target, p.predicted_size,
+                round(p.bytes * 8 / secs / 1000, 1), ladder.encodes, ladder.scorer.id,
+                ladder.settings.encoder, ladder.settings.public(),
+                sorted(ladder.probes.values(), key=lambda q: q.crf), p.vmaf, full)
+
+
+def default_cache() -> Path:
+    """``$CPLLM_CACHE`` or ``$XDG_CACHE_HOME/cpllm/ladder`` (``~/.cache/cpllm/ladder``)."""
+    if os.environ.get("CPLLM_CACHE"):
+        return Path(os.environ["CPLLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cpllm" / "ladder"
