@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh clone:
-#   make demo   the main job (scores the bundled sample clip with the default model)
+#   make demo   the main job: picks a CRF for the bundled sample clip with the default model
 #   make test   the whole test suite
 # Both create .venv with Python 3.12 (.python-version) and install the package first.
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cpllm score samples/sample.mp4
+	$(BIN)/cpllm-ladder pick samples/sample.mp4 --no-cache
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

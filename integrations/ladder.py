@@ -417,9 +417,9 @@ def next_crf(probes: dict[int, Probe], target: float, lo: int, hi: int) -> int |
     if good is not None and bad is not None:
         if bad - good <= 1:
             return None
+        # An estimate right next to the passing end is checked by probing good + 1: if
+        # that fails, the answer is pinned; a curve flatter than it looked moves on.
         x = _crossing(crfs, fit, good, bad, target)
-        if x - good < 1:  # the crossing lies within one CRF of a passing probe
-            return None
         return int(min(max(round(x), good + 1), bad - 1))
     slope = _slope(crfs, fit)
     if good is None:  # everything probed fails: go to better quality

@@ -1,0 +1,257 @@
+"""``cpllm-ladder``: pick a CRF by predicted quality, encode with it, per scene.
+
+stdout carries results only (a table, or NDJSON with ``--json``); progress, warnings and
+hints go to stderr. Exit codes: 0 done, 1 a named error (bad input, no CRF meets the
+target, ffmpeg failed, ...), 2 bad usage, 130 interrupted (Ctrl-C or SIGTERM; temporary
+files are removed and no partial output remains).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from cpllm_plugin.errors import CpllmError, message
+
+from . import ffmpeg as ff
+from . import ladder as lad
+
+DEFAULT_MAX_DROP = 0.25
+
+
+def _kv(ctx, param, values):
+    out = []
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE (e.g. --enc tune=film), got {v!r}")
+        out.append((key.lstrip("-"), val))
+    return tuple(out)
+
+
+def _range(ctx, param, value):
+    if value is None:
+        return None
+    lo, sep, hi = value.partition(":")
+    try:
+        return int(lo), int(hi)
+    except ValueError:
+        raise click.BadParameter(f"expected LOW:HIGH (e.g. 18:40), got {value!r}") from None
+
+
+def _options(f):
+    """The options every subcommand shares: encoder, target, samples, model, output."""
+    opts = [
+        click.argument("input", type=click.Path(path_type=Path)),
+        click.option("-e", "--encoder", default="libx264", show_default=True,
+                     type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
+        click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
+        click.option("--enc", "options", multiple=True, callback=_kv, metavar="KEY=VALUE",
+                     help="Extra encoder option, passed as -KEY VALUE (repeatable)."),
+        click.option("--pix-fmt", help="Output pixel format (default: the input's)."),
+        click.option("--vfilter", help="ffmpeg filter chain (scale, crop) for probes and "
+                     "the final encode alike."),
+        click.option("--crf-range", callback=_range, metavar="LOW:HIGH",
+                     help="CRFs searched (default: the encoder's, libx264 15:51)."),
+        click.option("--min-score", type=click.FloatRange(1, 5),
+                     help="Absolute target on the 1-5 scale (default: the model's score at "
+                     "VMAF 95 on clean sources)."),
+        click.option("--min-vmaf", type=float, help="Absolute target given as a VMAF level, "
+                     "mapped to a score by the model's calibration."),
+        click.option("--max-drop", type=click.FloatRange(0, 4, min_open=True),
+                     default=DEFAULT_MAX_DROP, show_default=True,
+                     help="For a source already below the target: keep within this much "
+                     "of its own score."),
+        click.option("--samples", "count", type=click.IntRange(1, 100),
+                     help="Samples spread over the input (default: from its length)."),
+        click.option("--sample-seconds", type=click.FloatRange(0.2, min_open=False),
+                     help=f"Length of each sample (default {lad.SAMPLE_SECONDS:g} s)."),
+        click.option("--key-frames", type=click.IntRange(1, 64),
+                     help=f"Key frames scored per sample (default {lad.KEY_FRAMES})."),
+        click.option("--pool", type=click.Choice(lad.POOLS), default="mean", show_default=True,
+                     help="Pool frame scores over key frames and samples."),
+        click.option("--max-probes", type=click.IntRange(2, 40), default=lad.MAX_PROBES,
+                     show_default=True, help="Most probe encodes of the search."),
+        click.option("--vmaf", is_flag=True, help="Also measure VMAF of each probe against "
+                     "the source (full reference, side by side)."),
+        click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout."),
+        click.option("--model", default="cpllm-lite", show_default=True,
+                     help="Model name or directory."),
+        click.option("--backend", default="auto", show_default=True,
+                     type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"])),
+        click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+                     help=f"Probe cache folder (default {lad.default_cache()})."),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write the cache."),
+        click.option("--ffmpeg", envvar="CPLLM_FFMPEG",
+                     help="ffmpeg binary (default: imageio-ffmpeg's; env CPLLM_FFMPEG)."),
+        click.option("--temp-dir", type=click.Path(path_type=Path),
+                     help="Where probe encodes are made (default: the system's)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+class _Run:
+    """What one invocation resolved from its options."""
+
+    def __init__(self, kw: dict, command: str):
+        self.kw = kw
+        self.command = command
+        self.as_json = kw["as_json"]
+        self.say = (lambda line: None) if kw["quiet"] else (
+            lambda line: click.echo(f"cpllm-ladder: {line}", err=True))
+        self.settings = lad.Settings(kw["encoder"], kw["preset"], kw["options"],
+                                     kw["pix_fmt"], kw["vfilter"], kw["crf_range"])
+        self.settings.table  # noqa: B018 - validates the encoder name early
+        self.source = lad.inspect(kw["input"], f"cpllm-ladder {command}")
+        self.say(f"{self.source.path.name}: {self.source.width}x{self.source.height}, "
+                 f"{self.source.duration:.2f} s, {self.source.fps:g} fps, "
+                 f"{self.source.pix_fmt}; loading {kw['model']}")
+        self.scorer = lad.Scorer(kw["model"], kw["backend"])
+        self.min_score, self.target_note = self._min_score()
+        self.cache = None if kw["no_cache"] else (kw["cache_dir"] or lad.default_cache())
+
+    def _min_score(self) -> tuple[float, str]:
+        kw = self.kw
+        if kw["min_score"] is not None and kw["min_vmaf"] is not None:
+            raise lad.LadderArgumentError(message(
+                f"cpllm-ladder {self.command}", "one of --min-score and --min-vmaf",
+                "both", "give the target once"))
+        if kw["min_score"] is not None:
+            return kw["min_score"], f"--min-score {kw['min_score']:g}"
+        vmaf = kw["min_vmaf"] if kw["min_vmaf"] is not None else lad.DEFAULT_VMAF
+        cal = self.scorer.calibration()
+        if not cal and kw["min_vmaf"] is None:
+            raise lad.LadderArgumentError(message(
+                f"cpllm-ladder {self.command}", "--min-score for a model without "
+                "calibration.json", f"model {self.scorer.id} without one",
+                "pass --min-score S (1-5)"))
+        return lad.vmaf_to_score(vmaf, cal), f"VMAF {vmaf:g}"
+
+    def ladder(self, samples=None) -> lad.Ladder:
+        kw = self.kw
+        samples = samples or lad.plan_samples(self.source.duration, kw["count"],
+                                              kw["sample_seconds"], kw["key_frames"])
+        return lad.Ladder(self.source, self.settings, self.scorer, samples, kw["pool"],
+                          self.cache, kw["ffmpeg"], kw["vmaf"], self.say, kw["temp_dir"])
+
+    def emit(self, obj: dict) -> None:
+        if self.as_json:
+            click.echo(json.dumps(obj))
+
+
+def _guard(command: str):
+    """Named errors -> message and exit 1 (NDJSON ``error`` with --json); SIGTERM and Ctrl-C
+    -> ffmpeg stopped, temporary files removed by the context managers, exit 130."""
+
+    def wrap(f):
+        @functools.wraps(f)
+        def run(**kw):
+            as_json = kw.get("as_json", False)
+
+            def term(signum, frame):
+                ff.stop_all()
+                raise KeyboardInterrupt
+
+            old = signal.signal(signal.SIGTERM, term)
+            warnings.showwarning = lambda m, c, *a, **k: click.echo(f"warning: {m}", err=True)
+            try:
+                f(**kw)
+            except KeyboardInterrupt:
+                ff.stop_all()
+                click.echo("cpllm-ladder: interrupted; temporary files removed", err=True)
+                sys.exit(130)
+            except CpllmError as exc:
+                if as_json:
+                    click.echo(json.dumps({"type": "error", "error": type(exc).__name__,
+                                           "message": str(exc)}))
+                else:
+                    click.echo(f"error: {exc}", err=True)
+                sys.exit(1)
+            finally:
+                signal.signal(signal.SIGTERM, old)
+
+        return run
+
+    return wrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Pick a video's CRF by CP-LLM's predicted quality (no reference needed)."""
+
+
+def _pick(run: _Run, full: bool, plot: Path | None) -> lad.Pick:
+    with run.ladder() as ladder:
+        try:
+            result = lad.pick(ladder, run.min_score, run.kw["max_drop"],
+                              run.kw["max_probes"], full)
+        finally:  # probes are reported also when no CRF meets the target
+            for p in ladder.probes.values():
+                run.emit(p.to_dict())
+    if plot:
+        from .plot import plot_ladder
+
+        plot_ladder(result, plot, title=run.source.path.name)
+    return result
+
+
+def _table(run: _Run, result: lad.Pick) -> None:
+    t = result.target
+    how = (f"{t.min_score:.3f} ({run.target_note})" if t.rule == "min-score" else
+           f"{t.value:.3f} = source {t.source_score:.3f} - max-drop {t.max_drop:g} "
+           f"(source below {t.min_score:.3f}, {run.target_note})")
+    vm = any(p.vmaf is not None for p in result.probes)
+    click.echo(f"{run.source.path.name}: {' '.join(result.encoder_args)}")
+    click.echo(f"source score {result.source_score:.3f}   target {how}")
+    click.echo(f"{'crf':>4} {'score':>7}" + (f" {'vmaf':>6}" if vm else "")
+               + f" {'kb/s':>9} {'predicted size':>15} {'time':>7}")
+    for p in result.probes:
+        mark = "  <- pick" if p.crf == result.crf else ""
+        cached = " (cache)" if p.from_cache else ""
+        click.echo(f"{p.crf:>4} {p.score:>7.3f}"
+                   + (f" {p.vmaf:>6.2f}" if vm and p.vmaf is not None else
+                      (f" {'':>6}" if vm else ""))
+                   + f" {p.kbps:>9.1f} {_size(p.predicted_size):>15} {p.seconds:>6.1f}s"
+                   + cached + mark)
+    vmaf = f", VMAF {result.vmaf:.2f}" if result.vmaf is not None else ""
+    click.echo(f"pick: CRF {result.crf}  score {result.score:.3f}{vmaf}  "
+               f"~{result.predicted_kbps:g} kb/s, predicted {_size(result.predicted_size)} "
+               f"({result.encodes} encodes)")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@main.command("pick")
+@_options
+@click.option("--full", is_flag=True, help="Probe all 20 levels (libx264: the paper's "
+              "15..53), for reference and plots.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
+              help="PNG of score (and VMAF) against CRF with the target and the pick.")
+@_guard("pick")
+def pick_cmd(full, plot, **kw):
+    """Choose the highest CRF whose predicted quality meets the target."""
+    run = _Run(kw, "pick")
+    result = _pick(run, full, plot)
+    if run.as_json:
+        run.emit(result.to_dict())
+    else:
+        _table(run, result)
+
+
+if __name__ == "__main__":
+    main()
