@@ -253,5 +253,99 @@ def pick_cmd(full, plot, **kw):
         _table(run, result)
 
 
+@main.command("encode")
+@_options
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The file to write; its extension picks the container.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--crf", type=int, help="Skip the search and encode at this CRF.")
+@click.option("--per-scene", is_flag=True, help="Detect shots, pick a CRF per shot and "
+              "encode with them (x264: zones in one pass; others: chunks joined).")
+@click.option("--threshold", type=click.FloatRange(0, 100), default=None,
+              help="Shot-cut threshold of --per-scene (ffmpeg scdet score).")
+@click.option("--min-shot", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Shots shorter than this many seconds join a neighbour.")
+@_guard("encode")
+def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
+    """Pick a CRF (or one per scene), then encode the whole input with it.
+
+    Audio, subtitles, chapters and metadata are copied. The encode is written beside OUTPUT
+    under a temporary name and renamed on success; Ctrl-C leaves no partial file.
+    """
+    from . import encode as enc
+
+    if output.exists() and not force:  # before minutes of probing, not after
+        raise lad.OutputExistsError(message(
+            "cpllm-ladder encode", "an OUTPUT that does not exist yet", f"{output} exists",
+            "pass --force to replace it, or choose another name"))
+    run = _Run(kw, "encode")
+    scenes = None
+    if per_scene:
+        picks = _scene_picks(run, threshold, min_shot)
+        scenes = [(p.start, p.end, p.crf) for p in picks]
+    elif crf is None:
+        result = _pick(run, False, None)
+        run.emit(result.to_dict())
+        if not run.as_json:
+            _table(run, result)
+        crf = result.crf
+    bar = None if kw["quiet"] else enc.progress_bar(sys.stderr)
+    done = enc.encode_file(run.source.path, output, run.settings, crf, scenes=scenes,
+                           force=force, ffmpeg=kw["ffmpeg"], progress=bar)
+    if run.as_json:
+        run.emit(done.to_dict())
+    else:
+        what = f"CRF {crf}" if crf is not None else f"{len(scenes)} scene CRFs"
+        click.echo(f"wrote {done.output} ({what}): {_size(done.bytes)}, {done.kbps:g} kb/s, "
+                   f"{done.seconds:.1f} s")
+
+
+def _scene_picks(run: _Run, threshold, min_shot):
+    from . import scenes as sc
+
+    kw = run.kw
+    shots = sc.detect_shots(run.source.path, kw["ffmpeg"],
+                            **({"threshold": threshold} if threshold is not None else {}),
+                            min_seconds=min_shot, progress=run.say)
+    run.say(f"{len(shots)} shot(s)")
+    picks = sc.pick_scenes(run.source, shots, run.settings, run.scorer, run.min_score,
+                           kw["max_drop"], kw["pool"], run.cache, kw["ffmpeg"], kw["vmaf"],
+                           run.say, kw["max_probes"])
+    for p in picks:
+        run.emit(p.to_dict())
+    return picks
+
+
+@main.command("scenes")
+@_options
+@click.option("--threshold", type=click.FloatRange(0, 100), default=None,
+              help="Shot-cut threshold (ffmpeg scdet score).")
+@click.option("--min-shot", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Shots shorter than this many seconds join a neighbour.")
+@_guard("scenes")
+def scenes_cmd(threshold, min_shot, **kw):
+    """Detect shots and pick a CRF per shot; print them and x264 zones."""
+    from . import scenes as sc
+
+    run = _Run(kw, "scenes")
+    picks = _scene_picks(run, threshold, min_shot)
+    zones = sc.zones(picks, run.settings.encoder)
+    single = sc.single_crf(picks)
+    if run.as_json:
+        run.emit({"type": "zones", "encoder": run.settings.encoder, "zones": zones,
+                  "single_crf": single})
+        return
+    click.echo(f"{'shot':>4} {'start':>8} {'end':>8} {'crf':>4} {'score':>7} {'source':>7} "
+               f"{'kb/s':>9}")
+    for p in picks:
+        flag = "" if p.met else "  (target not met: lowest CRF tried)"
+        click.echo(f"{p.index:>4} {p.start:>8.2f} {p.end:>8.2f} {p.crf:>4} {p.score:>7.3f} "
+                   f"{p.source_score:>7.3f} {p.predicted_kbps:>9.1f}{flag}")
+    click.echo(f"one CRF for all shots: {single}")
+    if zones:
+        click.echo(f"zones: {zones}")
+
+
+
 if __name__ == "__main__":
     main()

@@ -112,16 +112,15 @@ def run_ffmpeg(args: Sequence[str], where: str,
                             stderr=subprocess.PIPE, text=True, errors="replace")
     with _live_lock:
         _live.add(proc)
+    err: list[str] = []
+    # stderr is drained by a thread so that a chatty ffmpeg never blocks on a full pipe.
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        err: list[str] = []
-        # stderr is drained by a thread so that a chatty ffmpeg never blocks on a full pipe.
-        reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
-        reader.start()
         for line in proc.stdout:
             if on_line:
                 on_line(line.rstrip("\n"))
         proc.wait()
-        reader.join()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -129,6 +128,9 @@ def run_ffmpeg(args: Sequence[str], where: str,
     finally:
         with _live_lock:
             _live.discard(proc)
+        reader.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
     stderr = "".join(err)
     if proc.returncode != 0:
         raise FfmpegError(message(
@@ -137,9 +139,15 @@ def run_ffmpeg(args: Sequence[str], where: str,
     return stderr
 
 
+# ffmpeg 7+ follows the cause of a failure with thread-teardown lines; they say nothing.
+_NOISE = re.compile(r"Terminating thread|Task finished with error|Error sending frames to "
+                    r"consumers|before EOF|Nothing was written into output file|Conversion failed")
+
+
 def _relevant(stderr: str, lines: int = 4) -> str:
     """The lines of ffmpeg's stderr that say what went wrong (errors first, else the tail)."""
     text = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    text = [ln for ln in text if not _NOISE.search(ln)] or text
     bad = [ln for ln in text if re.search(r"error|invalid|unknown|no such|not |unable|fail",
                                           ln, re.IGNORECASE)]
     return " | ".join((bad or text)[-lines:]) or "no output"

@@ -641,14 +641,27 @@ class Ladder:
             return p
         refs = self.references()
         t0 = time.perf_counter()
-        jobs = min(len(refs), ff.cpus())
-        threads = ff.threads_per_job(jobs)
+        # Every sample at once, each scored (and measured) as soon as it is encoded: no core
+        # idles on the last sample while the others are done, and scoring fills the gaps.
+        jobs = min(len(refs), 2 * ff.cpus())
+        threads = max(1, ff.cpus() // jobs)
         outs = [self.dir / f"crf{crf}_{i}.mkv" for i in range(len(refs))]
+
+        def one(i: int) -> tuple[list[float], float | None]:
+            self._encode(refs[i], outs[i], crf, threads)
+            scores = self.scorer([str(outs[i])], [self.samples[i].key_frames])[0]
+            vm = ff.measure_fr(refs[i], outs[i], self.ffmpeg, threads,
+                               subsample=1)[0] if self.vmaf else None
+            return [float(v) for v in scores], vm
+
         with ThreadPoolExecutor(jobs) as ex:
-            list(ex.map(lambda a: self._encode(*a, crf, threads), zip(refs, outs, strict=True)))
+            done = list(ex.map(one, range(len(refs))))
         self.encodes += 1
-        frames = [float(v) for f in self._frame_scores(outs) for v in f]
-        vmaf = self._measure(refs, outs) if self.vmaf else None
+        frames = [v for f, _ in done for v in f]
+        vmaf = None
+        if self.vmaf:
+            vmaf = round(float(np.average([v for _, v in done],
+                                          weights=[s.duration for s in self.samples])), 3)
         size = sum(p.stat().st_size for p in outs)
         secs = sum(s.duration for s in self.samples)
         probe = Probe(crf, pool(np.array(frames), self.pool), frames, size,
@@ -669,12 +682,6 @@ class Ladder:
                        "-threads", str(threads), "-i", str(ref), "-map", "0:v:0",
                        "-fps_mode", "passthrough", *self.settings.args(crf, threads),
                        str(out)], f"cpllm-ladder: encoding the probe at CRF {crf}")
-
-    def _measure(self, refs: list[Path], outs: list[Path]) -> float:
-        vals = [ff.measure_fr(r, o, self.ffmpeg, subsample=1)[0] for r, o in zip(refs, outs,
-                                                                                  strict=True)]
-        weights = [s.duration for s in self.samples]
-        return round(float(np.average(vals, weights=weights)), 3)
 
     # the search ---------------------------------------------------------------------------
 

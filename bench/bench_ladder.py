@@ -1,0 +1,184 @@
+"""cpllm-ladder: speed against a VMAF-driven search, encodes per pick, and accuracy on dev.
+
+Two parts (both by default):
+
+``speed``: a 10 s 1080p clip made from the dev split's 1080p originals (five 2 s shots).
+``pick`` runs once without cache; then a VMAF-driven search over the same CRFs and the same
+samples (the same reference cuts and encodes, measured with libvmaf on every frame, as
+ab-av1 and Av1an's target quality do) runs in the same process. Printed as a ratio, since
+the shared machines drift by 25% in absolute speed.
+
+``dev``: every clean dev original (no ``reference``) is picked at the default target (the
+model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
+ladder of 20 levels (VMAF measured by ``cpllm-recipe``'s ladder stage, interpolated
+between levels). Goal: within 2 CRF on at least 80% of the sources.
+
+Needs ``data/recipe/ladder-dev/manifest.jsonl`` and the corpus
+(``cpllm-recipe --stage corpus --stage ladder`` rebuilds both).
+
+    python bench/bench_ladder.py [--part speed|dev] [--data data/recipe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+from cpllm_plugin.integrations import ffmpeg as ff  # noqa: E402
+from cpllm_plugin.integrations import ladder as lad  # noqa: E402
+
+
+def _rows(data: Path) -> list[dict]:
+    path = data / "ladder-dev" / "manifest.jsonl"
+    if not path.is_file():
+        sys.exit(f"missing {path}: run cpllm-recipe --stage corpus --stage ladder first")
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _original(data: Path, row: dict) -> Path:
+    return (data / "ladder-dev" / row["path"]).resolve()
+
+
+def vmaf_crossing(points: list[tuple[int, float]], level: float = 95.0) -> float | None:
+    """CRF where VMAF falls through ``level``, linear between ladder levels."""
+    pts = sorted(points)
+    if pts[0][1] < level:
+        return None
+    for (c0, v0), (c1, v1) in zip(pts, pts[1:], strict=False):
+        if v0 >= level > v1:
+            return c0 + (c1 - c0) * (v0 - level) / (v0 - v1)
+    return float(pts[-1][0])
+
+
+def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
+    rows = _rows(data)
+    clean = [r for r in rows if r["original"] and not r["reference"]]
+    print(f"\n## dev: {len(clean)} clean dev originals, target {target:.3f} (VMAF 95)")
+    print(f"{'source':24} {'size':>10} {'pick':>5} {'vmaf95':>7} {'diff':>6} {'encodes':>8} "
+          f"{'s':>6}")
+    diffs, encodes, seconds = [], [], []
+    for r in clean:
+        pts = [(x["crf"], x["vmaf"]) for x in rows
+               if x["source"] == r["source"] and x["crf"] is not None and x["vmaf"] is not None]
+        cross = vmaf_crossing(pts)
+        src = _original(data, r)
+        t0 = time.perf_counter()
+        with lad.Ladder(src, lad.Settings(), scorer) as ladder:
+            try:
+                crf = lad.pick(ladder, target, lad_max_drop(), lad.MAX_PROBES).crf
+            except lad.NoCrfMeetsTargetError:
+                crf = None
+            n = ladder.encodes
+        dt = time.perf_counter() - t0
+        encodes.append(n)
+        seconds.append(dt)
+        d = None if crf is None or cross is None else crf - cross
+        if d is not None:
+            diffs.append(d)
+        info = ladder.source
+        print(f"{r['source']:24} {info.width:>4}x{info.height:<5} {crf!s:>5} "
+              f"{'-' if cross is None else f'{cross:.1f}':>7} "
+              f"{'-' if d is None else f'{d:+.1f}':>6} {n:>8} {dt:>6.1f}")
+    d = np.array(diffs)
+    within = float(np.mean(np.abs(d) <= 2)) if len(d) else float("nan")
+    print(f"\nwithin 2 CRF of the VMAF-95 crossing: {within:.0%} of {len(d)} "
+          f"(goal >= 80%); median diff {np.median(d):+.1f}, mean |diff| {np.abs(d).mean():.1f}")
+    hist = Counter(int(np.clip(np.round(x), -8, 8)) for x in d)
+    print("distribution of pick - crossing (CRF, rounded; |x| > 8 clipped):")
+    for k in range(-8, 9):
+        if hist.get(k):
+            print(f"  {k:+3d} {'#' * hist[k]}")
+    print(f"encodes per pick: mean {np.mean(encodes):.2f}, max {max(encodes)}; "
+          f"seconds per pick: mean {np.mean(seconds):.1f}")
+
+
+def lad_max_drop() -> float:
+    from cpllm_plugin.integrations.cli import DEFAULT_MAX_DROP
+
+    return DEFAULT_MAX_DROP
+
+
+def _ten_second_clip(data: Path, out: Path) -> Path:
+    from cpllm_plugin.video import probe
+
+    # Five clean 1920x1080 originals of the corpus (either split: this part measures speed).
+    corpus = (data / "corpus" / "originals").resolve()
+    shots = [p for p in sorted(corpus.glob("*.mp4")) if "__" not in p.name
+             and (probe(p).width, probe(p).height) == (1920, 1080)]
+    if len(shots) < 5:
+        sys.exit(f"need five 1920x1080 originals in {corpus}, found {len(shots)}")
+    exe = ff.find_ffmpeg()
+    inputs = [a for s in shots[:5] for a in ("-i", str(s))]
+    graph = "".join(f"[{i}:v]fps=24,scale=1920:1080,setsar=1,trim=duration=2,"
+                    f"setpts=PTS-STARTPTS[v{i}];" for i in range(5))
+    graph += "".join(f"[v{i}]" for i in range(5)) + "concat=n=5:v=1:a=0[out]"
+    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", *inputs,
+                    "-filter_complex", graph, "-map", "[out]", "-c:v", "libx264", "-crf", "14",
+                    "-preset", "fast", str(out)], check=True)
+    return out
+
+
+class _NoScore:
+    """Scores nothing: the VMAF baseline pays for encodes and VMAF only."""
+
+    id = "none"
+
+    def __call__(self, paths, key_frames):
+        return [np.zeros(k) for k in key_frames]
+
+
+def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-ladder-") as tmp:
+        clip = _ten_second_clip(data, Path(tmp) / "ten.mp4")
+        src = lad.inspect(clip)
+        print(f"\n## speed: {src.width}x{src.height}, {src.duration:.1f} s, {src.fps:g} fps")
+        t0 = time.perf_counter()
+        with lad.Ladder(src, lad.Settings(), scorer) as ladder:
+            result = lad.pick(ladder, target, lad_max_drop())
+            crfs = [p.crf for p in result.probes]
+            samples = ladder.samples
+        t_pick = time.perf_counter() - t0
+
+        # The VMAF-driven search: the same engine, samples and CRFs, measuring VMAF on
+        # every frame (as ab-av1 and Av1an do) instead of predicting a score.
+        t0 = time.perf_counter()
+        with lad.Ladder(src, lad.Settings(), _NoScore(), samples=samples, vmaf=True) as base:
+            vmafs = {c: base.probe(c).vmaf for c in crfs}
+        t_vmaf = time.perf_counter() - t0
+        print(f"samples: {len(samples)} x {samples[0].duration:g} s, "
+              f"{samples[0].key_frames} key frames each")
+        print(f"pick: CRF {result.crf} (score {result.score:.3f}, {result.encodes} encodes) "
+              f"in {t_pick:.1f} s")
+        print(f"VMAF search over the same CRFs {crfs}: {t_vmaf:.1f} s; VMAF at the pick "
+              f"{vmafs[result.crf]:.2f}")
+        print(f"ratio pick / VMAF search: {t_pick / t_vmaf:.2f} (goal <= 0.5)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["speed", "dev", "all"], default="all")
+    ap.add_argument("--data", type=Path, default=Path("data/recipe"))
+    ap.add_argument("--model", default="cpllm-lite")
+    a = ap.parse_args()
+    print(json.dumps(describe()))
+    scorer = lad.Scorer(a.model)
+    target = lad.vmaf_to_score(lad.DEFAULT_VMAF, scorer.calibration())
+    if a.part in ("speed", "all"):
+        part_speed(a.data, scorer, target)
+    if a.part in ("dev", "all"):
+        part_dev(a.data, scorer, target)
+
+
+if __name__ == "__main__":
+    main()
