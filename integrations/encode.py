@@ -1,0 +1,519 @@
+"""The final encode of ``cpllm-ladder encode``: the whole input at the picked CRF(s).
+
+One CRF (:func:`encode_file` with ``crf=``) is one ffmpeg run. Per-scene CRFs (``scenes=``)
+are one run with x264 zones for libx264; other encoders have no per-frame CRF through
+ffmpeg, so each scene is encoded as its own chunk and the chunks are joined with the concat
+demuxer, losslessly, in the same run that adds the source's other streams.
+
+Either way the source's audio and subtitles are copied (subtitles converted where the
+output container needs another text format), with its metadata and chapters. ffmpeg
+writes to a hidden temporary file beside OUTPUT that is renamed onto OUTPUT only when all
+went well: a failure, Ctrl-C or SIGTERM leaves OUTPUT as it was and no temporary file.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import secrets
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+from cpllm_plugin.errors import VideoDecodeError, message
+
+from . import ffmpeg as ff
+from .ladder import LadderArgumentError, OutputExistsError, Settings, inspect
+
+WHERE = "cpllm-ladder encode"
+
+# Subtitle formats that are text, so an MP4 or WebM output can take them converted.
+TEXT_SUBS = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"})
+# What each encoder of ENCODERS writes (WebM takes only VP8, VP9 and AV1).
+CODEC_OF = {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1", "libvpx-vp9": "vp9"}
+# Output containers by file extension; others are left to ffmpeg's own muxer rules.
+KINDS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm"}
+# Audio that ffmpeg's muxers refuse to copy into the container (checked with ffmpeg 9).
+NO_AUDIO = {"mp4": {"truehd"}, "mov": {"opus", "flac", "truehd"}}
+WEBM_AUDIO = frozenset({"opus", "vorbis"})
+
+Scenes = list[tuple[float, float, int]]
+
+
+@dataclass
+class EncodeResult:
+    """What :func:`encode_file` wrote.
+
+    Attributes:
+        output: the output file.
+        bytes: its size.
+        seconds: wall-clock time the encode took.
+        crf: the one CRF (None with per-scene CRFs).
+        scenes: ``(start_s, end_s, crf)`` per scene (None with one CRF).
+        encoder: the encoder name.
+        encoder_args: the encoder's options as reported (no CRF, no thread cap).
+        kbps: average bitrate of the whole file over the source's duration.
+        duration: the source's duration in seconds.
+    """
+
+    output: Path
+    bytes: int
+    seconds: float
+    crf: int | None
+    scenes: Scenes | None
+    encoder: str
+    encoder_args: list[str]
+    kbps: float
+    duration: float
+
+    def to_dict(self) -> dict:
+        return {"type": "encode", "output": str(self.output), "bytes": self.bytes,
+                "seconds": self.seconds, "crf": self.crf,
+                "scenes": [list(s) for s in self.scenes] if self.scenes else None,
+                "encoder": self.encoder, "encoder_args": self.encoder_args,
+                "kbps": self.kbps, "duration": self.duration}
+
+
+@dataclass(frozen=True)
+class _Streams:
+    """The source's streams, as ffmpeg numbers them."""
+
+    video: int  # the first video stream that is not an attached picture
+    rate: Fraction
+    origin: float  # seconds from the file's start to the video's first frame
+    frames: int
+    audio: list[tuple[int, str]]  # (index, codec)
+    subs: list[tuple[int, str]]
+    covers: list[int]  # attached pictures (cover art)
+    attachments: int  # Matroska attachments (fonts)
+    tags: dict[str, str]  # the video stream's language and title
+    default: bool  # the video stream is marked the default one
+
+
+def _streams(path: Path) -> _Streams:
+    import av
+
+    from cpllm_plugin.video import probe
+
+    frames = probe(path).frame_count
+    try:
+        with av.open(str(path)) as c:
+            video, covers, audio, subs, attachments = None, [], [], [], 0
+            for s in c.streams:
+                cc = getattr(s, "codec_context", None)
+                name = cc.codec.canonical_name if cc else ""  # the codec's, not a decoder's
+                if s.type == "video":
+                    if int(s.disposition) & int(av.stream.Disposition.attached_pic):
+                        covers.append(s.index)
+                    elif video is None:
+                        video = s
+                elif s.type == "audio":
+                    audio.append((s.index, name))
+                elif s.type == "subtitle":
+                    subs.append((s.index, name))
+                elif s.type == "attachment":
+                    attachments += 1
+            rate = video.average_rate or video.guessed_rate or video.base_rate
+            start = video.start_time * video.time_base if video.start_time is not None else 0
+            first = c.start_time / 1e6 if c.start_time is not None else float(start)
+            tags = {k.lower(): v for k, v in video.metadata.items()
+                    if k.lower() in ("language", "title")}
+            return _Streams(video.index, Fraction(rate), max(0.0, float(start) - first),
+                            frames, audio, subs, covers, attachments, tags,
+                            bool(int(video.disposition) & int(av.stream.Disposition.default)))
+    except (av.error.FFmpegError, AttributeError, TypeError, ZeroDivisionError) as exc:
+        # probe() vetted the file; this is a stream it could read but not list
+        raise VideoDecodeError(message(WHERE, "a video whose streams can be listed",
+                                       f"{path}: {type(exc).__name__}: {exc}",
+                                       "re-mux it: ffmpeg -i IN -c copy OUT.mkv")) from None
+
+
+# --- containers ---------------------------------------------------------------------------
+
+
+def _kind(output: Path) -> str:
+    if not output.suffix:
+        raise LadderArgumentError(message(
+            WHERE, "an OUTPUT name with an extension that names the container",
+            f"{str(output)!r}", "name it e.g. OUT.mkv, OUT.mp4 or OUT.webm"))
+    return KINDS.get(output.suffix.lower(), "other")
+
+
+def _others(st: _Streams, kind: str, encoder: str, i: int) -> list[str]:
+    """Maps and options for input ``i``'s audio, subtitles, covers, metadata and chapters.
+
+    Raises :class:`LadderArgumentError` for streams the container cannot hold, before any
+    encoding; warns for the streams it drops.
+    """
+    fix = "write a .mkv, which takes any stream"
+    if kind == "webm" and CODEC_OF.get(encoder) not in ("vp9", "av1"):
+        raise LadderArgumentError(message(
+            WHERE, "VP9 or AV1 video for a WebM output", f"--encoder {encoder}",
+            f"use --encoder libvpx-vp9 or libsvtav1, or {fix}"))
+    if kind == "mov" and CODEC_OF.get(encoder) in ("vp9", "av1"):
+        raise LadderArgumentError(message(
+            WHERE, "H.264 or HEVC video for a .mov output", f"--encoder {encoder}",
+            f"write a .mp4 (which takes {CODEC_OF[encoder].upper()}), or {fix}"))
+    bad = [c for _, c in st.audio
+           if (c not in WEBM_AUDIO if kind == "webm" else c in NO_AUDIO.get(kind, ()))]
+    if bad:
+        takes = "Opus or Vorbis audio" if kind == "webm" else f"audio a .{kind} can hold"
+        raise LadderArgumentError(message(
+            WHERE, takes, f"{', '.join(bad)} audio in the source (copied, never re-encoded)",
+            fix))
+
+    out = []
+    for idx, _ in st.audio:
+        out += ["-map", f"{i}:{idx}"]
+    if st.audio:
+        out += ["-c:a", "copy"]
+    k = 0
+    for idx, codec in st.subs:
+        if kind in ("mp4", "mov", "webm"):
+            if codec not in TEXT_SUBS:
+                warnings.warn(f"subtitle stream {idx} ({codec}) is left out: not a text "
+                              f"format a .{kind} can take (write a .mkv to keep it)",
+                              stacklevel=3)
+                continue
+            to = "webvtt" if kind == "webm" else "mov_text"
+        elif kind == "mkv":
+            to = "srt" if codec == "mov_text" else "copy"  # Matroska has no mov_text
+        else:
+            to = "copy"
+        out += ["-map", f"{i}:{idx}", f"-c:s:{k}", to]
+        k += 1
+    if st.covers and kind in ("mp4", "mov"):
+        for n, idx in enumerate(st.covers, start=1):  # video output 0 is the encode
+            out += ["-map", f"{i}:{idx}", f"-c:v:{n}", "copy",
+                    f"-disposition:v:{n}", "attached_pic"]
+    elif st.covers:
+        warnings.warn(f"the cover picture is left out: ffmpeg cannot write one to .{kind} "
+                      "(write a .mp4 to keep it)", stacklevel=3)
+    if st.attachments and kind == "mkv":
+        out += ["-map", f"{i}:t", "-c:t", "copy"]  # fonts of ASS subtitles
+    elif st.attachments:
+        warnings.warn(f"{st.attachments} attachment(s) (fonts) left out: only .mkv holds them",
+                      stacklevel=3)
+    out += ["-map_metadata", str(i), "-map_chapters", str(i)]
+    if kind in ("mp4", "mov"):
+        out += ["-movflags", "+faststart"]  # the index first: playback starts before download
+    return out
+
+
+def _first_video(args: list[str]) -> list[str]:
+    """Encoder options aimed at video output 0 only, so copied cover pictures keep theirs."""
+    out = list(args)
+    for j in range(0, len(out) - 1, 2):
+        key = out[j]
+        if key.endswith(":v"):
+            out[j] = f"{key}:0"
+        elif key in ("-pix_fmt", "-r", "-s", "-aspect"):
+            out[j] = f"{key}:v:0"
+    return out
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def _check_output(source: Path, output: Path, force: bool) -> None:
+    same = os.path.realpath(source) == os.path.realpath(output)
+    if not same and output.exists():
+        try:
+            same = os.path.samefile(source, output)
+        except OSError:
+            same = False
+    if same:
+        raise LadderArgumentError(message(
+            WHERE, "an OUTPUT other than the input", f"{str(output)!r}, which is the input "
+            "itself", "write to a new file; the input is never modified"))
+    if output.is_dir():
+        raise LadderArgumentError(message(WHERE, "an OUTPUT file", f"{output}, a directory",
+                                          "give a file name, e.g. DIR/out.mkv"))
+    if output.exists() and not force:
+        raise OutputExistsError(message(
+            WHERE, "an OUTPUT that does not exist yet", f"{output}, which exists",
+            "pass --force (force=True) to replace it, or choose another OUTPUT"))
+    parent = output.parent
+    if not parent.is_dir():
+        raise LadderArgumentError(message(WHERE, "OUTPUT in an existing folder",
+                                          f"{parent}, which does not exist", "create it first"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LadderArgumentError(message(WHERE, "OUTPUT in a folder you may write to",
+                                          f"{parent}, which is read-only",
+                                          "choose another folder"))
+
+
+def _check_crf(settings: Settings, crf, what: str = "crf") -> int:
+    lo, hi = settings.table.crf_range
+    if isinstance(crf, bool) or not isinstance(crf, numbers.Real) or crf != int(crf) \
+            or not lo <= crf <= hi:
+        raise LadderArgumentError(message(
+            WHERE, f"a whole {what} in {lo}..{hi} for {settings.encoder}", repr(crf),
+            f"pick a CRF in {lo}..{hi}"))
+    return int(crf)
+
+
+def _bounds(scenes, settings: Settings, st: _Streams, duration: float) -> list[int]:
+    """First frame of each scene, then the frame count: ``len(scenes) + 1`` numbers.
+
+    Scene times count from the video's first frame; they must follow on from each other
+    (to within a frame) and span the input.
+    """
+    fps = float(st.rate)
+    tol = 1.0 / fps + 1e-6
+    duration -= st.origin  # a video that starts late (after the audio) is that much shorter
+    fix = "pass scenes as (start_s, end_s, crf) in order, covering the input without gaps"
+    if not scenes:
+        raise LadderArgumentError(message(WHERE, "at least one scene", "none", fix))
+    try:
+        rows = [(float(a), float(b), c) for a, b, c in scenes]
+    except (TypeError, ValueError):
+        raise LadderArgumentError(message(WHERE, "scenes of (start_s, end_s, crf)",
+                                          repr(scenes)[:80], fix)) from None
+    for n, (a, b, c) in enumerate(rows):
+        _check_crf(settings, c, f"CRF of scene {n}")
+        if not b > a:
+            raise LadderArgumentError(message(WHERE, "scenes that end after they start",
+                                              f"scene {n} at {a:g}..{b:g} s", fix))
+    gaps = [n for n in range(len(rows) - 1) if abs(rows[n][1] - rows[n + 1][0]) > tol]
+    if abs(rows[0][0]) > tol or gaps or rows[-1][1] < duration - tol:
+        got = (f"a first scene starting at {rows[0][0]:g} s" if abs(rows[0][0]) > tol else
+               f"scene {gaps[0]} ending at {rows[gaps[0]][1]:g} s and the next starting at "
+               f"{rows[gaps[0] + 1][0]:g} s" if gaps else
+               f"a last scene ending at {rows[-1][1]:g} s of {duration:g} s")
+        raise LadderArgumentError(message(WHERE, "scenes that cover the input", got, fix))
+    bounds = [0, *(round(a * fps) for a, _, _ in rows[1:]), st.frames]
+    short = [n for n in range(len(rows)) if bounds[n + 1] <= bounds[n]]
+    if short:
+        raise LadderArgumentError(message(WHERE, "scenes of at least one frame",
+                                          f"scene {short[0]} with none at {fps:g} fps", fix))
+    return bounds
+
+
+# --- the encode ---------------------------------------------------------------------------
+
+
+def _temp(output: Path, tail: str) -> Path:
+    """A hidden name beside OUTPUT (same folder: the final rename is atomic)."""
+    return output.parent / f".{output.stem}.{secrets.token_hex(4)}.part{tail}"
+
+
+def _on_progress(progress, offset: float, total: float):
+    """An ``on_line`` for ``-progress pipe:1`` calling ``progress(done, total)``."""
+    if progress is None:
+        return None
+
+    def on_line(line: str) -> None:
+        key, _, value = line.partition("=")
+        if key == "out_time_us" and value.strip().lstrip("-").isdigit():
+            done = offset + max(0, int(value)) / 1e6
+            progress(min(done, total), total)
+
+    return on_line
+
+
+def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: Settings,
+                crf: int | None = None, *, scenes: Scenes | None = None,
+                force: bool = False, ffmpeg: str | None = None,
+                progress: Callable[[float, float], None] | None = None) -> EncodeResult:
+    """Encode ``source`` into ``output`` at one CRF or at a CRF per scene.
+
+    Args:
+        source: the input video; it is only read.
+        output: the file to write; its extension picks the container (.mkv, .mp4, .mov,
+            .webm, or anything ffmpeg knows). Never the input itself.
+        settings: encoder, preset, options, pixel format and filter (as the ladder used).
+        crf: one CRF for the whole input; or
+        scenes: ``(start_s, end_s, crf)`` per scene, in order, covering the input (times
+            from the first frame, as ``cpllm-ladder scenes`` gives them).
+        force: replace an existing ``output``.
+        ffmpeg: the ffmpeg binary (see :func:`~.ffmpeg.find_ffmpeg`).
+        progress: called with ``(done_seconds, total_seconds)`` as the encode advances.
+
+    Returns:
+        The :class:`EncodeResult`.
+
+    Raises:
+        VideoNotFoundError, EmptyInputError, NoVideoStreamError, VideoDecodeError: a bad
+            input (from :func:`~.ladder.inspect`).
+        OutputExistsError: ``output`` exists and ``force`` is False.
+        LadderArgumentError: bad CRF or scenes, OUTPUT is the input, or the container
+            cannot hold the encoder's video or the source's audio.
+        FfmpegError: ffmpeg failed (its message quoted); ``output`` is left as it was.
+    """
+    t0 = time.perf_counter()
+    src = inspect(source, WHERE)
+    out = Path(output)
+    ff.get_encoder(settings.encoder, f"{WHERE} --encoder")  # fails before anything runs
+    if (crf is None) == (scenes is None):
+        raise LadderArgumentError(message(
+            WHERE, "exactly one of crf (one CRF) and scenes (a CRF per scene)",
+            "both" if scenes is not None else "neither", "pass --crf N or --scenes FILE"))
+    _check_output(src.path, out, force)
+    kind = _kind(out)
+    exe = ff.find_ffmpeg(ffmpeg)
+    st = _streams(src.path)
+    if crf is not None:
+        crf = _check_crf(settings, crf)
+        bounds = None
+    else:
+        bounds = _bounds(scenes, settings, st, src.duration)
+        scenes = [(float(a), float(b), int(c)) for a, b, c in scenes]
+        if len(scenes) == 1:
+            bounds = None  # one scene is one CRF
+    single = bounds is None or settings.encoder == "libx264"
+    others = _others(st, kind, settings.encoder, 0 if single else 1)
+    threads = ff.cpus()
+    tmp = _temp(out, out.suffix)
+    chunks: Path | None = None
+    head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    tail = ["-progress", "pipe:1", "-nostats"]
+    vf = ["-filter:v:0", settings.vfilter] if settings.vfilter else []
+    try:
+        if single:
+            if bounds is None:
+                use, level = settings, crf if crf is not None else scenes[0][2]
+            else:  # x264 zones: one pass whose CRF changes at the scene cuts
+                zones = "/".join(f"{bounds[n]},{bounds[n + 1] - 1},crf={c}"
+                                 for n, (_, _, c) in enumerate(scenes))
+                opts = dict(settings.options)
+                opts["x264-params"] = ":".join(
+                    p for p in (opts.get("x264-params"), f"zones={zones}") if p)
+                use = replace(settings, options=tuple(opts.items()))
+                # the CRF outside zones (none are left): the scenes' time-weighted mean
+                level = round(sum((b - a) * c for a, b, c in scenes)
+                              / sum(b - a for a, b, _ in scenes))
+            ff.run_ffmpeg([*head, "-i", str(src.path), "-map", f"0:{st.video}", *others,
+                           *vf, "-fps_mode:v:0", "passthrough",
+                           *_first_video(use.args(level, threads)), *tail, str(tmp)],
+                          f"{WHERE} at CRF {level}" if bounds is None else
+                          f"{WHERE} with {len(scenes)} scene CRFs (x264 zones)",
+                          _on_progress(progress, 0.0, src.duration))
+        else:
+            chunks = _temp(out, "")
+            chunks.mkdir()
+            names = _encode_chunks(head, src.path, st, settings, scenes,
+                                   bounds, chunks, threads, progress, src.duration)
+            (chunks / "list.txt").write_text("".join(f"file '{n}'\n" for n in names))
+            video = _first_video(settings.args(0, None))
+            tag = [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
+                   for a in video[j:j + 2]]
+            shift = ["-itsoffset", f"{st.origin:.6f}"] if st.origin > 5e-4 else []
+            # The video's tags come from the chunks (encoder); its language and title from
+            # the source. (-map_metadata:s:v:0 would stop the default copy of the others'.)
+            keep = [a for k, v in st.tags.items() for a in ("-metadata:s:v:0", f"{k}={v}")]
+            keep += ["-disposition:v:0", "default"] if st.default else []
+            ff.run_ffmpeg([*head, *shift, "-f", "concat", "-safe", "0",
+                           "-i", str(chunks / "list.txt"), "-i", str(src.path),
+                           "-map", "0:v:0", *others, "-c:v:0", "copy", *tag, *keep,
+                           str(tmp)], f"{WHERE}: joining {len(names)} scene chunks")
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise ff.FfmpegError(message(WHERE, "ffmpeg to write the output",
+                                         "no output file", "run the ffmpeg command by hand"))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if chunks is not None:
+            shutil.rmtree(chunks, ignore_errors=True)
+    if progress is not None:
+        progress(src.duration, src.duration)
+    size = out.stat().st_size
+    return EncodeResult(out, size, round(time.perf_counter() - t0, 2), crf,
+                        scenes if crf is None else None, settings.encoder, settings.public(),
+                        round(size * 8 / src.duration / 1000, 1), src.duration)
+
+
+def _encode_chunks(head: list[str], src: Path, st: _Streams, settings: Settings, scenes: Scenes,
+                   bounds: list[int], folder: Path, threads: int, progress,
+                   total: float) -> list[str]:
+    """Encode scene ``n`` (frames ``bounds[n] .. bounds[n + 1] - 1``) to its own chunk.
+
+    Each chunk is cut with ``-ss`` before ``-i`` (a fast seek, then decoding to the exact
+    frame) and ``-t``, both half a frame before the frame times, so that each frame falls
+    in exactly one chunk; ``-frames:v`` caps the count where no filter changes it. Chunks
+    are MP4: exact timestamps (Matroska rounds to milliseconds), any of the encoders.
+    """
+    fps = float(st.rate)
+    names = []
+    last = len(scenes) - 1
+    for n, (_, _, c) in enumerate(scenes):
+        f0, count = bounds[n], bounds[n + 1] - bounds[n]
+        seek = [] if f0 == 0 else ["-ss", f"{st.origin + (f0 - 0.5) / fps:.6f}"]
+        # without -ss, -t runs from the first frame; with it, from the seek point
+        span = (count - 0.5) / fps if f0 == 0 else count / fps
+        until = [] if n == last else ["-t", f"{span:.6f}"]
+        cap = [] if n == last or settings.vfilter else ["-frames:v", str(count)]
+        chain = ",".join(f for f in ("setpts=PTS-STARTPTS", settings.vfilter) if f)
+        name = f"scene{n:05d}.mp4"
+        ff.run_ffmpeg([*head, *seek, *until, "-i", str(src), "-map", f"0:{st.video}",
+                       "-an", "-sn", "-dn", "-map_metadata", "-1", "-filter:v", chain,
+                       "-fps_mode", "passthrough", *settings.args(c, threads),
+                       "-force_key_frames", "expr:eq(n,0)", *cap,
+                       "-progress", "pipe:1", "-nostats", str(folder / name)],
+                      f"{WHERE}: scene {n} (frames {f0}..{f0 + count - 1}) at CRF {c}",
+                      _on_progress(progress, f0 / fps, total))
+        names.append(name)
+    return names
+
+
+# --- progress bar -------------------------------------------------------------------------
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
+        f"{s // 60:d}:{s % 60:02d}"
+
+
+class _Bar:
+    """One line redrawn with carriage returns: bar, percent, speed, ETA."""
+
+    def __init__(self, stream, width: int = 28, every: float = 0.25):
+        self.stream, self.width, self.every = stream, width, every
+        self.t0 = time.monotonic()  # made just before the encode starts
+        self.last = -1e9
+        self.shown = 0
+        self.ended = False
+
+    def __call__(self, done: float, total: float) -> None:
+        now = time.monotonic()
+        end = total > 0 and done >= total
+        if self.ended or (not end and now - self.last < self.every):
+            return
+        self.last = now
+        frac = min(1.0, max(0.0, done / total)) if total > 0 else 0.0
+        elapsed = now - self.t0
+        speed = done / elapsed if elapsed > 0 else 0.0
+        fill = int(frac * self.width)
+        bar = "#" * fill + "-" * (self.width - fill)
+        when = (f"{_clock(elapsed)} elapsed" if end else
+                f"ETA {_clock((total - done) / speed if speed > 0 else None)}")
+        text = f"[{bar}] {frac * 100:5.1f}%  {speed:5.2f}x  {when}"
+        pad = " " * max(0, self.shown - len(text))  # wipe what a longer line left
+        self.shown = len(text)
+        self.stream.write(f"\r{text}{pad}" + ("\n" if end else ""))
+        self.stream.flush()
+        self.ended = end
+
+    def close(self) -> None:
+        """End the line (after an interrupted encode)."""
+        if self.shown and not self.ended:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.ended = True
+
+
+def progress_bar(stream=None) -> Callable[[float, float], None]:
+    """A ``progress`` for :func:`encode_file` drawing one line on ``stream`` (stderr):
+    ``[#####-----]  45.2%   3.10x  ETA 0:42``, redrawn at most four times a second and
+    ended with a newline at 100 % (call its ``close()`` to end it early)."""
+    return _Bar(stream or sys.stderr)
