@@ -289,3 +289,25 @@ def test_bundled_model_end_to_end(tmp_path):
     assert pick["model"].startswith("cpllm-lite@") and 15 <= pick["crf"] <= 51
     assert pick["score"] >= pick["target"] and pick["encodes"] <= 6
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_cli_encode_writes_the_picked_crf(small, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cpllm_plugin.integrations import cli
+    from cpllm_plugin.video import read_key_frames
+
+    monkeypatch.setattr(lad, "Scorer", lambda model, backend: Bitrate())
+    out = tmp_path / "out.mp4"
+    args = ["encode", str(small), "-o", str(out), "--min-score", "3.6", "--preset",
+            "ultrafast", "--json", "--no-cache", "-q"]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    pick = next(x for x in lines if x["type"] == "pick")
+    assert lines[-1]["type"] == "encode"
+    assert f"crf={pick['crf']}.0".encode() in out.read_bytes()  # x264's settings SEI
+    assert read_key_frames(out, 3).frames.shape[0] == 3  # it plays
+    again = CliRunner().invoke(cli.main, args)
+    err = json.loads(again.stdout.splitlines()[-1])
+    assert again.exit_code == 1 and err["error"] == "OutputExistsError"
