@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cpllm-ladder pick samples/sample.mp4 --no-cache
+	$(BIN)/cpllm-ladder pick samples/sample.mp4
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

@@ -45,10 +45,10 @@ def _range(ctx, param, value):
         raise click.BadParameter(f"expected LOW:HIGH (e.g. 18:40), got {value!r}") from None
 
 
-def _options(f):
-    """The options every subcommand shares: encoder, target, samples, model, output."""
+def pick_options(f):
+    """The options of a pick: encoder, target, samples, model, output. Shared by every
+    ``cpllm-ladder`` subcommand and by batch jobs (one definition)."""
     opts = [
-        click.argument("input", type=click.Path(path_type=Path)),
         click.option("-e", "--encoder", default="libx264", show_default=True,
                      type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
         click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
@@ -99,8 +99,13 @@ def _options(f):
     return f
 
 
-class _Run:
-    """What one invocation resolved from its options."""
+def _options(f):
+    return click.argument("input", type=click.Path(path_type=Path))(pick_options(f))
+
+
+class Run:
+    """What one invocation resolved from its options (``kw``: those of :func:`pick_options`
+    plus ``input``)."""
 
     def __init__(self, kw: dict, command: str):
         self.kw = kw
@@ -189,7 +194,7 @@ def main() -> None:
     """Pick a video's CRF by CP-LLM's predicted quality (no reference needed)."""
 
 
-def _pick(run: _Run, full: bool, plot: Path | None) -> lad.Pick:
+def _pick(run: Run, full: bool, plot: Path | None) -> lad.Pick:
     with run.ladder() as ladder:
         try:
             result = lad.pick(ladder, run.min_score, run.kw["max_drop"],
@@ -204,7 +209,7 @@ def _pick(run: _Run, full: bool, plot: Path | None) -> lad.Pick:
     return result
 
 
-def _table(run: _Run, result: lad.Pick) -> None:
+def _table(run: Run, result: lad.Pick) -> None:
     t = result.target
     how = (f"{t.min_score:.3f} ({run.target_note})" if t.rule == "min-score" else
            f"{t.value:.3f} = source {t.source_score:.3f} - max-drop {t.max_drop:g} "
@@ -245,7 +250,7 @@ def _size(n: int) -> str:
 @_guard("pick")
 def pick_cmd(full, plot, **kw):
     """Choose the highest CRF whose predicted quality meets the target."""
-    run = _Run(kw, "pick")
+    run = Run(kw, "pick")
     result = _pick(run, full, plot)
     if run.as_json:
         run.emit(result.to_dict())
@@ -278,7 +283,7 @@ def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
         raise lad.OutputExistsError(message(
             "cpllm-ladder encode", "an OUTPUT that does not exist yet", f"{output} exists",
             "pass --force to replace it, or choose another name"))
-    run = _Run(kw, "encode")
+    run = Run(kw, "encode")
     scenes = None
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
@@ -300,7 +305,7 @@ def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
                    f"{done.seconds:.1f} s")
 
 
-def _scene_picks(run: _Run, threshold, min_shot):
+def _scene_picks(run: Run, threshold, min_shot):
     from . import scenes as sc
 
     kw = run.kw
@@ -327,7 +332,7 @@ def scenes_cmd(threshold, min_shot, **kw):
     """Detect shots and pick a CRF per shot; print them and x264 zones."""
     from . import scenes as sc
 
-    run = _Run(kw, "scenes")
+    run = Run(kw, "scenes")
     picks = _scene_picks(run, threshold, min_shot)
     zones = sc.zones(picks, run.settings.encoder)
     single = sc.single_crf(picks)
