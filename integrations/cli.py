@@ -66,8 +66,10 @@ def pick_options(f):
                      "mapped to a score by the model's calibration."),
         click.option("--max-drop", type=click.FloatRange(0, 4, min_open=True),
                      default=DEFAULT_MAX_DROP, show_default=True,
-                     help="For a source already below the target: keep within this much "
-                     "of its own score."),
+                     help="Target at most this far below the source's own score (the "
+                     "target is the lower of --min-score and source - D)."),
+        click.option("--no-max-drop", is_flag=True, help="The target is --min-score even "
+                     "for a source below it."),
         click.option("--samples", "count", type=click.IntRange(1, 100),
                      help="Samples spread over the input (default: from its length)."),
         click.option("--sample-seconds", type=click.FloatRange(0.2, min_open=False),
@@ -123,6 +125,8 @@ class Run:
         self.scorer = lad.Scorer(kw["model"], kw["backend"])
         self.min_score, self.target_note = self._min_score()
         self.cache = None if kw["no_cache"] else (kw["cache_dir"] or lad.default_cache())
+        if kw.pop("no_max_drop", False):
+            kw["max_drop"] = None
 
     def _min_score(self) -> tuple[float, str]:
         kw = self.kw
@@ -287,7 +291,7 @@ def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
     scenes = None
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
-        scenes = [(p.start, p.end, p.crf) for p in picks]
+        scenes = [(p.shot.start, p.shot.end, p.crf) for p in picks]
     elif crf is None:
         result = _pick(run, False, None)
         run.emit(result.to_dict())
@@ -334,23 +338,22 @@ def scenes_cmd(threshold, min_shot, **kw):
 
     run = Run(kw, "scenes")
     picks = _scene_picks(run, threshold, min_shot)
-    zones = sc.zones(picks, run.settings.encoder)
-    single = sc.single_crf(picks)
     if run.as_json:
-        run.emit({"type": "zones", "encoder": run.settings.encoder, "zones": zones,
-                  "single_crf": single})
+        run.emit(sc.summary(picks, run.settings.encoder))
         return
-    click.echo(f"{'shot':>4} {'start':>8} {'end':>8} {'crf':>4} {'score':>7} {'source':>7} "
-               f"{'kb/s':>9}")
+    click.echo(f"{'shot':>4} {'start':>8} {'end':>8} {'frames':>7} {'crf':>4} {'score':>7} "
+               f"{'source':>7} {'target':>7} {'kb/s':>9}")
     for p in picks:
         flag = "" if p.met else "  (target not met: lowest CRF tried)"
-        click.echo(f"{p.index:>4} {p.start:>8.2f} {p.end:>8.2f} {p.crf:>4} {p.score:>7.3f} "
-                   f"{p.source_score:>7.3f} {p.predicted_kbps:>9.1f}{flag}")
-    click.echo(f"one CRF for all shots: {single}")
-    if zones:
-        click.echo(f"zones: {zones}")
-
-
+        click.echo(f"{p.index:>4} {p.shot.start:>8.2f} {p.shot.end:>8.2f} {p.shot.frames:>7} "
+                   f"{p.crf:>4} {p.score:>7.3f} {p.source_score:>7.3f} {p.target:>7.3f} "
+                   f"{p.predicted_kbps:>9.1f}{flag}")
+    click.echo(f"one CRF meeting the target in every shot: {sc.single_crf(picks)}")
+    if sc.has_zones(run.settings.encoder):
+        click.echo(f"x264 zones: {sc.zones(picks, run.settings.encoder)}")
+    else:
+        click.echo(f"{run.settings.encoder} has no CRF zones: encode --per-scene encodes "
+                   "each shot as a chunk at its CRF")
 
 if __name__ == "__main__":
     main()

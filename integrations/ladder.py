@@ -20,9 +20,9 @@ libvmaf, side by side with the predicted score.
 
 Targets (:class:`Target`): ``min_score`` S is absolute (default: the model's score at VMAF 95
 on clean sources, from its ``calibration.json``); ``max_drop`` D is relative to the source's
-own predicted score s0. When s0 >= S the target is S; a source already below S only has to
-stay within D of itself, so the target is s0 - D. Without D, a source below S keeps the
-target S, which no CRF may reach (a named error then says so and suggests D).
+own predicted score s0. The target is the lower of S and s0 - D: a clean source
+(s0 >= S + D) must meet S; one near or below S only has to stay within D of itself. Without
+D the target is S, which a source below S never reaches (a named error then suggests D).
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ class InputTooShortError(LadderError, ValueError):
 class NoCrfMeetsTargetError(LadderError, RuntimeError):
     """Even the best CRF searched does not meet the target."""
 
-    def __init__(self, text: str, best: Probe | None = None, target: float | None = None):
+    def __init__(self, text: str, best: Probe | None = None, target: float | None = None,
+                 source_score: float | None = None):
         super().__init__(text)
         self.best = best
         self.target = target
+        self.source_score = source_score
 
 
 class OutputExistsError(LadderError, FileExistsError):
@@ -321,7 +323,10 @@ class Target:
 
     @staticmethod
     def resolve(min_score: float, max_drop: float | None, source_score: float) -> Target:
-        if max_drop is not None and source_score < min_score:
+        # The lower of the two, so the target moves smoothly with the source's score: a
+        # source just above S is not asked to stay within a hair of itself (near-lossless
+        # bitrates) while one just below S may lose all of D.
+        if max_drop is not None and source_score - max_drop < min_score:
             return Target(source_score - max_drop, min_score, max_drop, source_score,
                           "max-drop")
         return Target(min_score, min_score, max_drop, source_score, "min-score")
@@ -518,7 +523,7 @@ class Ladder:
         self._workdir = workdir
         self._dir: Path | None = None
         self._refs: list[Path] | None = None
-        self._source_frames: np.ndarray | None = None
+        self._s0: tuple[float, list[float]] | None = None
 
     # working folder -----------------------------------------------------------------------
 
@@ -598,7 +603,9 @@ class Ladder:
         where = f"cpllm-ladder: cutting the sample at {s.start:.2f} s"
         seek = ["-ss", f"{s.start:.3f}", "-t", f"{s.duration:.3f}"] if (
             s.start > 0 or s.duration < self.source.duration) else []
-        vf = ["-vf", self.settings.vfilter] if self.settings.vfilter else []
+        # Time 0 at the first frame: with -ss between two frames the first frame can be
+        # rounded one tick late, and the cut then declares one frame more than it holds.
+        vf = ["-vf", ",".join(filter(None, (self.settings.vfilter, "setpts=PTS-STARTPTS")))]
         head = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                 "-threads", str(threads), *seek, "-i", str(self.source.path),
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,
@@ -618,6 +625,8 @@ class Ladder:
 
     def source_score(self) -> tuple[float, list[float]]:
         """Pooled score of the reference samples (the source as the encode would see it)."""
+        if self._s0 is not None:
+            return self._s0
         cached = self._read(self._cache_file("source"))
         if cached is None:
             frames = [float(v) for f in self._frame_scores(self.references()) for v in f]
@@ -625,7 +634,8 @@ class Ladder:
         else:
             frames = cached["frame_scores"]
             self.say("source score from the cache")
-        return pool(np.array(frames), self.pool), frames
+        self._s0 = (pool(np.array(frames), self.pool), frames)
+        return self._s0
 
     def probe(self, crf: int) -> Probe:
         """Encode every sample at ``crf``, score (and measure) it; cached on disk."""
@@ -735,7 +745,7 @@ def pick(ladder: Ladder, min_score: float, max_drop: float | None = None,
         raise NoCrfMeetsTargetError(message(
             "cpllm-ladder pick", f"a CRF scoring at least {target.value:.3f} ({target.rule})",
             f"none; the best CRF tried is {best.crf} with score {best.score:.3f} "
-            f"(source {s0:.3f})", hint), best, target.value)
+            f"(source {s0:.3f})", hint), best, target.value, s0)
     p = ladder.probes[crf]
     secs = sum(s.duration for s in ladder.samples)
     return Pick(crf, p.score, s0, target, p.predicted_size,

@@ -116,6 +116,9 @@ def test_target_rules():
     t = lad.Target.resolve(4.5, 0.25, 3.9)  # a degraded source: stay within D of itself
     assert t.value == pytest.approx(3.65) and t.rule == "max-drop"
     assert lad.Target.resolve(4.5, None, 3.9).value == 4.5
+    # Just above S the target already follows the source: no cliff at s0 = S.
+    above, below = lad.Target.resolve(4.5, 0.25, 4.501), lad.Target.resolve(4.5, 0.25, 4.499)
+    assert above.rule == "max-drop" and abs(above.value - below.value) < 0.003
     cal = {95.0: 4.6, 90.0: 4.5, 80.0: 4.0}
     assert lad.vmaf_to_score(95, cal) == 4.6 and lad.vmaf_to_score(85, cal) == pytest.approx(4.25)
     with pytest.raises(lad.LadderArgumentError, match="calibrated range"):
@@ -199,7 +202,8 @@ def test_cli_json_schema_exit_codes_and_cache(small, tmp_path, monkeypatch):
     assert _sha(small) == before
 
     # No CRF can reach 5.0: named error with the best CRF tried, exit 1, NDJSON error.
-    r = CliRunner().invoke(cli.main, [*args[:2], "--min-score", "5", *args[4:]])
+    r = CliRunner().invoke(cli.main, [*args[:2], "--min-score", "5", "--no-max-drop",
+                                      *args[4:]])
     err = json.loads(r.stdout.splitlines()[-1])
     assert r.exit_code == 1 and err["type"] == "error"
     assert err["error"] == "NoCrfMeetsTargetError" and "best CRF tried is 15" in err["message"]
