@@ -177,8 +177,8 @@ def detect_shots(path: str | os.PathLike | Source, ffmpeg: str | None = None,
             f"use the default {THRESHOLD:g}, lower to find more cuts"))
     if not min_seconds >= SHORTEST:
         raise LadderArgumentError(message(
-            "--min-seconds", f"at least {SHORTEST:g} s (a shot must hold one ladder sample)",
-            f"{min_seconds:g}", f"use --min-seconds {MIN_SECONDS:g}"))
+            "--min-shot", f"at least {SHORTEST:g} s (a shot must hold one ladder sample)",
+            f"{min_seconds:g}", f"use --min-shot {MIN_SECONDS:g}"))
     src = path if isinstance(path, Source) else inspect(path, where)
     exe = ff.find_ffmpeg(ffmpeg)
     say = progress or (lambda _line: None)

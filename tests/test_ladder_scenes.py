@@ -116,7 +116,7 @@ def test_short_shot_merges_into_a_neighbour(clips, ffmpeg_exe):
 
 
 def test_bad_options_are_named_errors(clips, ffmpeg_exe):
-    with pytest.raises(LadderArgumentError, match="--min-seconds"):
+    with pytest.raises(LadderArgumentError, match="--min-shot"):
         detect_shots(clips["one"], ffmpeg_exe, min_seconds=0.1)
     with pytest.raises(LadderArgumentError, match="--threshold"):
         detect_shots(clips["one"], ffmpeg_exe, threshold=0)
