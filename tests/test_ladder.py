@@ -315,3 +315,16 @@ def test_cli_encode_writes_the_picked_crf(small, tmp_path, monkeypatch):
     again = CliRunner().invoke(cli.main, args)
     err = json.loads(again.stdout.splitlines()[-1])
     assert again.exit_code == 1 and err["error"] == "OutputExistsError"
+
+
+def test_tiny_model_end_to_end(small, tmp_path):
+    """A real (untrained, tiny) model through the whole CLI: torch backend, key frames read
+    from the probe encodes, pooled, searched."""
+    r = _cli("pick", small, "--model", "cpllm-tiny", "--backend", "torch", "--min-score", "1",
+             "--preset", "ultrafast", "--json", "--no-cache", "--pool", "p10")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    pick = rows[-1]
+    assert pick["type"] == "pick" and pick["model"].startswith("cpllm-tiny@")
+    assert all(len(x["frame_scores"]) == 8 for x in rows[:-1])  # 2 s clip: one 8-frame sample
+    assert "untrained" in r.stderr  # the tiny model says its scores mean nothing
