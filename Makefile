@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# vspipe finds this venv's Python only through VapourSynth's config file
+	# (~/.config/vapoursynth/vapoursynth.toml, one entry per install).
+	$(BIN)/vapoursynth config
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -120,7 +120,7 @@ def _range(props) -> int | None:
     """The frame's range as ``vs.RANGE_FULL``/``vs.RANGE_LIMITED``, or None when unset."""
     if "_Range" in props:
         return int(props["_Range"])
-    if "_ColorRange" in props:  # before R74: 0 full, 1 limited (the reverse of _Range)
+    if "_ColorRange" in props:  # older cores and plugins: 0 full, 1 limited (_Range reversed)
         return vs.RANGE_FULL if int(props["_ColorRange"]) == 0 else vs.RANGE_LIMITED
     return None
 
