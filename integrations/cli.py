@@ -65,9 +65,10 @@ def pick_options(f):
         click.option("--min-vmaf", type=float, help="Absolute target given as a VMAF level, "
                      "mapped to a score by the model's calibration."),
         click.option("--max-drop", type=click.FloatRange(0, 4, min_open=True),
-                     default=DEFAULT_MAX_DROP, show_default=True,
                      help="Target at most this far below the source's own score (the "
-                     "target is the lower of --min-score and source - D)."),
+                     "target is the lower of --min-score and source - D). Default: the "
+                     "model's calibrated fall of a clean source at VMAF 95 (cpllm-lite: "
+                     f"0.057), else {DEFAULT_MAX_DROP:g}."),
         click.option("--no-max-drop", is_flag=True, help="The target is --min-score even "
                      "for a source below it."),
         click.option("--samples", "count", type=click.IntRange(1, 100),
@@ -127,6 +128,9 @@ class Run:
         self.cache = None if kw["no_cache"] else (kw["cache_dir"] or lad.default_cache())
         if kw.pop("no_max_drop", False):
             kw["max_drop"] = None
+        elif kw["max_drop"] is None:
+            kw["max_drop"] = self.scorer.drop() if hasattr(self.scorer, "drop") else None
+            kw["max_drop"] = kw["max_drop"] or DEFAULT_MAX_DROP
 
     def _min_score(self) -> tuple[float, str]:
         kw = self.kw
@@ -211,6 +215,16 @@ def _pick(run: Run, full: bool, plot: Path | None) -> lad.Pick:
 
         plot_ladder(result, plot, title=run.source.path.name)
     return result
+
+
+def pick_row(kw: dict, path) -> dict:
+    """One pick of ``path``, printing nothing: the ``--json`` pick object with ``path`` and
+    its probes embedded (``probes``: the ``--json`` probe objects). ``kw``: the values of
+    :func:`pick_options`. ``cpllm batch pick`` writes one per input."""
+    run = Run({**kw, "input": Path(path), "as_json": False, "quiet": True}, "pick")
+    result = _pick(run, False, None)
+    return {"type": "pick", "path": str(path), **result.to_dict(),
+            "probes": [p.to_dict() for p in result.probes]}
 
 
 def _table(run: Run, result: lad.Pick) -> None:

@@ -373,7 +373,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     chunks: Path | None = None
     head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     tail = ["-progress", "pipe:1", "-nostats"]
-    vf = ["-filter:v:0", settings.vfilter] if settings.vfilter else []
+    vf = ["-filter:v:0", settings.chain]  # the probes' filter: vfilter and the even crop
     try:
         if single:
             if bounds is None:
@@ -450,7 +450,7 @@ def _encode_chunks(head: list[str], src: Path, st: _Streams, settings: Settings,
         span = (count - 0.5) / fps if f0 == 0 else count / fps
         until = [] if n == last else ["-t", f"{span:.6f}"]
         cap = [] if n == last or settings.vfilter else ["-frames:v", str(count)]
-        chain = ",".join(f for f in ("setpts=PTS-STARTPTS", settings.vfilter) if f)
+        chain = f"setpts=PTS-STARTPTS,{settings.chain}"
         name = f"scene{n:05d}.mp4"
         ff.run_ffmpeg([*head, *seek, *until, "-i", str(src), "-map", f"0:{st.video}",
                        "-an", "-sn", "-dn", "-map_metadata", "-1", "-filter:v", chain,

@@ -116,6 +116,13 @@ class Settings:
     crf_range: tuple[int, int] | None = None
 
     @property
+    def chain(self) -> str:
+        """The video filter of probes and the final encode: ``vfilter``, then a crop to even
+        width and height (4:2:0 and 4:2:2 encoders refuse odd sizes; the last row or column
+        of an odd-sized picture is dropped, as the training ladders do)."""
+        return ",".join(f for f in (self.vfilter, ff.even_crop) if f)
+
+    @property
     def table(self) -> ff.Encoder:
         return ff.get_encoder(self.encoder, "cpllm-ladder --encoder")
 
@@ -276,13 +283,19 @@ class Scorer:
                        for p, k in zip(paths, key_frames, strict=True)]
         return [r.frame_scores for r in results]
 
+    def _calibration_file(self) -> dict:
+        path = Path(self.model.source) / "calibration.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def calibration(self) -> dict[float, float]:
         """VMAF level -> score on clean sources, from the model's ``calibration.json``."""
-        path = Path(self.model.source) / "calibration.json"
-        if not path.is_file():
-            return {}
-        data = json.loads(path.read_text())
-        return {float(v): float(a["score"]) for v, a in data.get("vmaf", {}).items()}
+        return {float(v): float(a["score"]) for v, a in
+                self._calibration_file().get("vmaf", {}).items() if a.get("score") is not None}
+
+    def drop(self, vmaf: float = DEFAULT_VMAF) -> float | None:
+        """Median fall of a clean source's score by its VMAF-``vmaf`` CRF, if calibrated."""
+        entry = self._calibration_file().get("drop", {}).get(str(int(vmaf)), {})
+        return entry.get("drop")
 
 
 def pool(scores: np.ndarray, how: str) -> float:
@@ -605,7 +618,7 @@ class Ladder:
             s.start > 0 or s.duration < self.source.duration) else []
         # Time 0 at the first frame: with -ss between two frames the first frame can be
         # rounded one tick late, and the cut then declares one frame more than it holds.
-        vf = ["-vf", ",".join(filter(None, (self.settings.vfilter, "setpts=PTS-STARTPTS")))]
+        vf = ["-vf", f"{self.settings.chain},setpts=PTS-STARTPTS"]
         head = [self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
                 "-threads", str(threads), *seek, "-i", str(self.source.path),
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,

@@ -335,8 +335,9 @@ def stage_eval(r: Recipe, say) -> dict:
                               r.describe_count, progress=say)
     (out / "describe.json").write_text(json.dumps(text, indent=2) + "\n")
     anchors = vmaf_anchors(res["videos"])
-    (out / "anchors.json").write_text(json.dumps(anchors, indent=2) + "\n")
-    _calibrate(r.out, anchors)
+    drops = source_drops(res["videos"])
+    (out / "anchors.json").write_text(json.dumps({**anchors, "drop": drops}, indent=2) + "\n")
+    _calibrate(r.out, anchors, drops)
     return {"flip": model["flip"], "srcc": model["srcc"], "anchors": anchors,
             "describe_agreement": text["rate"], "three_sentences": text["three_sentences"]}
 
@@ -361,13 +362,39 @@ def vmaf_anchors(videos: list[dict], width: float = 2.5) -> dict:
     return out
 
 
-def _calibrate(model_dir: Path, anchors: dict) -> None:
-    """Write ``calibration.json`` (VMAF anchors) into the model directory, re-hashing it."""
+def source_drops(videos: list[dict], level: float = 95.0) -> dict:
+    """How far a clean source's score falls by the CRF where its VMAF crosses ``level``.
+
+    Per clean dev source: its original's score minus the score at the crossing (linear
+    between the libx264 levels around it); the median over sources, and their count. The
+    ladder's default ``--max-drop`` is this: the loss that VMAF 95 allows, measured on the
+    source's own scale, which varies less between sources than the absolute score does.
+    """
+    orig = {v["source"]: v["score"] for v in videos if v["original"] and not v.get("reference")}
+    drops = []
+    for src, s0 in orig.items():
+        pts = sorted((v["crf"], v["score"], v["vmaf"]) for v in videos
+                     if v["source"] == src and not v["original"] and v.get("codec") == "libx264"
+                     and v.get("vmaf") is not None and v["score"] is not None)
+        for (_, a0, m0), (_, a1, m1) in zip(pts, pts[1:], strict=False):
+            if m0 >= level > m1:
+                drops.append(s0 - (a0 + (a1 - a0) * (m0 - level) / (m0 - m1)))
+                break
+    return {str(int(level)): {"drop": float(np.median(drops)) if drops else None,
+                              "n": len(drops)}}
+
+
+def _calibrate(model_dir: Path, anchors: dict, drops: dict | None = None) -> None:
+    """Write ``calibration.json`` (VMAF anchors, source drops) into the model directory,
+    re-hashing it."""
     from ..modeldir import write_config
 
-    (model_dir / "calibration.json").write_text(json.dumps(
-        {"about": "median score of libx264 variants of clean dev sources near each VMAF level "
-                  "(cpllm-recipe eval)", "vmaf": anchors}, indent=2) + "\n")
+    data = {"about": "median score of libx264 variants of clean dev sources near each VMAF "
+                     "level; drop: median fall of a clean source's score by the CRF where its "
+                     "VMAF crosses the level (cpllm-recipe eval)", "vmaf": anchors}
+    if drops:
+        data["drop"] = drops
+    (model_dir / "calibration.json").write_text(json.dumps(data, indent=2) + "\n")
     conf = json.loads((model_dir / "config.json").read_text())
     write_config(model_dir, {k: v for k, v in conf.items() if k != "files"})
 
