@@ -64,7 +64,8 @@ def vmaf_crossing(points: list[tuple[int, float]], level: float = 95.0) -> float
 def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
     rows = _rows(data)
     clean = [r for r in rows if r["original"] and not r["reference"]]
-    print(f"\n## dev: {len(clean)} clean dev originals, target {target:.3f} (VMAF 95)")
+    print(f"\n## dev: {len(clean)} clean dev originals, --min-score {target:.3f} (VMAF 95), "
+          f"--max-drop {lad_max_drop():.3f}")
     print(f"{'source':24} {'size':>10} {'pick':>5} {'vmaf95':>7} {'diff':>6} {'encodes':>8} "
           f"{'s':>6}")
     diffs, encodes, seconds = [], [], []
@@ -103,10 +104,14 @@ def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
           f"seconds per pick: mean {np.mean(seconds):.1f}")
 
 
+_SCORER: lad.Scorer | None = None
+
+
 def lad_max_drop() -> float:
+    """The default --max-drop of cpllm-ladder: the model's calibrated drop, else the CLI's."""
     from cpllm_plugin.integrations.cli import DEFAULT_MAX_DROP
 
-    return DEFAULT_MAX_DROP
+    return (_SCORER.drop() if _SCORER else None) or DEFAULT_MAX_DROP
 
 
 def _ten_second_clip(data: Path, out: Path) -> Path:
@@ -188,7 +193,9 @@ def main() -> None:
     ap.add_argument("--model", default="cpllm-lite")
     a = ap.parse_args()
     print(json.dumps(describe()))
-    scorer = lad.Scorer(a.model)
+    global _SCORER
+    scorer = _SCORER = lad.Scorer(a.model)
+    print(f"model {scorer.id}: default --max-drop {lad_max_drop():.3f}")
     target = lad.vmaf_to_score(lad.DEFAULT_VMAF, scorer.calibration())
     if a.part in ("speed", "all"):
         part_speed(a.data, scorer, target)
