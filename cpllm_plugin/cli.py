@@ -14,6 +14,7 @@ import click
 
 from . import api
 from .backends import choose
+from .batch import group as batch_group
 from .configs import list_models
 from .errors import CpllmError
 
@@ -28,6 +29,22 @@ precision_option = click.option(
 frames_option = click.option(
     "--key-frames", "-k", type=click.IntRange(min=1), default=None,
     help="Key frames M spread over the video (default: the model's).")
+backend_option = click.option(
+    "--backend", "-b", default="auto", show_default=True, envvar="CPLLM_BACKEND",
+    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+
+
+def score_options(f):
+    """The options of a score: shared by ``cpllm score`` and ``cpllm batch score``."""
+    for opt in reversed([model_option, backend_option, precision_option, frames_option,
+                         json_option]):
+        f = opt(f)
+    return f
+
+
+def score_row(path, r: api.ScoreResult) -> dict:
+    """The ``--json`` object of one scored video (``cpllm batch score`` writes the same)."""
+    return {"type": "score", "path": str(path), **r.to_dict()}
 
 
 def _emit(obj: dict, as_json: bool, line: str) -> None:
@@ -52,19 +69,14 @@ def main() -> None:
 
 @main.command()
 @click.argument("videos", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@model_option
-@click.option("--backend", "-b", default="auto", show_default=True, envvar="CPLLM_BACKEND",
-              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
-@precision_option
-@frames_option
-@json_option
+@score_options
 def score(videos, model, backend, precision, key_frames, as_json):
     """Score VIDEOS on 1 (bad) to 5 (excellent)."""
     def go():
         chosen = choose(backend, precision)
         for path in videos:
             r = api.score(path, model=model, backend=chosen, key_frames=key_frames)
-            _emit({"type": "score", "path": path, **r.to_dict()}, as_json,
+            _emit(score_row(path, r), as_json,
                   f"{path}\t{r.score:.3f}\t({len(r.frame_scores)} key frames, {r.model}, "
                   f"{r.backend})")
     _run(go)
@@ -111,6 +123,8 @@ def models():
     for name in list_models():
         click.echo(f"{name}\t{'trained, bundled' if packaged(name) else 'config only'}")
 
+
+main.add_command(batch_group(score_options))
 
 if __name__ == "__main__":
     main()

@@ -165,7 +165,11 @@ def stop_all() -> None:
 
 
 def cpus() -> int:
-    """CPU cores this process may use (its affinity mask, which containers and taskset set)."""
+    """CPU cores this process may use: ``$CPLLM_CPUS`` when set (``cpllm batch`` sets it to a
+    worker's share, which Ray does not pin), else its affinity mask (containers, taskset)."""
+    env = os.environ.get("CPLLM_CPUS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
