@@ -49,7 +49,7 @@ from . import ffmpeg as ff
 POOLS = ("mean", "p10", "min")
 DEFAULT_VMAF = 95.0  # ab-av1's default target; the default min-score is the model's score there
 SAMPLE_SECONDS = 2.0
-KEY_FRAMES = 8  # per sample
+KEY_FRAMES = 5  # per sample: the paper's M, and what the model's dev numbers used per clip
 WHOLE_FRACTION = 0.8  # samples covering this much of the input: encode the whole input
 MAX_PROBES = 6
 # Score lost per CRF step on clean dev sources near the VMAF-95 region: the first guess of

@@ -130,7 +130,7 @@ def test_samples_spread_and_whole_input():
     assert len(s) == 10 and s[0].start > 0 and s[-1].start + s[-1].duration < 300
     gaps = np.diff([x.start for x in s])
     assert np.allclose(gaps, gaps[0])
-    assert lad.plan_samples(5.0) == [lad.Sample(0.0, 5.0, 20)]  # 3 x 2 s would cover most
+    assert lad.plan_samples(5.0) == [lad.Sample(0.0, 5.0, 15)]  # 3 x 2 s would cover most
     assert len(lad.plan_samples(20.0, window=(10.0, 20.0), count=2, seconds=1)) == 2
     with pytest.raises(lad.InputTooShortError):
         lad.plan_samples(0.1)
