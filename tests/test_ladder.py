@@ -263,6 +263,12 @@ def test_variable_frame_rate_input(ffmpeg_exe, tmp_path):
         assert lad.pick(ladder, 3.6).crf >= 15
 
 
+def _default_sigint():
+    # A shell without job control starts background jobs with SIGINT ignored, and Python
+    # keeps an inherited SIG_IGN: give the child the SIGINT a terminal's Ctrl-C would meet.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_leaves_no_temporary_files(ffmpeg_exe, tmp_path):
     long = tmp_path / "long.mp4"
     subprocess.run([ffmpeg_exe, "-loglevel", "error", "-stream_loop", "6", "-i", str(SAMPLE),
@@ -272,7 +278,7 @@ def test_sigint_leaves_no_temporary_files(ffmpeg_exe, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "cpllm_plugin.integrations.cli", "pick", str(long),
          "--min-score", "4", "--no-cache", "--temp-dir", str(work), "--preset", "medium"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     t0 = time.time()
     while not any(work.iterdir()) and time.time() - t0 < 120:  # a probe is under way
         time.sleep(0.1)

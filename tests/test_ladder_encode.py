@@ -372,7 +372,9 @@ def test_interrupt_leaves_no_output_and_no_temporary_file(long, tmp_path, sig):
     folder.mkdir()
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(long),
                              str(folder / "out.mp4")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a background shell may have left SIGINT ignored (inherited)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else ""
