@@ -7,8 +7,8 @@ The clip is real multi-shot footage: the corpus's 2 s Big Buck Bunny originals
 (``data/corpus/originals/bbb_*.mp4``, 1280x720 24 fps, about 7 Mb/s) joined into one
 near-lossless file (x264 CRF 8) in a temporary folder; some of them hold cuts of their own.
 Then, with the bundled cpllm-lite on ONNX Runtime, the target at the model's VMAF-95
-score (its ``calibration.json``) and ``--max-drop 0.25`` (the CLI's default) for shots whose
-source already scores below it:
+score (its ``calibration.json``) and the CLI's default ``--max-drop`` (the calibrated drop)
+for shots whose source already scores near or below it:
 
 1. shots: :func:`~cpllm_plugin.integrations.scenes.detect_shots`;
 2. picks: :func:`~cpllm_plugin.integrations.scenes.pick_scenes`, one ladder per shot;
@@ -108,9 +108,9 @@ def shot_scores(path: Path, shots, fps: float, settings: Settings, scorer, exe: 
 @click.option("--size", default="1280x720", show_default=True, help="WxH of the clip.")
 @click.option("--vmaf", "vmaf_level", type=float, default=95.0, show_default=True,
               help="Target: the model's score at this VMAF.")
-@click.option("--max-drop", type=float, default=0.25, show_default=True,
-              help="For shots whose source is below the target: keep within this of it "
-                   "(the CLI's default). 0: none (such shots then miss the target).")
+@click.option("--max-drop", type=float, default=None,
+              help="Target at most this far below a shot's own score (default: the CLI's, "
+                   "the model's calibrated drop). 0: none (the target is the score at VMAF).")
 @click.option("--preset", default=None, help="x264 preset (default: the ladder's, medium).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where the clip and encodes go (default: a temporary folder).")
@@ -141,7 +141,12 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, as_json):
 
         scorer = Scorer()
         min_score = vmaf_to_score(vmaf_level, scorer.calibration())
-        say(f"model {scorer.id}; target {min_score:.4f} (VMAF {vmaf_level:g})")
+        if max_drop is None:
+            from cpllm_plugin.integrations.cli import DEFAULT_MAX_DROP
+
+            max_drop = scorer.drop() or DEFAULT_MAX_DROP
+        say(f"model {scorer.id}; target {min_score:.4f} (VMAF {vmaf_level:g}), "
+            f"max-drop {max_drop:g}")
         t = time.perf_counter()
         picks = pick_scenes(clip, shots, settings, scorer, min_score, max_drop or None,
                             cache=d / "cache", ffmpeg=exe, progress=say)
