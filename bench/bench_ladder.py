@@ -37,6 +37,7 @@ from machine import describe  # noqa: E402
 
 from cpllm_plugin.integrations import ffmpeg as ff  # noqa: E402
 from cpllm_plugin.integrations import ladder as lad  # noqa: E402
+from cpllm_plugin.training.recipe import vmaf_crossing  # noqa: E402
 
 
 def _rows(data: Path) -> list[dict]:
@@ -50,15 +51,14 @@ def _original(data: Path, row: dict) -> Path:
     return (data / "ladder-dev" / row["path"]).resolve()
 
 
-def vmaf_crossing(points: list[tuple[int, float]], level: float = 95.0) -> float | None:
-    """CRF where VMAF falls through ``level``, linear between ladder levels."""
+def crossing_crf(points: list[tuple[int, float]], level: float = 95.0) -> float | None:
+    """CRF where VMAF falls through ``level`` (the recipe's interpolation); a ladder that
+    stays above it gives its last CRF, one that starts below it None."""
     pts = sorted(points)
     if pts[0][1] < level:
         return None
-    for (c0, v0), (c1, v1) in zip(pts, pts[1:], strict=False):
-        if v0 >= level > v1:
-            return c0 + (c1 - c0) * (v0 - level) / (v0 - v1)
-    return float(pts[-1][0])
+    cross = vmaf_crossing([(c, 0.0, v) for c, v in pts], level)
+    return float(pts[-1][0]) if cross is None else cross[0]
 
 
 def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
@@ -72,7 +72,7 @@ def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
     for r in clean:
         pts = [(x["crf"], x["vmaf"]) for x in rows
                if x["source"] == r["source"] and x["crf"] is not None and x["vmaf"] is not None]
-        cross = vmaf_crossing(pts)
+        cross = crossing_crf(pts)
         src = _original(data, r)
         t0 = time.perf_counter()
         with lad.Ladder(src, lad.Settings(), scorer) as ladder:

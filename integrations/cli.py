@@ -227,6 +227,15 @@ def pick_row(kw: dict, path) -> dict:
             "probes": [p.to_dict() for p in result.probes]}
 
 
+def _report(run: Run, result: lad.Pick) -> lad.Pick:
+    """The pick on stdout: its NDJSON object, or the table."""
+    if run.as_json:
+        run.emit(result.to_dict())
+    else:
+        _table(run, result)
+    return result
+
+
 def _table(run: Run, result: lad.Pick) -> None:
     t = result.target
     how = (f"{t.min_score:.3f} ({run.target_note})" if t.rule == "min-score" else
@@ -269,11 +278,15 @@ def _size(n: int) -> str:
 def pick_cmd(full, plot, **kw):
     """Choose the highest CRF whose predicted quality meets the target."""
     run = Run(kw, "pick")
-    result = _pick(run, full, plot)
-    if run.as_json:
-        run.emit(result.to_dict())
-    else:
-        _table(run, result)
+    _report(run, _pick(run, full, plot))
+
+
+def _shot_options(f):
+    """Shot detection options of ``encode --per-scene`` and ``scenes``."""
+    f = click.option("--min-shot", type=click.FloatRange(0.1), default=1.0, show_default=True,
+                     help="Shots shorter than this many seconds join a neighbour.")(f)
+    return click.option("--threshold", type=click.FloatRange(0, 100), default=None,
+                        help="Shot-cut threshold (ffmpeg scdet score).")(f)
 
 
 @main.command("encode")
@@ -284,10 +297,7 @@ def pick_cmd(full, plot, **kw):
 @click.option("--crf", type=int, help="Skip the search and encode at this CRF.")
 @click.option("--per-scene", is_flag=True, help="Detect shots, pick a CRF per shot and "
               "encode with them (x264: zones in one pass; others: chunks joined).")
-@click.option("--threshold", type=click.FloatRange(0, 100), default=None,
-              help="Shot-cut threshold of --per-scene (ffmpeg scdet score).")
-@click.option("--min-shot", type=click.FloatRange(0.1), default=1.0, show_default=True,
-              help="Shots shorter than this many seconds join a neighbour.")
+@_shot_options
 @_guard("encode")
 def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
     """Pick a CRF (or one per scene), then encode the whole input with it.
@@ -297,21 +307,14 @@ def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
     """
     from . import encode as enc
 
-    if output.exists() and not force:  # before minutes of probing, not after
-        raise lad.OutputExistsError(message(
-            "cpllm-ladder encode", "an OUTPUT that does not exist yet", f"{output} exists",
-            "pass --force to replace it, or choose another name"))
+    enc.check_output(Path(kw["input"]), output, force)  # before minutes of probing, not after
     run = Run(kw, "encode")
     scenes = None
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
         scenes = [(p.shot.start, p.shot.end, p.crf) for p in picks]
     elif crf is None:
-        result = _pick(run, False, None)
-        run.emit(result.to_dict())
-        if not run.as_json:
-            _table(run, result)
-        crf = result.crf
+        crf = _report(run, _pick(run, False, None)).crf
     bar = None if kw["quiet"] else enc.progress_bar(sys.stderr)
     done = enc.encode_file(run.source.path, output, run.settings, crf, scenes=scenes,
                            force=force, ffmpeg=kw["ffmpeg"], progress=bar)
@@ -341,10 +344,7 @@ def _scene_picks(run: Run, threshold, min_shot):
 
 @main.command("scenes")
 @_options
-@click.option("--threshold", type=click.FloatRange(0, 100), default=None,
-              help="Shot-cut threshold (ffmpeg scdet score).")
-@click.option("--min-shot", type=click.FloatRange(0.1), default=1.0, show_default=True,
-              help="Shots shorter than this many seconds join a neighbour.")
+@_shot_options
 @_guard("scenes")
 def scenes_cmd(threshold, min_shot, **kw):
     """Detect shots and pick a CRF per shot; print them and x264 zones."""

@@ -220,7 +220,9 @@ def _first_video(args: list[str]) -> list[str]:
 # --- checks -------------------------------------------------------------------------------
 
 
-def _check_output(source: Path, output: Path, force: bool) -> None:
+def check_output(source: Path, output: Path, force: bool) -> None:
+    """Refuse OUTPUT when it is the input, a folder, exists without ``force``, or cannot be
+    written; ``cpllm-ladder encode`` calls it before minutes of probing."""
     same = os.path.realpath(source) == os.path.realpath(output)
     if not same and output.exists():
         try:
@@ -354,7 +356,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         raise LadderArgumentError(message(
             WHERE, "exactly one of crf (one CRF) and scenes (a CRF per scene)",
             "both" if scenes is not None else "neither", "pass --crf N or --scenes FILE"))
-    _check_output(src.path, out, force)
+    check_output(src.path, out, force)
     kind = _kind(out)
     exe = ff.find_ffmpeg(ffmpeg)
     st = _streams(src.path)

@@ -724,11 +724,7 @@ class Ladder:
 
     def full(self, levels: Sequence[int] | None = None) -> list[Probe]:
         """Probe every level (default: the encoder's 20 levels; libx264: the paper's)."""
-        lo, hi = self.settings.search
-        levels = levels or [c for c in self.settings.table.levels(20)
-                            if self.settings.table.crf_range[0] <= c
-                            <= self.settings.table.crf_range[1]]
-        return [self.probe(c) for c in levels]
+        return [self.probe(c) for c in levels or self.settings.table.levels(20)]
 
 
 def pick(ladder: Ladder, min_score: float, max_drop: float | None = None,
@@ -760,10 +756,8 @@ def pick(ladder: Ladder, min_score: float, max_drop: float | None = None,
             f"none; the best CRF tried is {best.crf} with score {best.score:.3f} "
             f"(source {s0:.3f})", hint), best, target.value, s0)
     p = ladder.probes[crf]
-    secs = sum(s.duration for s in ladder.samples)
-    return Pick(crf, p.score, s0, target, p.predicted_size,
-                round(p.bytes * 8 / secs / 1000, 1), ladder.encodes, ladder.scorer.id,
-                ladder.settings.encoder, ladder.settings.public(),
+    return Pick(crf, p.score, s0, target, p.predicted_size, p.kbps, ladder.encodes,
+                ladder.scorer.id, ladder.settings.encoder, ladder.settings.public(),
                 sorted(ladder.probes.values(), key=lambda q: q.crf), p.vmaf, full)
 
 

@@ -12,7 +12,8 @@ VMAF = (230, 120, 20)
 GRID = (225, 225, 225)
 
 
-def _font(size: int):
+def font(size: int):
+    """Pillow's default font at ``size`` (the PNG plots of the ladder and of cpllm-eval)."""
     from PIL import ImageFont
 
     try:
@@ -35,7 +36,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
-    font, small = _font(15), _font(12)
+    big, small = font(15), font(12)
     x0, x1, y0, y1 = 70, w - 70, 50, h - 55
     crfs = [p.crf for p in probes]
     scores = [p.score for p in probes] + [result.target.value, result.source_score]
@@ -51,7 +52,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
         return px(c, 0)[0], y1 - v / 100 * (y1 - y0)
 
     d.text((x0, 16), f"{title}: {result.encoder}, target {result.target.value:.3f} "
-           f"({result.target.rule}), pick CRF {result.crf}", fill="black", font=font)
+           f"({result.target.rule}), pick CRF {result.crf}", fill="black", font=big)
     for i in range(6):
         s = sy0 + (sy1 - sy0) * i / 5
         y = px(cx0, s)[1]
@@ -62,8 +63,8 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
         x = px(c, sy0)[0]
         d.text((x, y1 + 6), str(c), fill="black", font=small, anchor="mt")
     d.rectangle([x0, y0, x1, y1], outline="black")
-    d.text(((x0 + x1) / 2, h - 16), "CRF", fill="black", font=font, anchor="mm")
-    d.text((8, y0 - 30), "score", fill=SCORE, font=font)
+    d.text(((x0 + x1) / 2, h - 16), "CRF", fill="black", font=big, anchor="mm")
+    d.text((8, y0 - 30), "score", fill=SCORE, font=big)
     ty = px(cx0, result.target.value)[1]
     for x in range(x0, x1, 12):
         d.line([(x, ty), (min(x + 6, x1), ty)], fill="red", width=2)
@@ -79,7 +80,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     if vm:
         for v in range(0, 101, 20):
             d.text((x1 + 8, pv(cx0, v)[1]), str(v), fill=VMAF, font=small, anchor="lm")
-        d.text((x1 - 10, y0 - 30), "VMAF", fill=VMAF, font=font)
+        d.text((x1 - 10, y0 - 30), "VMAF", fill=VMAF, font=big)
         vpts = [pv(c, v) for c, v in vm]
         if len(vpts) > 1:
             d.line(vpts, fill=VMAF, width=2)

@@ -456,15 +456,6 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     return out
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the bitmap font
-        return ImageFont.load_default()
-
-
 def plot_scores(result: dict, path: str | os.PathLike, size: tuple[int, int] = (960, 560)
                 ) -> Path:
     """PNG of predicted score against CRF, one line per source (and codec), with a legend.
@@ -488,6 +479,8 @@ def plot_scores(result: dict, path: str | os.PathLike, size: tuple[int, int] = (
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
+    from cpllm_plugin.integrations.plot import font as _font
+
     font, small = _font(15), _font(12)
     left, right, top, bottom = 70, 230, 48, 58
     x0, x1, y0, y1 = left, w - right, top, h - bottom

@@ -362,6 +362,18 @@ def vmaf_anchors(videos: list[dict], width: float = 2.5) -> dict:
     return out
 
 
+def vmaf_crossing(points: list[tuple[int, float, float]], level: float = 95.0
+                  ) -> tuple[float, float] | None:
+    """``(crf, score)`` where VMAF falls through ``level`` on a ladder of ``(crf, score,
+    vmaf)`` points, linear between the levels around it; None when it never falls through."""
+    pts = sorted(points)
+    for (c0, a0, m0), (c1, a1, m1) in zip(pts, pts[1:], strict=False):
+        if m0 >= level > m1:
+            t = (m0 - level) / (m0 - m1)
+            return c0 + t * (c1 - c0), a0 + t * (a1 - a0)
+    return None
+
+
 def source_drops(videos: list[dict], level: float = 95.0) -> dict:
     """How far a clean source's score falls by the CRF where its VMAF crosses ``level``.
 
@@ -376,10 +388,9 @@ def source_drops(videos: list[dict], level: float = 95.0) -> dict:
         pts = sorted((v["crf"], v["score"], v["vmaf"]) for v in videos
                      if v["source"] == src and not v["original"] and v.get("codec") == "libx264"
                      and v.get("vmaf") is not None and v["score"] is not None)
-        for (_, a0, m0), (_, a1, m1) in zip(pts, pts[1:], strict=False):
-            if m0 >= level > m1:
-                drops.append(s0 - (a0 + (a1 - a0) * (m0 - level) / (m0 - m1)))
-                break
+        cross = vmaf_crossing(pts, level)
+        if cross is not None:
+            drops.append(s0 - cross[1])
     return {str(int(level)): {"drop": float(np.median(drops)) if drops else None,
                               "n": len(drops)}}
 
