@@ -29,6 +29,10 @@ COMPARE_PROMPT = (
     "Compare the perceptual quality of the two videos. "
     "Say which one has better technical quality and explain why in one sentence."
 )
+# How every training description opens its technical-quality sentence
+# (training/describe.py); ``describe`` writes it and the decoder completes the sentence.
+QUALITY_OPENER = "Its technical quality is"
+QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
 
 # TF-Lite EfficientNet expects (x - 127) / 128 on 0-255 input; in [0, 1] units:
 _LITE_MEAN = (127.0 / 255.0,) * 3

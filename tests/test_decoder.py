@@ -449,3 +449,31 @@ def test_no_repeat_ngram_bans_only_the_completing_token():
     banned = dec._ban_repeats(logits, tokens, 3)
     assert banned[0, 3] == float("-inf") and torch.isfinite(banned[0, [0, 1, 2, 4, 5]]).all()
     assert torch.isfinite(dec._ban_repeats(logits, tokens[:3], 3)).all()
+
+
+def test_steer_shapes_sentences_and_writes_the_opener(tiny):
+    model, tok = tiny
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(5)
+    prefix = 4 * torch.randn(2, 9, model.config.hidden_size, generator=g)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    opener = [7, 8, 9]
+    ends = torch.rand(V, generator=g) < 0.15
+    ends[opener] = False
+    banned = torch.tensor([1, 2, 3])
+    eos = int(dec.generate(model, prefix, valid, max_new_tokens=1, eos_token_id=-1,
+                           pad_token_id=tok.pad_token_id)[0, 0])  # what row 0 says first
+    choices = [20, 21]
+    ends[choices] = False
+    steer = dec.Steer(2, ends, banned, opener, choices)
+    out = dec.generate(model, prefix, valid, max_new_tokens=60, eos_token_id=eos,
+                       pad_token_id=tok.pad_token_id, steer=steer)
+    for row in out.tolist():
+        while row and row[-1] == tok.pad_token_id:
+            row.pop()
+        assert eos not in row and not set(row) & {1, 2, 3}
+        assert all(a != b for a, b in zip(row, row[1:], strict=False))  # no doubled token
+        first = next(i for i, t in enumerate(row) if ends[t])
+        assert row[first + 1:first + 4] == opener  # the last sentence starts with it
+        assert row[first + 4] in choices  # then one of the choices
+        assert ends[row[-1]] and sum(bool(ends[t]) for t in row) == 2  # ends at sentence 2

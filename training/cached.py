@@ -506,10 +506,12 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
     of the score.
 
     Returns:
-        ``{"n", "agree", "rate", "three_sentences", "examples": [...]}``.
+        ``{"n", "agree", "rate", "near", "three_sentences", "examples": [...]}``; ``near``
+        counts descriptions whose word is at most one band off.
     """
     import re
 
+    from ..configs import QUALITY_OPENER, QUALITY_WORDS
     from ..preprocess import key_frame_indices, prepare
     from ..video import read_key_frames
     from .describe import quality_word, quality_word_in
@@ -519,19 +521,21 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
     order = np.argsort(scores)
     pick = order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
     cfg = model.config
-    rows, agree, three = [], 0, 0
+    rows, agree, near, three = [], 0, 0, 0
     for n, i in enumerate(pick):
         k = read_key_frames(resolve(manifest, items[i]), cfg.key_frames)
         sub = k.frames[key_frame_indices(len(k.frames), cfg.decoder_frames)]
         x = prepare(sub, cfg)
         with torch.no_grad():
             vis = model.visual_tokens(torch.from_numpy(x.views), torch.from_numpy(x.patches))
-        text = model.generate_text(vis, sentences=3)[0]
+        text = model.generate_text(vis, sentences=3, opener=QUALITY_OPENER,
+                                   choices=QUALITY_WORDS)[0]
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
+        near += got is not None and abs(QUALITY_WORDS.index(want) - QUALITY_WORDS.index(got)) <= 1
         three += len([s for s in re.split(r"(?<=[.!?])\s+", text) if s]) == 3
         rows.append({"path": items[i].path, "score": float(scores[i]), "band": want,
                      "said": got, "text": text})
         say(f"[describe {n + 1}/{len(pick)}] {scores[i]:.2f} {want} -> {got}: {text[:90]}")
-    return {"n": len(pick), "agree": agree, "rate": agree / max(len(pick), 1),
+    return {"n": len(pick), "agree": agree, "rate": agree / max(len(pick), 1), "near": near,
             "three_sentences": three, "examples": rows}

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..configs import QUALITY_OPENER, QUALITY_WORDS
 from .manifest import Item, resolve
-
-QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
 
 # What each quality level looks like, said plainly; no quality word may appear in these.
 _ARTIFACTS = {
@@ -156,11 +155,11 @@ def quality_sentence(item: Item) -> str:
     if score is None:
         tail = f"; the picture looks {looks}" if looks else ""
         what = "the original file" if item.original else "a re-encoded copy of the original"
-        return f"Its technical quality is not rated; it is {what}{tail}."
+        return f"{QUALITY_OPENER} not rated; it is {what}{tail}."
     # The number stays with the quality head (describe() prints it); the text says the band.
     word = quality_word(score)
     tail = f", and the footage itself looks {looks}" if looks else ""
-    return f"Its technical quality is {word}: {_ARTIFACTS[word]}{tail}."
+    return f"{QUALITY_OPENER} {word}: {_ARTIFACTS[word]}{tail}."
 
 
 def _degradation(item: Item) -> str | None:

@@ -173,21 +173,31 @@ class CPLLM(nn.Module):
     @torch.no_grad()
     def generate_text(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None = None,
                       prompt: str | None = None, max_new_tokens: int | None = None,
-                      sentences: int | None = None) -> list[str]:
+                      sentences: int | None = None, opener: str = "",
+                      choices: tuple[str, ...] = ()) -> list[str]:
         """Greedy text for each sample, honouring the Prefix-LM mask.
 
-        No 4-gram is emitted twice (greedy decoding of a small decoder otherwise loops), and
-        ``sentences`` keeps at most that many sentences (the describe prompt asks for three).
+        No 4-gram is emitted twice (greedy decoding of a small decoder otherwise loops).
+        ``sentences`` steers the text into that many sentences, the last one starting with
+        ``opener`` and then one of ``choices`` (:class:`.decoder.Steer`; ``describe`` asks
+        for three, the last opened with :data:`~cpllm_plugin.configs.QUALITY_OPENER` and a
+        quality word).
         """
         self._need_decoder("CPLLM.generate_text")
-        from .decoder import generate
+        from .decoder import Steer, generate
 
         embeds, valid = self.prefix(visual_a, visual_b, prompt or self.config.prompt)
         tok = self.tokenizer
+        steer = None
+        if sentences:
+            key = (sentences, opener, tuple(choices))
+            if getattr(self, "_steer", (None,))[0] != key:
+                self._steer = (key, Steer.for_tokenizer(tok, sentences, opener, choices))
+            steer = self._steer[1]
         ids = generate(self.decoder, embeds, valid,
                        max_new_tokens=max_new_tokens or self.config.max_new_tokens,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       no_repeat_ngram=4)
+                       no_repeat_ngram=4, steer=steer)
         texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
         if sentences:
             texts = [" ".join(re.split(r"(?<=[.!?])\s+", t)[:sentences]) for t in texts]

@@ -23,6 +23,7 @@ because it predicts the first text token. Put padding and masked-out copies befo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -506,6 +507,33 @@ def _ban_repeats(logits: torch.Tensor, tokens: list[torch.Tensor], n: int) -> to
     return logits
 
 
+def _steer(logits: torch.Tensor, steer: Steer, count: torch.Tensor, opened: torch.Tensor,
+           eos: torch.Tensor, last: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits with EOS, line breaks and the previous token banned (and only ``choices`` left
+    right after the opener), the opener token each row must write now (-1: none), and the
+    rows whose opener state advances with this token."""
+    logits = logits.clone()
+    logits[:, eos] = float("-inf")  # a row ends at its last sentence end instead
+    if last is not None:  # "lake lake lake": no description doubles a word
+        logits.scatter_(1, last[:, None], float("-inf"))
+    if steer.banned.numel():
+        logits[:, steer.banned.to(logits.device)] = float("-inf")
+    last_sentence = count == steer.sentences - 1
+    forced = torch.full_like(count, -1)
+    n = len(steer.opener)
+    due = last_sentence & (opened < n)
+    if n:
+        ids = torch.tensor(steer.opener, device=count.device)
+        forced = torch.where(due, ids[opened.clamp(max=n - 1)], forced)
+    choose = last_sentence & (opened == n) if steer.choices else torch.zeros_like(due)
+    if bool(choose.any()):
+        keep = torch.full_like(logits[0], float("-inf"))
+        keep[torch.tensor(steer.choices, device=logits.device)] = 0
+        logits = torch.where(choose[:, None], logits + keep, logits)
+    return logits, forced, due | choose
+
+
 def drop_unused(prefix_embeds: torch.Tensor, valid: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove prefix positions that are invalid in every row (a single input's masked copy).
@@ -593,6 +621,47 @@ def text_loss(
 # --- generation -------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Steer:
+    """Keeps greedy text to a fixed shape: ``sentences`` sentences, the last one opened by
+    ``opener``.
+
+    A decoder trained for a few hundred steps on a CPU often stops (EOS) after one or two
+    sentences, before the technical-quality sentence that matters most. Steering bans EOS and
+    line breaks until ``sentences`` sentence ends were written, then writes ``opener`` (the
+    words every training description starts its quality sentence with); the next word is the
+    model's likeliest of ``choices`` (the five quality words: its own judgement, read from
+    its logits as Q-Align reads a rating), and the rest of the sentence is free. No token
+    follows itself (greedy decoding otherwise doubles words).
+
+    Attributes:
+        sentences: sentence ends after which a row stops.
+        ends: bool (V,), tokens that end a sentence.
+        banned: token ids never emitted (line breaks).
+        opener: token ids written at the start of the last sentence (may be empty).
+        choices: token ids allowed right after the opener (empty: any).
+    """
+
+    sentences: int
+    ends: torch.Tensor
+    banned: torch.Tensor
+    opener: list[int]
+    choices: list[int] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def for_tokenizer(cls, tok, sentences: int, opener: str = "",
+                      choices: tuple[str, ...] = ()) -> Steer:
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        text = [(p or "").replace("\u2581", " ") for p in pieces]
+        ends = torch.tensor([t.rstrip().endswith((".", "!", "?")) for t in text])
+        banned = torch.tensor([i for i, t in enumerate(text) if "\n" in t or "\r" in t],
+                              dtype=torch.long)
+        ids = tok(" " + opener, add_special_tokens=False).input_ids if opener else []
+        # A word's first token stands for it (each quality word is one token in Gemma 3).
+        first = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in choices]
+        return cls(sentences, ends, banned, list(ids), first)
+
+
 def generate(
     model: nn.Module,
     prefix_embeds: torch.Tensor,
@@ -603,6 +672,7 @@ def generate(
     pad_token_id: int,
     bidirectional: bool = True,
     no_repeat_ngram: int = 0,
+    steer: Steer | None = None,
 ) -> torch.LongTensor:
     """Greedy decoding after a Prefix-LM prefix, with a KV cache.
 
@@ -623,6 +693,7 @@ def generate(
             on a causal text prompt.
         no_repeat_ngram: n > 0 never emits a token that would repeat an n-gram of the
             text generated so far (greedy decoding of a small decoder otherwise loops).
+        steer: shape the text into sentences (:class:`Steer`); None: free text to EOS.
 
     Returns:
         Long (B, N) with N <= max_new_tokens.
@@ -637,6 +708,8 @@ def generate(
     start = valid.long().sum(1, keepdim=True)  # position id of the first text token
     out_tokens = []
     done = torch.zeros(B, dtype=torch.bool, device=prefix_embeds.device)
+    count = torch.zeros(B, dtype=torch.long, device=prefix_embeds.device)  # sentence ends
+    opened = torch.zeros_like(count)  # opener tokens written
     with torch.no_grad():
         # A plain DynamicCache keeps every key of sliding layers too; the window then comes
         # from the mask alone, independent of how the cache crops.
@@ -655,10 +728,19 @@ def generate(
             logits = out.logits[:, -1]
             if no_repeat_ngram and len(out_tokens) >= no_repeat_ngram - 1:
                 logits = _ban_repeats(logits, out_tokens, no_repeat_ngram)
+            if steer is not None:
+                logits, forced, advance = _steer(logits, steer, count, opened, eos,
+                                                 out_tokens[-1] if out_tokens else None)
             token = logits.argmax(-1)
+            if steer is not None:
+                token = torch.where(forced >= 0, forced, token)
+                opened = opened + advance.long()
+                count = count + steer.ends.to(token.device)[token].long()
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             out_tokens.append(token)
             done = done | torch.isin(token, eos)
+            if steer is not None:
+                done = done | (count >= steer.sentences)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             n = P + step  # sequence index of the token fed now
