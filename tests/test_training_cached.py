@@ -188,6 +188,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert all(c["wall_s"] >= 0 and c["peak_rss_gb"] > 0 for c in costs.values())
     book = json.loads((tmp_path / "data" / "stages.json").read_text())
     assert set(book) == set(rc.STAGES[1:])
+    assert book["train"][0]["run"] == "run-native-b11" and "run" not in book["ladder"][0]
     train = read_manifest(r.train_manifest)
     assert all(i.description and "CRF" not in i.description for i in train)
     man = json.loads((r.out / "manifest.json").read_text())

@@ -41,6 +41,7 @@ from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 from .variants import progress_printer
 
 STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "codecs", "eval")
+MODEL_STAGES = ("cache", "train", "text", "ship")  # their cost depends on the model trained
 TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
 # Evaluation-only ladders of the other encoders: five levels spread over each default ladder
 # (variants.ENCODERS), enough for their flip rates and within the recipe's time budget.
@@ -142,7 +143,6 @@ def _reset_peak() -> None:
 def _record(r: Recipe, stage: str, fn: Callable[[], dict | None]) -> dict:
     """Run a stage and append its cost to ``stages.json``."""
     path = r.data / "stages.json"
-    book = json.loads(path.read_text()) if path.is_file() else {}
     _reset_peak()
     u0, t0 = _usage(), time.perf_counter()
     extra = fn() or {}
@@ -152,6 +152,10 @@ def _record(r: Recipe, stage: str, fn: Callable[[], dict | None]) -> dict:
              "sys_s": round(u1["sys"] - u0["sys"], 1),
              "peak_rss_gb": round(max(_peak_kb(), u1["children_maxrss_kb"]) / 2**20, 2),
              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    if stage in MODEL_STAGES:
+        entry["run"] = r.run.name
+    # Read only now: another recipe process (a second low-level mode) may have written.
+    book = json.loads(path.read_text()) if path.is_file() else {}
     book.setdefault(stage, []).append(entry)
     r.data.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(book, indent=2) + "\n")
