@@ -202,3 +202,17 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     cal = json.loads((r.out / "calibration.json").read_text())["vmaf"]
     assert set(cal) == {str(a) for a in rc.ANCHORS}
     assert io.load(r.out, with_decoder=False).config.trained  # hashes still verify
+
+
+def test_recipe_stops_when_training_ran_out_of_time(tmp_path, monkeypatch):
+    """A stage that stopped early (its minutes spent) ends the run before ship, not after."""
+    ran = []
+    monkeypatch.setitem(rc.RUN, "train", lambda r, say: ran.append("train") or {"step": 7})
+    monkeypatch.setitem(rc.RUN, "ship", lambda r, say: ran.append("ship") or {})
+    r = rc.Recipe(data=tmp_path / "data", steps=600)
+    with pytest.raises(rc.RecipeError, match=r"600 steps.*7.*run the recipe again"):
+        rc.run(r, ("train", "ship"), progress=False)
+    assert ran == ["train"]
+    monkeypatch.setitem(rc.RUN, "train", lambda r, say: ran.append("train") or {"step": 600})
+    rc.run(r, ("train", "ship"), progress=False)
+    assert ran == ["train", "train", "ship"]

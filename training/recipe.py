@@ -82,10 +82,10 @@ class Recipe:
     frozen_blocks: int = 11
     steps: int = 600
     pairs: int = 8
-    text_steps: int = 60
+    text_steps: int = 250
     text_batch: int = 2
     train_minutes: float = 40.0
-    text_minutes: float = 18.0
+    text_minutes: float = 90.0
     jobs: int = 2
     train_crfs: tuple[int, ...] = TRAIN_CRFS
     dev_crfs: tuple[int, ...] = CRF_LEVELS
@@ -432,6 +432,13 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
         out[s] = _record(r, s, lambda s=s: RUN[s](r, say))
         say(f"== stage {s}: {out[s]['wall_s']:.0f} s wall, {out[s]['user_s']:.0f} s user, "
             f"{out[s]['sys_s']:.0f} s sys, peak {out[s]['peak_rss_gb']:.2f} GB ==")
+        want = {"train": r.steps, "text": r.text_steps}.get(s)
+        if want is not None and out[s].get("step", want) < want:
+            # Shipping now would put a half-trained model into the package without a word.
+            raise RecipeError(message(
+                f"recipe stage {s}", f"{want} steps", f"{out[s]['step']} (its time budget for "
+                "this run is spent; the state is saved)",
+                "run the recipe again: every stage resumes where it stopped"))
     return out
 
 
