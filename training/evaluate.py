@@ -222,7 +222,8 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
         items: manifest rows (one split); ``height`` should be set (see :func:`evaluate`).
         scores: the model's score of each row, in the same order (None: not scored).
         name: the model's name in ``rows``.
-        within_codec: the codec whose variants "SRCC within a source" ranks (None: all).
+        within_codec: the codec whose variants "SRCC within a source" ranks and the
+            resolution classes compare (None: all).
 
     Returns:
         A dict with
@@ -232,7 +233,8 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
           :func:`~cpllm_plugin.training.metrics.flip_rate` returns it);
         - ``by_resolution``: one entry per class of :data:`RESOLUTION_CLASSES` (and
           ``"unknown"`` if a source has no height) ``{"name", "sources", "videos", "flip"}``,
-          the model's flip rates over the sources of that class (by the source's height);
+          the model's flip rates over the ``within_codec`` variants of the sources of that
+          class (by the source's height);
         - ``by_codec``: the same per codec present, ``name`` being the codec;
         - ``srcc_vs_vmaf``: ``{"codec", "model": S, "psnr": S}`` where S is
           ``{"within_source": mean over sources of SRCC against VMAF over the source's
@@ -261,8 +263,10 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
     cls = {s: resolution_class(h) for s, h in _source_heights(items).items()}
     names = [n for n, _, _ in RESOLUTION_CLASSES]
     names += ["unknown"] if "unknown" in cls.values() else []
-    by_resolution = [_subset(c, items, scores, lambda i, c=c: cls[i.source] == c)
-                     for c in names]
+    # Classes compare one ladder (the paper's libx264 one by default): pooling the other
+    # codecs' shorter ladders in would weigh each class by its codec mix.
+    by_resolution = [_subset(c, items, scores, lambda i, c=c: cls[i.source] == c and (
+        within_codec is None or i.original or i.codec == within_codec)) for c in names]
     codecs = sorted({i.codec for i in items if not i.original and i.codec})
     by_codec = [_subset(c, items, scores, lambda i, c=c: i.codec == c) for c in codecs]
     within = {"codec": within_codec,
@@ -404,11 +408,13 @@ def markdown_table(result: dict) -> str:
     f = result["rows"][0]["flip"]
     lines += ["", "Pairs: " + ", ".join(f"d={d}: {f[f'pairs_d{d}']}" for d in diffs)
               + f", all: {f['pairs']}. Ties count as wrong; identical files are skipped."]
+    codec = (result.get("srcc_vs_vmaf") or {}).get("codec")
     for key, title in (("by_resolution", "source resolution"), ("by_codec", "codec")):
         groups = [g for g in result.get(key, []) if g["sources"]]
         if not groups:
             continue
-        lines += ["", f"Flip rate of the model by {title}:", "",
+        scope = f" ({codec} variants)" if key == "by_resolution" and codec else ""
+        lines += ["", f"Flip rate of the model by {title}{scope}:", "",
                   f"| {title} | sources | pairs | "
                   + " | ".join(f"FR d={d}" for d in diffs) + " | FR all |",
                   "|---|---:|---:|" + "---:|" * (len(diffs) + 1)]
