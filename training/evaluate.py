@@ -153,15 +153,15 @@ def _source_heights(items: Sequence[Item]) -> dict[str, int | None]:
 
 def _srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
                   codec: str | None) -> dict:
-    """SRCC against VMAF within each source (variants of ``codec``) and pooled (variants)."""
+    """SRCC against VMAF within each source and pooled over sources, both over the variants
+    of ``codec`` (None: every codec)."""
     per: dict[str, dict[str, tuple[float, float]]] = {}  # source -> sha -> (value, vmaf)
     pooled: dict[tuple[str, str | None], tuple[float, float]] = {}
     for v, i in zip(values, items, strict=True):
-        if v is None or i.vmaf is None or i.original:
+        if v is None or i.vmaf is None or i.original or (codec is not None and i.codec != codec):
             continue
-        pooled[(i.source, i.sha256)] = (v, i.vmaf)  # an identical file counts once
-        if codec is None or i.codec == codec:
-            per.setdefault(i.source, {})[i.sha256 or i.path] = (v, i.vmaf)
+        pooled[(i.source, i.sha256 or i.path)] = (v, i.vmaf)  # an identical file counts once
+        per.setdefault(i.source, {})[i.sha256 or i.path] = (v, i.vmaf)
     within: dict[str, float] = {}
     for source, files in per.items():
         v, t = zip(*files.values(), strict=True) if files else ((), ())
@@ -238,8 +238,9 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
         - ``by_codec``: the same per codec present, ``name`` being the codec;
         - ``srcc_vs_vmaf``: ``{"codec", "model": S, "psnr": S}`` where S is
           ``{"within_source": mean over sources of SRCC against VMAF over the source's
-          variants of codec, "sources": n, "pooled": SRCC against VMAF over all variants
-          (distinct files), "n": files, "per_source": {source: SRCC}}``. A source whose
+          variants of codec, "sources": n, "pooled": SRCC against VMAF over those variants
+          of every source (distinct files), "n": files, "per_source": {source: SRCC}}``
+          (the ``rows`` correlate every row of every codec). A source whose
           variants all get one score counts as 0;
         - ``ties``: ``{"count", "pairs"}``: pairs of distinct files of one source with equal
           model scores (they count as flips), among all such pairs;
@@ -428,7 +429,7 @@ def markdown_table(result: dict) -> str:
         m, p = w["model"], w["psnr"]
         lines += ["", f"SRCC against VMAF within a source ({w['codec'] or 'every codec'}): "
                   f"model {_num(m['within_source'])}, PSNR {_num(p['within_source'])} "
-                  f"(mean over {m['sources']} sources); pooled over all variants: model "
+                  f"(mean over {m['sources']} sources); pooled over those variants: model "
                   f"{_num(m['pooled'])}, PSNR {_num(p['pooled'])} ({m['n']} files)."]
     t = result.get("ties")
     if t:
