@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import backends, preprocess
-from .configs import COMPARE_PROMPT, MODELS, QUALITY_OPENER, QUALITY_WORDS, packaged
+from .configs import COMPARE_PROMPT, MODELS, packaged
 from .errors import UnknownNameError, VideoNotFoundError, message, suggest
 from .modeldir import is_model_dir
 
@@ -282,9 +282,7 @@ def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
     m = load_model(model, "torch", decoder=True)
     k = m.key_frames(frames, key_frames, where="describe()")
     result = m.score_key_frames(k)
-    text = m.backend.net.generate_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens,
-                                       sentences=3, opener=QUALITY_OPENER,
-                                       choices=QUALITY_WORDS)[0]
+    text = m.backend.net.describe_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens)
     return Description(text, result)
 
 

@@ -511,7 +511,7 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
     """
     import re
 
-    from ..configs import QUALITY_OPENER, QUALITY_WORDS
+    from ..configs import QUALITY_WORDS
     from ..preprocess import key_frame_indices, prepare
     from ..video import read_key_frames
     from .describe import quality_word, quality_word_in
@@ -528,8 +528,7 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
         x = prepare(sub, cfg)
         with torch.no_grad():
             vis = model.visual_tokens(torch.from_numpy(x.views), torch.from_numpy(x.patches))
-        text = model.generate_text(vis, sentences=3, opener=QUALITY_OPENER,
-                                   choices=QUALITY_WORDS)[0]
+        text = model.describe_text(vis)
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
         near += got is not None and abs(QUALITY_WORDS.index(want) - QUALITY_WORDS.index(got)) <= 1

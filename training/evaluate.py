@@ -156,12 +156,10 @@ def _srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
     """SRCC against VMAF within each source and pooled over sources, both over the variants
     of ``codec`` (None: every codec)."""
     per: dict[str, dict[str, tuple[float, float]]] = {}  # source -> sha -> (value, vmaf)
-    pooled: dict[tuple[str, str | None], tuple[float, float]] = {}
     for v, i in zip(values, items, strict=True):
         if v is None or i.vmaf is None or i.original or (codec is not None and i.codec != codec):
             continue
-        pooled[(i.source, i.sha256 or i.path)] = (v, i.vmaf)  # an identical file counts once
-        per.setdefault(i.source, {})[i.sha256 or i.path] = (v, i.vmaf)
+        per.setdefault(i.source, {})[i.sha256 or i.path] = (v, i.vmaf)  # identical files: once
     within: dict[str, float] = {}
     for source, files in per.items():
         v, t = zip(*files.values(), strict=True) if files else ((), ())
@@ -169,7 +167,7 @@ def _srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
             continue  # nothing to rank: one file, or VMAF equal on all
         r = srcc(v, t)
         within[source] = 0.0 if math.isnan(r) else r  # one score for all: no ranking at all
-    p = list(pooled.values())
+    p = [pair for files in per.values() for pair in files.values()]
     return {"within_source": sum(within.values()) / len(within) if within else None,
             "sources": len(within),
             "pooled": srcc(*zip(*p, strict=True)) if len(p) >= 2 else None,

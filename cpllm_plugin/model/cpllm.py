@@ -202,3 +202,12 @@ class CPLLM(nn.Module):
         if sentences:
             texts = [" ".join(re.split(r"(?<=[.!?])\s+", t)[:sentences]) for t in texts]
         return texts
+
+    def describe_text(self, visual: torch.Tensor, max_new_tokens: int | None = None) -> str:
+        """What ``describe`` writes for one video's visual tokens: three sentences (content,
+        style, technical quality), the last opened with the training descriptions' opener
+        and a quality word the decoder chooses."""
+        from ..configs import QUALITY_OPENER, QUALITY_WORDS
+
+        return self.generate_text(visual, max_new_tokens=max_new_tokens, sentences=3,
+                                  opener=QUALITY_OPENER, choices=QUALITY_WORDS)[0]
