@@ -624,9 +624,8 @@ class Ladder:
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,
                 "-fps_mode", "passthrough"]
         pix = ["-pix_fmt", self.settings.pix_fmt] if self.settings.pix_fmt else []
-        try:  # x264 lossless: several times faster than FFV1, any 8/10-bit 4:2:x format
-            ff.run_ffmpeg(head + ["-c:v", "libx264", "-qp", "0", "-preset", "ultrafast",
-                                  "-threads", str(threads), *pix, str(out)], where)
+        try:
+            ff.run_ffmpeg(head + [*ff.LOSSLESS, "-threads", str(threads), *pix, str(out)], where)
         except ff.FfmpegError:
             ff.run_ffmpeg(head + ["-c:v", "ffv1", "-threads", str(threads), *pix, str(out)],
                           where)

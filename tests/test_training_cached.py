@@ -190,6 +190,13 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert set(book) == set(rc.STAGES[1:])
     assert book["train"][0]["run"] == "run-native-b11" and "run" not in book["ladder"][0]
     train = read_manifest(r.train_manifest)
+    # the training ladder is made from a 1 s lossless cut of the original; dev stays whole
+    assert r.train_manifest.parent.name == "ladder-train-1s"
+    from cpllm_plugin.video import probe
+    cut = next(i for i in train if i.original)
+    assert cut.path == "cuts/a.mkv" and probe(r.train_manifest.parent / cut.path).duration == 1
+    assert {probe(r.train_manifest.parent / i.path).frame_count for i in train} == {24}
+    assert probe(r.dev_manifest.parent / read_manifest(r.dev_manifest)[1].path).frame_count == 48
     assert all(i.description and "CRF" not in i.description for i in train)
     man = json.loads((r.out / "manifest.json").read_text())
     assert man["precisions"]["fp32"]["passed"]

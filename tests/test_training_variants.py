@@ -379,3 +379,37 @@ def test_degraded_original_is_measured_against_its_reference(source, tmp_path, m
     with pytest.raises(vr.MissingVideosError, match="reference"):
         vr.make_variants([Item(str(low), "x", reference=str(tmp_path / "gone.mp4"))],
                          tmp_path / "w", crfs=(15,), progress=False)
+
+
+def test_shorten_cuts_the_first_frames_losslessly_and_ladders_measure_them(source, tmp_path,
+                                                                        monkeypatch):
+    import av
+
+    from cpllm_plugin.video import probe
+
+    def read_frames(path, n=None):
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)][:n]
+
+    low = write_video(tmp_path / "coffee_low.mp4", pan_frames(20, 72, 128), fps=25, crf=10)
+    sources = [Item(str(source), "coffee", split="train"),
+               Item(str(low), "coffee-low", split="train", reference=str(source))]
+    cuts = vr.shorten(sources, tmp_path / "cuts", 0.4, min_frames=4, jobs=2, progress=False)
+    assert [c.source for c in cuts] == ["coffee", "coffee-low"]
+    assert cuts[1].reference == str(source)  # the parent stays whole
+    for c, o in zip(cuts, sources, strict=True):
+        assert probe(c.path).frame_count == 10  # 0.4 s at 25 fps
+        got, want = read_frames(c.path), read_frames(o.path)[:10]
+        assert len(got) == 10 and all(np.array_equal(a, b) for a, b in zip(got, want,
+                                                                            strict=True))
+    calls = _count_ffmpeg(monkeypatch)
+    assert vr.shorten(sources, tmp_path / "cuts", 0.4, progress=False) == cuts
+    assert calls == []  # resumable
+    rows = vr.make_variants(cuts, tmp_path / "v", crfs=(15, 45), jobs=2, progress=False)
+    by = {(r.source, r.crf): r for r in rows}
+    assert probe(tmp_path / "v" / by[("coffee", 45)].path).frame_count == 10
+    # measured against the parent's first 10 frames: a clean cut's variant stays near 100
+    assert by[("coffee", 15)].vmaf > 95 > by[("coffee-low", 15)].vmaf
+    assert by[("coffee-low", 45)].vmaf < by[("coffee-low", 15)].vmaf
+    with pytest.raises(vr.DataArgumentError, match="seconds > 0"):
+        vr.shorten(sources, tmp_path / "c2", 0, progress=False)

@@ -43,10 +43,11 @@ from .variants import progress_printer
 STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "codecs", "eval")
 MODEL_STAGES = ("cache", "train", "text", "ship")  # their cost depends on the model trained
 TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
-# Evaluation-only ladders of the other encoders: five levels spread over each default ladder
-# (variants.ENCODERS), enough for their flip rates and within the recipe's time budget.
-DEV_CODECS = {"libx265": (15, 29, 39, 47, 51), "libsvtav1": (20, 42, 55, 61, 63),
-              "libvpx-vp9": (15, 37, 51, 59, 63)}
+# Evaluation-only ladders of the other encoders: four levels from about VMAF 95 down over each
+# default ladder (variants.ENCODERS), enough for their flip rates within the time budget (the
+# near-lossless fifth level cost the most to encode and never flipped).
+DEV_CODECS = {"libx265": (29, 39, 47, 51), "libsvtav1": (42, 55, 61, 63),
+              "libvpx-vp9": (37, 51, 59, 63)}
 PACKAGED = Path(__file__).resolve().parent.parent / "cpllm_plugin" / "models" / "cpllm-lite"
 
 
@@ -68,6 +69,10 @@ class Recipe:
         train_minutes, text_minutes: time budgets of this session's training stages.
         jobs: ffmpeg processes for the ladders.
         train_crfs, dev_crfs: libx264 ladders of the two splits.
+        train_seconds: training ladders are made from lossless cuts of the first this many
+            seconds of each training original (None: whole originals, 2 s); dev keeps its
+            whole originals.
+        vmaf_subsample: VMAF on every n-th frame in the ladders (PSNR on every frame).
         dev_codecs: also make dev ladders of these encoders, at these CRFs.
         decoder: the decoder to attach (tests use ``tiny-gemma``).
         describe_count: dev variants whose generated description is checked against the
@@ -82,13 +87,15 @@ class Recipe:
     frozen_blocks: int = 11
     steps: int = 600
     pairs: int = 8
-    text_steps: int = 250
+    text_steps: int = 120
     text_batch: int = 2
     train_minutes: float = 40.0
     text_minutes: float = 90.0
     jobs: int = 2
     train_crfs: tuple[int, ...] = TRAIN_CRFS
     dev_crfs: tuple[int, ...] = CRF_LEVELS
+    train_seconds: float | None = 1.0
+    vmaf_subsample: int = 2
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
     decoder: str = "gemma3-270m"
@@ -101,7 +108,9 @@ class Recipe:
 
     @property
     def train_manifest(self) -> Path:
-        return self.data / "ladder-train" / "manifest.jsonl"
+        # Named by the cut length, so ladders of another length are never mixed into it.
+        name = "ladder-train" + (f"-{self.train_seconds:g}s" if self.train_seconds else "")
+        return self.data / name / "manifest.jsonl"
 
     @property
     def dev_manifest(self) -> Path:
@@ -188,13 +197,18 @@ def _sources(r: Recipe) -> list[Item]:
 
 
 def stage_ladder(r: Recipe, say) -> dict:
-    from .variants import make_variants
+    from .variants import make_variants, shorten
 
     src = _sources(r)
     train = [i for i in src if i.split == "train"]
     dev = [i for i in src if i.split == "dev"]
-    make_variants(train, r.train_manifest.parent, crfs=r.train_crfs, jobs=r.jobs, progress=say)
-    make_variants(dev, r.dev_manifest.parent, crfs=r.dev_crfs, jobs=r.jobs, progress=say)
+    if r.train_seconds:
+        train = shorten(train, r.train_manifest.parent / "cuts", r.train_seconds, jobs=r.jobs,
+                        progress=say)
+    make_variants(train, r.train_manifest.parent, crfs=r.train_crfs, jobs=r.jobs, progress=say,
+                  vmaf_subsample=r.vmaf_subsample)
+    make_variants(dev, r.dev_manifest.parent, crfs=r.dev_crfs, jobs=r.jobs, progress=say,
+                  vmaf_subsample=r.vmaf_subsample)
     return {"train_videos": len(read_manifest(r.train_manifest)),
             "dev_videos": len(read_manifest(r.dev_manifest))}
 
@@ -205,7 +219,7 @@ def stage_codecs(r: Recipe, say) -> dict:
     dev = [i for i in _sources(r) if i.split == "dev"]
     for codec, crfs in r.dev_codecs.items():
         make_variants(dev, r.dev_manifest.parent, codec=codec, crfs=crfs, jobs=r.jobs,
-                      progress=say)
+                      progress=say, vmaf_subsample=r.vmaf_subsample)
     return {"dev_videos": len(read_manifest(r.dev_manifest))}
 
 
@@ -458,13 +472,21 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Stop training (resumably) after this long in one run.")
 @click.option("--text-steps", type=click.IntRange(0), default=Recipe.text_steps)
 @click.option("--text-minutes", type=float, default=Recipe.text_minutes)
+@click.option("--train-seconds", type=click.FloatRange(0, min_open=True),
+              default=Recipe.train_seconds,
+              help="Length of the training originals' cuts (the dev split stays whole).")
+@click.option("--whole-train", is_flag=True, help="Train on whole originals (2 s), no cuts.")
+@click.option("--vmaf-subsample", type=click.IntRange(1), default=Recipe.vmaf_subsample,
+              help="VMAF on every n-th frame in the ladders.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, jobs):
+         text_minutes, train_seconds, whole_train, vmaf_subsample, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
-               text_minutes=text_minutes, jobs=jobs)
+               text_minutes=text_minutes, jobs=jobs,
+               train_seconds=None if whole_train else train_seconds,
+               vmaf_subsample=vmaf_subsample)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:

@@ -108,6 +108,9 @@ from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     measure_fr,
 )
 from cpllm_plugin.integrations.ffmpeg import (
+    LOSSLESS,
+)
+from cpllm_plugin.integrations.ffmpeg import (
     even_crop as _EVEN,
 )
 from cpllm_plugin.integrations.ffmpeg import (
@@ -188,6 +191,63 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dst
+
+
+def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
+            min_frames: int = 16, ffmpeg: str | None = None, jobs: int | None = None,
+            progress: Progress | bool = True) -> list[Item]:
+    """Cut the first ``seconds`` of every original, losslessly, for a cheaper ladder.
+
+    Each cut holds the first ``max(round(seconds * fps), min_frames)`` frames (never more
+    than the source has), so its pixels are the source's. A row's ``reference`` (a degraded
+    original's clean parent) is kept whole: VMAF pairs frames by index and stops at the
+    shorter input, so a short variant is measured against its parent's first frames.
+    Resumable: a cut already on disk is kept (cuts are written under a temporary name).
+
+    Returns:
+        the items with ``path`` pointing at the cuts (absolute).
+    """
+    from cpllm_plugin.video import probe
+
+    where = "shorten()"
+    if seconds <= 0:
+        raise DataArgumentError(message(where, "seconds > 0", repr(seconds),
+                                        "pass the length of the cuts in seconds"))
+    ffmpeg = find_ffmpeg(ffmpeg)
+    say = progress_printer(progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = default_jobs() if jobs is None else jobs
+    threads = str(_threads(jobs))
+    todo, items = [], []
+    for o in sources:
+        dst = out / f"{_folder(o.source)}.mkv"
+        items.append(replace(o, path=str(dst.resolve()), sha256=None))
+        if not dst.is_file():
+            todo.append((o, dst))
+    say(f"shorten: {len(sources) - len(todo)} of {len(sources)} cuts of {seconds:g} s "
+        f"already on disk, {len(todo)} to cut")
+
+    def cut(o: Item, dst: Path) -> float:
+        t = time.perf_counter()
+        info = probe(o.path)
+        n = min(max(int(round(seconds * info.fps)), min_frames), info.frame_count)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".mkv", dir=dst.parent)
+        os.close(fd)
+        try:
+            _run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                         "-threads", threads, "-i", str(o.path), "-map", "0:v:0", "-an", "-sn",
+                         "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
+                         "-frames:v", str(n), *LOSSLESS, "-threads", threads, tmp],
+                        f"{where}: cutting {o.source!r}")
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return time.perf_counter() - t
+
+    _parallel(todo, cut, jobs, say, "cut", lambda a, dt: f"{a[0].source}: {dt:.1f} s")
+    return items
 
 
 # --- pseudo-scores ------------------------------------------------------------------------
