@@ -93,6 +93,7 @@ from cpllm_plugin.errors import (
 from cpllm_plugin.hashing import sha256_file
 from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     ENCODERS,
+    LOSSLESS,
     PSNR_CAP,
     VMAF_FRAMES,
     VMAF_MODEL,
@@ -106,9 +107,6 @@ from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     get_encoder,
     has_libvmaf,
     measure_fr,
-)
-from cpllm_plugin.integrations.ffmpeg import (
-    LOSSLESS,
 )
 from cpllm_plugin.integrations.ffmpeg import (
     even_crop as _EVEN,
