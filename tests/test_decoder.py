@@ -477,3 +477,19 @@ def test_steer_shapes_sentences_and_writes_the_opener(tiny):
         assert row[first + 1:first + 4] == opener  # the last sentence starts with it
         assert row[first + 4] in choices  # then one of the choices
         assert ends[row[-1]] and sum(bool(ends[t]) for t in row) == 2  # ends at sentence 2
+
+
+def test_no_repeat_rule_compares_words_not_token_ids():
+    """"The video shows a" and " the video shows a" are different tokens but the same words."""
+    from cpllm_plugin.model.decoder import _ban_repeats
+
+    canon = torch.arange(12)
+    canon[9] = 5  # token 9 is token 5 with another case or a leading space
+    seq = [torch.tensor([t]) for t in (5, 6, 7, 8, 1, 9, 6, 7)]
+    logits = torch.zeros(1, 12)
+    assert torch.isfinite(_ban_repeats(logits, seq, 4)).all()  # by id: no repeat yet
+    banned = torch.isinf(_ban_repeats(logits, seq, 4, canon))[0]
+    assert banned.nonzero().flatten().tolist() == [8]
+    canon[10] = 8  # every token of the completing word's class is banned
+    banned = torch.isinf(_ban_repeats(logits, seq, 4, canon))[0]
+    assert banned.nonzero().flatten().tolist() == [8, 10]

@@ -495,15 +495,25 @@ def embed_tokens(model: nn.Module) -> nn.Module:
     return model.get_input_embeddings()
 
 
-def _ban_repeats(logits: torch.Tensor, tokens: list[torch.Tensor], n: int) -> torch.Tensor:
-    """``logits (B, V)`` with -inf on each token that would complete an n-gram seen before."""
-    seq = torch.stack(tokens, dim=1).tolist()  # (B, L)
+def _ban_repeats(logits: torch.Tensor, tokens: list[torch.Tensor], n: int,
+                 canon: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits (B, V)`` with -inf on each token that would complete an n-gram seen before.
+
+    With ``canon`` (V,), tokens are compared by their canonical id, so "The video" at the
+    start of a sentence and " the video" inside one count as the same words."""
+    seq = torch.stack(tokens, dim=1)  # (B, L)
+    if canon is not None:
+        canon = canon.to(seq.device)
+        seq = canon[seq]
     logits = logits.clone()
-    for b, row in enumerate(seq):
+    for b, row in enumerate(seq.tolist()):
         prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
         for i in range(len(row) - n + 1):
             if tuple(row[i:i + n - 1]) == prefix:
-                logits[b, row[i + n - 1]] = float("-inf")
+                if canon is None:
+                    logits[b, row[i + n - 1]] = float("-inf")
+                else:
+                    logits[b, canon == row[i + n - 1]] = float("-inf")
     return logits
 
 
@@ -640,6 +650,8 @@ class Steer:
         banned: token ids never emitted (line breaks).
         opener: token ids written at the start of the last sentence (may be empty).
         choices: token ids allowed right after the opener (empty: any).
+        canon: long (V,), each token's canonical id (the first token with the same lower-case
+            text without surrounding spaces), for the no-repeat rule (None: ids as they are).
     """
 
     sentences: int
@@ -647,6 +659,7 @@ class Steer:
     banned: torch.Tensor
     opener: list[int]
     choices: list[int] = dataclasses.field(default_factory=list)
+    canon: torch.Tensor | None = None
 
     @classmethod
     def for_tokenizer(cls, tok, sentences: int, opener: str = "",
@@ -659,7 +672,10 @@ class Steer:
         ids = tok(" " + opener, add_special_tokens=False).input_ids if opener else []
         # A word's first token stands for it (each quality word is one token in Gemma 3).
         first = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in choices]
-        return cls(sentences, ends, banned, list(ids), first)
+        first_of: dict[str, int] = {}
+        canon = torch.tensor([first_of.setdefault(t.strip().lower(), i)
+                              for i, t in enumerate(text)], dtype=torch.long)
+        return cls(sentences, ends, banned, list(ids), first, canon)
 
 
 def generate(
@@ -726,11 +742,18 @@ def generate(
         embed = embed_tokens(model)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1]
+            free = logits
             if no_repeat_ngram and len(out_tokens) >= no_repeat_ngram - 1:
-                logits = _ban_repeats(logits, out_tokens, no_repeat_ngram)
+                logits = _ban_repeats(logits, out_tokens, no_repeat_ngram,
+                                      steer.canon if steer is not None else None)
             if steer is not None:
-                logits, forced, advance = _steer(logits, steer, count, opened, eos,
-                                                 out_tokens[-1] if out_tokens else None)
+                last = out_tokens[-1] if out_tokens else None
+                logits, forced, advance = _steer(logits, steer, count, opened, eos, last)
+                stuck = torch.isinf(logits).all(-1)
+                if bool(stuck.any()):  # every allowed token repeats: let the repeat through
+                    logits = torch.where(stuck[:, None],
+                                         _steer(free, steer, count, opened, eos, last)[0],
+                                         logits)
             token = logits.argmax(-1)
             if steer is not None:
                 token = torch.where(forced >= 0, forced, token)
