@@ -472,20 +472,19 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Stop training (resumably) after this long in one run.")
 @click.option("--text-steps", type=click.IntRange(0), default=Recipe.text_steps)
 @click.option("--text-minutes", type=float, default=Recipe.text_minutes)
-@click.option("--train-seconds", type=click.FloatRange(0, min_open=True),
-              default=Recipe.train_seconds,
-              help="Length of the training originals' cuts (the dev split stays whole).")
-@click.option("--whole-train", is_flag=True, help="Train on whole originals (2 s), no cuts.")
+@click.option("--train-seconds", type=click.FloatRange(0), default=Recipe.train_seconds,
+              help="Length of the training originals' cuts (0: whole originals, 2 s; the "
+              "dev split stays whole).")
 @click.option("--vmaf-subsample", type=click.IntRange(1), default=Recipe.vmaf_subsample,
               help="VMAF on every n-th frame in the ladders.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, whole_train, vmaf_subsample, jobs):
+         text_minutes, train_seconds, vmaf_subsample, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
-               train_seconds=None if whole_train else train_seconds,
+               train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)

@@ -174,21 +174,26 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
         raise VideoNotFoundError(message(where, "a source video file", f"missing {src}",
                                          "check the source path in the manifest"))
     n = str(threads or _threads(1))
+    _write(dst, "mp4", [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                        "-filter_threads", n, "-threads", n, "-i", str(src),
+                        "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1",
+                        "-map_chapters", "-1", "-vf", _EVEN, "-fps_mode", "passthrough",
+                        *enc.args(crf, preset, int(n)), "-pix_fmt", "yuv420p"], where)
+    return dst
+
+
+def _write(dst: Path, fmt: str, args: list[str], where: str) -> None:
+    """Run ffmpeg ``args`` into ``dst`` (container ``fmt``) through a temporary file beside
+    it, renamed only on success, so an existing ``dst`` is always complete."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".part", dir=dst.parent)
     os.close(fd)
-    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-filter_threads", n, "-threads", n, "-i", str(src),
-            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
-            "-vf", _EVEN, "-fps_mode", "passthrough", *enc.args(crf, preset, int(n)),
-            "-pix_fmt", "yuv420p"]
     try:
-        _run_ffmpeg(args + ["-f", "mp4", tmp], where)
+        _run_ffmpeg(args + ["-f", fmt, tmp], where)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return dst
 
 
 def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
@@ -230,18 +235,11 @@ def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
         t = time.perf_counter()
         info = probe(o.path)
         n = min(max(int(round(seconds * info.fps)), min_frames), info.frame_count)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".mkv", dir=dst.parent)
-        os.close(fd)
-        try:
-            _run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                         "-threads", threads, "-i", str(o.path), "-map", "0:v:0", "-an", "-sn",
-                         "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
-                         "-frames:v", str(n), *LOSSLESS, "-threads", threads, tmp],
-                        f"{where}: cutting {o.source!r}")
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write(dst, "matroska", [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                                 "-threads", threads, "-i", str(o.path), "-map", "0:v:0", "-an",
+                                 "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
+                                 "-frames:v", str(n), *LOSSLESS, "-threads", threads],
+               f"{where}: cutting {o.source!r}")
         return time.perf_counter() - t
 
     _parallel(todo, cut, jobs, say, "cut", lambda a, dt: f"{a[0].source}: {dt:.1f} s")
