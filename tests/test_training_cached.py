@@ -19,6 +19,7 @@ from cpllm_plugin.training.cached import (
     CachedConfig,
     CachedSet,
     TextConfig,
+    decoder_visuals,
     load_state,
     train_scorer,
     train_text,
@@ -73,7 +74,11 @@ def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
     f = cache.get(items[1].sha256)
     assert f.stem.shape == (5, 8, 112, 14, 14) and f.stem.dtype == np.float16
     assert f.ctx.shape == (5, 1280) and f.tokens.shape == (196, 1280)
-    from_cache = data.score_all(lite.scorer.eval())
+    # the cache scores as at inference even from a scorer left in train mode (BatchNorm on
+    # batch statistics and drop-connect would otherwise change every score)
+    from_cache = data.score_all(lite.scorer.train())
+    assert lite.scorer.training
+    lite.scorer.eval()
     from cpllm_plugin.preprocess import prepare
     from cpllm_plugin.video import read_key_frames
 
@@ -83,10 +88,14 @@ def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
         with torch.no_grad():
             full = lite.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).mean()
         assert abs(from_cache[n] - float(full)) < 2e-3  # float16 storage of the features
-    # freezing more blocks runs the extra ones once, on load
+    # freezing more blocks runs the extra ones once, on load, as at inference
+    lite.scorer.train()
     deeper = CachedSet(ladder, items, cache, blocks=13)
     assert deeper.stem.shape[3:] == (192, 7, 7)
     np.testing.assert_allclose(deeper.score_all(lite.scorer), from_cache, atol=2e-3)
+    # the decoder's visual tokens too (the text stage trains on them)
+    torch.testing.assert_close(decoder_visuals(lite.scorer, data),
+                               decoder_visuals(lite.scorer.eval(), data))
 
 
 def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(

@@ -23,6 +23,7 @@ Adam's moments and the step, so ``resume`` continues exactly where a run stopped
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -46,6 +47,17 @@ from .variants import progress_printer
 
 class CachedTrainingError(CpllmError, ValueError):
     """The cached training data or state is unusable."""
+
+
+@contextlib.contextmanager
+def inference_mode(module: torch.nn.Module):
+    """``module`` in eval mode inside the block, its own mode restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Tensor
@@ -113,7 +125,9 @@ class CachedSet:
                 x = low.advance(s.flatten(0, 1).float(), cache.blocks, self.blocks)
                 return x.half().view(*s.shape[:2], *x.shape[1:])
 
-            with torch.no_grad():
+            # frozen blocks run as at inference: in train mode BatchNorm would normalise by
+            # each video's own statistics and drop-connect would zero whole blocks at random
+            with torch.no_grad(), inference_mode(low):
                 stems = [advance(s) for s in stems]
         self.stem = torch.stack(stems)  # (N, M, K, C, h, w) float16
         self.ctx = torch.from_numpy(np.stack([f.ctx for f in feats]))  # (N, M, Ch)
@@ -159,14 +173,16 @@ class CachedSet:
 
     @torch.no_grad()
     def score_all(self, scorer: Scorer, chunk: int = 16) -> np.ndarray:
-        """Video scores ``(N,)`` (mean over the M key frames) from the cache."""
+        """Video scores ``(N,)`` (mean over the M key frames) from the cache, as at inference
+        whatever mode ``scorer`` is in."""
         out = np.empty(len(self.items))
-        for s in range(0, len(self.items), chunk):
-            stem = self.stem[s:s + chunk].float()
-            n = stem.shape[0]
-            f = frame_scores(scorer, self.blocks, stem.flatten(0, 1),
-                             self.ctx[s:s + chunk].flatten(0, 1))
-            out[s:s + n] = f.view(n, self.m).mean(dim=1).double().numpy()
+        with inference_mode(scorer):
+            for s in range(0, len(self.items), chunk):
+                stem = self.stem[s:s + chunk].float()
+                n = stem.shape[0]
+                f = frame_scores(scorer, self.blocks, stem.flatten(0, 1),
+                                 self.ctx[s:s + chunk].flatten(0, 1))
+                out[s:s + n] = f.view(n, self.m).mean(dim=1).double().numpy()
         return out
 
 
@@ -380,7 +396,7 @@ def decoder_visuals(scorer: Scorer, data: CachedSet, chunk: int = 8) -> torch.Te
 
     pick = int(key_frame_indices(data.m, 1)[0])
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_mode(scorer):  # the tokens describe() will see
         for s in range(0, len(data.items), chunk):
             out.append(visual_tokens(scorer, data.blocks, data.stem[s:s + chunk, pick].float(),
                                      data.tokens[s:s + chunk].float()))
