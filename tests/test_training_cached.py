@@ -178,6 +178,14 @@ def test_half_storage_keeps_the_model_id_and_leaves_out_the_packaged_encoder(tmp
     assert back.config.weights_half and io.model_id(back) == io.model_id(m)
 
 
+def test_recipe_cache_stops_where_training_starts(lite, tmp_path):
+    # fewer frozen blocks than the default need a cache that stops earlier; more are run
+    # once on load from the default cache
+    for frozen, blocks in ((8, 8), (FROZEN_BLOCKS, FROZEN_BLOCKS), (13, FROZEN_BLOCKS)):
+        cache = rc._cache(rc.Recipe(data=tmp_path, frozen_blocks=frozen), lite)
+        assert cache.blocks == blocks and f"-b{blocks}-" in cache.key
+
+
 def test_recipe_end_to_end_on_two_sources(tmp_path):
     """corpus (given) -> ladders -> descriptions -> cache -> train -> text -> ship -> eval."""
     from media import pan_frames, write_video

@@ -244,9 +244,12 @@ def _model(r: Recipe, decoder: bool = False):
 
 
 def _cache(r: Recipe, model):
-    from .frozen import FeatureCache
+    from .frozen import FROZEN_BLOCKS, FeatureCache
 
+    # the cache stops where training starts, or at block 11 when more are frozen (those
+    # run once, on load)
     return FeatureCache(model.scorer, model.config, r.data / "cache",
+                        blocks=min(r.frozen_blocks, FROZEN_BLOCKS),
                         key_frames=model.config.key_frames)
 
 
@@ -465,8 +468,9 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Run only these stages (repeatable); default: all, in order.")
 @click.option("--low-input", type=click.Choice(["native", "fit"]), default="native",
               help="Low-level input mode of the model trained.")
-@click.option("--frozen-blocks", type=click.IntRange(11, 16), default=11,
-              help="Pixel-encoder blocks kept at their ImageNet weights.")
+@click.option("--frozen-blocks", type=click.IntRange(5, 16), default=Recipe.frozen_blocks,
+              help="Pixel-encoder blocks kept at their ImageNet weights (below 11 the "
+              "feature cache stops earlier and steps cost more).")
 @click.option("--steps", type=click.IntRange(1), default=Recipe.steps)
 @click.option("--train-minutes", type=float, default=Recipe.train_minutes,
               help="Stop training (resumably) after this long in one run.")
@@ -477,15 +481,18 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               "dev split stays whole).")
 @click.option("--vmaf-subsample", type=click.IntRange(1), default=Recipe.vmaf_subsample,
               help="VMAF on every n-th frame in the ladders.")
+@click.option("--dev-every", type=click.IntRange(0), default=Recipe.dev_every,
+              help="Dev flip rates from the cache every this many training steps (0: none; "
+              "the dev features are cached too).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, vmaf_subsample, jobs):
+         text_minutes, train_seconds, vmaf_subsample, dev_every, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
-               vmaf_subsample=vmaf_subsample)
+               vmaf_subsample=vmaf_subsample, dev_every=dev_every)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:
