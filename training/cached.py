@@ -50,7 +50,7 @@ class CachedTrainingError(CpllmError, ValueError):
 
 
 @contextlib.contextmanager
-def inference_mode(module: torch.nn.Module):
+def eval_mode(module: torch.nn.Module):
     """``module`` in eval mode inside the block, its own mode restored after."""
     was = module.training
     module.eval()
@@ -127,7 +127,7 @@ class CachedSet:
 
             # frozen blocks run as at inference: in train mode BatchNorm would normalise by
             # each video's own statistics and drop-connect would zero whole blocks at random
-            with torch.no_grad(), inference_mode(low):
+            with torch.no_grad(), eval_mode(low):
                 stems = [advance(s) for s in stems]
         self.stem = torch.stack(stems)  # (N, M, K, C, h, w) float16
         self.ctx = torch.from_numpy(np.stack([f.ctx for f in feats]))  # (N, M, Ch)
@@ -176,7 +176,7 @@ class CachedSet:
         """Video scores ``(N,)`` (mean over the M key frames) from the cache, as at inference
         whatever mode ``scorer`` is in."""
         out = np.empty(len(self.items))
-        with inference_mode(scorer):
+        with eval_mode(scorer):
             for s in range(0, len(self.items), chunk):
                 stem = self.stem[s:s + chunk].float()
                 n = stem.shape[0]
@@ -396,7 +396,7 @@ def decoder_visuals(scorer: Scorer, data: CachedSet, chunk: int = 8) -> torch.Te
 
     pick = int(key_frame_indices(data.m, 1)[0])
     out = []
-    with torch.no_grad(), inference_mode(scorer):  # the tokens describe() will see
+    with torch.no_grad(), eval_mode(scorer):  # the tokens describe() will see
         for s in range(0, len(data.items), chunk):
             out.append(visual_tokens(scorer, data.blocks, data.stem[s:s + chunk, pick].float(),
                                      data.tokens[s:s + chunk].float()))

@@ -65,7 +65,7 @@ from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, write_manifest
-from .variants import progress_printer
+from .variants import atomic, progress_printer
 
 SPLIT_FILE = Path(__file__).with_name("split.json")
 
@@ -790,18 +790,6 @@ def extract(archive: Path, members: Sequence[str], dest: Path) -> dict[str, Path
 # --- making originals -----------------------------------------------------------------------
 
 
-def _atomic(dst: Path, make: Callable[[Path], None]) -> Path:
-    """Run ``make(tmp)`` and rename ``tmp`` to ``dst``: a file that exists is complete."""
-    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    try:
-        make(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dst
-
-
 def _existing(dst_dir: Path, sid: str) -> Path | None:
     for old in dst_dir.glob(f"{sid}.*"):
         if not old.name.startswith("."):
@@ -821,14 +809,14 @@ def _clip_original(src: Path, dst_dir: Path, clip: Clip, ffmpeg: str | None) -> 
     base = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     if clip.start == 0 and not clip.loop:
         # The same container as the source: AVI without timestamps does not copy into MKV.
-        return _atomic(dst_dir / f"{clip.id}{src.suffix.lower()}", lambda tmp: _run_ffmpeg(
+        return atomic(dst_dir / f"{clip.id}{src.suffix.lower()}", lambda tmp: _run_ffmpeg(
             [*base, "-fflags", "+genpts", "-i", str(src), "-map", "0:v:0", "-c", "copy",
              "-frames:v", str(n), "-map_metadata", "-1", str(tmp)], f"cut {clip.id!r}"))
     seek = ["-ss", f"{clip.start:g}"] if clip.start else []
     vf = (["-filter_complex", "[0:v]split[a][b];[b]reverse[r];[a][r]concat=n=2:v=1:a=0,"
            "format=yuv420p[v]", "-map", "[v]"] if clip.loop
           else ["-map", "0:v:0", "-vf", "format=yuv420p"])
-    return _atomic(dst_dir / f"{clip.id}.mp4", lambda tmp: _run_ffmpeg(
+    return atomic(dst_dir / f"{clip.id}.mp4", lambda tmp: _run_ffmpeg(
         [*base, *seek, "-i", str(src), *vf, "-frames:v", str(n), "-an", "-c:v", "libx264",
          "-crf", str(CRF), "-preset", "medium", "-threads", "2", "-map_metadata", "-1",
          str(tmp)], f"cut {clip.id!r}"))
@@ -962,7 +950,7 @@ def render_pan(frames: np.ndarray, dst: Path, fps: int = PAN_FPS, crf: int = PAN
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
 
-    return _atomic(dst, make)
+    return atomic(dst, make)
 
 
 def decode_frames(path: Path) -> np.ndarray:

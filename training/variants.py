@@ -182,18 +182,28 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
     return dst
 
 
-def _write(dst: Path, fmt: str, args: list[str], where: str) -> None:
-    """Run ffmpeg ``args`` into ``dst`` (container ``fmt``) through a temporary file beside
-    it, renamed only on success, so an existing ``dst`` is always complete."""
+def atomic(dst: Path, make: Callable[[Path], None]) -> Path:
+    """Run ``make(tmp)`` on a temporary file beside ``dst`` and rename it to ``dst`` only on
+    success, so a ``dst`` that exists is always complete. ``tmp`` keeps ``dst``'s extension
+    (ffmpeg and PyAV choose the container by it) and starts with a dot (never listed as an
+    output)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".part", dir=dst.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".part{dst.suffix}",
+                                dir=dst.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
-        _run_ffmpeg(args + ["-f", fmt, tmp], where)
+        make(tmp)
         os.replace(tmp, dst)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+    return dst
+
+
+def _write(dst: Path, fmt: str, args: list[str], where: str) -> None:
+    """Run ffmpeg ``args`` into ``dst`` (container ``fmt``) through :func:`atomic`."""
+    atomic(dst, lambda tmp: _run_ffmpeg([*args, "-f", fmt, str(tmp)], where))
 
 
 def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
