@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,7 @@ from ..model.cpllm import Scorer
 from ..preprocess import key_frame_indices, prepare
 from ..video import read_key_frames
 from .manifest import Item, resolve
-from .variants import progress_printer
+from .variants import atomic, progress_printer
 
 FROZEN_BLOCKS = 11  # EfficientNet-Lite0: stem + stages 1-5 (112 channels at stride 16)
 
@@ -131,14 +130,14 @@ def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     """A small ONNX graph of a frozen part (legacy exporter, dynamic batch), atomically."""
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with torch.no_grad():
-        torch.onnx.export(module.eval(), (torch.rand(*shape),), str(tmp), dynamo=False,
-                          input_names=["x"], output_names=["y"], opset_version=17,
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    os.replace(tmp, path)
-    return path
+
+    def make(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(module.eval(), (torch.rand(*shape),), str(tmp), dynamo=False,
+                              input_names=["x"], output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+    return atomic(path, make)
 
 
 def _session(path: Path, threads: int):
@@ -218,16 +217,9 @@ class FeatureCache:
     def put(self, sha: str, feats: Features) -> None:
         from safetensors.numpy import save_file
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:12]}.", suffix=".part", dir=self.dir)
-        os.close(fd)
-        try:
-            save_file({"stem": feats.stem, "ctx": feats.ctx, "tokens": feats.tokens,
-                       "indices": feats.indices}, tmp)
-            os.replace(tmp, self.path(sha))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic(self.path(sha), lambda tmp: save_file(
+            {"stem": feats.stem, "ctx": feats.ctx, "tokens": feats.tokens,
+             "indices": feats.indices}, str(tmp)))
 
     def build(self, manifest: str | os.PathLike, items: Sequence[Item],
               progress: Callable[[str], None] | bool = True) -> dict[str, float]:
