@@ -4,6 +4,7 @@ recipe on a two-source corpus made in the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -137,6 +138,27 @@ def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
     train_scorer(c, data, tmp_path / "b", cfg, progress=False)  # resumes at 2, runs to 4
     for k, v in a.state_dict().items():
         torch.testing.assert_close(c.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_source_pairs_rank_two_sources_by_their_scores(ladder, cached):
+    cache, _ = cached
+    items = read_manifest(ladder)
+    # the CRF 42 variant stands in for a second source
+    items = [dataclasses.replace(it, source="other") if it.crf == 42 else it for it in items]
+    data = CachedSet(ladder, items, cache)
+    other = next(i for i, it in enumerate(items) if it.source == "other")
+    rng = np.random.default_rng(0)
+    first, second, gap, _ = data.sample(rng, 64, cross=1.0)
+    crossed = 0
+    for i, j, g in zip(first, second, gap, strict=True):
+        if np.isnan(data.target[i]):  # no score to rank by: a variant of its own source
+            assert items[j].source == items[i].source
+            continue
+        assert j == other and g == pytest.approx(data.target[i] - data.target[other])
+        crossed += 1
+    assert crossed > 0
+    first, second, _, _ = data.sample(np.random.default_rng(0), 64, cross=0.0)
+    assert all(items[i].source == items[j].source for i, j in zip(first, second, strict=True))
 
 
 def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):

@@ -153,16 +153,30 @@ class CachedSet:
                 near = [ladder[p] for p in (pos - 1, pos + 1) if 0 <= p < len(ladder)]
             self.neighbours.append([j for j in near if j in mates])
         self.with_partners = [i for i, p in enumerate(self.partners) if p]
+        self.scored = np.flatnonzero(~np.isnan(self.target))
+        self.source_of = np.array([it.source for it in self.items])
         if not self.with_partners:
             raise CachedTrainingError(message(
                 "CachedSet", "videos with a partner of known order (variants of one source)",
                 "none", "train on a manifest made by cpllm-variants"))
 
-    def sample(self, rng: np.random.Generator, pairs: int) -> tuple[np.ndarray, ...]:
-        """``pairs`` random pairs: first, second, gap and the shared key frame."""
+    def sample(self, rng: np.random.Generator, pairs: int, cross: float = 0.0
+               ) -> tuple[np.ndarray, ...]:
+        """``pairs`` random pairs: first, second, gap and the shared key frame.
+
+        A pair's second item is a neighbouring CRF or any other variant of the same source,
+        or, with probability ``cross`` (when both have a score), a video of another source:
+        those pairs rank sources against each other, which variants of one source never do.
+        """
         first = rng.choice(self.with_partners, size=pairs)
         second, gap = np.empty(pairs, np.int64), np.empty(pairs, np.float32)
         for n, i in enumerate(first):
+            if cross and rng.random() < cross and not np.isnan(self.target[i]):
+                j = self._other_source(rng, i)
+                if j is not None:
+                    second[n] = j
+                    gap[n] = self.target[i] - self.target[j]
+                    continue
             near = self.neighbours[i]
             pool = near if near and rng.random() < 0.5 else self.partners[i]
             j = pool[int(rng.integers(len(pool)))]
@@ -170,6 +184,13 @@ class CachedSet:
             gap[n] = pair_gap(self.items[i], self.items[j])
         frame = rng.integers(0, self.m, size=pairs)
         return first.astype(np.int64), second, gap, frame
+
+    def _other_source(self, rng: np.random.Generator, i: int) -> int | None:
+        for _ in range(32):  # rejection: most scored videos belong to other sources
+            j = int(self.scored[int(rng.integers(len(self.scored)))])
+            if self.source_of[j] != self.source_of[i]:
+                return j
+        return None
 
     @torch.no_grad()
     def score_all(self, scorer: Scorer, chunk: int = 16) -> np.ndarray:
@@ -222,6 +243,8 @@ class CachedConfig:
         log_every: a CSV row and a progress line every this many steps.
         checkpoint_every: save the state every this many steps (and at the end).
         dev_every: dev flip rate and SRCC from the cache every this many steps (0: never).
+        cross: share of pairs whose second video is from another source (see
+            :meth:`CachedSet.sample`; 0: variants of one source only).
         minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
     """
 
@@ -234,6 +257,7 @@ class CachedConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     dev_every: int = 100
+    cross: float = 0.0
     minutes: float = 0.0
 
 
@@ -316,7 +340,7 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
     step = start
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
-        first, second, gap, frame = data.sample(rng, cfg.pairs)
+        first, second, gap, frame = data.sample(rng, cfg.pairs, cfg.cross)
         fa = list(zip(first.tolist(), frame.tolist(), strict=True))
         fb = list(zip(second.tolist(), frame.tolist(), strict=True))
         keys = sorted(set(fa) | set(fb))  # (video, key frame) pairs, each run once

@@ -79,6 +79,8 @@ class Recipe:
             score band in ``eval``.
         dev_every: dev flip rate from the cache every this many steps (0: none; it needs
             the dev features cached too, which costs the 2-core recipe about 10 minutes).
+        cross_pairs: share of training pairs across two sources (see
+            :meth:`~.cached.CachedSet.sample`).
     """
 
     data: Path = Path("data/recipe")
@@ -101,6 +103,7 @@ class Recipe:
     decoder: str = "gemma3-270m"
     describe_count: int = 30
     dev_every: int = 0
+    cross_pairs: float = 0.0
 
     @property
     def corpus(self) -> Path:
@@ -283,7 +286,7 @@ def stage_train(r: Recipe, say) -> dict:
     say(f"train: {len(train.items)} training videos, low_input={r.low_input}, "
         f"frozen_blocks={r.frozen_blocks}")
     cfg = CachedConfig(steps=r.steps, pairs=r.pairs, minutes=r.train_minutes,
-                       dev_every=r.dev_every)
+                       dev_every=r.dev_every, cross=r.cross_pairs)
     res = train_scorer(model.scorer, train, r.run, cfg, dev=dev, progress=say)
     return {"step": res["step"], "train_seconds": round(res["seconds"], 1),
             "dev": res["dev"][-1:] if res["dev"] else []}
@@ -484,15 +487,18 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
 @click.option("--dev-every", type=click.IntRange(0), default=Recipe.dev_every,
               help="Dev flip rates from the cache every this many training steps (0: none; "
               "the dev features are cached too).")
+@click.option("--cross-pairs", type=click.FloatRange(0, 1), default=Recipe.cross_pairs,
+              help="Share of training pairs that rank two different sources (the rest are "
+              "variants of one source).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, vmaf_subsample, dev_every, jobs):
+         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
-               vmaf_subsample=vmaf_subsample, dev_every=dev_every)
+               vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:
