@@ -81,6 +81,8 @@ class Recipe:
             the dev features cached too, which costs the 2-core recipe about 10 minutes).
         cross_pairs: share of training pairs across two sources (see
             :meth:`~.cached.CachedSet.sample`).
+        seed: seeds the scoring path's pairs and key frames (another seed: how much of a
+            dev difference is chance).
     """
 
     data: Path = Path("data/recipe")
@@ -104,6 +106,7 @@ class Recipe:
     describe_count: int = 30
     dev_every: int = 0
     cross_pairs: float = 0.0
+    seed: int = 0
 
     @property
     def corpus(self) -> Path:
@@ -286,7 +289,7 @@ def stage_train(r: Recipe, say) -> dict:
     say(f"train: {len(train.items)} training videos, low_input={r.low_input}, "
         f"frozen_blocks={r.frozen_blocks}")
     cfg = CachedConfig(steps=r.steps, pairs=r.pairs, minutes=r.train_minutes,
-                       dev_every=r.dev_every, cross=r.cross_pairs)
+                       dev_every=r.dev_every, cross=r.cross_pairs, seed=r.seed)
     res = train_scorer(model.scorer, train, r.run, cfg, dev=dev, progress=say)
     return {"step": res["step"], "train_seconds": round(res["seconds"], 1),
             "dev": res["dev"][-1:] if res["dev"] else []}
@@ -490,15 +493,19 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
 @click.option("--cross-pairs", type=click.FloatRange(0, 1), default=Recipe.cross_pairs,
               help="Share of training pairs that rank two different sources (the rest are "
               "variants of one source).")
+@click.option("--seed", type=click.IntRange(0), default=Recipe.seed,
+              help="Seed of the training pairs (the run folder keeps its name: use another "
+              "--data for a second seed).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, jobs):
+         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, seed, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
-               vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs)
+               vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
+               seed=seed)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:
