@@ -282,7 +282,8 @@ def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
     m = load_model(model, "torch", decoder=True)
     k = m.key_frames(frames, key_frames, where="describe()")
     result = m.score_key_frames(k)
-    text = m.backend.net.describe_text(_decoder_visuals(m, k), max_new_tokens=max_new_tokens)
+    text = m.backend.net.describe_text(_decoder_visuals(m, k), result.score,
+                                       max_new_tokens=max_new_tokens)
     return Description(text, result)
 
 

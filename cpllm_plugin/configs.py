@@ -29,6 +29,9 @@ COMPARE_PROMPT = (
     "Compare the perceptual quality of the two videos. "
     "Say which one has better technical quality and explain why in one sentence."
 )
+# What the describe prompt says of the quality head's score, for models trained with it
+# (ModelConfig.score_prompt). Two decimals, so that the number never rounds across a band.
+SCORE_PROMPT = "The quality score is {score:.2f} out of 5."
 # How every training description opens its technical-quality sentence
 # (training/describe.py); ``describe`` writes it and the decoder completes the sentence.
 QUALITY_OPENER = "Its technical quality is"
@@ -199,6 +202,11 @@ class ModelConfig:
     decoder_frames: int = 1  # key frames whose tokens the decoder sees per variant
     max_new_tokens: int = 96
     prompt: str = DESCRIBE_PROMPT
+    # Appended to the describe prompt with the head's score ("{score}"), so the decoder's
+    # quality sentence says what the score says; the decoder's LoRA is trained with the
+    # pseudo-score there. Empty: the paper's prompt alone (the decoder judges the pixels by
+    # itself, which a few hundred CPU steps of LoRA do not teach it to do).
+    score_prompt: str = ""
     trained: bool = False  # False until a training run has written the head
     # Pixel-encoder blocks that training kept at their pretrained values (0: all trained).
     frozen_blocks: int = 0
@@ -252,6 +260,7 @@ MODELS: dict[str, ModelConfig] = {
             high=EncoderConfig("efficientnet_lite0"),
             low=EncoderConfig("efficientnet_lite0"),
             decoder="gemma3-270m",
+            score_prompt=SCORE_PROMPT,
         ),
         # The paper's configuration: SigLIP so400m at 448, VideoPrism on the patches, Gemma 2B.
         # Needs local weights (set high.weights, low.weights and decoder to directories).

@@ -102,6 +102,51 @@ def test_single_input_masks_out_the_copy(tiny_model):
     assert torch.equal(a, b)
 
 
+def test_prompts_per_sample_pad_without_changing_any_row(tiny_model):
+    """A batch of prompts of different lengths gives each row the logits it gets alone."""
+    from cpllm_plugin.model import decoder as dec
+    from cpllm_plugin.model.decoder import text_logits
+
+    # Gemma 3's local layers count their window in sequence positions, padding included;
+    # a window wider than the sequence (as 270M's 512 is for one variant) leaves them alone.
+    dec._text_config(tiny_model.decoder).sliding_window = 1000
+    torch.manual_seed(0)
+    vis = torch.randn(2, 10, tiny_model.scorer.high_proj.out_features)
+    prompts = ["describe", "describe this video in many more words, please"]
+    embeds, valid = tiny_model.prefix(vis, None, prompts)
+    tok = tiny_model.tokenizer
+    lengths = [len(tok(p + "\n", add_special_tokens=False).input_ids) for p in prompts]
+    assert (valid.sum(1) == 11 + torch.tensor(lengths)).all()  # bos + 10 visual + prompt
+    target = torch.tensor([[5, 6, 7, 8]] * 2)
+    with torch.no_grad():
+        both = text_logits(tiny_model.decoder, embeds, valid, target, tok.pad_token_id)
+        for r in range(2):
+            e, v = tiny_model.prefix(vis[r:r + 1], None, prompts[r])
+            alone = text_logits(tiny_model.decoder, e, v, target[:1], tok.pad_token_id)
+            torch.testing.assert_close(both[r:r + 1], alone, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="1 prompts for 2 samples"):
+        tiny_model.prefix(vis, None, prompts[:1])
+
+
+def test_describe_prompt_carries_the_head_score():
+    from dataclasses import replace
+
+    from cpllm_plugin.configs import DESCRIBE_PROMPT, SCORE_PROMPT
+
+    assert get_config("cpllm-lite").score_prompt == SCORE_PROMPT
+    cfg = replace(get_config("cpllm-tiny"), score_prompt=SCORE_PROMPT)
+    m = io.build(cfg)
+    assert m.describe_prompt(3.456) == DESCRIBE_PROMPT + " The quality score is 3.46 out of 5."
+    with pytest.raises(ValueError, match="pass score="):
+        m.describe_prompt(None)
+    calls = []
+    m.generate_text = lambda *a, **kw: calls.append(kw["prompt"]) or ["x"]
+    m.describe_text(torch.zeros(1, 4, 8), 2.0)
+    assert calls == [DESCRIBE_PROMPT + " The quality score is 2.00 out of 5."]
+    # a model without a score prompt keeps the paper's prompt and needs no score
+    assert io.build("cpllm-tiny").describe_prompt(None) == DESCRIBE_PROMPT
+
+
 def test_paper_config_builds_at_reduced_depth_and_runs_forward():
     cfg = get_config("cpllm-paper")
     cfg.high.overrides = {"num_hidden_layers": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -170,8 +171,18 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
     data = CachedSet(ladder, items, cache)
     head = lite.scorer.head[0].weight.clone()
     lora = {n: p.clone() for n, p in lite.decoder.named_parameters() if "lora_B" in n}
-    res = train_text(lite, data, tmp_path, TextConfig(steps=2, batch=2, log_every=1),
-                     progress=False)
+    prompts = []
+    prefix = lite.prefix
+    lite.prefix = lambda a, b, p: prompts.extend(p) or prefix(a, b, p)
+    try:
+        res = train_text(lite, data, tmp_path, TextConfig(steps=2, batch=2, log_every=1),
+                         progress=False)
+    finally:
+        del lite.prefix
+    # cpllm-lite's prompt carries the score (config score_prompt): each item's pseudo-score
+    targets = {f"{it.target:.2f}" for it in items if it.target is not None}
+    said = {re.search(r"score is (\d\.\d\d) out of 5\.$", p).group(1) for p in prompts}
+    assert len(prompts) == 4 and said <= targets
     # The unrated original (no pseudo-score) is left out: "not rated" says nothing visible.
     rated = sum(it.target is not None for it in items)
     assert rated == len(items) - 1

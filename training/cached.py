@@ -443,7 +443,9 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     """Train the decoder's LoRA on the items' descriptions (L3) with the scoring path frozen.
 
     Single inputs, as in the paper's Fig. 4a: the visual tokens are duplicated and the copy
-    masked out. Resumable from ``out`` (``text_state.safetensors``, ``text_state.json``).
+    masked out. With a config ``score_prompt`` the prompt carries each item's pseudo-score,
+    where ``describe`` puts the head's score. Resumable from ``out``
+    (``text_state.safetensors``, ``text_state.json``).
 
     Returns:
         ``{"step", "seconds", "samples"}``.
@@ -507,7 +509,8 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
         rng = np.random.default_rng([cfg.seed, step, 0x73])
         pick = rng.choice(len(rows), size=min(cfg.batch, len(rows)), replace=False)
         v = vis[torch.from_numpy(pick)]
-        embeds, valid = model.prefix(v, None, model.config.prompt)
+        embeds, valid = model.prefix(v, None, [model.describe_prompt(data.items[rows[i]].target)
+                                               for i in pick])
         width = max(len(ids[i]) for i in pick)
         target = torch.full((len(pick), width), pad, dtype=torch.long)
         for r, i in enumerate(pick):
@@ -568,7 +571,7 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
         x = prepare(sub, cfg)
         with torch.no_grad():
             vis = model.visual_tokens(torch.from_numpy(x.views), torch.from_numpy(x.patches))
-        text = model.describe_text(vis)
+        text = model.describe_text(vis, scores[i])
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
         near += got is not None and abs(QUALITY_WORDS.index(want) - QUALITY_WORDS.index(got)) <= 1

@@ -340,15 +340,21 @@ class Step(nn.Module):
             tokens = torch.cat([u, v], dim=1)  # (N * M, Th + Tl, D)
             tokens = tokens.view(n, m, *tokens.shape[1:])[:, pick]
             tokens = tokens.reshape(n, -1, tokens.shape[-1])  # (N, F * (Th + Tl), D)
-            rows = batch.text_rows
-            a = tokens[batch.first[rows]]
-            sec = batch.second[rows]
-            single = sec < 0
-            b = tokens[torch.where(single, batch.first[rows], sec)]
-            embeds, valid = self.model.prefix(a, b, cfg.prompt)
-            tv = a.shape[1]
-            valid[single, 1 + tv:1 + 2 * tv] = False  # the copy of a single input (Fig. 4a)
-            l3 = text_loss(dec, embeds, valid, batch.text_ids, self.model.tokenizer.pad_token_id)
+            rows, text_ids = batch.text_rows, batch.text_ids
+            prompt: str | list[str] = cfg.prompt
+            if cfg.score_prompt:  # the prompt carries the first item's score: rated rows only
+                keep = batch.has_target[rows].bool()
+                rows, text_ids = rows[keep], text_ids[keep]
+                prompt = [self.model.describe_prompt(float(batch.target[r])) for r in rows]
+            if len(rows):
+                a = tokens[batch.first[rows]]
+                sec = batch.second[rows]
+                single = sec < 0
+                b = tokens[torch.where(single, batch.first[rows], sec)]
+                embeds, valid = self.model.prefix(a, b, prompt)
+                tv = a.shape[1]
+                valid[single, 1 + tv:1 + 2 * tv] = False  # a single input's copy (Fig. 4a)
+                l3 = text_loss(dec, embeds, valid, text_ids, self.model.tokenizer.pad_token_id)
         return l1, l2, l3
 
 

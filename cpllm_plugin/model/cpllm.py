@@ -137,14 +137,17 @@ class CPLLM(nn.Module):
                 "load with cpllm_plugin.load_model(..., decoder=True)"))
 
     def prefix(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None,
-               prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+               prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder prefix embeddings and validity for a batch of samples.
 
         Args:
             visual_a: ``(B, Tv, D)`` visual tokens of the first variant ([u; v] per frame).
             visual_b: the same for the second variant, or None for single inputs: the first
                 is then duplicated and the copy masked out (paper Fig. 4a).
-            prompt: the text prompt.
+            prompt: the text prompt, or one per sample (a shorter one is padded in front
+                with invalid positions, which nobody attends and position ids skip, so the
+                last prefix position is every row's prompt end; Gemma 3's local layers
+                count their window in sequence positions, padding included).
 
         Returns:
             ``embeds (B, P, D)`` and ``valid (B, P)`` bool.
@@ -154,16 +157,37 @@ class CPLLM(nn.Module):
 
         b, tv, _ = visual_a.shape
         tok = self.tokenizer
-        ids = tok(prompt + "\n", add_special_tokens=False, return_tensors="pt").input_ids
-        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1).to(visual_a.device)
-        text = embed_tokens(self.decoder)(ids).expand(b, -1, -1).to(visual_a.dtype)
+        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != b:
+            raise ValueError(f"CPLLM.prefix: {len(prompts)} prompts for {b} samples")
+        rows = [tok(p + "\n", add_special_tokens=False).input_ids for p in prompts]
+        width = max(map(len, rows))
+        ids = torch.full((b, 1 + width), tok.pad_token_id, dtype=torch.long)
+        ids[:, 0] = tok.bos_token_id
+        for r, row in enumerate(rows):
+            ids[r, 1 + width - len(row):] = torch.tensor(row, dtype=torch.long)
+        text = embed_tokens(self.decoder)(ids.to(visual_a.device)).to(visual_a.dtype)
         single = visual_b is None
         second = visual_a if single else visual_b
         embeds = torch.cat([text[:, :1], visual_a, second, text[:, 1:]], dim=1)
         valid = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
         if single:
             valid[:, 1 + tv:1 + 2 * tv] = False
+        for r, row in enumerate(rows):
+            valid[r, embeds.shape[1] - width:embeds.shape[1] - len(row)] = False
         return embeds, valid
+
+    def describe_prompt(self, score: float | None) -> str:
+        """The prompt ``describe`` gives the decoder: the paper's, then, when the config has a
+        ``score_prompt``, that sentence with the quality head's score (the text then says
+        in words what the head says in a number; see ``ModelConfig.score_prompt``)."""
+        cfg = self.config
+        if not cfg.score_prompt:
+            return cfg.prompt
+        if score is None:
+            raise ValueError("CPLLM.describe_prompt: this model's descriptions need the "
+                             "head's score (config score_prompt); pass score=")
+        return f"{cfg.prompt} {cfg.score_prompt.format(score=float(score))}"
 
     def visual_tokens(self, views: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """``(F, 3, S, S)``, ``(F, K, 3, P, P)`` of one variant to ``(1, F * (Th + Tl), D)``."""
@@ -203,11 +227,14 @@ class CPLLM(nn.Module):
             texts = [" ".join(re.split(r"(?<=[.!?])\s+", t)[:sentences]) for t in texts]
         return texts
 
-    def describe_text(self, visual: torch.Tensor, max_new_tokens: int | None = None) -> str:
+    def describe_text(self, visual: torch.Tensor, score: float | None = None,
+                      max_new_tokens: int | None = None) -> str:
         """What ``describe`` writes for one video's visual tokens: three sentences (content,
         style, technical quality), the last opened with the training descriptions' opener
-        and a quality word the decoder chooses."""
+        and a quality word the decoder chooses. ``score``: the head's score of the video,
+        which the prompt carries when the config has a ``score_prompt``."""
         from ..configs import QUALITY_OPENER, QUALITY_WORDS
 
-        return self.generate_text(visual, max_new_tokens=max_new_tokens, sentences=3,
+        return self.generate_text(visual, prompt=self.describe_prompt(score),
+                                  max_new_tokens=max_new_tokens, sentences=3,
                                   opener=QUALITY_OPENER, choices=QUALITY_WORDS)[0]
