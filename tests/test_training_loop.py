@@ -84,6 +84,29 @@ def test_one_step_changes_exactly_the_trainable_groups(ladder, tmp_path):
     assert not any(n.startswith("scorer.high.") for n in changed)
 
 
+def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypatch):
+    """With a config score_prompt, L3 sees each first item's score in its prompt."""
+    from dataclasses import replace
+
+    from cpllm_plugin import configs
+    from cpllm_plugin.model.cpllm import CPLLM
+
+    rated = [replace(it, mos=1.0 + i / 4) for i, it in enumerate(read_manifest(ladder))]
+    manifest = write_manifest(ladder.parent / "rated.jsonl", rated)
+    tiny = replace(configs.MODELS["cpllm-tiny"], score_prompt=configs.SCORE_PROMPT)
+    monkeypatch.setitem(configs.MODELS, "cpllm-tiny", tiny)
+    prompts = []
+    prefix = CPLLM.prefix
+    monkeypatch.setattr(CPLLM, "prefix", lambda self, a, b, p: prompts.append(p) or
+                        prefix(self, a, b, p))
+    train(_config(manifest, tmp_path / "run", "steps=1"))
+    said = [x for p in prompts for x in p]
+    assert said and all(isinstance(p, list) for p in prompts)
+    scores = {f"{it.mos:.2f}" for it in rated}
+    assert all(x.endswith(" out of 5.") and x.split("score is ")[1][:4] in scores
+               for x in said)
+
+
 def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch):
     # The CUDA path autocasts to bf16; no GPU here, so CPU autocast runs the same dtype
     # handling (scorer, Prefix-LM mask, text loss) through all three losses.

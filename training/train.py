@@ -343,7 +343,7 @@ class Step(nn.Module):
             rows, text_ids = batch.text_rows, batch.text_ids
             prompt: str | list[str] = cfg.prompt
             if cfg.score_prompt:  # the prompt carries the first item's score: rated rows only
-                keep = batch.has_target[rows].bool()
+                keep = batch.has_target[rows]
                 rows, text_ids = rows[keep], text_ids[keep]
                 prompt = [self.model.describe_prompt(float(batch.target[r])) for r in rows]
             if len(rows):
