@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -30,12 +31,21 @@ COMPARE_PROMPT = (
     "Say which one has better technical quality and explain why in one sentence."
 )
 # What the describe prompt says of the quality head's score, for models trained with it
-# (ModelConfig.score_prompt). Two decimals, so that the number never rounds across a band.
-SCORE_PROMPT = "The quality score is {score:.2f} out of 5."
+# (ModelConfig.score_prompt): the number and its band's word. A 270M decoder with rank-4
+# LoRA, trained for minutes, does not learn to read a band off two decimals (13 of 30 dev
+# descriptions named it); with the word beside the number it has only to carry it over.
+SCORE_PROMPT = "The quality score is {score:.2f} out of 5 ({word})."
 # How every training description opens its technical-quality sentence
 # (training/describe.py); ``describe`` writes it and the decoder completes the sentence.
 QUALITY_OPENER = "Its technical quality is"
 QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
+
+
+def quality_word(score: float) -> str:
+    """The paper's word for a score on 1-5 (nearest integer level; halves round up)."""
+    level = math.floor(min(max(float(score), 1.0), 5.0) + 0.5)
+    return QUALITY_WORDS[level - 1]
+
 
 # TF-Lite EfficientNet expects (x - 127) / 128 on 0-255 input; in [0, 1] units:
 _LITE_MEAN = (127.0 / 255.0,) * 3

@@ -136,13 +136,18 @@ def test_describe_prompt_carries_the_head_score():
     assert get_config("cpllm-lite").score_prompt == SCORE_PROMPT
     cfg = replace(get_config("cpllm-tiny"), score_prompt=SCORE_PROMPT)
     m = io.build(cfg)
-    assert m.describe_prompt(3.456) == DESCRIBE_PROMPT + " The quality score is 3.46 out of 5."
+    said = m.describe_prompt(3.456)
+    assert said == DESCRIBE_PROMPT + " The quality score is 3.46 out of 5 (fair)."
+    assert m.describe_prompt(4.5).endswith("4.50 out of 5 (excellent).")
     with pytest.raises(ValueError, match="pass score="):
         m.describe_prompt(None)
     calls = []
     m.generate_text = lambda *a, **kw: calls.append(kw["prompt"]) or ["x"]
     m.describe_text(torch.zeros(1, 4, 8), 2.0)
-    assert calls == [DESCRIBE_PROMPT + " The quality score is 2.00 out of 5."]
+    assert calls == [DESCRIBE_PROMPT + " The quality score is 2.00 out of 5 (poor)."]
+    # an older score prompt without the band's word still formats
+    old = replace(cfg, score_prompt="The quality score is {score:.2f} out of 5.")
+    assert io.build(old).describe_prompt(1.0).endswith("1.00 out of 5.")
     # a model without a score prompt keeps the paper's prompt and needs no score
     assert io.build("cpllm-tiny").describe_prompt(None) == DESCRIBE_PROMPT
 

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from cpllm_plugin.configs import get_config
+from cpllm_plugin.configs import get_config, quality_word
 from cpllm_plugin.model import io
 from cpllm_plugin.training import recipe as rc
 from cpllm_plugin.training.cached import (
     CachedConfig,
     CachedSet,
+    CachedTrainingError,
     TextConfig,
     decoder_visuals,
     load_state,
@@ -100,8 +101,9 @@ def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
                                decoder_visuals(lite.scorer.eval(), data))
 
 
+@pytest.mark.parametrize("extra", [{}, {"schedule": "cosine", "margin": 0.1}])
 def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
-        ladder, cached, tmp_path):
+        ladder, cached, tmp_path, extra):
     cache, _ = cached
     items = read_manifest(ladder)
     data = CachedSet(ladder, items, cache)
@@ -111,7 +113,7 @@ def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
         return io.build(model_config("cpllm-lite", {"low_input": "native"}),
                         with_decoder=False).scorer
 
-    cfg = CachedConfig(steps=4, pairs=3, log_every=1, checkpoint_every=2, dev_every=2)
+    cfg = CachedConfig(steps=4, pairs=3, log_every=1, checkpoint_every=2, dev_every=2, **extra)
     a = fresh()
     before = {k: v.clone() for k, v in a.state_dict().items()}
     res = train_scorer(a, data, tmp_path / "a", cfg, dev=data, progress=False)
@@ -132,13 +134,23 @@ def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
     assert rows[0] == "step,l1,l2,total,seconds" and len(rows) == 5
 
     b = fresh()
-    train_scorer(b, data, tmp_path / "b", CachedConfig(**{**vars(cfg), "steps": 2}),
+    # a session's time budget runs out after one step (a schedule counts to cfg.steps)
+    train_scorer(b, data, tmp_path / "b", CachedConfig(**{**vars(cfg), "minutes": 1e-9}),
                  progress=False)
     c = fresh()
-    assert load_state(tmp_path / "b", c)["step"] == 2
-    train_scorer(c, data, tmp_path / "b", cfg, progress=False)  # resumes at 2, runs to 4
+    assert load_state(tmp_path / "b", c)["step"] == 1
+    train_scorer(c, data, tmp_path / "b", cfg, progress=False)  # resumes at 1, runs to 4
     for k, v in a.state_dict().items():
         torch.testing.assert_close(c.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_cosine_schedule_decays_from_the_initial_rate():
+    cfg = CachedConfig(steps=10, schedule="cosine")
+    assert [round(cfg.lr_at(s) / cfg.lr, 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert all(cfg.lr_at(s) > cfg.lr_at(s + 1) for s in range(10))
+    assert CachedConfig(steps=10).lr_at(9) == CachedConfig().lr
+    with pytest.raises(CachedTrainingError, match="constant or cosine"):
+        CachedConfig(schedule="linear")
 
 
 def test_cross_source_pairs_rank_two_sources_by_their_scores(ladder, cached):
@@ -180,8 +192,10 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
     finally:
         del lite.prefix
     # cpllm-lite's prompt carries the score (config score_prompt): each item's pseudo-score
-    targets = {f"{it.target:.2f}" for it in items if it.target is not None}
-    said = {re.search(r"score is (\d\.\d\d) out of 5\.$", p).group(1) for p in prompts}
+    targets = {(f"{it.target:.2f}", quality_word(it.target)) for it in items
+               if it.target is not None}
+    said = {re.search(r"score is (\d\.\d\d) out of 5 \((\w+)\)\.$", p).groups()
+            for p in prompts}
     assert len(prompts) == 4 and said <= targets
     # The unrated original (no pseudo-score) is left out: "not rated" says nothing visible.
     rated = sum(it.target is not None for it in items)

@@ -61,6 +61,23 @@ def test_pair_gap_orders_and_identical_files():
     assert pair_gap(_v(23, "a"), other) is None  # CRF scales of two encoders do not compare
 
 
+def test_pair_gap_margin_orders_saturated_neighbours_by_crf():
+    top, next_ = _v(15, "a", pseudo=4.99), _v(19, "b", pseudo=4.99)  # VMAF saturated
+    assert pair_gap(top, next_) == 0.0  # eq. 1 as is: no loss, order left to chance
+    assert pair_gap(top, next_, margin=0.1) == pytest.approx(0.1)
+    assert pair_gap(next_, top, margin=0.1) == pytest.approx(-0.1)
+    # a wide gap is kept; a pseudo-score against the CRF order (VMAF noise) follows the CRF
+    assert pair_gap(_v(23, "a", pseudo=4.5), _v(35, "b", pseudo=3.0), margin=0.1) == 1.5
+    assert pair_gap(_v(23, "a", pseudo=4.0), _v(27, "b", pseudo=4.2), margin=0.1) == 0.1
+    # only variants of one ladder: across sources or encoders the scores stand alone
+    far = Item(path="t", source="t", original=False, codec="libx264", crf=35, pseudo=4.99,
+               sha256="t")
+    assert pair_gap(top, far, margin=0.1) == 0.0
+    vp9 = Item(path="v.webm", source="s", original=False, codec="libvpx-vp9", crf=40,
+               sha256="c", pseudo=4.99)
+    assert pair_gap(top, vp9, margin=0.1) == 0.0
+
+
 def test_score_loss_masks_items_without_score():
     target = torch.tensor([4.0, float("nan"), 2.0, 3.0])
     pred = torch.tensor([3.0, 1.0, 2.5, 3.0], requires_grad=True)

@@ -160,13 +160,14 @@ class CachedSet:
                 "CachedSet", "videos with a partner of known order (variants of one source)",
                 "none", "train on a manifest made by cpllm-variants"))
 
-    def sample(self, rng: np.random.Generator, pairs: int, cross: float = 0.0
-               ) -> tuple[np.ndarray, ...]:
+    def sample(self, rng: np.random.Generator, pairs: int, cross: float = 0.0,
+               margin: float = 0.0) -> tuple[np.ndarray, ...]:
         """``pairs`` random pairs: first, second, gap and the shared key frame.
 
         A pair's second item is a neighbouring CRF or any other variant of the same source,
         or, with probability ``cross`` (when both have a score), a video of another source:
         those pairs rank sources against each other, which variants of one source never do.
+        ``margin``: see :func:`~.losses.pair_gap`.
         """
         first = rng.choice(self.with_partners, size=pairs)
         second, gap = np.empty(pairs, np.int64), np.empty(pairs, np.float32)
@@ -181,7 +182,7 @@ class CachedSet:
             pool = near if near and rng.random() < 0.5 else self.partners[i]
             j = pool[int(rng.integers(len(pool)))]
             second[n] = j
-            gap[n] = pair_gap(self.items[i], self.items[j])
+            gap[n] = pair_gap(self.items[i], self.items[j], margin)
         frame = rng.integers(0, self.m, size=pairs)
         return first.astype(np.int64), second, gap, frame
 
@@ -230,6 +231,9 @@ def report(items: Sequence[Item], scores: np.ndarray) -> dict:
 # --- the loop ------------------------------------------------------------------------------
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class CachedConfig:
     """Settings of :func:`train_scorer`.
@@ -246,6 +250,11 @@ class CachedConfig:
         cross: share of pairs whose second video is from another source (see
             :meth:`CachedSet.sample`; 0: variants of one source only).
         minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
+        margin: least gap of two variants of one ladder, signed by CRF (see
+            :func:`~.losses.pair_gap`; 0: the paper's eq. 1 as is).
+        schedule: ``"constant"`` keeps ``lr``; ``"cosine"`` starts at it (the paper's
+            "initial learning rate") and decays to 0 at ``steps``, so that the weights that
+            ship are not the last noisy step of a constant rate.
     """
 
     steps: int = 400
@@ -259,6 +268,19 @@ class CachedConfig:
     dev_every: int = 100
     cross: float = 0.0
     minutes: float = 0.0
+    margin: float = 0.0
+    schedule: str = "constant"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise CachedTrainingError(message("CachedConfig.schedule", " or ".join(SCHEDULES),
+                                              repr(self.schedule), "pick one of those"))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the step after ``step`` steps."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / self.steps, 1.0)))
+        return self.lr
 
 
 def _trainable(scorer: Scorer, blocks: int) -> list[tuple[str, torch.nn.Parameter]]:
@@ -340,7 +362,7 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
     step = start
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
-        first, second, gap, frame = data.sample(rng, cfg.pairs, cfg.cross)
+        first, second, gap, frame = data.sample(rng, cfg.pairs, cfg.cross, cfg.margin)
         fa = list(zip(first.tolist(), frame.tolist(), strict=True))
         fb = list(zip(second.tolist(), frame.tolist(), strict=True))
         keys = sorted(set(fa) | set(fb))  # (video, key frame) pairs, each run once
@@ -357,6 +379,8 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
         loss = cfg.w_rank * l1 + cfg.w_score * l2
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
         opt.step()
         step += 1
         if not math.isfinite(loss.item()):
@@ -402,6 +426,11 @@ class TextConfig:
         seed: seeds the sample choice.
         log_every, checkpoint_every: as in :class:`CachedConfig`.
         minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
+        margin: least gap of two variants of one ladder, signed by CRF (see
+            :func:`~.losses.pair_gap`; 0: the paper's eq. 1 as is).
+        schedule: ``"constant"`` keeps ``lr``; ``"cosine"`` starts at it (the paper's
+            "initial learning rate") and decays to 0 at ``steps``, so that the weights that
+            ship are not the last noisy step of a constant rate.
     """
 
     steps: int = 200

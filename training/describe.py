@@ -28,7 +28,6 @@ words: see :data:`STYLES`.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import warnings
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..configs import QUALITY_OPENER, QUALITY_WORDS
+from ..configs import QUALITY_OPENER, QUALITY_WORDS, quality_word
 from .manifest import Item, resolve
 
 # What each quality level looks like, said plainly; no quality word may appear in these.
@@ -81,12 +80,6 @@ _CODECS = {
     "cinepak": "Cinepak", "msvideo1": "Microsoft Video 1", "theora": "Theora",
     "rawvideo": "uncompressed video", "ffv1": "FFV1 (lossless)",
 }
-
-
-def quality_word(score: float) -> str:
-    """The paper's word for a score on 1-5 (nearest integer level; halves round up)."""
-    level = math.floor(min(max(float(score), 1.0), 5.0) + 0.5)
-    return QUALITY_WORDS[level - 1]
 
 
 def split_tag(tag: str | None) -> tuple[str | None, str | None]:

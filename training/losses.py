@@ -49,18 +49,27 @@ def _order(a: Item, b: Item) -> float:
     return 1.0 if a.crf < b.crf else -1.0
 
 
-def pair_gap(a: Item, b: Item) -> float | None:
+def pair_gap(a: Item, b: Item, margin: float = 0.0) -> float | None:
     """The ground-truth gap ``q1 - q2`` eq. 1 uses for the pair ``(a, b)``, or None.
 
     Both scores known: their difference (0 for equal scores, which then adds no loss).
     Otherwise the sign of the compression order (see the module docstring). None when the
     pair must not enter: identical files, or no score and no known order.
+
+    Args:
+        margin: when above 0, two variants of one ladder (known compression order) get a
+            gap of at least this size, signed by their CRF order. VMAF saturates near the
+            top of a ladder (CRF 15 and 23 often share a pseudo-score), so eq. 1 would leave
+            those neighbours unordered; this departs from the paper to order them anyway.
     """
     if a.sha256 is not None and a.sha256 == b.sha256:
         return None
-    if a.target is not None and b.target is not None:
-        return float(a.target - b.target)
     order = _order(a, b)
+    if a.target is not None and b.target is not None:
+        gap = float(a.target - b.target)
+        if margin > 0 and order != 0.0 and not (a.original or b.original):
+            return order * max(order * gap, margin)
+        return gap
     return order if order != 0.0 else None
 
 

@@ -81,6 +81,10 @@ class Recipe:
             the dev features cached too, which costs the 2-core recipe about 10 minutes).
         cross_pairs: share of training pairs across two sources (see
             :meth:`~.cached.CachedSet.sample`).
+        order_margin: least gap of two variants of one ladder in L1, signed by their CRF
+            order (see :func:`~.losses.pair_gap`; 0: the paper's eq. 1).
+        schedule: learning-rate schedule of the scoring path (see
+            :class:`~.cached.CachedConfig`).
         seed: seeds the scoring path's pairs and key frames (another seed: how much of a
             dev difference is chance).
     """
@@ -106,6 +110,8 @@ class Recipe:
     describe_count: int = 30
     dev_every: int = 0
     cross_pairs: float = 0.0
+    order_margin: float = 0.0
+    schedule: str = "constant"
     seed: int = 0
 
     @property
@@ -289,7 +295,8 @@ def stage_train(r: Recipe, say) -> dict:
     say(f"train: {len(train.items)} training videos, low_input={r.low_input}, "
         f"frozen_blocks={r.frozen_blocks}")
     cfg = CachedConfig(steps=r.steps, pairs=r.pairs, minutes=r.train_minutes,
-                       dev_every=r.dev_every, cross=r.cross_pairs, seed=r.seed)
+                       dev_every=r.dev_every, cross=r.cross_pairs, seed=r.seed,
+                       margin=r.order_margin, schedule=r.schedule)
     res = train_scorer(model.scorer, train, r.run, cfg, dev=dev, progress=say)
     return {"step": res["step"], "train_seconds": round(res["seconds"], 1),
             "dev": res["dev"][-1:] if res["dev"] else []}
@@ -493,19 +500,25 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
 @click.option("--cross-pairs", type=click.FloatRange(0, 1), default=Recipe.cross_pairs,
               help="Share of training pairs that rank two different sources (the rest are "
               "variants of one source).")
+@click.option("--order-margin", type=click.FloatRange(0), default=Recipe.order_margin,
+              help="Least L1 gap of two variants of one ladder, signed by CRF (0: the "
+              "paper's pseudo-score difference only).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=Recipe.schedule,
+              help="Learning rate of the scoring path: constant, or cosine decay from it.")
 @click.option("--seed", type=click.IntRange(0), default=Recipe.seed,
               help="Seed of the training pairs (the run folder keeps its name: use another "
               "--data for a second seed).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, seed, jobs):
+         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, order_margin,
+         schedule, seed, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
-               seed=seed)
+               order_margin=order_margin, schedule=schedule, seed=seed)
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:

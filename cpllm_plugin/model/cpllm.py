@@ -179,15 +179,19 @@ class CPLLM(nn.Module):
 
     def describe_prompt(self, score: float | None) -> str:
         """The prompt ``describe`` gives the decoder: the paper's, then, when the config has a
-        ``score_prompt``, that sentence with the quality head's score (the text then says
-        in words what the head says in a number; see ``ModelConfig.score_prompt``)."""
+        ``score_prompt``, that sentence with the quality head's score and its band's word (the
+        text then says in words what the head says in a number; see
+        ``ModelConfig.score_prompt``)."""
         cfg = self.config
         if not cfg.score_prompt:
             return cfg.prompt
         if score is None:
             raise ValueError("CPLLM.describe_prompt: this model's descriptions need the "
                              "head's score (config score_prompt); pass score=")
-        return f"{cfg.prompt} {cfg.score_prompt.format(score=float(score))}"
+        from ..configs import quality_word
+
+        said = cfg.score_prompt.format(score=float(score), word=quality_word(score))
+        return f"{cfg.prompt} {said}"
 
     def visual_tokens(self, views: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """``(F, 3, S, S)``, ``(F, K, 3, P, P)`` of one variant to ``(1, F * (Th + Tl), D)``."""
