@@ -201,6 +201,7 @@ class ModelConfig:
     fit: tuple[int, int] = (540, 1080)  # low-level fit box (short, long) (paper 4.1)
     # "fit": frames are scaled into the fit box (paper 4.1). "native": frames larger than the
     # box keep their own pixels, so 1080p artifacts reach the pixel encoder unfiltered.
+    # "pixels": native pixels at every size (scaled up only to fill one patch).
     low_input: str = "fit"
     patch_size: int = 224  # low-level patch side (paper 4.1)
     num_patches: int = 8  # K (paper 4.1)
@@ -252,9 +253,9 @@ class ModelConfig:
         """Check that the names exist; raise :class:`UnknownNameError` with suggestions if not."""
         for enc in (self.high, self.low):
             backbone(enc.backbone)
-        if self.low_input not in ("fit", "native"):
+        if self.low_input not in ("fit", "native", "pixels"):
             raise UnknownNameError(message(
-                f"model config {self.name!r}: low_input", "'fit' (paper) or 'native'",
+                f"model config {self.name!r}: low_input", "'fit' (paper), 'native' or 'pixels'",
                 repr(self.low_input), "set low_input to one of them"))
         if not Path(self.decoder).is_dir():
             decoder(self.decoder)

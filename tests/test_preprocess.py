@@ -332,7 +332,25 @@ def test_native_random_placement_stays_inside_the_frame():
     assert p.shape == (1, 8, 3, 224, 224) and set(np.unique(p)) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("size,fitted", [
+    ((120, 160), (224, 299)),      # scaled up only until one patch fits
+    ((360, 640), (360, 640)),      # the paper's fit would scale it up to 540x960
+    ((1080, 1920), (1080, 1920)),
+    ((1280, 720), (1280, 720)),
+])
+def test_pixels_never_scales_beyond_one_patch(size, fitted):
+    assert pp.fit_size(*size, CFG.fit, 224, "pixels") == fitted
+
+
+def test_pixels_patches_are_native_pixels_of_a_small_frame():
+    frame = np.random.default_rng(4).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    patches = pp.prepare(frame[None], dataclasses.replace(CFG, low_input="pixels")).patches[0]
+    for (y, x), patch in zip(pp.patch_positions(360, 640, 8, 224), patches, strict=True):
+        np.testing.assert_allclose(patch, frame[y:y + 224, x:x + 224].transpose(2, 0, 1) / 255,
+                                   atol=1e-6)
+
+
 def test_unknown_low_input_is_named():
     bad = dataclasses.replace(CFG, low_input="crop")
-    with pytest.raises(errors.UnknownNameError, match="'fit' \\(paper\\) or 'native'"):
+    with pytest.raises(errors.UnknownNameError, match="'fit' \\(paper\\), 'native' or 'pixels'"):
         bad.validate()

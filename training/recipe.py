@@ -62,7 +62,8 @@ class Recipe:
     Attributes:
         data: the data folder.
         out: where ``ship`` writes the model directory.
-        low_input: ``"native"`` or ``"fit"`` (see :mod:`cpllm_plugin.preprocess`).
+        low_input: ``"native"``, ``"fit"`` or ``"pixels"`` (see
+            :func:`cpllm_plugin.preprocess.fit_size`).
         frozen_blocks: low-level encoder blocks kept at their ImageNet weights.
         steps, pairs: scoring-path steps and pairs per step.
         text_steps, text_batch: LoRA steps and descriptions per step.
@@ -479,7 +480,7 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Where the ship stage writes the model directory.")
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
               help="Run only these stages (repeatable); default: all, in order.")
-@click.option("--low-input", type=click.Choice(["native", "fit"]), default="native",
+@click.option("--low-input", type=click.Choice(["native", "fit", "pixels"]), default="native",
               help="Low-level input mode of the model trained.")
 @click.option("--frozen-blocks", type=click.IntRange(5, 16), default=Recipe.frozen_blocks,
               help="Pixel-encoder blocks kept at their ImageNet weights (below 11 the "
