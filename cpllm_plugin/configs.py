@@ -253,7 +253,9 @@ class ModelConfig:
         """Check that the names exist; raise :class:`UnknownNameError` with suggestions if not."""
         for enc in (self.high, self.low):
             backbone(enc.backbone)
-        if self.low_input not in ("fit", "native", "pixels"):
+        from .preprocess import LOW_INPUTS
+
+        if self.low_input not in LOW_INPUTS:
             raise UnknownNameError(message(
                 f"model config {self.name!r}: low_input", "'fit' (paper), 'native' or 'pixels'",
                 repr(self.low_input), "set low_input to one of them"))

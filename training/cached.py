@@ -426,11 +426,6 @@ class TextConfig:
         seed: seeds the sample choice.
         log_every, checkpoint_every: as in :class:`CachedConfig`.
         minutes: stop (with a checkpoint) after this many minutes of this session (0: off).
-        margin: least gap of two variants of one ladder, signed by CRF (see
-            :func:`~.losses.pair_gap`; 0: the paper's eq. 1 as is).
-        schedule: ``"constant"`` keeps ``lr``; ``"cosine"`` starts at it (the paper's
-            "initial learning rate") and decays to 0 at ``steps``, so that the weights that
-            ship are not the last noisy step of a constant rate.
     """
 
     steps: int = 200

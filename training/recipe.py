@@ -37,6 +37,7 @@ import click
 import numpy as np
 
 from ..errors import CpllmError, message
+from ..preprocess import LOW_INPUTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 from .variants import progress_printer
 
@@ -480,7 +481,7 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Where the ship stage writes the model directory.")
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES),
               help="Run only these stages (repeatable); default: all, in order.")
-@click.option("--low-input", type=click.Choice(["native", "fit", "pixels"]), default="native",
+@click.option("--low-input", type=click.Choice(LOW_INPUTS), default=Recipe.low_input,
               help="Low-level input mode of the model trained.")
 @click.option("--frozen-blocks", type=click.IntRange(5, 16), default=Recipe.frozen_blocks,
               help="Pixel-encoder blocks kept at their ImageNet weights (below 11 the "
