@@ -38,10 +38,11 @@ import torch
 
 from ..errors import CpllmError, message
 from ..model.cpllm import Scorer
+from .evaluate import srcc_vs_vmaf
 from .frozen import FeatureCache, frozen_parameters
 from .losses import pair_gap, rank_loss, score_loss
 from .manifest import Item, resolve
-from .metrics import flip_rate, srcc
+from .metrics import flip_rate
 from .variants import progress_printer
 
 
@@ -209,23 +210,17 @@ class CachedSet:
 
 
 def report(items: Sequence[Item], scores: np.ndarray) -> dict:
-    """Flip rates (ties count), pooled SRCC vs VMAF, mean SRCC against -CRF within a source."""
+    """Flip rates (ties count) and SRCC against VMAF, pooled and within a source, counted as
+    ``cpllm-eval`` counts them (an identical file, CRF 53 = 51, once), so a dev number from the
+    cache compares with the shipped graph's."""
     groups: dict[tuple[str, str], list] = {}
     for it, s in zip(items, scores, strict=True):
         if not it.original and it.crf is not None:
             groups.setdefault((it.source, it.codec or ""), []).append((it.crf, float(s),
                                                                        it.sha256))
-    pairs = [(s, it.vmaf) for it, s in zip(items, scores, strict=True)
-             if it.vmaf is not None and not it.original]
-    within = []
-    for g in groups.values():
-        v = {(c, sha): s for c, s, sha in g}
-        if len(v) >= 3:
-            crfs = [c for c, _ in v]
-            within.append(srcc([-c for c in crfs], list(v.values())))
-    return {"flip": flip_rate(groups.values()),
-            "srcc_vmaf": srcc(*zip(*pairs, strict=True)) if len(pairs) > 2 else None,
-            "srcc_within": float(np.mean(within)) if within else None}
+    corr = srcc_vs_vmaf(items, [float(s) for s in scores], None)
+    return {"flip": flip_rate(groups.values()), "srcc_vmaf": corr["pooled"],
+            "srcc_within": corr["within_source"]}
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -398,7 +393,7 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
             r = report(dev.items, dev.score_all(scorer))
             history.append({"step": step, **r})
             say(f"[dev {step}] flip d=2 {r['flip']['d2']:.3f} all {r['flip']['overall']:.3f}"
-                f" SRCC vs VMAF {r['srcc_vmaf']:.3f}, within a source vs CRF "
+                f" SRCC vs VMAF {r['srcc_vmaf']:.3f}, within a source "
                 f"{r['srcc_within']:.3f}")
         out_of_time = cfg.minutes and time.perf_counter() - t0 > cfg.minutes * 60
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:

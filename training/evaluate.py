@@ -151,7 +151,7 @@ def _source_heights(items: Sequence[Item]) -> dict[str, int | None]:
     return out
 
 
-def _srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
+def srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
                   codec: str | None) -> dict:
     """SRCC against VMAF within each source and pooled over sources, both over the variants
     of ``codec`` (None: every codec)."""
@@ -269,8 +269,8 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
     codecs = sorted({i.codec for i in items if not i.original and i.codec})
     by_codec = [_subset(c, items, scores, lambda i, c=c: i.codec == c) for c in codecs]
     within = {"codec": within_codec,
-              "model": _srcc_vs_vmaf(items, scores, within_codec),
-              "psnr": _srcc_vs_vmaf(items, [i.psnr for i in items], within_codec)}
+              "model": srcc_vs_vmaf(items, scores, within_codec),
+              "psnr": srcc_vs_vmaf(items, [i.psnr for i in items], within_codec)}
     return {"truth": truth_name, "rows": rows, "by_resolution": by_resolution,
             "by_codec": by_codec, "srcc_vs_vmaf": within, "ties": _ties(items, scores),
             "degraded_originals": _degraded(items, scores)}
