@@ -153,6 +153,29 @@ def test_cosine_schedule_decays_from_the_initial_rate():
         CachedConfig(schedule="linear")
 
 
+def test_dev_report_counts_an_identical_file_once_as_the_evaluation_does():
+    """libx264 clamps CRF 53 to 51: the two files are one, so they must not weigh twice in the
+    pooled SRCC (counting them twice once lifted it from 0.778 to 0.802 on dev)."""
+    from cpllm_plugin.training.evaluate import statistics
+
+    rows, scores = [], []
+    for src, top in (("a", 4.9), ("b", 3.0)):
+        for k, crf in enumerate((15, 31, 47, 51, 53)):
+            sha = f"{src}{min(crf, 51)}"
+            rows.append(Item(f"{src}{crf}.mp4", src, original=False, codec="libx264", crf=crf,
+                             sha256=sha,
+                             vmaf=[98.0, 90.0, 60.0, 20.0, 20.0][k] - (src == "b") * 15,
+                             split="dev", height=360))
+            scores.append(top - 0.3 * k if crf < 53 else top - 0.9)
+    r = report(rows, np.array(scores))
+    ev = statistics(rows, scores)["srcc_vs_vmaf"]["model"]
+    assert r["srcc_vmaf"] == pytest.approx(ev["pooled"])
+    assert r["srcc_within"] == pytest.approx(ev["within_source"])
+    assert ev["within_source"] == pytest.approx(1.0)
+    assert ev["n"] == 8
+    assert r["flip"]["pairs_d2"] == 0 and r["flip"]["pairs"] == 2 * 9  # 10 pairs less 51-53
+
+
 def test_cross_source_pairs_rank_two_sources_by_their_scores(ladder, cached):
     cache, _ = cached
     items = read_manifest(ladder)
