@@ -24,6 +24,7 @@ from cpllm_plugin.training.cached import (
     TextConfig,
     decoder_visuals,
     load_state,
+    report,
     train_scorer,
     train_text,
 )
@@ -275,7 +276,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert all(c["wall_s"] >= 0 and c["peak_rss_gb"] > 0 for c in costs.values())
     book = json.loads((tmp_path / "data" / "stages.json").read_text())
     assert set(book) == set(rc.STAGES[1:])
-    assert book["train"][0]["run"] == "run-native-b11" and "run" not in book["ladder"][0]
+    assert book["train"][0]["run"] == "run-pixels-b11" and "run" not in book["ladder"][0]
     train = read_manifest(r.train_manifest)
     # the training ladder is made from a 1 s lossless cut of the original; dev stays whole
     assert r.train_manifest.parent.name == "ladder-train-1s"
@@ -289,7 +290,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert man["precisions"]["fp32"]["passed"]
     assert man["precisions"]["fp32"]["weights_stored"].startswith("float16")
     conf = json.loads((r.out / "config.json").read_text())
-    assert conf["trained"] and conf["low_input"] == "native" and conf["frozen_blocks"] == 11
+    assert conf["trained"] and conf["low_input"] == "pixels" and conf["frozen_blocks"] == 11
     assert costs["eval"]["flip"]["pairs"] == 6
     text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
     assert text["n"] == 4 and 0 <= text["rate"] <= 1  # the four dev variants

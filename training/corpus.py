@@ -583,6 +583,28 @@ DEGRADED: tuple[Degraded, ...] = (
              "photo pan: green hills, upscaled from half size after a low-bitrate encode"),
     Degraded("pan_jesper__blur1.5_noise10", "pan_jesper", ("blur1.5", "noise10"),
              "photo pan: a man's face, blurred and noisy", (DEGRADED_CLASS, FACE)),
+    # small parents (270p, 360p): seen at native size (low_input="pixels"), a degraded small
+    # frame must not pass for a clean one
+    Degraded("pan_chelsea__blur2", "pan_chelsea", ("blur2",),
+             "photo pan: a tabby cat's face, blurred", (DEGRADED_CLASS, FACE)),
+    Degraded("pan_astronaut__blur1.5", "pan_astronaut", ("blur1.5",),
+             "photo pan: an astronaut, slightly blurred"),
+    Degraded("pan_rocket__down2", "pan_rocket", ("down2",),
+             "photo pan: a rocket on its pad, upscaled from half size"),
+    Degraded("pan_motorcycle__blur2.5", "pan_motorcycle", ("blur2.5",),
+             "photo pan: a red motorcycle in a workshop, strongly blurred"),
+    Degraded("pan_bar__down2", "pan_bar", ("down2",),
+             "photo pan: a couple in a dim bar, upscaled from half size"),
+    Degraded("pan_friends__crf40", "pan_friends", ("crf40",),
+             "photo pan: three men showing tattoos, after a low-bitrate encode"),
+    Degraded("pan_beach__noise12", "pan_beach", ("noise12",),
+             "photo pan: people at the edge of the sea, with strong noise"),
+    Degraded("pan_pool__blur1.5_crf36", "pan_pool", ("blur1.5", "crf36"),
+             "photo pan: a man playing pool, blurred, after a low-bitrate encode"),
+    Degraded("pan_rabbit__down3", "pan_rabbit", ("down3",),
+             "photo pan: a black and white rabbit, upscaled from a third of the size"),
+    Degraded("pan_skagen__blur2", "pan_skagen", ("blur2",),
+             "photo pan: grey sea waves, blurred"),
 )
 
 Source = Clip | Sequence_ | Pan | Screen | Degraded

@@ -63,7 +63,7 @@ class Recipe:
     Attributes:
         data: the data folder.
         out: where ``ship`` writes the model directory.
-        low_input: ``"native"``, ``"fit"`` or ``"pixels"`` (see
+        low_input: ``"pixels"`` (default), ``"native"`` or ``"fit"`` (see
             :func:`cpllm_plugin.preprocess.fit_size`).
         frozen_blocks: low-level encoder blocks kept at their ImageNet weights.
         steps, pairs: scoring-path steps and pairs per step.
@@ -93,7 +93,7 @@ class Recipe:
 
     data: Path = Path("data/recipe")
     out: Path = PACKAGED
-    low_input: str = "native"
+    low_input: str = "pixels"
     frozen_blocks: int = 11
     steps: int = 600
     pairs: int = 8
