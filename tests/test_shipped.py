@@ -86,7 +86,7 @@ def test_describe_gives_three_sentences_that_do_not_repeat():
     grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
     assert len(grams) == len(set(grams)), f"repeats itself: {d.text}"
     assert len({s.lower() for s in sentences}) == 3
-    # the quality sentence names the band of the head's score (26 of 30 dev variants do)
+    # the quality sentence names the band of the head's score (29 of 30 dev variants do)
     from cpllm_plugin.configs import quality_word
     from cpllm_plugin.training.describe import quality_word_in
 

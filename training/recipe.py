@@ -97,7 +97,7 @@ class Recipe:
     frozen_blocks: int = 11
     steps: int = 600
     pairs: int = 8
-    text_steps: int = 250
+    text_steps: int = 400
     text_batch: int = 2
     train_minutes: float = 40.0
     text_minutes: float = 90.0
