@@ -37,7 +37,9 @@ from cpllm_plugin.video import probe, read_key_frames  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
 EXACT = 1e-4
-LOSSY = 0.01
+# How far a lossy format may move the score from the RGB frames': 4:2:0 at 8 bits moved it
+# 0.0104 on these 360p frames, which the shipped model sees at their own size.
+LOSSY = 0.02
 PICKED = [0, 4, 8]  # key frames scored by the reference; ``every=4`` scores these too
 core = vs.core
 
@@ -121,6 +123,12 @@ def test_formats(frames, ref, gray_ref, name, tol):
     got = np.array([p["CPLLM_Score"] for p in out])
     want = gray_ref if name.startswith("GRAY") else np.array([ref[i] for i in PICKED])
     assert np.abs(got - want).max() <= tol, (got, want)
+    if name.startswith("YUV"):  # exactly score() of what zimg makes of the format
+        back = clip.resize.Bicubic(format=vs.RGB24, matrix_in=1, range_in=vs.RANGE_LIMITED)
+        rgb24 = np.stack([np.dstack([np.asarray(f[p]) for p in range(3)])
+                          for f in back.frames()])
+        exact = cpllm_plugin.score(rgb24, key_frames=len(PICKED)).frame_scores
+        assert np.abs(got - exact).max() <= EXACT, (got, exact)
     assert all(1.0 <= s <= 5.0 for s in got)
     assert [p["CPLLM_ScoredFrame"] for p in out] == [0, 1, 2]
     assert {p["CPLLM_Model"] for p in out} == {cpllm_plugin.load_model().id}
