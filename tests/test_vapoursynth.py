@@ -125,8 +125,7 @@ def test_formats(frames, ref, gray_ref, name, tol):
     assert np.abs(got - want).max() <= tol, (got, want)
     if name.startswith("YUV"):  # exactly score() of what zimg makes of the format
         back = clip.resize.Bicubic(format=vs.RGB24, matrix_in=1, range_in=vs.RANGE_LIMITED)
-        rgb24 = np.stack([np.dstack([np.asarray(f[p]) for p in range(3)])
-                          for f in back.frames()])
+        rgb24 = np.stack([cpllm._array(f) for f in back.frames()])
         exact = cpllm_plugin.score(rgb24, key_frames=len(PICKED)).frame_scores
         assert np.abs(got - exact).max() <= EXACT, (got, exact)
     assert all(1.0 <= s <= 5.0 for s in got)

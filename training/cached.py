@@ -38,7 +38,7 @@ import torch
 
 from ..errors import CpllmError, message
 from ..model.cpllm import Scorer
-from .evaluate import srcc_vs_vmaf
+from .evaluate import flip_groups, srcc_vs_vmaf
 from .frozen import FeatureCache, frozen_parameters
 from .losses import pair_gap, rank_loss, score_loss
 from .manifest import Item, resolve
@@ -213,13 +213,9 @@ def report(items: Sequence[Item], scores: np.ndarray) -> dict:
     """Flip rates (ties count) and SRCC against VMAF, pooled and within a source, counted as
     ``cpllm-eval`` counts them (an identical file, CRF 53 = 51, once), so a dev number from the
     cache compares with the shipped graph's."""
-    groups: dict[tuple[str, str], list] = {}
-    for it, s in zip(items, scores, strict=True):
-        if not it.original and it.crf is not None:
-            groups.setdefault((it.source, it.codec or ""), []).append((it.crf, float(s),
-                                                                       it.sha256))
-    corr = srcc_vs_vmaf(items, [float(s) for s in scores], None)
-    return {"flip": flip_rate(groups.values()), "srcc_vmaf": corr["pooled"],
+    values = [float(s) for s in scores]
+    corr = srcc_vs_vmaf(items, values, None)
+    return {"flip": flip_rate(flip_groups(items, values)), "srcc_vmaf": corr["pooled"],
             "srcc_within": corr["within_source"]}
 
 

@@ -116,8 +116,10 @@ def resolution_class(height: int | None) -> str:
     return next(name for name, lo, hi in RESOLUTION_CLASSES if lo <= height <= hi)
 
 
-def _flip_groups(items: Sequence[Item], values: Sequence[float | None],
-                 keep: Callable[[Item], bool] = lambda i: True) -> list[list]:
+def flip_groups(items: Sequence[Item], values: Sequence[float | None],
+                keep: Callable[[Item], bool] = lambda i: True) -> list[list]:
+    """``(crf, value, sha256)`` of each scored variant, one list per source and codec, as
+    :func:`~.metrics.flip_rate` takes them."""
     groups: dict[tuple[str, str], list] = {}
     for v, i in zip(values, items, strict=True):
         if v is not None and not i.original and i.crf is not None and keep(i):
@@ -133,7 +135,7 @@ def _row(name: str, kind: str, values: list[float | None], items: list[Item],
             seen.add((i.source, i.sha256))  # an identical file (CRF 53 = 51) counts once
             pairs.append((v, t))
     row = {"name": name, "kind": kind, "n": len(pairs), "srcc": None, "plcc": None,
-           "flip": flip_rate(_flip_groups(items, values))}
+           "flip": flip_rate(flip_groups(items, values))}
     if name.lower() == truth_name:
         row["note"] = "the reference of the correlations"
     elif len(pairs) >= 2:
@@ -152,7 +154,7 @@ def _source_heights(items: Sequence[Item]) -> dict[str, int | None]:
 
 
 def srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
-                  codec: str | None) -> dict:
+                 codec: str | None) -> dict:
     """SRCC against VMAF within each source and pooled over sources, both over the variants
     of ``codec`` (None: every codec)."""
     per: dict[str, dict[str, tuple[float, float]]] = {}  # source -> sha -> (value, vmaf)
@@ -279,7 +281,7 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
 def _subset(name: str, items: list[Item], scores: list, keep: Callable[[Item], bool]) -> dict:
     chosen = [i for i in items if keep(i)]
     return {"name": name, "sources": len({i.source for i in chosen}), "videos": len(chosen),
-            "flip": flip_rate(_flip_groups(items, scores, keep))}
+            "flip": flip_rate(flip_groups(items, scores, keep))}
 
 
 def evaluate(model, manifest: str | os.PathLike, key_frames: int | None = None,
