@@ -38,3 +38,17 @@ def ffmpeg_exe():
     """Path of the static ffmpeg shipped by imageio-ffmpeg (tests that need it skip without)."""
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where the CUDA driver sees no GPU."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    from cpllm_plugin.backends import gpu_count
+
+    if gpu_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: run `pytest -m gpu` on a machine with one")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

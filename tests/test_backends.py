@@ -134,3 +134,26 @@ def test_score_many_batches_several_videos_like_single_calls(tiny_dir):
         np.testing.assert_allclose(a.frame_scores, one.frame_scores, atol=1e-6)
         np.testing.assert_allclose(b.frame_scores, one.frame_scores, atol=1e-6)
         assert a.frame_indices.tolist() == one.frame_indices.tolist()
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_matches_cpu():
+    x = preprocess.prepare(pan_frames(6), cp.get_config("cpllm-tiny"))
+    cpu = backends.create("torch", "cpllm-tiny", device="cpu").run(x.views, x.patches)
+    gpu = backends.create("torch", "cpllm-tiny")  # CUDA is the default where there is one
+    assert str(gpu.device).startswith("cuda")
+    np.testing.assert_allclose(gpu.run(x.views, x.patches), cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_matches_cpu(tiny_dir):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    x = preprocess.prepare(pan_frames(6), cp.get_config("cpllm-tiny"))
+    cuda = backends.create(ORT(device="cuda"), tiny_dir)
+    assert cuda.providers[0] == "CUDAExecutionProvider"
+    assert "onnxruntime-cuda" in backends.available()
+    cpu = backends.create(ORT(device="cpu"), tiny_dir).run(x.views, x.patches)
+    np.testing.assert_allclose(cuda.run(x.views, x.patches), cpu, atol=1e-4, rtol=0)

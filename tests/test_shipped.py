@@ -91,3 +91,19 @@ def test_describe_gives_three_sentences_that_do_not_repeat():
     from cpllm_plugin.training.describe import quality_word_in
 
     assert quality_word_in(d.text) == quality_word(d.score), (d.score, d.text)
+
+
+@pytest.mark.gpu
+def test_the_default_model_scores_on_cuda_as_on_cpu():
+    """The torch path on a GPU gives the CPU's scores (TF32 convolutions stay within 2e-3)."""
+    import numpy as np
+
+    from cpllm_plugin import backends, preprocess
+    from cpllm_plugin.video import read_key_frames
+
+    gpu = backends.create("torch", SHIPPED, device="cuda")
+    x = preprocess.prepare(read_key_frames(SAMPLE, 5).frames, gpu.config)
+    cpu = backends.create("torch", SHIPPED, device="cpu").run(x.views, x.patches)
+    on_gpu = gpu.run(x.views, x.patches)
+    print(f"max |cuda - cpu| = {np.abs(on_gpu - cpu).max():.2e}")
+    np.testing.assert_allclose(on_gpu, cpu, atol=2e-3, rtol=0)

@@ -128,6 +128,38 @@ def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch
     assert {t.dtype for t in weights.values()} == {torch.float32}
 
 
+def test_micro_batches_accumulate_the_gradients_of_the_whole_batch(ladder):
+    from dataclasses import replace
+
+    from cpllm_plugin.training.dataset import ContextCache, TrainingData, high_encoder_id
+    from cpllm_plugin.training.losses import LossWeights
+    from cpllm_plugin.training.train import Step, accumulate
+
+    rated = [replace(it, mos=1.0 + i / 4) for i, it in enumerate(read_manifest(ladder))]
+    manifest = write_manifest(ladder.parent / "rated-micro.jsonl", rated)
+    model = build_model(_config(manifest, ladder.parent / "unused")).train()
+    cache = ContextCache(high_encoder_id(model.scorer, model.config))
+    data = TrainingData(manifest, model.config, "train", 2, True, cache)
+    samples = PairSampler(data.items, 6, 0.5, seed=1).batch(0, 0)
+    cpu = torch.device("cpu")
+
+    def grads(size):
+        model.zero_grad(set_to_none=True)
+        parts = [data.batch(samples[j:j + size], model.scorer, (0, 0, 0), model.tokenizer, 64,
+                            cpu) for j in range(0, len(samples), size)]
+        losses = accumulate(Step(model), parts, LossWeights(1.0, 1.0, 1.0), cpu, False)
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters()
+                        if p.grad is not None}
+
+    whole, g = grads(6)
+    split, g3 = grads(2)  # three micro-batches with different numbers of pairs and tokens
+    assert all(x > 0 for x in whole[:3])  # all three losses take part
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+    assert g.keys() == g3.keys() and any("lora_B" in n for n in g)
+    for n in g:
+        torch.testing.assert_close(g3[n], g[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
 def test_training_lowers_flip_rate(ladder, tmp_path):
     cfg = _config(ladder, tmp_path / "run", "steps=16", "lr=2e-3", "decoder=false")
     before = _flip(build_model(cfg), ladder)
@@ -222,11 +254,55 @@ def test_torchrun_two_processes(ladder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "cpllm_plugin.training.train", str(TINY), "--set", f"manifest={ladder}",
-           "--set", f"out={out}", "--set", "steps=3", "--set", "batch_size=2"]
+           "--set", f"out={out}", "--set", "steps=3", "--set", "batch_size=2",
+           "--set", "micro_batch=1"]  # accumulation syncs gradients on the last micro-batch
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000003"]
     with (out / "log.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]  # only rank 0 writes
+    assert io.load(out / "last").config.trained
+
+
+@pytest.mark.gpu
+def test_cuda_trains_all_three_losses_under_bf16_autocast(ladder, tmp_path, monkeypatch):
+    from cpllm_plugin.training import train as train_module
+
+    seen = []
+    real = torch.autocast
+
+    def spy(*args, **kw):
+        seen.append((args[0], kw.get("dtype"), kw.get("enabled")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module.torch, "autocast", spy)
+    cfg = _config(ladder, tmp_path / "run", "steps=2", "pair_ratio=0.5", "bf16=true",
+                  "device=cuda")
+    summary = train(cfg)
+    # One bf16 region per step; transformers opens disabled ones inside it (rotary, norms).
+    on = [s for s in seen if s[2]]
+    assert len(on) == 2 and all(s == ("cuda", torch.bfloat16, True) for s in on), seen
+    assert all(np.isfinite(summary[k]) for k in ("l1", "l2", "l3", "total"))
+    assert summary["l3"] > 0
+    weights = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    model = io.load(tmp_path / "run" / "last")  # a GPU checkpoint loads on the CPU
+    assert model.config.trained and np.isfinite(_flip(model, ladder))
+
+
+@pytest.mark.gpu
+def test_torchrun_nccl_on_one_gpu(ladder, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone",
+           "-m", "cpllm_plugin.training.train", str(TINY), "--set", f"manifest={ladder}",
+           "--set", f"out={out}", "--set", "steps=3", "--set", "batch_size=2",
+           "--set", "device=cuda", "--set", "bf16=true", "--set", "micro_batch=1"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world 1 (nccl), device cuda:0, bf16 True" in r.stderr, r.stderr[-2000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000003"]
+    with (out / "log.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
     assert io.load(out / "last").config.trained

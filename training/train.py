@@ -20,6 +20,7 @@ writes. Relative paths in a config are relative to the working directory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -71,6 +72,11 @@ class TrainConfig:
         epochs: passes over the data (used when ``steps`` is 0).
         steps: total optimiser steps; 0 means ``epochs`` whole epochs.
         batch_size: samples per step and process.
+        micro_batch: samples per forward and backward pass (0: the whole batch at once). The
+            gradients of a step are accumulated over its micro-batches, each loss weighted by
+            its share of the pairs, rated samples and text tokens the batch averages over, so
+            a step equals one pass over the whole batch (except that BatchNorm statistics are
+            per micro-batch). It lets the paper's batch of 128 fit on one GPU.
         lr: Adam learning rate (paper: 1e-4).
         w_rank, w_score, w_text: weights of L1, L2, L3 (paper: equal).
         pair_ratio: share of pairwise samples (Table 4a: the mix is best).
@@ -96,6 +102,7 @@ class TrainConfig:
     epochs: int = 1
     steps: int = 0
     batch_size: int = 8
+    micro_batch: int = 0
     lr: float = 1e-4
     w_rank: float = 1.0
     w_score: float = 1.0
@@ -123,7 +130,7 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "log_every"):
             if getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
-        for key in ("steps", "key_frames", "checkpoint_every", "num_workers"):
+        for key in ("steps", "micro_batch", "key_frames", "checkpoint_every", "num_workers"):
             if getattr(self, key) < 0:
                 bad(key, "an integer >= 0")
         if self.max_text_tokens < 2:
@@ -340,12 +347,7 @@ class Step(nn.Module):
             tokens = torch.cat([u, v], dim=1)  # (N * M, Th + Tl, D)
             tokens = tokens.view(n, m, *tokens.shape[1:])[:, pick]
             tokens = tokens.reshape(n, -1, tokens.shape[-1])  # (N, F * (Th + Tl), D)
-            rows, text_ids = batch.text_rows, batch.text_ids
-            prompt: str | list[str] = cfg.prompt
-            if cfg.score_prompt:  # the prompt carries the first item's score: rated rows only
-                keep = batch.has_target[rows]
-                rows, text_ids = rows[keep], text_ids[keep]
-                prompt = [self.model.describe_prompt(float(batch.target[r])) for r in rows]
+            rows, text_ids, prompt = self._text(batch)
             if len(rows):
                 a = tokens[batch.first[rows]]
                 sec = batch.second[rows]
@@ -356,6 +358,50 @@ class Step(nn.Module):
                 valid[single, 1 + tv:1 + 2 * tv] = False  # a single input's copy (Fig. 4a)
                 l3 = text_loss(dec, embeds, valid, text_ids, self.model.tokenizer.pad_token_id)
         return l1, l2, l3
+
+    def _text(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, str | list[str]]:
+        """The rows L3 trains on, their target tokens and their prompt(s)."""
+        rows, text_ids = batch.text_rows, batch.text_ids
+        prompt: str | list[str] = self.model.config.prompt
+        if self.model.config.score_prompt:  # the prompt carries the score: rated rows only
+            keep = batch.has_target[rows]
+            rows, text_ids = rows[keep], text_ids[keep]
+            prompt = [self.model.describe_prompt(float(batch.target[r])) for r in rows]
+        return rows, text_ids, prompt
+
+    def counts(self, batch: Batch) -> tuple[int, int, int]:
+        """What L1, L2 and L3 average over in ``batch``: pairs, rated samples, text tokens."""
+        tokens = 0
+        if self.model.decoder is not None and len(batch.text_rows):
+            _, ids, _ = self._text(batch)
+            tokens = int(((ids != self.model.tokenizer.pad_token_id) & (ids >= 0)).sum())
+        return int((batch.second >= 0).sum()), int(batch.has_target.sum()), tokens
+
+
+def accumulate(net: nn.Module, parts: list[Batch], weights: LossWeights, dev: torch.device,
+               autocast: bool) -> torch.Tensor:
+    """Forward and backward over the micro-batches of one step; returns ``(l1, l2, l3, total)``
+    of the whole batch.
+
+    Each micro-batch's loss is weighted by its share of the batch's pairs (L1), rated samples
+    (L2) and target tokens (L3), so the accumulated gradients are those of one pass over the
+    whole batch. Under DDP only the last micro-batch synchronises the gradients.
+    """
+    step: Step = getattr(net, "module", net)
+    counts = torch.tensor([step.counts(b) for b in parts], dtype=torch.float64)
+    share = (counts / counts.sum(dim=0).clamp(min=1)).tolist()
+    total = torch.zeros(4)
+    for j, part in enumerate(parts):
+        last = j == len(parts) - 1
+        with contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                l1, l2, l3 = net(part.to(dev))
+            if len(parts) > 1:
+                l1, l2, l3 = (x * w for x, w in zip((l1, l2, l3), share[j], strict=True))
+            loss = total_loss(l1, l2, l3, weights)
+            loss.backward()
+        total += torch.stack([l1, l2, l3, loss]).detach().float().cpu()
+    return total
 
 
 # --- checkpoints ----------------------------------------------------------------------
@@ -460,13 +506,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _device(cfg.device, local_rank)
-    dist = world > 1
+    # torchrun sets MASTER_ADDR: a launch of one process still joins a process group, so one
+    # GPU runs the same DDP and collective code as many.
+    dist = world > 1 or "MASTER_ADDR" in os.environ
+    backend = "nccl" if dev.type == "cuda" else "gloo"
     if dist:
         import torch.distributed as tdist
 
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        tdist.init_process_group(backend)
     out = Path(cfg.out)
     last = out / "last"
     try:
@@ -503,28 +552,28 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         weights = LossWeights(cfg.w_rank, cfg.w_score, cfg.w_text)
         tok = model.tokenizer if (model.decoder is not None and cfg.w_text > 0) else None
         log_path = out / "log.csv"
+        autocast = _autocast(dev, cfg)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _trim_log(log_path, step)
+            group = f" ({backend})" if dist else ""
             _log(f"cpllm-train: {len(data.items)} videos, {sampler.steps_per_epoch} steps/epoch, "
-                 f"{total_steps} steps, world {world}, device {dev}, start at step {step}")
-        autocast = _autocast(dev, cfg)
+                 f"{total_steps} steps, world {world}{group}, device {dev}, bf16 {autocast}, "
+                 f"start at step {step}")
         start = time.perf_counter()
         last_losses = (math.nan,) * 4
         saved = None
         while step < total_steps:
             epoch, index = divmod(step, sampler.steps_per_epoch)
             samples = sampler.batch(epoch, index)
-            batch = data.batch(samples, model.scorer, (cfg.seed, step, rank), tok,
-                               cfg.max_text_tokens, dev).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                l1, l2, l3 = net(batch)
-            loss = total_loss(l1, l2, l3, weights)
+            size = cfg.micro_batch or len(samples)
+            # Patch placement is seeded per video, so splitting a batch does not change it.
+            parts = [data.batch(samples[j:j + size], model.scorer, (cfg.seed, step, rank), tok,
+                                cfg.max_text_tokens, dev) for j in range(0, len(samples), size)]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            values = accumulate(net, parts, weights, dev, autocast).to(dev)
             opt.step()
             step += 1
-            values = torch.stack([l1, l2, l3, loss]).detach().float()
             if dist:
                 tdist.all_reduce(values)
                 values /= world
