@@ -15,6 +15,11 @@ to read ``shipped`` against in one run. ``cpllm-paper``
 is built with random weights at its full size (SigLIP so400m/14 at 448, VideoPrism base on
 the patches): no weights of it can be obtained here. The machine is described first. Results
 go to stdout as a table (or NDJSON with ``--json``), progress to stderr.
+
+On a GPU, ``--backend torch-cuda`` (and ``onnxruntime-cuda-fp32`` where ``onnxruntime-gpu`` is
+installed) time the same calls there; the CPU backends in the same run are their baseline:
+
+    python bench/bench_scoring.py --model shipped --backend torch --backend torch-cuda
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ def _clip(folder: Path) -> Path:
     return path
 
 
-def _export(name: str, folder: Path, say) -> Path:
+def _export(name: str, folder: Path, say, onnx: bool = True) -> Path:
     from cpllm_plugin.export import onnx as ex
     from cpllm_plugin.model import io
 
@@ -114,10 +119,14 @@ def _export(name: str, folder: Path, say) -> Path:
         if found is None:
             raise click.UsageError("no trained cpllm-lite in the package (run make model)")
         return found
+    if Path(name).is_dir():  # a model directory as it is (torch weights, ONNX graphs)
+        return Path(name)
 
     src = folder / f"{name}-torch"
     cfg = _random_paper() if name == "cpllm-paper" else name
     io.save(io.build(cfg, with_decoder=False), src)
+    if not onnx:  # only torch backends asked for
+        return src
     out = folder / name
     t = time.perf_counter()
     m = ex.export(src, out, precisions=("fp32", "int8"), key_frames=2, log=say)
@@ -134,19 +143,21 @@ def _child(model_dir: str, backend: str, batches: list[int], threads: int, repea
 
     rows = []
     try:
-        if backend == "torch":
+        if backend.startswith("torch"):
             import torch
 
             torch.set_num_threads(threads)
             from cpllm_plugin.backends import TorchBackend
 
-            be = TorchBackend(model_dir, device="cpu", batch_size=max(batches))
+            be = TorchBackend(model_dir, device="cuda" if backend == "torch-cuda" else "cpu",
+                              batch_size=max(batches))
         else:
             from cpllm_plugin.backends import ORT, OrtBackend
 
-            prec = backend.split("-")[1]
+            *_, prec = backend.split("-")
             be = OrtBackend(model_dir, ORT(threads=threads, precision=prec,
-                                           batch_size=max(batches), device="cpu"))
+                                           batch_size=max(batches),
+                                           device="cuda" if "-cuda-" in backend else "cpu"))
         from cpllm_plugin import preprocess
 
         cfg = be.config
@@ -192,10 +203,12 @@ def _child(model_dir: str, backend: str, batches: list[int], threads: int, repea
 @click.command()
 @click.option("--model", "models", multiple=True,
               default=["shipped", "cpllm-lite", "cpllm-paper"], show_default=True,
-              help="Models to measure ('shipped': the trained model in the package).")
+              help="Models to measure ('shipped': the trained model in the package; or a "
+                   "model directory).")
 @click.option("--backend", "backends", multiple=True, show_default=True,
               default=["torch", "onnxruntime-fp32", "onnxruntime-int8"],
-              type=click.Choice(["torch", "onnxruntime-fp32", "onnxruntime-int8"]))
+              type=click.Choice(["torch", "onnxruntime-fp32", "onnxruntime-int8", "torch-cuda",
+                                 "onnxruntime-cuda-fp32", "onnxruntime-cuda-fp16"]))
 @click.option("--batch", "batches", multiple=True, type=int, default=[1, 8, 32],
               show_default=True, help="Key frames per call.")
 @click.option("--threads", type=int, default=os.cpu_count(), show_default=True,
@@ -221,7 +234,9 @@ def main(models, backends, batches, threads, repeats, workdir, as_json):
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         clip = str(_clip(Path(tmp)))
         for name in models:
-            model_dir = _export(name, Path(tmp), say)
+            model_dir = _export(name, Path(tmp), say,
+                                onnx=any(b.startswith("onnxruntime") for b in backends))
+            label = Path(name).name if Path(name).is_dir() else name
             for backend in backends:
                 q = ctx.Queue()
                 p = ctx.Process(target=_child, args=(str(model_dir), backend, list(batches),
@@ -231,16 +246,16 @@ def main(models, backends, batches, threads, repeats, workdir, as_json):
                 p.join()
                 for r in res["rows"]:
                     if as_json:
-                        click.echo(json.dumps({"type": "bench", "model": name,
+                        click.echo(json.dumps({"type": "bench", "model": label,
                                                "backend": backend, "threads": threads, **r}))
                     else:
-                        click.echo(f"{name:<12} {backend:<17} {r['batch']:>5} "
+                        click.echo(f"{label:<12} {backend:<17} {r['batch']:>5} "
                                    f"{r['frames_per_s']:>9.2f} {r['ms_per_frame']:>9.1f} "
                                    f"{r['peak_rss_mib']:>9.0f} "
                                    f"{r['with_1080p_prepare_frames_per_s']:>17.2f} "
                                    f"{r['variant_1080p_s']:>9.2f}")
                 if "error" in res:
-                    click.echo(f"{name:<12} {backend:<17} error: {res['error']}")
+                    click.echo(f"{label:<12} {backend:<17} error: {res['error']}")
                 sys.stdout.flush()
 
 
