@@ -299,6 +299,29 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert io.load(r.out, with_decoder=False).config.trained  # hashes still verify
 
 
+def test_recipe_trains_on_other_codecs_in_a_run_of_its_own(tmp_path):
+    from media import pan_frames, write_video
+
+    corpus = tmp_path / "data" / "corpus"
+    (corpus / "originals").mkdir(parents=True)
+    rows = []
+    for name, split, photo in (("a", "train", "coffee"), ("b", "dev", "astronaut")):
+        write_video(corpus / "originals" / f"{name}.mp4", pan_frames(48, 180, 320, photo), crf=8)
+        rows.append(Item(f"originals/{name}.mp4", name, split=split, tag=f"photo pan: {photo}"))
+    (corpus / "sources.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+    r = rc.Recipe(data=tmp_path / "data", train_crfs=(18, 34), dev_crfs=(18,),
+                  dev_codecs={"libx265": (29, 47)}, train_codecs=("libx265",))
+    rc.run(r, ("ladder",), progress=False)
+    rows = r.rows(r.train_manifest)
+    assert sorted((i.codec, i.crf) for i in rows if not i.original) == [
+        ("libx264", 18), ("libx264", 34), ("libx265", 29), ("libx265", 47)]
+    assert all(i.vmaf is not None for i in rows if not i.original)
+    x264_only = rc.Recipe(data=r.data)
+    assert {i.codec for i in x264_only.rows(r.train_manifest)} == {None, "libx264"}
+    assert not any(i.codec == "libx265" for i in r.rows(r.train_manifest, train=False))
+    assert r.run.name == "run-pixels-b11-libx265" and x264_only.run.name == "run-pixels-b11"
+
+
 def test_recipe_stops_when_training_ran_out_of_time(tmp_path, monkeypatch):
     """A stage that stopped early (its minutes spent) ends the run before ship, not after."""
     ran = []

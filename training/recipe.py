@@ -76,6 +76,8 @@ class Recipe:
             whole originals.
         vmaf_subsample: VMAF on every n-th frame in the ladders (PSNR on every frame).
         dev_codecs: also make dev ladders of these encoders, at these CRFs.
+        train_codecs: also train on ladders of these encoders (their ``dev_codecs`` CRFs,
+            made from the training cuts); the run folder is named after them.
         decoder: the decoder to attach (tests use ``tiny-gemma``).
         describe_count: dev variants whose generated description is checked against the
             score band in ``eval``.
@@ -108,6 +110,7 @@ class Recipe:
     vmaf_subsample: int = 2
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
+    train_codecs: tuple[str, ...] = ()
     decoder: str = "gemma3-270m"
     describe_count: int = 30
     dev_every: int = 0
@@ -132,7 +135,15 @@ class Recipe:
 
     @property
     def run(self) -> Path:
-        return self.data / f"run-{self.low_input}-b{self.frozen_blocks}"
+        # Another training set is another run: never resume one from the other.
+        codecs = "".join(f"-{c}" for c in self.train_codecs)
+        return self.data / f"run-{self.low_input}-b{self.frozen_blocks}{codecs}"
+
+    def rows(self, manifest: Path, train: bool = True) -> list[Item]:
+        """The rows the cache and training use: originals, libx264 variants, and on the
+        training split the variants of ``train_codecs``."""
+        codecs = {"libx264", *(self.train_codecs if train else ())}
+        return [i for i in read_manifest(manifest) if i.original or i.codec in codecs]
 
 
 # --- bookkeeping ---------------------------------------------------------------------------
@@ -221,6 +232,9 @@ def stage_ladder(r: Recipe, say) -> dict:
                         progress=say)
     make_variants(train, r.train_manifest.parent, crfs=r.train_crfs, jobs=r.jobs, progress=say,
                   vmaf_subsample=r.vmaf_subsample)
+    for codec in r.train_codecs:
+        make_variants(train, r.train_manifest.parent, codec=codec, crfs=r.dev_codecs[codec],
+                      jobs=r.jobs, progress=say, vmaf_subsample=r.vmaf_subsample)
     make_variants(dev, r.dev_manifest.parent, crfs=r.dev_crfs, jobs=r.jobs, progress=say,
                   vmaf_subsample=r.vmaf_subsample)
     return {"train_videos": len(read_manifest(r.train_manifest)),
@@ -267,15 +281,10 @@ def _cache(r: Recipe, model):
                         key_frames=model.config.key_frames)
 
 
-def _libx264(man: Path) -> list[Item]:
-    """The rows the cache and training use: originals and libx264 variants."""
-    return [i for i in read_manifest(man) if i.original or i.codec == "libx264"]
-
-
 def stage_cache(r: Recipe, say) -> dict:
     model = _model(r)
     sets = [("train", r.train_manifest)] + ([("dev", r.dev_manifest)] if r.dev_every else [])
-    return {name: _cache(r, model).build(man, _libx264(man), progress=say)
+    return {name: _cache(r, model).build(man, r.rows(man, name == "train"), progress=say)
             for name, man in sets}
 
 
@@ -283,9 +292,9 @@ def _sets(r: Recipe, model, dev: bool = True):
     from .cached import CachedSet
 
     cache = _cache(r, model)
-    train = CachedSet(r.train_manifest, _libx264(r.train_manifest), cache, r.frozen_blocks)
-    devset = (CachedSet(r.dev_manifest, _libx264(r.dev_manifest), cache, r.frozen_blocks)
-              if dev else None)
+    train = CachedSet(r.train_manifest, r.rows(r.train_manifest), cache, r.frozen_blocks)
+    devset = (CachedSet(r.dev_manifest, r.rows(r.dev_manifest, train=False), cache,
+                        r.frozen_blocks) if dev else None)
     return train, devset
 
 
@@ -510,17 +519,21 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
 @click.option("--seed", type=click.IntRange(0), default=Recipe.seed,
               help="Seed of the training pairs (the run folder keeps its name: use another "
               "--data for a second seed).")
+@click.option("--train-codec", "train_codecs", multiple=True,
+              type=click.Choice(sorted(DEV_CODECS)),
+              help="Also train on this encoder's ladders (repeatable; at its dev CRFs).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
          text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, order_margin,
-         schedule, seed, jobs):
+         schedule, seed, train_codecs, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
-               order_margin=order_margin, schedule=schedule, seed=seed)
+               order_margin=order_margin, schedule=schedule, seed=seed,
+               train_codecs=tuple(train_codecs))
     try:
         run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
     except CpllmError as exc:
