@@ -33,6 +33,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))  # media.py: pans across photographs, encoded in-process
+from bench_scoring import peak_mib  # noqa: E402
 from machine import describe  # noqa: E402
 
 GEMMA3_270M_SHAPE = {  # Gemma 3 270M's config, random weights
@@ -63,14 +64,6 @@ def make_ladder(folder: Path) -> Path:
                               description="A slow pan over a photo. Fine detail in the light. "
                                           "Some blocking in the flat areas."))
     return write_manifest(folder / "manifest.jsonl", items)
-
-
-def peak_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_run(manifest: Path, out: Path, device: str, batch: int, steps: int,

@@ -106,12 +106,10 @@ def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypat
     assert all(any(x.endswith(e) for e in ends) for x in said)
 
 
-def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch):
-    # The CUDA path autocasts to bf16; no GPU here, so CPU autocast runs the same dtype
-    # handling (scorer, Prefix-LM mask, text loss) through all three losses.
+def _spy_autocast(monkeypatch) -> list:
+    """Records (device type, dtype, enabled) of every torch.autocast the loop opens."""
     from cpllm_plugin.training import train as train_module
 
-    monkeypatch.setattr(train_module, "_autocast", lambda dev, cfg: cfg.bf16)
     seen = []
     real = torch.autocast
 
@@ -120,6 +118,16 @@ def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch
         return real(*args, **kw)
 
     monkeypatch.setattr(train_module.torch, "autocast", spy)
+    return seen
+
+
+def test_bf16_autocast_steps_train_in_fp32_weights(ladder, tmp_path, monkeypatch):
+    # The CUDA path autocasts to bf16; no GPU here, so CPU autocast runs the same dtype
+    # handling (scorer, Prefix-LM mask, text loss) through all three losses.
+    from cpllm_plugin.training import train as train_module
+
+    monkeypatch.setattr(train_module, "_autocast", lambda dev, cfg: cfg.bf16)
+    seen = _spy_autocast(monkeypatch)
     summary = train(_config(ladder, tmp_path / "run", "steps=2", "pair_ratio=0.5", "bf16=true"))
     assert seen and all(s == ("cpu", torch.bfloat16, True) for s in seen)
     assert all(np.isfinite(summary[k]) for k in ("l1", "l2", "l3", "total"))
@@ -267,16 +275,7 @@ def test_torchrun_two_processes(ladder, tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_trains_all_three_losses_under_bf16_autocast(ladder, tmp_path, monkeypatch):
-    from cpllm_plugin.training import train as train_module
-
-    seen = []
-    real = torch.autocast
-
-    def spy(*args, **kw):
-        seen.append((args[0], kw.get("dtype"), kw.get("enabled")))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(train_module.torch, "autocast", spy)
+    seen = _spy_autocast(monkeypatch)
     cfg = _config(ladder, tmp_path / "run", "steps=2", "pair_ratio=0.5", "bf16=true",
                   "device=cuda")
     summary = train(cfg)
