@@ -429,16 +429,20 @@ class TextConfig:
     minutes: float = 0.0
 
 
-def decoder_visuals(scorer: Scorer, data: CachedSet, chunk: int = 8) -> torch.Tensor:
-    """``(N, Th + Tl, D)`` decoder tokens of every item's decoder key frame (no grad)."""
+def decoder_visuals(scorer: Scorer, data: CachedSet, items: Sequence[int] | None = None,
+                    chunk: int = 8) -> torch.Tensor:
+    """``(N, Th + Tl, D)`` decoder tokens of the decoder key frame of ``items`` (indices
+    into ``data.items``; None: all), no grad."""
     from ..preprocess import key_frame_indices
 
     pick = int(key_frame_indices(data.m, 1)[0])
+    idx = torch.arange(len(data.items)) if items is None else torch.as_tensor(items).long()
     out = []
     with torch.no_grad(), eval_mode(scorer):  # the tokens describe() will see
-        for s in range(0, len(data.items), chunk):
-            out.append(visual_tokens(scorer, data.blocks, data.stem[s:s + chunk, pick].float(),
-                                     data.tokens[s:s + chunk].float()))
+        for s in range(0, len(idx), chunk):
+            at = idx[s:s + chunk]
+            out.append(visual_tokens(scorer, data.blocks, data.stem[at, pick].float(),
+                                     data.tokens[at].float()))
     return torch.cat(out)
 
 
@@ -477,9 +481,6 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     tok = model.tokenizer
     ids = [tok(data.items[i].description, add_special_tokens=False).input_ids[
         :cfg.max_tokens - 1] + [tok.eos_token_id] for i in rows]
-    say(f"text: {len(rows)} descriptions, {np.mean([len(t) for t in ids]):.0f} tokens on "
-        "average; computing visual tokens")
-    vis = decoder_visuals(model.scorer, data)[rows]
     named = _lora(model)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     state = out / "text_state.safetensors"
@@ -496,6 +497,21 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
                                 "exp_avg": t[f"m.{n}"].clone(), "exp_avg_sq": t[f"v.{n}"].clone()}
         start, spent = meta["step"], meta["seconds"]
         say(f"text: resumed at step {start}")
+
+    def draw(step: int) -> np.ndarray:
+        rng = np.random.default_rng([cfg.seed, step, 0x73])
+        return rng.choice(len(rows), size=min(cfg.batch, len(rows)), replace=False)
+
+    # Visual tokens only for the rows the remaining steps draw (400 steps of 2 touch about a
+    # third of 1,700 rows), so the stage's cost does not grow with the training set.
+    picks = {step: draw(step) for step in range(start, cfg.steps)}
+    used = sorted({int(i) for p in picks.values() for i in p})
+    say(f"text: {len(rows)} descriptions, {np.mean([len(t) for t in ids]):.0f} tokens on "
+        f"average; visual tokens of the {len(used)} that steps {start}..{cfg.steps} draw")
+    vis = {}
+    if used:
+        tokens = decoder_visuals(model.scorer, data, [rows[u] for u in used])
+        vis = dict(zip(used, tokens, strict=True))
 
     def save(step: int, seconds: float) -> None:
         from safetensors.torch import save_file
@@ -521,9 +537,8 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     t0, step = time.perf_counter(), start
     pad = tok.pad_token_id
     while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, step, 0x73])
-        pick = rng.choice(len(rows), size=min(cfg.batch, len(rows)), replace=False)
-        v = vis[torch.from_numpy(pick)]
+        pick = picks[step]
+        v = torch.stack([vis[int(i)] for i in pick])
         embeds, valid = model.prefix(v, None, [model.describe_prompt(data.items[rows[i]].target)
                                                for i in pick])
         width = max(len(ids[i]) for i in pick)
