@@ -29,8 +29,9 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Rebuilds the shipped default model from nothing (data in data/recipe, ignored by git):
-# corpus, ladders, features, training, export, evaluation. One run from an empty folder took
-# 1 h 56 min and 7.8 GB at peak on 2 CPU cores (README, "What each stage cost"). Every
+# corpus, ladders (libx264, x265, SVT-AV1), features, training, export, evaluation: about
+# 2 h 10 min and 9.6 GB at peak on 2 CPU cores by its stages' costs (README, "What the
+# current recipe costs"; the libx264-only recipe was timed at 1 h 56 min). Every
 # stage resumes; a training stage whose time budget is spent saves its state and stops the
 # run: run it again to continue.
 model: $(STAMP)

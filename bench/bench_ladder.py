@@ -11,7 +11,8 @@ the shared machines drift by 25% in absolute speed.
 ``dev``: every clean dev original (no ``reference``) is picked at the default target (the
 model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
 ladder of 20 levels (VMAF measured by ``cpllm-recipe``'s ladder stage, interpolated
-between levels). Goal: within 2 CRF on at least 80% of the sources.
+between levels). Goal: within 2 CRF on at least 80% of the sources. Beside it, the share
+one fixed CRF reaches (the median crossing of the other sources): what a picker must beat.
 
 Needs ``data/recipe/ladder-dev/manifest.jsonl`` and the corpus
 (``cpllm-recipe --stage corpus --stage ladder`` rebuilds both).
@@ -68,11 +69,13 @@ def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
           f"--max-drop {lad_max_drop():.3f}")
     print(f"{'source':24} {'size':>10} {'pick':>5} {'vmaf95':>7} {'diff':>6} {'encodes':>8} "
           f"{'s':>6}")
-    diffs, encodes, seconds = [], [], []
+    diffs, encodes, seconds, crossings = [], [], [], []
     for r in clean:
         pts = [(x["crf"], x["vmaf"]) for x in rows
                if x["source"] == r["source"] and x["crf"] is not None and x["vmaf"] is not None]
         cross = crossing_crf(pts)
+        if cross is not None:
+            crossings.append(cross)
         src = _original(data, r)
         t0 = time.perf_counter()
         with lad.Ladder(src, lad.Settings(), scorer) as ladder:
@@ -100,6 +103,13 @@ def part_dev(data: Path, scorer: lad.Scorer, target: float) -> None:
     for k in range(-8, 9):
         if hist.get(k):
             print(f"  {k:+3d} {'#' * hist[k]}")
+    # The baseline a picker has to beat: one fixed CRF for every source, the median crossing
+    # of the other sources (leave-one-out, rounded as a user would set it).
+    fixed = [abs(round(float(np.median(crossings[:i] + crossings[i + 1:]))) - c) <= 2
+             for i, c in enumerate(crossings)]
+    print(f"baseline, one fixed CRF (median crossing of the other sources, about "
+          f"{round(float(np.median(crossings)))}): within 2 CRF on {np.mean(fixed):.0%} of "
+          f"{len(fixed)}")
     print(f"encodes per pick: mean {np.mean(encodes):.2f}, max {max(encodes)}; "
           f"seconds per pick: mean {np.mean(seconds):.1f}")
 

@@ -4,7 +4,8 @@
     python bench/bench_scenes.py --clips 5 --size 640x360 --json
 
 The clip is real multi-shot footage: the corpus's 2 s Big Buck Bunny originals
-(``data/corpus/originals/bbb_*.mp4``, 1280x720 24 fps, about 7 Mb/s) joined into one
+(``DATA/corpus/originals/bbb_*.mp4``, ``--data`` as for ``cpllm-recipe``, default
+``data/recipe``; 1280x720 24 fps, about 7 Mb/s) joined into one
 near-lossless file (x264 CRF 8) in a temporary folder; some of them hold cuts of their own.
 Then, with the bundled cpllm-lite on ONNX Runtime, the target at the model's VMAF-95
 score (its ``calibration.json``) and the CLI's default ``--max-drop`` (the calibrated drop)
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,18 +50,21 @@ from cpllm_plugin.integrations.scenes import (
 from cpllm_plugin.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINALS = ROOT / "data" / "corpus" / "originals"
 # Different scenes of the film; spikes, rodents and flower hold cuts of their own.
 CLIPS = ("meadow", "butterfly", "spikes", "rock", "flower", "squirrel", "rodents", "credits",
          "burrow", "stump")
 
 
-def build_clip(out: Path, names: list[str], size: str, exe: str) -> Path:
+def build_clip(out: Path, originals: Path, names: list[str], size: str, exe: str) -> Path:
     """Join the originals into one near-lossless clip at one size and 24 fps."""
     w, h = size.split("x")
+    missing = [n for n in names if not (originals / f"bbb_{n}.mp4").is_file()]
+    if missing:
+        sys.exit(f"missing {originals}/bbb_{missing[0]}.mp4: run cpllm-recipe --stage corpus "
+                 "(or pass --data)")
     inputs, parts = [], []
     for i, name in enumerate(names):
-        inputs += ["-i", str(ORIGINALS / f"bbb_{name}.mp4")]
+        inputs += ["-i", str(originals / f"bbb_{name}.mp4")]
         parts.append(f"[{i}:v]scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p[v{i}]")
     graph = ";".join(parts) + ";" + "".join(f"[v{i}]" for i in range(len(names))) + (
         f"concat=n={len(names)}:v=1[v]")
@@ -114,8 +119,10 @@ def shot_scores(path: Path, shots, fps: float, settings: Settings, scorer, exe: 
 @click.option("--preset", default=None, help="x264 preset (default: the ladder's, medium).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where the clip and encodes go (default: a temporary folder).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              default=ROOT / "data" / "recipe", help="The recipe's data folder (its corpus).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object to stdout.")
-def main(clips, size, vmaf_level, max_drop, preset, workdir, as_json):
+def main(clips, size, vmaf_level, max_drop, preset, workdir, data, as_json):
     """Per-shot CRFs against a single CRF on real multi-shot footage."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -129,7 +136,7 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, as_json):
     with tempfile.TemporaryDirectory(prefix="bench-scenes-", dir=workdir) as tmp:
         d = Path(tmp)
         t = time.perf_counter()
-        clip = build_clip(d / "clip.mp4", names, size, exe)
+        clip = build_clip(d / "clip.mp4", data / "corpus" / "originals", names, size, exe)
         walls["build_clip"] = time.perf_counter() - t
         info = probe(clip)
         say(f"clip: {len(names)} originals, {info.width}x{info.height}, "

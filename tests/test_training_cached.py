@@ -98,8 +98,11 @@ def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
     assert deeper.stem.shape[3:] == (192, 7, 7)
     np.testing.assert_allclose(deeper.score_all(lite.scorer), from_cache, atol=2e-3)
     # the decoder's visual tokens too (the text stage trains on them)
-    torch.testing.assert_close(decoder_visuals(lite.scorer, data),
-                               decoder_visuals(lite.scorer.eval(), data))
+    every = decoder_visuals(lite.scorer, data)
+    torch.testing.assert_close(every, decoder_visuals(lite.scorer.eval(), data))
+    # the text stage computes only the rows its steps draw: the same tokens
+    torch.testing.assert_close(decoder_visuals(lite.scorer, data, [3, 0]), every[[3, 0]],
+                               atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("extra", [{}, {"schedule": "cosine", "margin": 0.1}])
@@ -206,7 +209,8 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
              for it in read_manifest(ladder)]
     data = CachedSet(ladder, items, cache)
     head = lite.scorer.head[0].weight.clone()
-    lora = {n: p.clone() for n, p in lite.decoder.named_parameters() if "lora_B" in n}
+    init = {n: p.detach().clone() for n, p in lite.decoder.named_parameters() if "lora" in n}
+    lora = {n: p for n, p in init.items() if "lora_B" in n}
     prompts = []
     prefix = lite.prefix
     lite.prefix = lambda a, b, p: prompts.extend(p) or prefix(a, b, p)
@@ -230,6 +234,16 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
                if "lora_B" in n)
     assert (tmp_path / "text_state.safetensors").is_file()
     assert len((tmp_path / "text_log.csv").read_text().splitlines()) == 3
+    # resumed for a third step, the LoRA ends where three steps in one go end
+    train_text(lite, data, tmp_path, TextConfig(steps=3, batch=2), progress=False)
+    resumed = {n: p.clone() for n, p in lite.decoder.named_parameters() if "lora" in n}
+    for n, p in lite.decoder.named_parameters():
+        if n in init:
+            p.data.copy_(init[n])
+    train_text(lite, data, tmp_path / "one", TextConfig(steps=3, batch=2), progress=False)
+    for n, p in lite.decoder.named_parameters():
+        if n in init:
+            torch.testing.assert_close(p, resumed[n], atol=1e-6, rtol=1e-5)
 
 
 def test_half_storage_keeps_the_model_id_and_leaves_out_the_packaged_encoder(tmp_path):
@@ -270,7 +284,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     (corpus / "sources.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
     r = rc.Recipe(data=tmp_path / "data", out=tmp_path / "model", steps=3, pairs=2,
                   text_steps=1, train_crfs=(18, 34, 46), dev_crfs=(18, 26, 34, 42),
-                  dev_codecs={}, decoder="tiny-gemma")
+                  dev_codecs={}, train_codecs=(), decoder="tiny-gemma")
     costs = rc.run(r, rc.STAGES[1:], progress=False)
     assert set(costs) == set(rc.STAGES[1:])
     assert all(c["wall_s"] >= 0 and c["peak_rss_gb"] > 0 for c in costs.values())
@@ -316,7 +330,7 @@ def test_recipe_trains_on_other_codecs_in_a_run_of_its_own(tmp_path):
     assert sorted((i.codec, i.crf) for i in rows if not i.original) == [
         ("libx264", 18), ("libx264", 34), ("libx265", 29), ("libx265", 47)]
     assert all(i.vmaf is not None for i in rows if not i.original)
-    x264_only = rc.Recipe(data=r.data)
+    x264_only = rc.Recipe(data=r.data, train_codecs=())
     assert {i.codec for i in x264_only.rows(r.train_manifest)} == {None, "libx264"}
     assert not any(i.codec == "libx265" for i in r.rows(r.train_manifest, train=False))
     assert r.run.name == "run-pixels-b11-libx265" and x264_only.run.name == "run-pixels-b11"
@@ -334,3 +348,20 @@ def test_recipe_stops_when_training_ran_out_of_time(tmp_path, monkeypatch):
     monkeypatch.setitem(rc.RUN, "train", lambda r, say: ran.append("train") or {"step": 600})
     rc.run(r, ("train", "ship"), progress=False)
     assert ran == ["train", "train", "ship"]
+
+
+def test_recipe_cli_trains_on_libx264_alone_when_asked(tmp_path, monkeypatch):
+    """The default trains on x265 and SVT-AV1 ladders too; ``--train-codec libx264`` alone
+    is the x264-only recipe; a codec without dev CRFs is refused by name."""
+    from click.testing import CliRunner
+
+    seen = []
+    monkeypatch.setattr(rc, "run", lambda r, stages: seen.append(r.train_codecs))
+    runner = CliRunner()
+    for args, want in (([], ("libx265", "libsvtav1")), (["--train-codec", "libx264"], ()),
+                       (["--train-codec", "libx265"], ("libx265",))):
+        res = runner.invoke(rc.main, ["--data", str(tmp_path), *args])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] == want
+    with pytest.raises(rc.RecipeError, match="train_codecs among dev_codecs"):
+        rc.Recipe(data=tmp_path, dev_codecs={"libx265": (29,)})
