@@ -110,8 +110,8 @@ class Recipe:
     vmaf_subsample: int = 2
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
-    # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half (README, "Other
-    # encoders in training"), at 9.6 min of ladders and 4.5 min of cache.
+    # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half (README,
+    # "Training on x265 and SVT-AV1"), at 9.6 min of ladders and 4.5 min of cache.
     train_codecs: tuple[str, ...] = ("libx265", "libsvtav1")
     decoder: str = "gemma3-270m"
     describe_count: int = 30
