@@ -25,6 +25,19 @@ from . import ladder as lad
 DEFAULT_MAX_DROP = 0.25
 
 
+def _shipped_drop(name: str = "cpllm-lite") -> str:
+    """The packaged model's calibrated drop, for the help text (read, never hard-coded:
+    every model version has its own)."""
+    from cpllm_plugin.configs import packaged
+
+    d = packaged(name)
+    try:
+        drop = json.loads((d / "calibration.json").read_text())["drop"]["95"]["drop"]
+    except (TypeError, OSError, KeyError, ValueError):
+        return "none shipped"
+    return f"{drop:.3f}"
+
+
 def _kv(ctx, param, values):
     out = []
     for v in values:
@@ -68,7 +81,7 @@ def pick_options(f):
                      help="Target at most this far below the source's own score (the "
                      "target is the lower of --min-score and source - D). Default: the "
                      "model's calibrated fall of a clean source at VMAF 95 (cpllm-lite: "
-                     f"0.057), else {DEFAULT_MAX_DROP:g}."),
+                     f"{_shipped_drop()}), else {DEFAULT_MAX_DROP:g}."),
         click.option("--no-max-drop", is_flag=True, help="The target is --min-score even "
                      "for a source below it."),
         click.option("--samples", "count", type=click.IntRange(1, 100),

@@ -107,3 +107,14 @@ def test_the_default_model_scores_on_cuda_as_on_cpu():
     on_gpu = gpu.run(x.views, x.patches)
     print(f"max |cuda - cpu| = {np.abs(on_gpu - cpu).max():.2e}")
     np.testing.assert_allclose(on_gpu, cpu, atol=2e-3, rtol=0)
+
+
+def test_ladder_help_names_the_shipped_calibrated_drop():
+    from click.testing import CliRunner
+
+    from cpllm_plugin.integrations.cli import main
+
+    cal = json.loads((packaged("cpllm-lite") / "calibration.json").read_text())
+    drop = cal["drop"]["95"]["drop"]
+    out = CliRunner().invoke(main, ["pick", "--help"], terminal_width=200).output
+    assert f"(cpllm-lite: {drop:.3f})" in " ".join(out.split())
