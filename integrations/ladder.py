@@ -52,6 +52,10 @@ SAMPLE_SECONDS = 2.0
 KEY_FRAMES = 5  # per sample: the paper's M, and what the model's dev numbers used per clip
 WHOLE_FRACTION = 0.8  # samples covering this much of the input: encode the whole input
 MAX_PROBES = 6
+# Reference samples are kept uncompressed when they fit this many bytes in all (and a quarter
+# of the free space): every probe decodes them once more, and decoding lossless H.264 made a
+# 1080p probe encode about 1.6x slower than reading raw frames (bench/bench_ladder.py).
+RAW_BUDGET = 2 << 30
 # Score lost per CRF step on clean dev sources near the VMAF-95 region: the first guess of
 # the curve's slope, before two probes measure it.
 PRIOR_SLOPE = -0.05
@@ -599,20 +603,33 @@ class Ladder:
     # reference samples --------------------------------------------------------------------
 
     def references(self) -> list[Path]:
-        """Lossless cuts of the samples (``--vfilter`` applied), made once per run."""
+        """Lossless cuts of the samples (``--vfilter`` applied), made once per run: raw frames
+        when they fit :data:`RAW_BUDGET`, else lossless H.264."""
         if self._refs is not None:
             return self._refs
         jobs = min(len(self.samples), ff.cpus())
         threads = ff.threads_per_job(jobs)
+        raw = self.raw_bytes() <= min(RAW_BUDGET, shutil.disk_usage(self.dir).free // 4)
+        # Matroska for both: it keeps the last frame's duration, so the scorer counts the same
+        # frames in a reference as in its encodes (NUT reported one frame fewer).
         paths = [self.dir / f"ref{i}.mkv" for i in range(len(self.samples))]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(lambda a: self._cut(*a, threads), zip(self.samples, paths, strict=True)))
-        self.say(f"cut {len(paths)} reference sample(s) in {time.perf_counter() - t0:.1f} s")
+            list(pool.map(lambda a: self._cut(*a, threads, raw),
+                          zip(self.samples, paths, strict=True)))
+        self.say(f"cut {len(paths)} {'raw' if raw else 'lossless'} reference sample(s) in "
+                 f"{time.perf_counter() - t0:.1f} s")
         self._refs = paths
         return paths
 
-    def _cut(self, s: Sample, out: Path, threads: int) -> None:
+    def raw_bytes(self) -> int:
+        """Bytes the reference samples take uncompressed, estimated on the safe side (4:4:4
+        and the input's size: a --vfilter usually scales down)."""
+        frames = sum(math.ceil(s.duration * self.source.fps) + 1 for s in self.samples)
+        per_pixel = 3 * (2 if self.source.bit_depth > 8 else 1)
+        return frames * self.source.width * self.source.height * per_pixel
+
+    def _cut(self, s: Sample, out: Path, threads: int, raw: bool = False) -> None:
         where = f"cpllm-ladder: cutting the sample at {s.start:.2f} s"
         seek = ["-ss", f"{s.start:.3f}", "-t", f"{s.duration:.3f}"] if (
             s.start > 0 or s.duration < self.source.duration) else []
@@ -624,11 +641,18 @@ class Ladder:
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,
                 "-fps_mode", "passthrough"]
         pix = ["-pix_fmt", self.settings.pix_fmt] if self.settings.pix_fmt else []
-        try:
-            ff.run_ffmpeg(head + [*ff.LOSSLESS, "-threads", str(threads), *pix, str(out)], where)
-        except ff.FfmpegError:
-            ff.run_ffmpeg(head + ["-c:v", "ffv1", "-threads", str(threads), *pix, str(out)],
-                          where)
+        # First that works: raw (when it fits), lossless H.264, FFV1. Matroska takes raw
+        # 8-bit YUV but not every format (10-bit raw is refused), and x264 not every one.
+        codecs = [["-c:v", "rawvideo"]] if raw else []
+        codecs += [[*ff.LOSSLESS, "-threads", str(threads)],
+                   ["-c:v", "ffv1", "-threads", str(threads)]]
+        for i, codec in enumerate(codecs):
+            try:
+                ff.run_ffmpeg(head + [*codec, *pix, str(out)], where)
+                return
+            except ff.FfmpegError:
+                if i == len(codecs) - 1:
+                    raise
 
     # scores -------------------------------------------------------------------------------
 

@@ -162,6 +162,29 @@ def test_pick_on_real_encodes_matches_exhaustive_and_counts_encodes(small, tmp_p
     assert not any((tmp_path / "w").iterdir())  # working folders removed
 
 
+def test_raw_references_hold_the_lossless_frames_and_fall_back_past_the_budget(
+        small, tmp_path, monkeypatch):
+    import av
+
+    def frames(path):
+        with av.open(str(path)) as f:
+            st = f.streams.video[0]
+            return st.codec_context.name, [fr.to_ndarray() for fr in f.decode(st)]
+
+    got = {}
+    for budget in (lad.RAW_BUDGET, 0):
+        monkeypatch.setattr(lad, "RAW_BUDGET", budget)
+        with lad.Ladder(small, FAST, Bitrate(), workdir=tmp_path / "w") as ladder:
+            assert ladder.raw_bytes() >= 320 * 180 * 1.5 * 48  # never below the real size
+            (ref,) = ladder.references()
+            got[budget] = (*frames(ref), ladder.probe(30).bytes)
+    (raw_codec, raw, raw_bytes), (ll_codec, ll, ll_bytes) = got.values()
+    assert (raw_codec, ll_codec) == ("rawvideo", "h264")
+    assert len(raw) == len(ll) == 48
+    assert all(np.array_equal(a, b) for a, b in zip(raw, ll, strict=True))
+    assert raw_bytes == ll_bytes  # the encoder saw the same frames
+
+
 def _cli(*args, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "cpllm_plugin.integrations.cli", *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})},
