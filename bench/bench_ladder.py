@@ -182,7 +182,7 @@ def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
             subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", "-threads", n,
                             "-i", str(clip), *lad.Settings().args(c, ff.cpus()), str(out)],
                            check=True)
-            whole[c] = ff.measure_fr(clip, out, exe, ff.cpus(), subsample=1)[0]
+            whole[c] = ff.measure_fr(clip, out, exe, ff.cpus(), subsample=1, psnr=False)[0]
         t_whole = time.perf_counter() - t0
 
         print(f"samples: {len(samples)} x {samples[0].duration:g} s, "

@@ -307,7 +307,8 @@ def auto_subsample(frames: int) -> int:
 
 
 def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
-               threads: int | None = None, subsample: int | None = 1) -> tuple[float, float]:
+               threads: int | None = None, subsample: int | None = 1,
+               psnr: bool = True) -> tuple[float, float | None]:
     """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
 
     Both are compared at the reference's size (even-cropped): a smaller ``dist`` (a
@@ -319,9 +320,11 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
         ffmpeg: the ffmpeg binary (see :func:`find_ffmpeg`); needs libvmaf.
         threads: threads for decoding, filtering and libvmaf (default: every usable core).
         subsample: measure every n-th frame for VMAF (1: all; None: :func:`auto_subsample`).
+        psnr: also measure PSNR (False: VMAF alone, as a VMAF-driven CRF search runs it).
 
     Returns:
-        ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100).
+        ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100;
+        None without ``psnr``).
     """
     ffmpeg = find_ffmpeg(ffmpeg)
     ref, dist = Path(ref), Path(dist)
@@ -341,16 +344,16 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
     chain = f"{even_crop},scale={w}:{h}:flags=bicubic,format=yuv420p,settb=1/25,setpts=N"
     with tempfile.TemporaryDirectory(prefix="cpllm-vmaf-") as tmp:
         log = Path(tmp) / "vmaf.json"  # a plain path: no characters to escape in the graph
-        graph = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];"
-                 f"[d][r1]psnr=shortest=1[dp];"
-                 f"[dp][r2]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
+        head = (f"[0:v]{chain}[d];[1:v]{chain}[r];[r]split[r1][r2];[d][r1]psnr=shortest=1[dp];"
+                f"[dp][r2]" if psnr else f"[0:v]{chain}[dp];[1:v]{chain}[r2];[dp][r2]")
+        graph = (f"{head}libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}"
                  f":n_threads={n}:n_subsample={subsample}:shortest=1")
         err = run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "info",
                            "-filter_complex_threads", n, "-threads", n, "-i", str(dist),
                            "-threads", n, "-i", str(ref), "-lavfi", graph,
                            "-f", "null", "-"], where)
         vmaf = _parse_vmaf(log, where)
-    return vmaf, _parse_psnr(err, where)
+    return vmaf, (_parse_psnr(err, where) if psnr else None)
 
 
 def _parse_vmaf(log: Path, where: str) -> float:

@@ -696,8 +696,8 @@ class Ladder:
         def one(i: int) -> tuple[list[float], float | None]:
             self._encode(refs[i], outs[i], crf, threads)
             scores = self.scorer([str(outs[i])], [self.samples[i].key_frames])[0]
-            vm = ff.measure_fr(refs[i], outs[i], self.ffmpeg, threads,
-                               subsample=1)[0] if self.vmaf else None
+            vm = ff.measure_fr(refs[i], outs[i], self.ffmpeg, threads, subsample=1,
+                               psnr=False)[0] if self.vmaf else None
             return [float(v) for v in scores], vm
 
         with ThreadPoolExecutor(jobs) as ex:

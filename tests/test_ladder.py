@@ -232,6 +232,31 @@ def test_cli_json_schema_exit_codes_and_cache(small, tmp_path, monkeypatch):
     assert err["error"] == "NoCrfMeetsTargetError" and "best CRF tried is 15" in err["message"]
 
 
+def test_cli_vmaf_side_by_side(small, tmp_path, monkeypatch):
+    """--vmaf: every probe and the pick carry VMAF against the reference samples, which
+    falls as the CRF rises and agrees with libvmaf run directly on the same pair."""
+    from click.testing import CliRunner
+
+    from cpllm_plugin.integrations import cli
+
+    monkeypatch.setattr(lad, "Scorer", lambda model, backend: Bitrate())
+    r = CliRunner().invoke(cli.main, ["pick", str(small), "--min-score", "3.6", "--preset",
+                                      "ultrafast", "--json", "--no-cache", "-q", "--vmaf"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    probes = sorted((x for x in lines if x["type"] == "probe"), key=lambda x: x["crf"])
+    vmafs = [p["vmaf"] for p in probes]
+    assert all(0 <= v <= 100 for v in vmafs) and vmafs == sorted(vmafs, reverse=True)
+    pick = lines[-1]
+    assert pick["vmaf"] == next(p["vmaf"] for p in probes if p["crf"] == pick["crf"])
+
+    # The same number by hand: the whole 2 s clip is the one sample.
+    out = tmp_path / "pick.mkv"
+    subprocess.run([ff.find_ffmpeg(), "-loglevel", "error", "-i", str(small),
+                    *FAST.args(pick["crf"], 2), str(out)], check=True)
+    assert ff.measure_fr(small, out, psnr=False)[0] == pytest.approx(pick["vmaf"], abs=0.05)
+
+
 def test_cli_bad_input_is_named(tmp_path, ffmpeg_exe):
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")

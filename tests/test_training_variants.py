@@ -164,6 +164,7 @@ def test_pseudo_score_known_values():
 def test_measure_identical_file_is_perfect(source):
     vmaf, psnr = vr.measure_fr(source, source)
     assert vmaf > 97 and psnr == vr.PSNR_CAP
+    assert vr.measure_fr(source, source, psnr=False) == (vmaf, None)  # VMAF alone, the same
 
 
 def test_measure_odd_sized_source(tmp_path):
