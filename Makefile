@@ -29,9 +29,9 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Rebuilds the shipped default model from nothing (data in data/recipe, ignored by git):
-# corpus, ladders (libx264, x265, SVT-AV1), features, training, export, evaluation: about
-# 2 h 11 min and 9.6 GB at peak on 2 CPU cores by its stages' costs (README, "What the
-# current recipe costs"; the libx264-only recipe was timed at 1 h 56 min). Every
+# corpus, ladders (libx264, x265, SVT-AV1), features, training, export, evaluation: timed
+# from an empty folder at 2 h 4 min and 9.8 GB at peak on 2 CPU cores (README, "What the
+# recipe costs, by stage"). Every
 # stage resumes; a training stage whose time budget is spent saves its state and stops the
 # run: run it again to continue.
 model: $(STAMP)
