@@ -4,6 +4,7 @@ resumability, pseudo-scores, LSVQ label files and named errors."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,8 @@ def test_shorten_cuts_the_first_frames_losslessly_and_ladders_measure_them(sourc
     assert cuts[1].reference == str(source)  # the parent stays whole
     for c, o in zip(cuts, sources, strict=True):
         assert probe(c.path).frame_count == 10  # 0.4 s at 25 fps
+        with av.open(c.path) as f:  # raw: the ladder decodes each cut twice per variant
+            assert f.streams.video[0].codec_context.name == "rawvideo"
         got, want = read_frames(c.path), read_frames(o.path)[:10]
         assert len(got) == 10 and all(np.array_equal(a, b) for a, b in zip(got, want,
                                                                             strict=True))
@@ -414,3 +417,24 @@ def test_shorten_cuts_the_first_frames_losslessly_and_ladders_measure_them(sourc
     assert by[("coffee-low", 45)].vmaf < by[("coffee-low", 15)].vmaf
     with pytest.raises(vr.DataArgumentError, match="seconds > 0"):
         vr.shorten(sources, tmp_path / "c2", 0, progress=False)
+
+
+def test_shorten_keeps_ten_bit_cuts_lossless_in_h264(source, tmp_path):
+    """Matroska refuses raw 10-bit YUV: the cut falls back to lossless H.264, same pixels."""
+    import av
+
+    deep = tmp_path / "deep.mkv"
+    subprocess.run([vr.find_ffmpeg(), "-loglevel", "error", "-i", str(source), "-frames:v", "6",
+                    "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p10le", str(deep)],
+                   check=True)
+    (cut,) = vr.shorten([Item(str(deep), "deep", split="train")], tmp_path / "cuts", 0.2,
+                        min_frames=4, progress=False)
+
+    def frames(path):
+        with av.open(str(path)) as f:
+            st = f.streams.video[0]
+            return st.codec_context.name, [x.to_ndarray() for x in f.decode(st)]
+
+    (codec, got), (_, want) = frames(cut.path), frames(deep)
+    assert codec == "h264" and len(got) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(got, want[:5], strict=True))

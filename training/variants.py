@@ -209,7 +209,7 @@ def _write(dst: Path, fmt: str, args: list[str], where: str) -> None:
 def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
             min_frames: int = 16, ffmpeg: str | None = None, jobs: int | None = None,
             progress: Progress | bool = True) -> list[Item]:
-    """Cut the first ``seconds`` of every original, losslessly, for a cheaper ladder.
+    """Cut the first ``seconds`` of every original, losslessly (raw), for a cheaper ladder.
 
     Each cut holds the first ``max(round(seconds * fps), min_frames)`` frames (never more
     than the source has), so its pixels are the source's. A row's ``reference`` (a degraded
@@ -245,11 +245,17 @@ def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
         t = time.perf_counter()
         info = probe(o.path)
         n = min(max(int(round(seconds * info.fps)), min_frames), info.frame_count)
-        _write(dst, "matroska", [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                                 "-threads", threads, "-i", str(o.path), "-map", "0:v:0", "-an",
-                                 "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
-                                 "-frames:v", str(n), *LOSSLESS, "-threads", threads],
-               f"{where}: cutting {o.source!r}")
+        head = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads",
+                threads, "-i", str(o.path), "-map", "0:v:0", "-an", "-sn", "-dn",
+                "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v", str(n)]
+        # Raw frames: every encode and VMAF run of the ladder reads the cut again, and
+        # decoding lossless H.264 cost about as much as a fast encode. Matroska refuses raw
+        # in some formats (10-bit YUV); lossless H.264 then.
+        try:
+            _write(dst, "matroska", [*head, "-c:v", "rawvideo"], f"{where}: cutting {o.source!r}")
+        except FfmpegError:
+            _write(dst, "matroska", [*head, *LOSSLESS, "-threads", threads],
+                   f"{where}: cutting {o.source!r}")
         return time.perf_counter() - t
 
     _parallel(todo, cut, jobs, say, "cut", lambda a, dt: f"{a[0].source}: {dt:.1f} s")
