@@ -292,6 +292,24 @@ def _even_size(path: Path) -> tuple[int, int]:
 # x264 lossless: several times faster than FFV1, any 8/10-bit 4:2:x format.
 LOSSLESS = ("-c:v", "libx264", "-qp", "0", "-preset", "ultrafast")
 
+
+def write_lossless(write: Callable[[list[str]], None], threads: int, raw: bool = True) -> None:
+    """Call ``write(codec_args)`` with each lossless codec in turn until one succeeds.
+
+    The order: raw frames (nothing to decode when the cut is read again; Matroska refuses
+    some formats, such as 10-bit YUV), x264 ``-qp 0``, then FFV1 (formats x264 lacks).
+    The last failure is raised.
+    """
+    t = ["-threads", str(threads)]
+    codecs = ([["-c:v", "rawvideo"]] if raw else []) + [[*LOSSLESS, *t], ["-c:v", "ffv1", *t]]
+    for i, codec in enumerate(codecs):
+        try:
+            write(codec)
+            return
+        except FfmpegError:
+            if i == len(codecs) - 1:
+                raise
+
 VMAF_FRAMES = 96  # automatic subsampling still measures VMAF on at least this many frames
 
 

@@ -641,18 +641,8 @@ class Ladder:
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1", *vf,
                 "-fps_mode", "passthrough"]
         pix = ["-pix_fmt", self.settings.pix_fmt] if self.settings.pix_fmt else []
-        # First that works: raw (when it fits), lossless H.264, FFV1. Matroska takes raw
-        # 8-bit YUV but not every format (10-bit raw is refused), and x264 not every one.
-        codecs = [["-c:v", "rawvideo"]] if raw else []
-        codecs += [[*ff.LOSSLESS, "-threads", str(threads)],
-                   ["-c:v", "ffv1", "-threads", str(threads)]]
-        for i, codec in enumerate(codecs):
-            try:
-                ff.run_ffmpeg(head + [*codec, *pix, str(out)], where)
-                return
-            except ff.FfmpegError:
-                if i == len(codecs) - 1:
-                    raise
+        ff.write_lossless(lambda codec: ff.run_ffmpeg(head + [*codec, *pix, str(out)], where),
+                          threads, raw)
 
     # scores -------------------------------------------------------------------------------
 

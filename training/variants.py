@@ -107,6 +107,7 @@ from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     get_encoder,
     has_libvmaf,
     measure_fr,
+    write_lossless,
 )
 from cpllm_plugin.integrations.ffmpeg import (
     even_crop as _EVEN,
@@ -248,14 +249,10 @@ def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
         head = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads",
                 threads, "-i", str(o.path), "-map", "0:v:0", "-an", "-sn", "-dn",
                 "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v", str(n)]
-        # Raw frames: every encode and VMAF run of the ladder reads the cut again, and
-        # decoding lossless H.264 cost about as much as a fast encode. Matroska refuses raw
-        # in some formats (10-bit YUV); lossless H.264 then.
-        try:
-            _write(dst, "matroska", [*head, "-c:v", "rawvideo"], f"{where}: cutting {o.source!r}")
-        except FfmpegError:
-            _write(dst, "matroska", [*head, *LOSSLESS, "-threads", threads],
-                   f"{where}: cutting {o.source!r}")
+        # Raw frames where Matroska takes them: every encode and VMAF run of the ladder
+        # reads the cut again, and decoding lossless H.264 cost about as much as a fast encode.
+        write_lossless(lambda codec: _write(dst, "matroska", [*head, *codec],
+                                            f"{where}: cutting {o.source!r}"), int(threads))
         return time.perf_counter() - t
 
     _parallel(todo, cut, jobs, say, "cut", lambda a, dt: f"{a[0].source}: {dt:.1f} s")
