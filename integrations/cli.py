@@ -31,11 +31,8 @@ def _shipped_drop(name: str = "cpllm-lite") -> str:
     from cpllm_plugin.configs import packaged
 
     d = packaged(name)
-    try:
-        drop = json.loads((d / "calibration.json").read_text())["drop"]["95"]["drop"]
-    except (TypeError, OSError, KeyError, ValueError):
-        return "none shipped"
-    return f"{drop:.3f}"
+    drop = lad.calibrated_drop(lad.read_calibration(d)) if d else None
+    return "none shipped" if drop is None else f"{drop:.3f}"
 
 
 def _kv(ctx, param, values):

@@ -288,8 +288,7 @@ class Scorer:
         return [r.frame_scores for r in results]
 
     def _calibration_file(self) -> dict:
-        path = Path(self.model.source) / "calibration.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_calibration(self.model.source)
 
     def calibration(self) -> dict[float, float]:
         """VMAF level -> score on clean sources, from the model's ``calibration.json``."""
@@ -298,8 +297,18 @@ class Scorer:
 
     def drop(self, vmaf: float = DEFAULT_VMAF) -> float | None:
         """Median fall of a clean source's score by its VMAF-``vmaf`` CRF, if calibrated."""
-        entry = self._calibration_file().get("drop", {}).get(str(int(vmaf)), {})
-        return entry.get("drop")
+        return calibrated_drop(self._calibration_file(), vmaf)
+
+
+def read_calibration(model_dir: str | os.PathLike) -> dict:
+    """A model directory's ``calibration.json`` (empty when it has none)."""
+    path = Path(model_dir) / "calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def calibrated_drop(calibration: dict, vmaf: float = DEFAULT_VMAF) -> float | None:
+    """The ``drop`` entry of a calibration at VMAF ``vmaf``, if there is one."""
+    return calibration.get("drop", {}).get(str(int(vmaf)), {}).get("drop")
 
 
 def pool(scores: np.ndarray, how: str) -> float:
