@@ -203,6 +203,9 @@ class ModelConfig:
     # box keep their own pixels, so 1080p artifacts reach the pixel encoder unfiltered.
     # "pixels": native pixels at every size (scaled up only to fill one patch).
     low_input: str = "fit"
+    # "grid": the K patches at fixed spots of an r x c grid. "detail": each moves within its
+    # grid cell to where the frame has the most detail (see cpllm_plugin.preprocess).
+    placement: str = "grid"
     patch_size: int = 224  # low-level patch side (paper 4.1)
     num_patches: int = 8  # K (paper 4.1)
     key_frames: int = 5  # M; the paper used 5, 8 and 19 depending on the dataset
@@ -253,12 +256,16 @@ class ModelConfig:
         """Check that the names exist; raise :class:`UnknownNameError` with suggestions if not."""
         for enc in (self.high, self.low):
             backbone(enc.backbone)
-        from .preprocess import LOW_INPUTS
+        from .preprocess import LOW_INPUTS, PLACEMENTS
 
         if self.low_input not in LOW_INPUTS:
             raise UnknownNameError(message(
                 f"model config {self.name!r}: low_input", "'fit' (paper), 'native' or 'pixels'",
                 repr(self.low_input), "set low_input to one of them"))
+        if self.placement not in PLACEMENTS:
+            raise UnknownNameError(message(
+                f"model config {self.name!r}: placement", "'grid' or 'detail'",
+                repr(self.placement), "set placement to one of them"))
         if not Path(self.decoder).is_dir():
             decoder(self.decoder)
 

@@ -27,6 +27,12 @@ Rules (paper section 4.1, plus what the paper leaves open):
   to edge with equal overlap (4:3 frames, 720x540, overlap by about 59 px).
 * Training may place patches at random (``rng``): each patch moves uniformly within its grid
   cell, or anywhere along an axis that has no room.
+* ``placement="detail"`` (not in the paper): each patch still has its own grid cell, but moves
+  inside it to the window with the most luma detail (gradient energy of the frame pooled 4x4,
+  so compression noise does not move it), ties going to the cell's centre. The grid's fixed
+  spots land on flat colour in screen content and slides (six of eight on a 1080p slide),
+  where the pixel encoder learns nothing about the encode; text, edges and texture are where
+  compression shows. Along an axis without room a patch keeps its grid position.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class Geometry(Protocol):
     patch_size: int
     num_patches: int
     low_input: str
+    placement: str
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,8 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 LOW_INPUTS = ("fit", "native", "pixels")
+PLACEMENTS = ("grid", "detail")
+DETAIL_POOL = 4  # detail is measured on the frame pooled 4x4: structure, not grain or noise
 
 
 def fit_size(height: int, width: int, fit: tuple[int, int], patch: int,
@@ -381,7 +390,8 @@ def _starts(length: int, n: int, patch: int, rng: np.random.Generator | None) ->
 
 
 def patch_positions(height: int, width: int, k: int, patch: int,
-                    rng: np.random.Generator | None = None) -> np.ndarray:
+                    rng: np.random.Generator | None = None,
+                    detail: np.ndarray | None = None) -> np.ndarray:
     """Top-left corners ``(k, 2)`` int64 (y, x) of the k patches, row by row.
 
     Args:
@@ -389,11 +399,72 @@ def patch_positions(height: int, width: int, k: int, patch: int,
         k: number of patches.
         patch: patch side.
         rng: None for the fixed inference layout, a generator for random placement.
+        detail: the fitted frame's :func:`detail_map` for ``placement="detail"``; None for
+            the grid.
     """
     rows, cols = patch_grid(height, width, k, patch)
+    if detail is not None:
+        return _detail_positions(detail, height, width, rows, cols, patch, rng)
     ys = _starts(height, rows, patch, rng)
     xs = _starts(width, cols, patch, rng)
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(k, 2)
+
+
+def detail_map(luma: np.ndarray) -> np.ndarray:
+    """Gradient energy ``(h // 4, w // 4)`` float64 of a luma plane, pooled 4x4 first."""
+    q = DETAIL_POOL
+    h, w = luma.shape[0] // q * q, luma.shape[1] // q * q
+    small = luma[:h, :w].reshape(h // q, q, w // q, q).mean(axis=(1, 3), dtype=np.float32)
+    g = np.zeros(small.shape, np.float64)
+    g[:, 1:] += np.abs(np.diff(small, axis=1))
+    g[1:, :] += np.abs(np.diff(small, axis=0))
+    return g
+
+
+def _luma(img: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Rec. 601 luma ``(h, w)`` float32 of an RGB plane stack (any scale: only ratios count)."""
+    rgb = np.moveaxis(img, channel_axis, -1)
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _candidates(length: int, n: int, i: int, patch: int) -> np.ndarray:
+    """Starts patch ``i`` of ``n`` may take along an axis: its grid spot first, then every
+    multiple of the pooling inside its cell (only the grid spot on an axis without room)."""
+    grid = int(_starts(length, n, patch, None)[i])
+    if n * patch > length:
+        return np.array([grid])
+    cell, q = length / n, DETAIL_POOL
+    lo, hi = math.ceil(i * cell), math.floor((i + 1) * cell) - patch
+    return np.concatenate([[grid], np.arange(-(-lo // q), hi // q + 1) * q])
+
+
+def _detail_positions(detail: np.ndarray, height: int, width: int, rows: int, cols: int,
+                      patch: int, rng: np.random.Generator | None) -> np.ndarray:
+    q, win = DETAIL_POOL, patch // DETAIL_POOL
+    # Integral image: the detail of any window is four lookups.
+    integral = np.zeros((detail.shape[0] + 1, detail.shape[1] + 1))
+    integral[1:, 1:] = detail.cumsum(0).cumsum(1)
+    out = np.empty((rows * cols, 2), np.int64)
+    for r in range(rows):
+        ys = _candidates(height, rows, r, patch)
+        for c in range(cols):
+            xs = _candidates(width, cols, c, patch)
+            yy, xx = (g.ravel() for g in np.meshgrid(ys, xs, indexing="ij"))
+            a = np.clip(yy // q, 0, detail.shape[0] - win)
+            b = np.clip(xx // q, 0, detail.shape[1] - win)
+            e = (integral[a + win, b + win] - integral[a, b + win] - integral[a + win, b]
+                 + integral[a, b])
+            # Nearest the grid spot first (it is candidate 0), so argmax gives ties to it and
+            # a flat cell keeps its grid spot.
+            order = np.argsort(np.hypot(yy - yy[0], xx - xx[0]), kind="stable")
+            e, yy, xx = e[order], yy[order], xx[order]
+            if rng is None:
+                j = int(np.argmax(e))
+            else:  # training: any of the cell's most detailed quarter of windows
+                top = np.flatnonzero(e >= np.quantile(e, 0.75))
+                j = int(top[rng.integers(top.size)])
+            out[r * cols + c] = yy[j], xx[j]
+    return out
 
 
 # --- the whole path ---------------------------------------------------------------------
@@ -408,8 +479,10 @@ def _fill(frame: np.ndarray, geo: Geometry, rng: np.random.Generator | None,
     h, w = frame.shape[:2]
     fh, fw = fit_size(h, w, tuple(geo.fit), geo.patch_size, geo.low_input)
     p = geo.patch_size
-    pos = patch_positions(fh, fw, geo.num_patches, p, rng)
+    detail = geo.placement == "detail"
     if (fh, fw) == (h, w):
+        pos = patch_positions(fh, fw, geo.num_patches, p, rng,
+                              detail_map(_luma(frame, -1)) if detail else None)
         # Native pixels: cut the patches straight from the frame, no resize of the whole frame.
         gain = np.float32(1 / 255) if frame.dtype == np.uint8 else np.float32(1)
         for k, (y, x) in enumerate(pos):
@@ -421,6 +494,8 @@ def _fill(frame: np.ndarray, geo: Geometry, rng: np.random.Generator | None,
         return
     sizes = [(fh, fw)] + ([(geo.view_size, geo.view_size)] if view is not None else [])
     outs = _resize_hcw(frame, sizes)
+    pos = patch_positions(fh, fw, geo.num_patches, p, rng,
+                          detail_map(_luma(outs[0], 1)) if detail else None)
     for k, (y, x) in enumerate(pos):
         patches[k] = outs[0][y:y + p, :, x:x + p].transpose(1, 0, 2)
     if view is not None:

@@ -455,7 +455,7 @@ def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, or
         "preprocessing": {
             "function": "cpllm_plugin.preprocess.prepare", "value_range": [0.0, 1.0],
             "layout": "RGB, channels first", "view_size": cfg.view_size, "fit": list(cfg.fit),
-            "low_input": cfg.low_input,
+            "low_input": cfg.low_input, "placement": cfg.placement,
             "patch_size": cfg.patch_size, "num_patches": cfg.num_patches,
             "key_frames": cfg.key_frames, "resize": "bilinear, antialiased when shrinking",
             "normalisation": "inside the graph"},

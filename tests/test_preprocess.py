@@ -354,3 +354,74 @@ def test_unknown_low_input_is_named():
     bad = dataclasses.replace(CFG, low_input="crop")
     with pytest.raises(errors.UnknownNameError, match="'fit' \\(paper\\), 'native' or 'pixels'"):
         bad.validate()
+
+
+DETAIL = dataclasses.replace(CFG, low_input="pixels", placement="detail")
+
+
+def _slide(h=1080, w=1920):
+    """Flat colour with a 100 x 300 block of text-like strokes near the corner of cell (0, 0)."""
+    frame = np.full((h, w, 3), (30, 60, 140), np.uint8)
+    frame[40:140, 20:320:6] = 255
+    frame[40:140:10, 20:320] = 255
+    return frame
+
+
+def test_detail_placement_finds_the_detail_and_keeps_flat_cells_on_the_grid():
+    frame = _slide()
+    grid = pp.patch_positions(1080, 1920, 8, 224)
+    patches = pp.prepare(frame[None], DETAIL).patches[0]
+    pos = pp.patch_positions(1080, 1920, 8, 224, None, pp.detail_map(pp._luma(frame, -1)))
+    # patch 0 left its flat grid spot for the strokes (as much of them as a patch holds),
+    # staying inside its own cell (the top-left 540 x 480)
+    y, x = pos[0]
+    overlap = (min(y + 224, 140) - max(y, 40)) * (min(x + 224, 320) - max(x, 20))
+    assert overlap >= 100 * 220
+    assert 0 <= y and y + 224 <= 540 and 0 <= x and x + 224 <= 480
+    # the other cells are flat: their patches keep the grid spots
+    np.testing.assert_array_equal(pos[1:], grid[1:])
+    for (y, x), patch in zip(pos, patches, strict=True):
+        np.testing.assert_allclose(patch, frame[y:y + 224, x:x + 224].transpose(2, 0, 1) / 255,
+                                   atol=1e-6)
+    # what the first patch sees: strokes, where the grid's spot saw flat colour
+    on_grid = pp.prepare(frame[None], dataclasses.replace(DETAIL, placement="grid")).patches
+    assert patches[0].std(axis=(1, 2)).min() > 0.1 and on_grid[0, 0].std(axis=(1, 2)).max() < 1e-6
+
+
+@pytest.mark.parametrize("h,w", [(1080, 1920), (1920, 1080), (540, 720), (224, 300), (360, 640)])
+def test_detail_placement_stays_in_cells_and_frame(h, w):
+    frame = pan_frames(1, h, w)[0]
+    rows, cols = pp.patch_grid(h, w, 8, 224)
+    for rng in (None, np.random.default_rng(0)):
+        pos = pp.patch_positions(h, w, 8, 224, rng, pp.detail_map(pp._luma(frame, -1)))
+        assert pos.min() >= 0 and (pos[:, 0] + 224).max() <= h and (pos[:, 1] + 224).max() <= w
+        for k, (y, x) in enumerate(pos):
+            r, c = divmod(k, cols)
+            for start, length, n, i in ((y, h, rows, r), (x, w, cols, c)):
+                if n * 224 <= length:  # room: the patch stays inside its own cell
+                    assert i * length / n <= start + 1e-9 and start + 224 <= (i + 1) * length / n
+                else:  # no room: the grid's spot
+                    assert start == pp._starts(length, n, 224, None)[i]
+
+
+def test_detail_placement_ignores_noise_and_follows_the_fit():
+    # Light sensor noise (what an encode removes or adds) does not move the patches.
+    frame = pan_frames(1, 1080, 1920)[0]
+    noisy = np.clip(frame + np.random.default_rng(5).normal(0, 3, frame.shape), 0, 255
+                    ).astype(np.uint8)
+    a = pp.patch_positions(1080, 1920, 8, 224, None, pp.detail_map(pp._luma(frame, -1)))
+    b = pp.patch_positions(1080, 1920, 8, 224, None, pp.detail_map(pp._luma(noisy, -1)))
+    assert np.abs(a - b).max() <= 8
+    # The paper's fit: positions are chosen on the fitted (scaled) frame the patches come from.
+    fit = dataclasses.replace(DETAIL, low_input="fit")
+    small = pp.resize(frame, 540, 960)
+    p = pp.prepare(frame[None], fit).patches[0]
+    pos = pp.patch_positions(540, 960, 8, 224, None, pp.detail_map(pp._luma(small, -1)))
+    for (y, x), patch in zip(pos, p, strict=True):
+        np.testing.assert_allclose(patch, small[y:y + 224, x:x + 224].transpose(2, 0, 1),
+                                   atol=2e-3)
+
+
+def test_unknown_placement_is_named():
+    with pytest.raises(errors.UnknownNameError, match="'grid' or 'detail'"):
+        dataclasses.replace(CFG, placement="saliency").validate()

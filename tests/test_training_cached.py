@@ -105,6 +105,29 @@ def test_cache_scores_equal_the_inference_path(ladder, lite, cached):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_detail_placement_has_its_own_cache_and_run_and_scores_as_at_inference(
+        ladder, lite, cached, tmp_path):
+    from cpllm_plugin.preprocess import prepare
+    from cpllm_plugin.training.frozen import cache_key
+    from cpllm_plugin.video import read_key_frames
+
+    detail = dataclasses.replace(lite.config, placement="detail")
+    grid_key = cache_key(lite.scorer, lite.config, FROZEN_BLOCKS, 5)
+    assert grid_key == cached[0].key and grid_key.startswith("native-b11-m5-")  # as before
+    assert cache_key(lite.scorer, detail, FROZEN_BLOCKS, 5).startswith("native-detail-b11-m5-")
+    cache = FeatureCache(lite.scorer, detail, tmp_path)
+    items = read_manifest(ladder)
+    cache.build(ladder, items, progress=False)
+    scores = CachedSet(ladder, items, cache).score_all(lite.scorer.eval())
+    for n, it in enumerate(items):
+        x = prepare(read_key_frames(ladder.parent / it.path, 5).frames, detail)
+        with torch.no_grad():
+            full = lite.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).mean()
+        assert abs(scores[n] - float(full)) < 2e-3
+    assert rc.Recipe(placement="detail").run.name == "run-pixels-detail-b11-libx265-libsvtav1"
+    assert rc.Recipe().run.name == "run-pixels-b11-libx265-libsvtav1"
+
+
 @pytest.mark.parametrize("extra", [{}, {"schedule": "cosine", "margin": 0.1}])
 def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
         ladder, cached, tmp_path, extra):

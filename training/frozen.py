@@ -102,6 +102,8 @@ def cache_key(scorer: Scorer, cfg: ModelConfig, blocks: int, key_frames: int) ->
     """A short name for the frozen parts' weights and the input settings."""
     h = hashlib.sha256(f"{cfg.high.backbone}:{cfg.low.backbone}:{cfg.view_size}:{cfg.fit}:"
                        f"{cfg.patch_size}:{cfg.num_patches}:{cfg.low_input}".encode())
+    if cfg.placement != "grid":  # grid keys stay as they were, so existing caches still hit
+        h.update(f":{cfg.placement}".encode())
     frozen = {f"high.{k}": v for k, v in scorer.high.state_dict().items()}
     frozen |= {f"low.{k}": v for k, v in scorer.low.state_dict().items()
                if _frozen_param(k, blocks)}
@@ -109,7 +111,8 @@ def cache_key(scorer: Scorer, cfg: ModelConfig, blocks: int, key_frames: int) ->
         t = t.detach().contiguous().cpu()
         h.update(f"{name}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return f"{cfg.low_input}-b{blocks}-m{key_frames}-{h.hexdigest()[:12]}"
+    place = "" if cfg.placement == "grid" else f"-{cfg.placement}"
+    return f"{cfg.low_input}{place}-b{blocks}-m{key_frames}-{h.hexdigest()[:12]}"
 
 
 def _frozen_param(name: str, blocks: int) -> bool:

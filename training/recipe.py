@@ -37,7 +37,7 @@ import click
 import numpy as np
 
 from ..errors import CpllmError, message
-from ..preprocess import LOW_INPUTS
+from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 from .variants import progress_printer
 
@@ -65,6 +65,8 @@ class Recipe:
         out: where ``ship`` writes the model directory.
         low_input: ``"pixels"`` (default), ``"native"`` or ``"fit"`` (see
             :func:`cpllm_plugin.preprocess.fit_size`).
+        placement: where the K patches sit: ``"grid"`` or ``"detail"`` (see
+            :mod:`cpllm_plugin.preprocess`).
         frozen_blocks: low-level encoder blocks kept at their ImageNet weights.
         steps, pairs: scoring-path steps and pairs per step.
         text_steps, text_batch: LoRA steps and descriptions per step.
@@ -96,6 +98,7 @@ class Recipe:
     data: Path = Path("data/recipe")
     out: Path = PACKAGED
     low_input: str = "pixels"
+    placement: str = "grid"
     frozen_blocks: int = 11
     steps: int = 900
     pairs: int = 8
@@ -146,7 +149,8 @@ class Recipe:
     def run(self) -> Path:
         # Another training set is another run: never resume one from the other.
         codecs = "".join(f"-{c}" for c in self.train_codecs)
-        return self.data / f"run-{self.low_input}-b{self.frozen_blocks}{codecs}"
+        place = "" if self.placement == "grid" else f"-{self.placement}"
+        return self.data / f"run-{self.low_input}{place}-b{self.frozen_blocks}{codecs}"
 
     def rows(self, manifest: Path, train: bool = True) -> list[Item]:
         """The rows the cache and training use: originals, libx264 variants, and on the
@@ -276,7 +280,8 @@ def _model(r: Recipe, decoder: bool = False):
     from .train import model_config
 
     torch.manual_seed(0)
-    cfg = model_config("cpllm-lite", {"low_input": r.low_input, "decoder": r.decoder})
+    cfg = model_config("cpllm-lite", {"low_input": r.low_input, "placement": r.placement,
+                                      "decoder": r.decoder})
     return io.build(cfg, with_decoder=decoder)
 
 
@@ -313,7 +318,7 @@ def stage_train(r: Recipe, say) -> dict:
     model = _model(r)
     train, dev = _sets(r, model, dev=bool(r.dev_every))
     say(f"train: {len(train.items)} training videos, low_input={r.low_input}, "
-        f"frozen_blocks={r.frozen_blocks}")
+        f"placement={r.placement}, frozen_blocks={r.frozen_blocks}")
     cfg = CachedConfig(steps=r.steps, pairs=r.pairs, minutes=r.train_minutes,
                        dev_every=r.dev_every, cross=r.cross_pairs, seed=r.seed,
                        margin=r.order_margin, schedule=r.schedule)
@@ -501,6 +506,9 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Run only these stages (repeatable); default: all, in order.")
 @click.option("--low-input", type=click.Choice(LOW_INPUTS), default=Recipe.low_input,
               help="Low-level input mode of the model trained.")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default=Recipe.placement,
+              help="Where the K patches sit: fixed grid spots, or the most detailed window "
+              "of each grid cell.")
 @click.option("--frozen-blocks", type=click.IntRange(5, 16), default=Recipe.frozen_blocks,
               help="Pixel-encoder blocks kept at their ImageNet weights (below 11 the "
               "feature cache stops earlier and steps cost more).")
@@ -534,11 +542,12 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               "CRFs; libx264 always; default: " + " ".join(["libx264", *Recipe.train_codecs])
               + "). --train-codec libx264 alone trains on libx264 only.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
-def main(data, out, stages, low_input, frozen_blocks, steps, train_minutes, text_steps,
-         text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs, order_margin,
-         schedule, seed, train_codecs, jobs):
+def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_minutes,
+         text_steps, text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs,
+         order_margin, schedule, seed, train_codecs, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
-    r = Recipe(data=data, out=out, low_input=low_input, frozen_blocks=frozen_blocks,
+    r = Recipe(data=data, out=out, low_input=low_input, placement=placement,
+               frozen_blocks=frozen_blocks,
                steps=steps, train_minutes=train_minutes, text_steps=text_steps,
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
