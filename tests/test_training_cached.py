@@ -124,8 +124,8 @@ def test_detail_placement_has_its_own_cache_and_run_and_scores_as_at_inference(
         with torch.no_grad():
             full = lite.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).mean()
         assert abs(scores[n] - float(full)) < 2e-3
-    assert rc.Recipe(placement="detail").run.name == "run-pixels-detail-b11-libx265-libsvtav1"
-    assert rc.Recipe().run.name == "run-pixels-b11-libx265-libsvtav1"
+    assert rc.Recipe().run.name == "run-pixels-detail-b11-libx265-libsvtav1"
+    assert rc.Recipe(placement="grid").run.name == "run-pixels-b11-libx265-libsvtav1"
 
 
 @pytest.mark.parametrize("extra", [{}, {"schedule": "cosine", "margin": 0.1}])
@@ -313,7 +313,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert all(c["wall_s"] >= 0 and c["peak_rss_gb"] > 0 for c in costs.values())
     book = json.loads((tmp_path / "data" / "stages.json").read_text())
     assert set(book) == set(rc.STAGES[1:])
-    assert book["train"][0]["run"] == "run-pixels-b11" and "run" not in book["ladder"][0]
+    assert book["train"][0]["run"] == "run-pixels-detail-b11" and "run" not in book["ladder"][0]
     train = read_manifest(r.train_manifest)
     # the training ladder is made from a 1 s lossless cut of the original; dev stays whole
     assert r.train_manifest.parent.name == "ladder-train-1s"
@@ -328,6 +328,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert man["precisions"]["fp32"]["weights_stored"].startswith("float16")
     conf = json.loads((r.out / "config.json").read_text())
     assert conf["trained"] and conf["low_input"] == "pixels" and conf["frozen_blocks"] == 11
+    assert conf["placement"] == "detail"
     assert costs["eval"]["flip"]["pairs"] == 6
     text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
     assert text["n"] == 4 and 0 <= text["rate"] <= 1  # the four dev variants
@@ -356,7 +357,8 @@ def test_recipe_trains_on_other_codecs_in_a_run_of_its_own(tmp_path):
     x264_only = rc.Recipe(data=r.data, train_codecs=())
     assert {i.codec for i in x264_only.rows(r.train_manifest)} == {None, "libx264"}
     assert not any(i.codec == "libx265" for i in r.rows(r.train_manifest, train=False))
-    assert r.run.name == "run-pixels-b11-libx265" and x264_only.run.name == "run-pixels-b11"
+    assert r.run.name == "run-pixels-detail-b11-libx265"
+    assert x264_only.run.name == "run-pixels-detail-b11"
 
 
 def test_recipe_stops_when_training_ran_out_of_time(tmp_path, monkeypatch):

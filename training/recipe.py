@@ -65,7 +65,7 @@ class Recipe:
         out: where ``ship`` writes the model directory.
         low_input: ``"pixels"`` (default), ``"native"`` or ``"fit"`` (see
             :func:`cpllm_plugin.preprocess.fit_size`).
-        placement: where the K patches sit: ``"grid"`` or ``"detail"`` (see
+        placement: where the K patches sit: ``"detail"`` (default) or ``"grid"`` (see
             :mod:`cpllm_plugin.preprocess`).
         frozen_blocks: low-level encoder blocks kept at their ImageNet weights.
         steps, pairs: scoring-path steps and pairs per step.
@@ -98,7 +98,9 @@ class Recipe:
     data: Path = Path("data/recipe")
     out: Path = PACKAGED
     low_input: str = "pixels"
-    placement: str = "grid"
+    # Patches on each grid cell's most detailed window: d >= 8 flips halved on dev (README,
+    # "Patch placement").
+    placement: str = "detail"
     frozen_blocks: int = 11
     steps: int = 900
     pairs: int = 8
