@@ -307,9 +307,12 @@ def _shot_options(f):
 @click.option("--crf", type=int, help="Skip the search and encode at this CRF.")
 @click.option("--per-scene", is_flag=True, help="Detect shots, pick a CRF per shot and "
               "encode with them (x264: zones in one pass; others: chunks joined).")
+@click.option("--chunks", is_flag=True, help="With --per-scene and libx264: encode each shot "
+              "as a chunk and join them instead of zones (each shot then gets the quality its "
+              "probes measured; zones share x264's rate control across the cuts).")
 @_shot_options
 @_guard("encode")
-def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
+def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw):
     """Pick a CRF (or one per scene), then encode the whole input with it.
 
     Audio, subtitles, chapters and metadata are copied. The encode is written beside OUTPUT
@@ -327,7 +330,7 @@ def encode_cmd(output, force, crf, per_scene, threshold, min_shot, **kw):
         crf = _report(run, _pick(run, False, None)).crf
     bar = None if kw["quiet"] else enc.progress_bar(sys.stderr)
     done = enc.encode_file(run.source.path, output, run.settings, crf, scenes=scenes,
-                           force=force, ffmpeg=kw["ffmpeg"], progress=bar)
+                           force=force, ffmpeg=kw["ffmpeg"], progress=bar, chunks=chunks)
     if run.as_json:
         run.emit(done.to_dict())
     else:

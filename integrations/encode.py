@@ -322,7 +322,8 @@ def _on_progress(progress, offset: float, total: float):
 def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: Settings,
                 crf: int | None = None, *, scenes: Scenes | None = None,
                 force: bool = False, ffmpeg: str | None = None,
-                progress: Callable[[float, float], None] | None = None) -> EncodeResult:
+                progress: Callable[[float, float], None] | None = None,
+                chunks: bool = False) -> EncodeResult:
     """Encode ``source`` into ``output`` at one CRF or at a CRF per scene.
 
     Args:
@@ -336,6 +337,10 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         force: replace an existing ``output``.
         ffmpeg: the ffmpeg binary (see :func:`~.ffmpeg.find_ffmpeg`).
         progress: called with ``(done_seconds, total_seconds)`` as the encode advances.
+        chunks: with ``scenes`` and libx264, encode each scene as a chunk and join them, as
+            for the encoders without CRF zones. Zones are one pass, but x264's rate control
+            carries state across their edges, so a scene can end a little below the quality
+            its probes measured; chunks are encoded as probed.
 
     Returns:
         The :class:`EncodeResult`.
@@ -368,11 +373,11 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         scenes = [(float(a), float(b), int(c)) for a, b, c in scenes]
         if len(scenes) == 1:
             bounds = None  # one scene is one CRF
-    single = bounds is None or settings.encoder == "libx264"
+    single = bounds is None or (settings.encoder == "libx264" and not chunks)
     others = _others(st, kind, settings.encoder, 0 if single else 1)
     threads = ff.cpus()
     tmp = _temp(out, out.suffix)
-    chunks: Path | None = None
+    parts: Path | None = None
     head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     tail = ["-progress", "pipe:1", "-nostats"]
     vf = ["-filter:v:0", settings.chain]  # the probes' filter: vfilter and the even crop
@@ -397,11 +402,11 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
                           f"{WHERE} with {len(scenes)} scene CRFs (x264 zones)",
                           _on_progress(progress, 0.0, src.duration))
         else:
-            chunks = _temp(out, "")
-            chunks.mkdir()
+            parts = _temp(out, "")
+            parts.mkdir()
             names = _encode_chunks(head, src.path, st, settings, scenes,
-                                   bounds, chunks, threads, progress, src.duration)
-            (chunks / "list.txt").write_text("".join(f"file '{n}'\n" for n in names))
+                                   bounds, parts, threads, progress, src.duration)
+            (parts / "list.txt").write_text("".join(f"file '{n}'\n" for n in names))
             video = _first_video(settings.args(0, None))
             tag = [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
                    for a in video[j:j + 2]]
@@ -411,7 +416,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
             keep = [a for k, v in st.tags.items() for a in ("-metadata:s:v:0", f"{k}={v}")]
             keep += ["-disposition:v:0", "default"] if st.default else []
             ff.run_ffmpeg([*head, *shift, "-f", "concat", "-safe", "0",
-                           "-i", str(chunks / "list.txt"), "-i", str(src.path),
+                           "-i", str(parts / "list.txt"), "-i", str(src.path),
                            "-map", "0:v:0", *others, "-c:v:0", "copy", *tag, *keep,
                            str(tmp)], f"{WHERE}: joining {len(names)} scene chunks")
         if not tmp.is_file() or tmp.stat().st_size == 0:
@@ -422,8 +427,8 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        if chunks is not None:
-            shutil.rmtree(chunks, ignore_errors=True)
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)
     if progress is not None:
         progress(src.duration, src.duration)
     size = out.stat().st_size

@@ -265,6 +265,18 @@ def test_per_scene_x264_uses_zones(rich, tmp_path):
     assert _left(tmp_path, out) == []
 
 
+def test_per_scene_x264_chunks_when_asked(counter, tmp_path):
+    """--chunks: libx264 encodes each scene at its CRF and joins them, frame-exact, no zones."""
+    out = tmp_path / "out.mkv"
+    settings = lad.Settings("libx264", preset="ultrafast")
+    enc.encode_file(counter, out, settings, scenes=[(0, 0.5, 20), (0.5, 1.25, 35), (1.25, 2, 28)],
+                    chunks=True)
+    assert _ids(out) == list(range(FRAMES))
+    sei = _sei(out)
+    assert "zones=" not in sei and "crf=20.0" in sei  # the first chunk's own settings
+    assert _left(tmp_path, out, counter) == []
+
+
 def test_per_scene_x265_encodes_and_joins_chunks(rich, tmp_path):
     out = tmp_path / "out.mp4"
     calls = []
