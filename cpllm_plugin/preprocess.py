@@ -29,7 +29,7 @@ Rules (paper section 4.1, plus what the paper leaves open):
   cell, or anywhere along an axis that has no room.
 * ``placement="detail"`` (not in the paper): each patch still has its own grid cell, but moves
   inside it to the window with the most luma detail (gradient energy of the frame pooled 4x4,
-  so compression noise does not move it), ties going to the cell's centre. The grid's fixed
+  so compression noise does not move it), ties going to the patch's grid spot. The grid's fixed
   spots land on flat colour in screen content and slides (six of eight on a 1080p slide),
   where the pixel encoder learns nothing about the encode; text, edges and texture are where
   compression shows. Along an axis without room a patch keeps its grid position.
@@ -479,10 +479,14 @@ def _fill(frame: np.ndarray, geo: Geometry, rng: np.random.Generator | None,
     h, w = frame.shape[:2]
     fh, fw = fit_size(h, w, tuple(geo.fit), geo.patch_size, geo.low_input)
     p = geo.patch_size
-    detail = geo.placement == "detail"
+
+    def place(img: np.ndarray, channel_axis: int) -> np.ndarray:
+        """Patch corners in ``img``, the fitted frame the patches are cut from."""
+        detail = detail_map(_luma(img, channel_axis)) if geo.placement == "detail" else None
+        return patch_positions(fh, fw, geo.num_patches, p, rng, detail)
+
     if (fh, fw) == (h, w):
-        pos = patch_positions(fh, fw, geo.num_patches, p, rng,
-                              detail_map(_luma(frame, -1)) if detail else None)
+        pos = place(frame, -1)
         # Native pixels: cut the patches straight from the frame, no resize of the whole frame.
         gain = np.float32(1 / 255) if frame.dtype == np.uint8 else np.float32(1)
         for k, (y, x) in enumerate(pos):
@@ -494,8 +498,7 @@ def _fill(frame: np.ndarray, geo: Geometry, rng: np.random.Generator | None,
         return
     sizes = [(fh, fw)] + ([(geo.view_size, geo.view_size)] if view is not None else [])
     outs = _resize_hcw(frame, sizes)
-    pos = patch_positions(fh, fw, geo.num_patches, p, rng,
-                          detail_map(_luma(outs[0], 1)) if detail else None)
+    pos = place(outs[0], 1)
     for k, (y, x) in enumerate(pos):
         patches[k] = outs[0][y:y + p, :, x:x + p].transpose(1, 0, 2)
     if view is not None:
