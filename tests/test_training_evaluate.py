@@ -269,3 +269,35 @@ def test_markdown_of_hand_made_statistics():
     assert "below their clean parent: 0 of 1 (0.0%)" in md
     assert "Ties: 0 of 3 pairs" in md
     json.dumps(ev._clean(result), allow_nan=False)
+
+
+def test_scale_by_source_finds_a_source_placed_too_low():
+    # both ladders are ranked right, but "dark" sits 1.5 below its targets, "clean" on them
+    rows = [_o("clean", 720), _o("dark", 720)]
+    scores = [4.9, 3.0]
+    for v, s in ((98.0, 4.9), (90.0, 4.6), (60.0, 3.4)):
+        rows.append(_v("clean", int(100 - v), v, pseudo=1 + 4 * v / 100))
+        scores.append(s)
+    for v, s in ((97.0, 3.4), (85.0, 2.9), (55.0, 1.7)):
+        rows.append(_v("dark", int(101 - v), v, pseudo=1 + 4 * v / 100))
+        scores.append(s)
+    rows.append(_v("dark", 50, 40.0, codec="libx265", pseudo=2.6))  # another codec: left out
+    scores.append(4.9)
+    st = ev.statistics(rows, scores)
+    sc = st["scale"]
+    assert list(sc["per_source"]) == ["dark", "clean"]  # lowest first
+    dark, clean = sc["per_source"]["dark"], sc["per_source"]["clean"]
+    assert dark["n"] == 3 and dark["bias"] == pytest.approx(
+        ((3.4 - 4.88) + (2.9 - 4.4) + (1.7 - 3.2)) / 3)
+    assert abs(clean["bias"]) < 0.05
+    assert sc["spread"] == pytest.approx(abs(dark["bias"] - clean["bias"]) / 2)
+    assert st["srcc_vs_vmaf"]["model"]["within_source"] == pytest.approx(1.0)
+    assert sc["pooled"] == st["srcc_vs_vmaf"]["model"]["pooled"] < 0.9
+    # one source left: its own ladder, ranked right
+    assert dark["without"] == pytest.approx(1.0) and clean["without"] == pytest.approx(1.0)
+    md = ev.markdown_table({"split": "dev", "manifest": "m.jsonl", "sources": 2,
+                            "videos_n": len(rows), "key_frames": 3, "backend": "torch",
+                            "flip_diffs": [2, 4], **st})
+    assert "lowest and highest: dark -1.49, clean" in md
+    assert "lifts it to at most 1.000" in md
+

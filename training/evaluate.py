@@ -176,6 +176,35 @@ def srcc_vs_vmaf(items: Sequence[Item], values: Sequence[float | None],
             "n": len(p), "per_source": within}
 
 
+def scale_by_source(items: Sequence[Item], values: Sequence[float | None],
+                    codec: str | None) -> dict:
+    """Where the absolute scale goes wrong, source by source, over the variants of ``codec``.
+
+    A model can rank every ladder right (SRCC within a source near 1) and still place whole
+    sources too high or too low, which is what the pooled SRCC and a CRF picked at one score
+    suffer from. Per source: ``bias``, the mean of score minus target (MOS or pseudo-score)
+    over its variants that have one, and ``without``, the pooled SRCC against VMAF with that
+    source left out (:func:`srcc_vs_vmaf`'s counting). ``spread`` is the standard deviation
+    of the biases across sources.
+    """
+    per: dict[str, dict[str, float]] = {}
+    for v, i in zip(values, items, strict=True):
+        if (v is None or i.target is None or i.original
+                or (codec is not None and i.codec != codec)):
+            continue
+        per.setdefault(i.source, {})[i.sha256 or i.path] = v - i.target
+    bias = {s: sum(d.values()) / len(d) for s, d in per.items()}
+    pooled = srcc_vs_vmaf(items, values, codec)["pooled"]
+    out = {}
+    for source, b in sorted(bias.items(), key=lambda kv: kv[1]):
+        rest = [(i, v) for i, v in zip(items, values, strict=True) if i.source != source]
+        without = srcc_vs_vmaf([i for i, _ in rest], [v for _, v in rest], codec)["pooled"]
+        out[source] = {"bias": b, "n": len(per[source]), "without": without}
+    mean = sum(bias.values()) / len(bias) if bias else None
+    spread = (sum((b - mean) ** 2 for b in bias.values()) / len(bias)) ** 0.5 if bias else None
+    return {"codec": codec, "pooled": pooled, "spread": spread, "per_source": out}
+
+
 def _ties(items: Sequence[Item], scores: Sequence[float | None]) -> dict:
     """Pairs of distinct files of one source with equal scores, among all such pairs."""
     files: dict[str, dict[str, float]] = {}
@@ -246,7 +275,9 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
           model scores (they count as flips), among all such pairs;
         - ``degraded_originals``: ``{"count", "below_parent", "rate", "missing_parent",
           "pairs"}``: originals with a ``reference`` whose parent (the original row whose
-          ``path`` is that reference) is in ``items``, and how many score strictly below it.
+          ``path`` is that reference) is in ``items``, and how many score strictly below it;
+        - ``scale``: the model's bias per source and the pooled SRCC without each source,
+          over the ``within_codec`` variants (see :func:`scale_by_source`).
     """
     items, scores = list(items), list(scores)
     if len(items) != len(scores):
@@ -275,7 +306,8 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
               "psnr": srcc_vs_vmaf(items, [i.psnr for i in items], within_codec)}
     return {"truth": truth_name, "rows": rows, "by_resolution": by_resolution,
             "by_codec": by_codec, "srcc_vs_vmaf": within, "ties": _ties(items, scores),
-            "degraded_originals": _degraded(items, scores)}
+            "degraded_originals": _degraded(items, scores),
+            "scale": scale_by_source(items, scores, within_codec)}
 
 
 def _subset(name: str, items: list[Item], scores: list, keep: Callable[[Item], bool]) -> dict:
@@ -431,6 +463,19 @@ def markdown_table(result: dict) -> str:
                   f"model {_num(m['within_source'])}, PSNR {_num(p['within_source'])} "
                   f"(mean over {m['sources']} sources); pooled over those variants: model "
                   f"{_num(m['pooled'])}, PSNR {_num(p['pooled'])} ({m['n']} files)."]
+    sc = result.get("scale")
+    if sc and sc["per_source"]:
+        per = sc["per_source"]
+        ends = list(per.items())
+        ends = ends[:3] + ends[-3:] if len(ends) > 6 else ends
+        top = max(((s, b["without"]) for s, b in per.items() if b["without"] is not None),
+                  key=lambda sw: sw[1], default=None)
+        lines += ["", "Absolute scale: mean score minus target per source "
+                  f"({sc['codec'] or 'every codec'} variants), standard deviation "
+                  f"{_num(sc['spread'])} across sources; lowest and highest: "
+                  + ", ".join(f"{s} {b['bias']:+.2f}" for s, b in ends) + "."
+                  + (f" Pooled SRCC {_num(sc['pooled'])}; leaving out one source lifts it "
+                     f"to at most {_num(top[1])} (without {top[0]})." if top else "")]
     t = result.get("ties")
     if t:
         lines += ["", f"Ties: {t['count']} of {t['pairs']} pairs of distinct files of one "
