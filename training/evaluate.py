@@ -474,8 +474,8 @@ def markdown_table(result: dict) -> str:
                   f"({sc['codec'] or 'every codec'} variants), standard deviation "
                   f"{_num(sc['spread'])} across sources; lowest and highest: "
                   + ", ".join(f"{s} {b['bias']:+.2f}" for s, b in ends) + "."
-                  + (f" Pooled SRCC {_num(sc['pooled'])}; leaving out one source lifts it "
-                     f"to at most {_num(top[1])} (without {top[0]})." if top else "")]
+                  + (f" Pooled SRCC {_num(sc['pooled'])}; with one source left out, at most "
+                     f"{_num(top[1])} (without {top[0]})." if top else "")]
     t = result.get("ties")
     if t:
         lines += ["", f"Ties: {t['count']} of {t['pairs']} pairs of distinct files of one "
