@@ -2,11 +2,14 @@
 
     python bench/bench_scenes.py                       # 8 Big Buck Bunny shots, 720p, 16 s
     python bench/bench_scenes.py --clips 5 --size 640x360 --json
+    python bench/bench_scenes.py --source "$(find data/full -name bbb.mp4)" --start 60 --seconds 60
 
-The clip is real multi-shot footage: the corpus's 2 s Big Buck Bunny originals
-(``DATA/corpus/originals/bbb_*.mp4``, ``--data`` as for ``cpllm-recipe``, default
-``data/recipe``; 1280x720 24 fps, about 7 Mb/s) joined into one
-near-lossless file (x264 CRF 8) in a temporary folder; some of them hold cuts of their own.
+The clip is real multi-shot footage. With ``--source``, a contiguous stretch of any video
+(``--start``, ``--seconds``; the whole Big Buck Bunny film ships in moviepy's sdist, which
+the corpus stage downloads), with the cuts as the editor made them. By default: the
+corpus's 2 s Big Buck Bunny originals (``DATA/corpus/originals/bbb_*.mp4``, ``--data``
+as for ``cpllm-recipe``, default ``data/recipe``; 1280x720 24 fps, about 7 Mb/s) joined into
+one near-lossless file (x264 CRF 8) in a temporary folder; some of them hold cuts of their own.
 Then, with the bundled cpllm-lite on ONNX Runtime, the target at the model's VMAF-95
 score (its ``calibration.json``) and the CLI's default ``--max-drop`` (the calibrated drop)
 for shots whose source already scores near or below it:
@@ -74,6 +77,19 @@ def build_clip(out: Path, originals: Path, names: list[str], size: str, exe: str
     return out
 
 
+def cut_segment(out: Path, source: Path, start: float, seconds: float, size: str,
+                exe: str) -> Path:
+    """A contiguous stretch of ``source`` as one near-lossless clip at one size and 24 fps."""
+    w, h = size.split("x")
+    ff.run_ffmpeg([exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                   "-ss", f"{start:g}", "-t", f"{seconds:g}", "-i", str(source),
+                   "-map", "0:v:0", "-an", "-sn",
+                   "-vf", f"scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p",
+                   "-c:v", "libx264", "-preset", "fast", "-crf", "8", str(out)],
+                  "bench_scenes: cutting the segment")
+    return out
+
+
 def encode(exe: str, src: Path, out: Path, settings: Settings, crf: int,
            extra: list[str] | None = None, cut: tuple[float, float] | None = None) -> Path:
     """One encode with the ladder's settings and thread count (a whole-sample probe's)."""
@@ -121,8 +137,16 @@ def shot_scores(path: Path, shots, fps: float, settings: Settings, scorer, exe: 
               help="Where the clip and encodes go (default: a temporary folder).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               default=ROOT / "data" / "recipe", help="The recipe's data folder (its corpus).")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Cut the clip from this video (a contiguous stretch, its own "
+                                 "shot changes) instead of joining corpus originals.")
+@click.option("--start", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="With --source: where the stretch starts, in seconds.")
+@click.option("--seconds", type=click.FloatRange(2), default=60.0, show_default=True,
+              help="With --source: how long the stretch is.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object to stdout.")
-def main(clips, size, vmaf_level, max_drop, preset, workdir, data, as_json):
+def main(clips, size, vmaf_level, max_drop, preset, workdir, data, source, start, seconds,
+         as_json):
     """Per-shot CRFs against a single CRF on real multi-shot footage."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -136,10 +160,16 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, as_json):
     with tempfile.TemporaryDirectory(prefix="bench-scenes-", dir=workdir) as tmp:
         d = Path(tmp)
         t = time.perf_counter()
-        clip = build_clip(d / "clip.mp4", data / "corpus" / "originals", names, size, exe)
+        if source is not None:
+            names = []
+            clip = cut_segment(d / "clip.mp4", source, start, seconds, size, exe)
+            what = f"{source.name} from {start:g} s"
+        else:
+            clip = build_clip(d / "clip.mp4", data / "corpus" / "originals", names, size, exe)
+            what = f"{len(names)} Big Buck Bunny originals ({', '.join(names)})"
         walls["build_clip"] = time.perf_counter() - t
         info = probe(clip)
-        say(f"clip: {len(names)} originals, {info.width}x{info.height}, "
+        say(f"clip: {what}, {info.width}x{info.height}, "
             f"{info.duration:.2f} s, {info.frame_count} frames")
 
         t = time.perf_counter()
@@ -192,7 +222,8 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, as_json):
             r["saving_pct"] = round(100 * (1 - r["bytes"] / base), 2)
 
     report.update({
-        "clip": {"originals": names, "size": size, "duration": info.duration,
+        "clip": {"originals": names, "source": str(source) if source else None,
+                 "start": start if source else None, "size": size, "duration": info.duration,
                  "frames": info.frame_count},
         "model": scorer.id, "target": min_score, "vmaf_level": vmaf_level, "max_drop": max_drop,
         "encoder": settings.encoder, "preset": settings.preset or settings.table.preset,
@@ -205,7 +236,7 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, as_json):
     m = report["machine"]
     click.echo(f"# {m['cpu']}, {m['cores']} cores, load {m['load_average']}, python "
                f"{m['python']}, onnxruntime {m['onnxruntime']}, threads {m['threads']}")
-    click.echo(f"# clip: {len(names)} Big Buck Bunny originals ({', '.join(names)}), {size}, "
+    click.echo(f"# clip: {what}, {size}, "
                f"{info.duration:.2f} s, {info.frame_count} frames; {scorer.id}, target "
                f"{min_score:.4f} (VMAF {vmaf_level:g}), max-drop {max_drop:g}; {settings.encoder} "
                f"{report['preset']}")
