@@ -262,15 +262,17 @@ def score_many(sources: list[Any], model: str | Path | Model = DEFAULT_MODEL,
     return load_model(model, backend).score_many(list(sources), key_frames, fps)
 
 
-def _decoder_visuals(m: Model, k: Frames):
-    """Visual tokens of the key frames the decoder sees (``decoder_frames`` of them)."""
+def _decoder_inputs(m: Model, k: Frames, facts: bool = True):
+    """Visual tokens of the key frames the decoder sees (``decoder_frames`` of them), and
+    their facts when asked and the config has a ``facts_prompt`` (else None)."""
     sub = k.frames[preprocess.key_frame_indices(len(k.frames), m.config.decoder_frames)]
     x = preprocess.prepare(sub, m.config)
     net, torch = m.backend.net, m.backend.torch
+    size = (sub.shape[2], sub.shape[1]) if facts and m.config.facts_prompt else None
     with torch.inference_mode():
         dev = m.backend.device
-        return net.visual_tokens(torch.from_numpy(x.views).to(dev),
-                                 torch.from_numpy(x.patches).to(dev))
+        return net.describe_inputs(torch.from_numpy(x.views).to(dev),
+                                   torch.from_numpy(x.patches).to(dev), size)
 
 
 def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
@@ -283,8 +285,9 @@ def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
     m = load_model(model, "torch", decoder=True)
     k = m.key_frames(frames, key_frames, where="describe()")
     result = m.score_key_frames(k)
-    text = m.backend.net.describe_text(_decoder_visuals(m, k), result.score,
-                                       max_new_tokens=max_new_tokens)
+    visual, facts = _decoder_inputs(m, k)
+    text = m.backend.net.describe_text(visual, result.score, max_new_tokens=max_new_tokens,
+                                       facts=facts)
     return Description(text, result)
 
 
@@ -301,6 +304,7 @@ def compare(a: Any, b: Any, model: str | Path | Model = DEFAULT_MODEL,
     ka = m.key_frames(a, key_frames, where="compare(a)")
     kb = m.key_frames(b, key_frames, where="compare(b)")
     ra, rb = m.score_key_frames(ka), m.score_key_frames(kb)
-    text = m.backend.net.generate_text(_decoder_visuals(m, ka), _decoder_visuals(m, kb),
+    text = m.backend.net.generate_text(_decoder_inputs(m, ka, False)[0],
+                                       _decoder_inputs(m, kb, False)[0],
                                        prompt=COMPARE_PROMPT, max_new_tokens=max_new_tokens)[0]
     return Comparison("a" if ra.score >= rb.score else "b", ra, rb, text)

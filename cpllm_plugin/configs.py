@@ -39,6 +39,26 @@ SCORE_PROMPT = "The quality score is {score:.2f} out of 5 ({word})."
 # (training/describe.py); ``describe`` writes it and the decoder completes the sentence.
 QUALITY_OPENER = "Its technical quality is"
 QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
+# What the describe prompt says of facts the pipeline knows without the decoder
+# (ModelConfig.facts_prompt): the frames' format, and what the frozen high-level encoder's
+# own ImageNet head names on the decoder's key frame. Trained on visual tokens alone, the
+# decoder wrote "a man walking on a table" for most dev videos and a wrong format for
+# half; with the facts beside the tokens it has something to carry over, as with the band.
+FACTS_PROMPT = "The frames are {format}; an image classifier sees {labels}."
+
+
+def frame_format(width: int, height: int) -> str:
+    """The words a description uses for a frame size: ``"720p landscape"``,
+    ``"1080p portrait"``, ``"standard-definition landscape"``, ``"low-resolution square"``."""
+    short = min(width, height)
+    name = "low-resolution"
+    for px, word in ((2160, "4K"), (1440, "1440p"), (1080, "1080p"), (720, "720p"),
+                     (480, "standard-definition")):
+        if short >= px:
+            name = word
+            break
+    shape = "portrait" if height > width else "square" if height == width else "landscape"
+    return f"{name} {shape}"
 
 
 def quality_word(score: float) -> str:
@@ -221,6 +241,9 @@ class ModelConfig:
     # pseudo-score there. Empty: the paper's prompt alone (the decoder judges the pixels by
     # itself, which a few hundred CPU steps of LoRA do not teach it to do).
     score_prompt: str = ""
+    # Appended after the score sentence with the frames' format ("{format}") and the ImageNet
+    # labels of the decoder's key frame ("{labels}"); see FACTS_PROMPT. Empty: none.
+    facts_prompt: str = ""
     trained: bool = False  # False until a training run has written the head
     # Pixel-encoder blocks that training kept at their pretrained values (0: all trained).
     frozen_blocks: int = 0
@@ -281,6 +304,7 @@ MODELS: dict[str, ModelConfig] = {
             low=EncoderConfig("efficientnet_lite0"),
             decoder="gemma3-270m",
             score_prompt=SCORE_PROMPT,
+            facts_prompt=FACTS_PROMPT,
         ),
         # The paper's configuration: SigLIP so400m at 448, VideoPrism on the patches, Gemma 2B.
         # Needs local weights (set high.weights, low.weights and decoder to directories).

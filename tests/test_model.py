@@ -152,6 +152,69 @@ def test_describe_prompt_carries_the_head_score():
     assert io.build("cpllm-tiny").describe_prompt(None) == DESCRIBE_PROMPT
 
 
+def test_describe_prompt_states_the_facts():
+    from dataclasses import replace
+
+    from cpllm_plugin.configs import DESCRIBE_PROMPT, FACTS_PROMPT, SCORE_PROMPT
+    from cpllm_plugin.model.cpllm import Facts
+
+    assert get_config("cpllm-lite").facts_prompt == FACTS_PROMPT
+    cfg = replace(get_config("cpllm-tiny"), score_prompt=SCORE_PROMPT, facts_prompt=FACTS_PROMPT)
+    m = io.build(cfg)
+    facts = Facts("720p landscape", ("espresso", "chocolate syrup"))
+    assert m.describe_prompt(4.2, facts) == DESCRIBE_PROMPT + (
+        " The quality score is 4.20 out of 5 (good). The frames are 720p landscape; an image "
+        "classifier sees an espresso or a chocolate syrup.")
+    with pytest.raises(ValueError, match="pass facts="):
+        m.describe_prompt(4.2)
+    # the tiny model's random high encoder has no ImageNet head: format only
+    views = torch.rand(1, 3, cfg.view_size, cfg.view_size)
+    patches = torch.rand(1, cfg.num_patches, 3, cfg.patch_size, cfg.patch_size)
+    visual, got = m.describe_inputs(views, patches, (1080, 1920))
+    torch.testing.assert_close(visual, m.visual_tokens(views, patches))
+    assert got == Facts("1080p portrait", ())
+    assert m.describe_prompt(1.0, got).endswith("; an image classifier sees nothing it can name.")
+    assert m.describe_inputs(views, patches)[1] is None
+    calls = []
+    m.generate_text = lambda *a, **kw: calls.append(kw["prompt"]) or ["x"]
+    m.describe_text(visual, 2.0, facts=facts)
+    assert calls[0].endswith("The frames are 720p landscape; an image classifier sees an "
+                             "espresso or a chocolate syrup.")
+
+
+def test_facts_name_what_the_frozen_encoder_sees():
+    """cpllm-lite's high-level encoder keeps its ImageNet head: on its 448 view of a photo
+    of a coffee cup the facts name an espresso."""
+    m = io.build("cpllm-lite", with_decoder=False).eval()
+    frame = skimage.data.coffee()
+    x = pp.prepare(frame[None], m.config)
+    _, facts = m.describe_inputs(torch.from_numpy(x.views), torch.from_numpy(x.patches),
+                                 (frame.shape[1], frame.shape[0]))
+    assert facts.format == "low-resolution landscape"  # 600x400
+    assert facts.labels[0] == "espresso" and len(facts.labels) == 2
+
+
+def test_frame_format_words():
+    from cpllm_plugin.configs import frame_format
+
+    assert frame_format(1920, 1080) == "1080p landscape"
+    assert frame_format(1080, 1920) == "1080p portrait"
+    assert frame_format(1280, 720) == "720p landscape"
+    assert frame_format(640, 480) == "standard-definition landscape"
+    assert frame_format(160, 120) == "low-resolution landscape"
+    assert frame_format(3840, 2160) == "4K landscape"
+    assert frame_format(512, 512) == "standard-definition square"
+
+
+def test_listed_imagenet_names():
+    from cpllm_plugin.model.imagenet import listed
+
+    assert listed(["espresso"]) == "an espresso"
+    assert listed(["pier", "boathouse"]) == "a pier or a boathouse"
+    assert listed(["a", "b", "ice"]) == "an a, a b or an ice"
+    assert listed([]) == "nothing it can name"
+
+
 def test_paper_config_builds_at_reduced_depth_and_runs_forward():
     cfg = get_config("cpllm-paper")
     cfg.high.overrides = {"num_hidden_layers": 1}

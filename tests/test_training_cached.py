@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpllm_plugin.configs import get_config, quality_word
+from cpllm_plugin.configs import FACTS_PROMPT, get_config, quality_word
 from cpllm_plugin.model import io
 from cpllm_plugin.training import recipe as rc
 from cpllm_plugin.training.cached import (
@@ -245,9 +245,13 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
     # cpllm-lite's prompt carries the score (config score_prompt): each item's pseudo-score
     targets = {(f"{it.target:.2f}", quality_word(it.target)) for it in items
                if it.target is not None}
-    said = {re.search(r"score is (\d\.\d\d) out of 5 \((\w+)\)\.$", p).groups()
-            for p in prompts}
-    assert len(prompts) == 4 and said <= targets
+    said = [re.search(r"score is (\d\.\d\d) out of 5 \((\w+)\)\. The frames are (.+); "
+                      r"an image classifier sees (an? .+)\.$", p).groups() for p in prompts]
+    assert len(prompts) == 4 and {s[:2] for s in said} <= targets
+    # and its facts (config facts_prompt): the sample's format, and what EfficientNet-Lite0's
+    # ImageNet head names on the cached key frame (the sample pans over a riverboat)
+    assert {s[2] for s in said} == {"low-resolution landscape"}  # 640x360
+    assert all(" or " in s[3] for s in said)
     # The unrated original (no pseudo-score) is left out: "not rated" says nothing visible.
     rated = sum(it.target is not None for it in items)
     assert rated == len(items) - 1
@@ -328,10 +332,12 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert man["precisions"]["fp32"]["weights_stored"].startswith("float16")
     conf = json.loads((r.out / "config.json").read_text())
     assert conf["trained"] and conf["low_input"] == "pixels" and conf["frozen_blocks"] == 11
-    assert conf["placement"] == "detail"
+    assert conf["placement"] == "detail" and conf["facts_prompt"] == FACTS_PROMPT
     assert costs["eval"]["flip"]["pairs"] == 6
     text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
     assert text["n"] == 4 and 0 <= text["rate"] <= 1  # the four dev variants
+    assert text["tagged"] == 4 and 0 <= text["kind"] <= 4 and 0 <= text["format"] <= 4
+    assert all(e["format"] and len(e["labels"]) == 2 for e in text["examples"])
     cal = json.loads((r.out / "calibration.json").read_text())["vmaf"]
     assert set(cal) == {str(a) for a in rc.ANCHORS}
     assert io.load(r.out, with_decoder=False).config.trained  # hashes still verify

@@ -138,3 +138,14 @@ def test_degraded_original_says_how_it_looks():
 ])
 def test_quality_word_in(text, word):
     assert ds.quality_word_in(text) == word
+
+
+def test_kind_and_content_read_back_from_a_description():
+    text = ("The video shows a cup of coffee on a saucer. It is a slow camera pan across a "
+            "still photograph in 720p landscape format. Its technical quality is good: clean.")
+    assert ds.kind_in(text) == "photo pan"  # the longest phrase, not "camera"
+    assert ds.kind_in("One sentence only.") is None
+    assert ds.kind_in("A. It is computer-generated animation in 4K square format. C.") == "cgi"
+    assert ds.shares_content(text, "photo pan: two cups on a table")  # cups ~ cup
+    assert not ds.shares_content(text, "photo pan: the sea under the sky")  # only stop words
+    assert not ds.shares_content(text, None) and not ds.shares_content("", "cgi: coffee")

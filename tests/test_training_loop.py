@@ -106,6 +106,32 @@ def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypat
     assert all(any(x.endswith(e) for e in ends) for x in said)
 
 
+def test_facts_prompt_states_each_first_items_format(ladder, tmp_path, monkeypatch):
+    """With a config facts_prompt, L3's prompts also state each first video's format."""
+    from dataclasses import replace
+
+    from cpllm_plugin import configs
+    from cpllm_plugin.model.cpllm import CPLLM
+    from cpllm_plugin.training.manifest import resolve
+    from cpllm_plugin.video import probe
+
+    rated = [replace(it, mos=1.0 + i / 4) for i, it in enumerate(read_manifest(ladder))]
+    manifest = write_manifest(ladder.parent / "rated.jsonl", rated)
+    tiny = replace(configs.MODELS["cpllm-tiny"], score_prompt=configs.SCORE_PROMPT,
+                   facts_prompt=configs.FACTS_PROMPT)
+    monkeypatch.setitem(configs.MODELS, "cpllm-tiny", tiny)
+    prompts = []
+    prefix = CPLLM.prefix
+    monkeypatch.setattr(CPLLM, "prefix", lambda self, a, b, p: prompts.append(p) or
+                        prefix(self, a, b, p))
+    train(_config(manifest, tmp_path / "run", "steps=1"))
+    said = [x for p in prompts for x in p]
+    formats = {configs.frame_format(i.width, i.height)
+               for i in (probe(resolve(manifest, it)) for it in rated)}
+    assert said and all(any(x.endswith(f"The frames are {f}; an image classifier sees nothing "
+                                       "it can name.") for f in formats) for x in said)
+
+
 def _spy_autocast(monkeypatch) -> list:
     """Records (device type, dtype, enabled) of every torch.autocast the loop opens."""
     from cpllm_plugin.training import train as train_module

@@ -457,6 +457,22 @@ def _lora(model) -> list[tuple[str, torch.nn.Parameter]]:
     return named
 
 
+def display_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a video's frames as decoded (rotation applied)."""
+    from ..video import probe
+
+    info = probe(path)
+    turned = info.rotation % 180 == 90
+    return (info.height, info.width) if turned else (info.width, info.height)
+
+
+def _facts(model, data: CachedSet, row: int):
+    """The describe prompt's facts of item ``row``, from its file's size and the cached
+    high-level tokens of its decoder key frame (what ``describe`` computes from frames)."""
+    size = display_size(resolve(data.manifest, data.items[row]))
+    return model.facts(*size, data.tokens[row:row + 1].float())
+
+
 def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
                progress: Callable[[str], None] | bool = True) -> dict:
     """Train the decoder's LoRA on the items' descriptions (L3) with the scoring path frozen.
@@ -512,6 +528,8 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     if used:
         tokens = decoder_visuals(model.scorer, data, [rows[u] for u in used])
         vis = dict(zip(used, tokens, strict=True))
+    facts = {u: _facts(model, data, rows[u]) for u in used} if model.config.facts_prompt \
+        else {}
 
     def save(step: int, seconds: float) -> None:
         from safetensors.torch import save_file
@@ -539,8 +557,8 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
     while step < cfg.steps:
         pick = picks[step]
         v = torch.stack([vis[int(i)] for i in pick])
-        embeds, valid = model.prefix(v, None, [model.describe_prompt(data.items[rows[i]].target)
-                                               for i in pick])
+        embeds, valid = model.prefix(v, None, [
+            model.describe_prompt(data.items[rows[i]].target, facts.get(int(i))) for i in pick])
         width = max(len(ids[i]) for i in pick)
         target = torch.full((len(pick), width), pad, dtype=torch.long)
         for r, i in enumerate(pick):
@@ -579,35 +597,53 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
     of the score.
 
     Returns:
-        ``{"n", "agree", "rate", "near", "three_sentences", "examples": [...]}``; ``near``
-        counts descriptions whose word is at most one band off.
+        ``{"n", "agree", "rate", "near", "three_sentences", "format", "tagged", "kind",
+        "content", "examples": [...]}``; ``near`` counts descriptions whose word is at most
+        one band off, ``format`` those whose style sentence names the frames' format as the
+        training descriptions do; of the ``tagged`` items (a tag with content), ``kind``
+        counts style sentences naming the tag's kind of footage
+        (:func:`.describe.kind_in`) and ``content`` first sentences sharing a content word
+        with the tag (:func:`.describe.shares_content`).
     """
     import re
 
-    from ..configs import QUALITY_WORDS
+    from ..configs import QUALITY_WORDS, frame_format
     from ..preprocess import key_frame_indices, prepare
     from ..video import read_key_frames
-    from .describe import quality_word, quality_word_in
+    from .describe import kind_in, quality_word, quality_word_in, shares_content, split_tag
 
     say = progress_printer(progress)
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(scores)
     pick = order[np.linspace(0, len(order) - 1, min(count, len(order))).round().astype(int)]
     cfg = model.config
-    rows, agree, near, three = [], 0, 0, 0
+    rows, agree, near, three, formats, kinds, contents = [], 0, 0, 0, 0, 0, 0
+    tagged = sum(1 for i in pick if split_tag(items[i].tag)[1])
     for n, i in enumerate(pick):
         k = read_key_frames(resolve(manifest, items[i]), cfg.key_frames)
         sub = k.frames[key_frame_indices(len(k.frames), cfg.decoder_frames)]
         x = prepare(sub, cfg)
+        shape = frame_format(sub.shape[2], sub.shape[1])
         with torch.no_grad():
-            vis = model.visual_tokens(torch.from_numpy(x.views), torch.from_numpy(x.patches))
-        text = model.describe_text(vis, scores[i])
+            vis, facts = model.describe_inputs(torch.from_numpy(x.views),
+                                               torch.from_numpy(x.patches),
+                                               (sub.shape[2], sub.shape[1]))
+        text = model.describe_text(vis, scores[i], facts=facts)
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
         near += got is not None and abs(QUALITY_WORDS.index(want) - QUALITY_WORDS.index(got)) <= 1
-        three += len([s for s in re.split(r"(?<=[.!?])\s+", text) if s]) == 3
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+        three += len(sentences) == 3
+        # the style sentence names the frames' format as the training descriptions do
+        formats += len(sentences) >= 2 and f"{shape} format" in sentences[1]
+        style, content = split_tag(items[i].tag)
+        if content:  # against the source's tag (what a person wrote about the video)
+            kinds += style is not None and kind_in(text) == style
+            contents += shares_content(text, items[i].tag)
         rows.append({"path": items[i].path, "score": float(scores[i]), "band": want,
-                     "said": got, "text": text})
+                     "said": got, "format": shape, "labels": list(facts.labels),
+                     "text": text})
         say(f"[describe {n + 1}/{len(pick)}] {scores[i]:.2f} {want} -> {got}: {text[:90]}")
     return {"n": len(pick), "agree": agree, "rate": agree / max(len(pick), 1), "near": near,
-            "three_sentences": three, "examples": rows}
+            "three_sentences": three, "format": formats, "tagged": tagged, "kind": kinds,
+            "content": contents, "examples": rows}

@@ -193,6 +193,8 @@ class Batch:
         has_target: ``(B,)`` bool.
         text_rows: ``(Bt,)`` long, samples whose first item has a description.
         text_ids: ``(Bt, O)`` long description tokens + eos, right-padded with the pad id.
+        sizes: ``(N, 2)`` long, each video's frame ``(width, height)`` (the describe
+            prompt's format fact).
     """
 
     context: torch.Tensor
@@ -206,6 +208,7 @@ class Batch:
     has_target: torch.Tensor
     text_rows: torch.Tensor
     text_ids: torch.Tensor
+    sizes: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
@@ -267,7 +270,7 @@ class TrainingData:
         frames, idx = self.key_frames(i)
         ctx = self.cache.lookup(self.sha(i), idx) if self.cache is not None else None
         x = prepare(frames, self.cfg, np.random.default_rng(list(seed)), views=ctx is None)
-        return x.views, x.patches, idx, ctx
+        return x.views, x.patches, idx, ctx, (frames.shape[2], frames.shape[1])
 
     def batch(self, samples: Sequence[Sample], scorer: Scorer, seed: Sequence[int],
               tokenizer=None, max_text_tokens: int = 512, device: torch.device | None = None
@@ -301,7 +304,7 @@ class TrainingData:
                 "training batch", f"{self.m} key frames from every video",
                 f"counts {sorted(m)}", "drop videos shorter than M frames or lower key_frames"))
         contexts = []
-        for i, (views, _, idx, ctx) in zip(order, prepared, strict=True):
+        for i, (views, _, idx, ctx, _) in zip(order, prepared, strict=True):
             if ctx is None:
                 v = torch.from_numpy(views)
                 if device is not None:
@@ -340,4 +343,5 @@ class TrainingData:
             gap=torch.tensor(gap, dtype=torch.float32),
             target=torch.tensor([nan if t is None else t for t in tgt], dtype=torch.float32),
             has_target=torch.tensor([t is not None for t in tgt]),
-            text_rows=torch.tensor(rows, dtype=torch.long), text_ids=text_ids)
+            text_rows=torch.tensor(rows, dtype=torch.long), text_ids=text_ids,
+            sizes=torch.tensor([p[4] for p in prepared], dtype=torch.long))

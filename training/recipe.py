@@ -391,7 +391,8 @@ def stage_eval(r: Recipe, say) -> dict:
     # Descriptions of dev variants by the shipped weights (torch, decoder attached).
     shipped = io.load(r.out, with_decoder=True).eval()
     dev = [v for v in res["videos"] if not v["original"] and v["codec"] == "libx264"]
-    items = [Item(v["path"], v["source"], split="dev") for v in dev]
+    tags = {i.source: i.tag for i in read_manifest(r.dev_manifest) if i.original}
+    items = [Item(v["path"], v["source"], split="dev", tag=tags.get(v["source"])) for v in dev]
     text = describe_agreement(shipped, r.dev_manifest, items, [v["score"] for v in dev],
                               r.describe_count, progress=say)
     (out / "describe.json").write_text(json.dumps(text, indent=2) + "\n")
@@ -400,7 +401,9 @@ def stage_eval(r: Recipe, say) -> dict:
     (out / "anchors.json").write_text(json.dumps({**anchors, "drop": drops}, indent=2) + "\n")
     _calibrate(r.out, anchors, drops)
     return {"flip": model["flip"], "srcc": model["srcc"], "anchors": anchors,
-            "describe_agreement": text["rate"], "three_sentences": text["three_sentences"]}
+            "describe_agreement": text["rate"], "three_sentences": text["three_sentences"],
+            "describe_format": text["format"], "describe_kind": text["kind"],
+            "describe_content": text["content"], "describe_tagged": text["tagged"]}
 
 
 ANCHORS = (95, 93, 90, 85, 80, 70, 60, 50)

@@ -366,8 +366,28 @@ class Step(nn.Module):
         if self.model.config.score_prompt:  # the prompt carries the score: rated rows only
             keep = batch.has_target[rows]
             rows, text_ids = rows[keep], text_ids[keep]
-            prompt = [self.model.describe_prompt(float(batch.target[r])) for r in rows]
+            facts = self._facts(batch, rows)
+            prompt = [self.model.describe_prompt(float(batch.target[r]), f)
+                      for r, f in zip(rows, facts, strict=True)]
         return rows, text_ids, prompt
+
+    def _facts(self, batch: Batch, rows: torch.Tensor) -> list:
+        """The describe prompt's facts of each row's first video (None without a
+        ``facts_prompt``): its frame size and its decoder frames' high-level tokens."""
+        cfg = self.model.config
+        if not cfg.facts_prompt:
+            return [None] * len(rows)
+        from ..preprocess import key_frame_indices
+
+        n, m = batch.videos, batch.frames
+        pick = torch.as_tensor(key_frame_indices(m, cfg.decoder_frames))
+        ctx = batch.context.view(n, m, *batch.context.shape[1:])
+        out = []
+        for r in rows.tolist():
+            vid = int(batch.first[r])
+            w, h = (int(x) for x in batch.sizes[vid])
+            out.append(self.model.facts(w, h, ctx[vid, pick.to(ctx.device)]))
+        return out
 
     def counts(self, batch: Batch) -> tuple[int, int, int]:
         """What L1, L2 and L3 average over in ``batch``: pairs, rated samples, text tokens."""

@@ -15,15 +15,32 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..configs import ModelConfig
+from ..configs import ModelConfig, frame_format
 from ..configs import decoder as decoder_entry
 from ..errors import ModelFileError, message
+from . import imagenet
 from .encoders import Encoder, seeded
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the describe prompt states besides the score (``ModelConfig.facts_prompt``).
+
+    Attributes:
+        format: the frames' format in the training descriptions' words
+            (:func:`~cpllm_plugin.configs.frame_format`, e.g. ``"720p landscape"``).
+        labels: ImageNet class names the high-level encoder's own head gives the decoder's
+            key frame(s), most likely first; empty for encoders without such a head.
+    """
+
+    format: str
+    labels: tuple[str, ...] = ()
 
 
 def decoder_width(cfg: ModelConfig) -> int:
@@ -177,26 +194,51 @@ class CPLLM(nn.Module):
             valid[r, embeds.shape[1] - width:embeds.shape[1] - len(row)] = False
         return embeds, valid
 
-    def describe_prompt(self, score: float | None) -> str:
+    def describe_prompt(self, score: float | None, facts: Facts | None = None) -> str:
         """The prompt ``describe`` gives the decoder: the paper's, then, when the config has a
         ``score_prompt``, that sentence with the quality head's score and its band's word (the
         text then says in words what the head says in a number; see
-        ``ModelConfig.score_prompt``)."""
+        ``ModelConfig.score_prompt``), then, with a ``facts_prompt``, the frames' format and
+        the ImageNet labels of :meth:`facts`."""
         cfg = self.config
-        if not cfg.score_prompt:
-            return cfg.prompt
-        if score is None:
-            raise ValueError("CPLLM.describe_prompt: this model's descriptions need the "
-                             "head's score (config score_prompt); pass score=")
-        from ..configs import quality_word
+        parts = [cfg.prompt]
+        if cfg.score_prompt:
+            if score is None:
+                raise ValueError("CPLLM.describe_prompt: this model's descriptions need the "
+                                 "head's score (config score_prompt); pass score=")
+            from ..configs import quality_word
 
-        said = cfg.score_prompt.format(score=float(score), word=quality_word(score))
-        return f"{cfg.prompt} {said}"
+            parts.append(cfg.score_prompt.format(score=float(score), word=quality_word(score)))
+        if cfg.facts_prompt:
+            if facts is None:
+                raise ValueError("CPLLM.describe_prompt: this model's descriptions need the "
+                                 "frames' facts (config facts_prompt); pass facts=")
+            parts.append(cfg.facts_prompt.format(format=facts.format,
+                                                 labels=imagenet.listed(facts.labels)))
+        return " ".join(parts)
+
+    def facts(self, width: int, height: int, context: torch.Tensor) -> Facts:
+        """The :class:`Facts` of frames of ``width`` x ``height`` whose high-level tokens
+        ``(F, Th, Ch)`` (:meth:`Scorer.context`) the decoder sees."""
+        labels: tuple[str, ...] = ()
+        if imagenet.has_head(self.scorer.high):
+            with torch.no_grad():
+                prob = imagenet.probabilities(self.scorer.high, context).mean(dim=0)
+            labels = imagenet.top_names(prob)
+        return Facts(frame_format(width, height), labels)
 
     def visual_tokens(self, views: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """``(F, 3, S, S)``, ``(F, K, 3, P, P)`` of one variant to ``(1, F * (Th + Tl), D)``."""
-        u, v = self.scorer.embed(self.scorer.context(views), patches)
-        return torch.cat([u, v], dim=1).reshape(1, -1, u.shape[-1])
+        return self.describe_inputs(views, patches)[0]
+
+    def describe_inputs(self, views: torch.Tensor, patches: torch.Tensor,
+                        size: tuple[int, int] | None = None) -> tuple[torch.Tensor, Facts | None]:
+        """:meth:`visual_tokens` and, given the frames' ``(width, height)``, their
+        :meth:`facts` from the same high-level tokens (None without ``size``)."""
+        context = self.scorer.context(views)
+        u, v = self.scorer.embed(context, patches)
+        visual = torch.cat([u, v], dim=1).reshape(1, -1, u.shape[-1])
+        return visual, (self.facts(*size, context) if size is not None else None)
 
     @torch.no_grad()
     def generate_text(self, visual_a: torch.Tensor, visual_b: torch.Tensor | None = None,
@@ -232,13 +274,14 @@ class CPLLM(nn.Module):
         return texts
 
     def describe_text(self, visual: torch.Tensor, score: float | None = None,
-                      max_new_tokens: int | None = None) -> str:
+                      max_new_tokens: int | None = None, facts: Facts | None = None) -> str:
         """What ``describe`` writes for one video's visual tokens: three sentences (content,
         style, technical quality), the last opened with the training descriptions' opener
         and a quality word the decoder chooses. ``score``: the head's score of the video,
-        which the prompt carries when the config has a ``score_prompt``."""
+        which the prompt carries when the config has a ``score_prompt``; ``facts``: what a
+        ``facts_prompt`` states (:meth:`describe_inputs`)."""
         from ..configs import QUALITY_OPENER, QUALITY_WORDS
 
-        return self.generate_text(visual, prompt=self.describe_prompt(score),
+        return self.generate_text(visual, prompt=self.describe_prompt(score, facts),
                                   max_new_tokens=max_new_tokens, sentences=3,
                                   opener=QUALITY_OPENER, choices=QUALITY_WORDS)[0]
