@@ -158,7 +158,7 @@ def test_describe_prompt_states_the_facts():
     from cpllm_plugin.configs import DESCRIBE_PROMPT, FACTS_PROMPT, SCORE_PROMPT
     from cpllm_plugin.model.cpllm import Facts
 
-    assert get_config("cpllm-lite").facts_prompt == FACTS_PROMPT
+    assert get_config("cpllm-lite").facts_prompt == ""  # measured, not shipped
     cfg = replace(get_config("cpllm-tiny"), score_prompt=SCORE_PROMPT, facts_prompt=FACTS_PROMPT)
     m = io.build(cfg)
     facts = Facts("720p landscape", ("espresso", "chocolate syrup"))

@@ -224,6 +224,30 @@ def test_cross_source_pairs_rank_two_sources_by_their_scores(ladder, cached):
     assert all(items[i].source == items[j].source for i, j in zip(first, second, strict=True))
 
 
+def test_text_training_states_the_facts(ladder, lite, cached, tmp_path):
+    """With a config facts_prompt, each prompt also states the item's format and the ImageNet
+    names EfficientNet-Lite0's own head gives its cached key frame."""
+    from dataclasses import replace
+
+    cache, _ = cached
+    items = [replace(it, description="A picture. It is a test. Its technical quality is good.")
+             for it in read_manifest(ladder)]
+    data = CachedSet(ladder, items, cache)
+    plain = lite.config
+    lite.config = replace(plain, facts_prompt=FACTS_PROMPT)
+    prompts = []
+    prefix = lite.prefix
+    lite.prefix = lambda a, b, p: prompts.extend(p) or prefix(a, b, p)
+    try:
+        train_text(lite, data, tmp_path, TextConfig(steps=1, batch=2), progress=False)
+    finally:
+        del lite.prefix
+        lite.config = plain
+    said = [re.search(r"out of 5 \(\w+\)\. The frames are (.+); an image classifier sees "
+                      r"(an? .+ or an? .+)\.$", p).groups() for p in prompts]
+    assert len(said) == 2 and {s[0] for s in said} == {"low-resolution landscape"}  # 640x360
+
+
 def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
     from dataclasses import replace
 
@@ -245,13 +269,9 @@ def test_text_training_moves_only_lora(ladder, lite, cached, tmp_path):
     # cpllm-lite's prompt carries the score (config score_prompt): each item's pseudo-score
     targets = {(f"{it.target:.2f}", quality_word(it.target)) for it in items
                if it.target is not None}
-    said = [re.search(r"score is (\d\.\d\d) out of 5 \((\w+)\)\. The frames are (.+); "
-                      r"an image classifier sees (an? .+)\.$", p).groups() for p in prompts]
-    assert len(prompts) == 4 and {s[:2] for s in said} <= targets
-    # and its facts (config facts_prompt): the sample's format, and what EfficientNet-Lite0's
-    # ImageNet head names on the cached key frame (the sample pans over a riverboat)
-    assert {s[2] for s in said} == {"low-resolution landscape"}  # 640x360
-    assert all(" or " in s[3] for s in said)
+    said = {re.search(r"score is (\d\.\d\d) out of 5 \((\w+)\)\.$", p).groups()
+            for p in prompts}
+    assert len(prompts) == 4 and said <= targets
     # The unrated original (no pseudo-score) is left out: "not rated" says nothing visible.
     rated = sum(it.target is not None for it in items)
     assert rated == len(items) - 1
@@ -332,7 +352,7 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert man["precisions"]["fp32"]["weights_stored"].startswith("float16")
     conf = json.loads((r.out / "config.json").read_text())
     assert conf["trained"] and conf["low_input"] == "pixels" and conf["frozen_blocks"] == 11
-    assert conf["placement"] == "detail" and conf["facts_prompt"] == FACTS_PROMPT
+    assert conf["placement"] == "detail" and conf["facts_prompt"] == ""
     assert costs["eval"]["flip"]["pairs"] == 6
     text = json.loads((tmp_path / "data" / "eval" / "describe.json").read_text())
     assert text["n"] == 4 and 0 <= text["rate"] <= 1  # the four dev variants
@@ -396,3 +416,10 @@ def test_recipe_cli_trains_on_libx264_alone_when_asked(tmp_path, monkeypatch):
         assert seen[-1] == want
     with pytest.raises(rc.RecipeError, match="train_codecs among dev_codecs"):
         rc.Recipe(data=tmp_path, dev_codecs={"libx265": (29,)})
+
+
+def test_recipe_facts_option_keeps_its_own_text_state(tmp_path):
+    plain, facts = rc.Recipe(data=tmp_path), rc.Recipe(data=tmp_path, facts=True)
+    assert plain.text_dir == plain.run and facts.text_dir == plain.run / "facts"
+    assert rc._model(facts).config.facts_prompt == FACTS_PROMPT
+    assert rc._model(plain).config.facts_prompt == ""

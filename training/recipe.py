@@ -93,6 +93,9 @@ class Recipe:
             :class:`~.cached.CachedConfig`).
         seed: seeds the scoring path's pairs and key frames (another seed: how much of a
             dev difference is chance).
+        facts: the describe prompt also states the frames' format and the frozen encoder's
+            ImageNet labels (``ModelConfig.facts_prompt``); measured, not shipped (README,
+            "Facts in the describe prompt"). Its text stage keeps its own state.
     """
 
     data: Path = Path("data/recipe")
@@ -125,6 +128,7 @@ class Recipe:
     order_margin: float = 0.0
     schedule: str = "constant"
     seed: int = 0
+    facts: bool = False
 
     def __post_init__(self):
         unknown = [c for c in self.train_codecs if c not in self.dev_codecs]
@@ -153,6 +157,11 @@ class Recipe:
         codecs = "".join(f"-{c}" for c in self.train_codecs)
         place = "" if self.placement == "grid" else f"-{self.placement}"
         return self.data / f"run-{self.low_input}{place}-b{self.frozen_blocks}{codecs}"
+
+    @property
+    def text_dir(self) -> Path:
+        """Where the text stage keeps its LoRA state: a prompt of its own, a state of its own."""
+        return self.run / "facts" if self.facts else self.run
 
     def rows(self, manifest: Path, train: bool = True) -> list[Item]:
         """The rows the cache and training use: originals, libx264 variants, and on the
@@ -282,8 +291,11 @@ def _model(r: Recipe, decoder: bool = False):
     from .train import model_config
 
     torch.manual_seed(0)
+    from ..configs import FACTS_PROMPT
+
     cfg = model_config("cpllm-lite", {"low_input": r.low_input, "placement": r.placement,
-                                      "decoder": r.decoder})
+                                      "decoder": r.decoder,
+                                      "facts_prompt": FACTS_PROMPT if r.facts else ""})
     return io.build(cfg, with_decoder=decoder)
 
 
@@ -345,7 +357,7 @@ def stage_text(r: Recipe, say) -> dict:
     model = _trained(r, decoder=True)
     train, _ = _sets(r, model, dev=False)
     cfg = TextConfig(steps=r.text_steps, batch=r.text_batch, minutes=r.text_minutes)
-    return train_text(model, train, r.run, cfg, progress=say)
+    return train_text(model, train, r.text_dir, cfg, progress=say)
 
 
 def stage_ship(r: Recipe, say) -> dict:
@@ -356,7 +368,7 @@ def stage_ship(r: Recipe, say) -> dict:
     from ..model import io
 
     model = _trained(r, decoder=True)
-    text = r.run / "text_state.safetensors"
+    text = r.text_dir / "text_state.safetensors"
     if text.is_file():
         state = load_file(text)
         for n, p in model.decoder.named_parameters():
@@ -546,10 +558,13 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
               help="Train on this encoder's ladders (repeatable; other encoders at their dev "
               "CRFs; libx264 always; default: " + " ".join(["libx264", *Recipe.train_codecs])
               + "). --train-codec libx264 alone trains on libx264 only.")
+@click.option("--facts", is_flag=True,
+              help="The describe prompt also states the frames' format and the frozen "
+              "encoder's ImageNet labels (measured, not shipped; its own text state).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_minutes,
          text_steps, text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs,
-         order_margin, schedule, seed, train_codecs, jobs):
+         order_margin, schedule, seed, train_codecs, facts, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, placement=placement,
                frozen_blocks=frozen_blocks,
@@ -557,7 +572,7 @@ def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_mi
                text_minutes=text_minutes, jobs=jobs,
                train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
-               order_margin=order_margin, schedule=schedule, seed=seed,
+               order_margin=order_margin, schedule=schedule, seed=seed, facts=facts,
                train_codecs=(tuple(c for c in train_codecs if c != "libx264")
                              if train_codecs else Recipe.train_codecs))
     try:
