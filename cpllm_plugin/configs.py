@@ -42,8 +42,8 @@ QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig.
 # What the describe prompt says of facts the pipeline knows without the decoder
 # (ModelConfig.facts_prompt, off in cpllm-lite): the frames' format, and what the frozen
 # high-level encoder's own ImageNet head names on the decoder's key frame. Measured on dev:
-# the format right in 17 of 30 style sentences (5 without), some garbled into digits, the
-# content no better; so not shipped (README, "Facts in the describe prompt").
+# the format right in 21 of 30 style sentences (14 without), some garbled into digits, the
+# kind and content no better; so not shipped (README, "Facts in the describe prompt").
 FACTS_PROMPT = "The frames are {format}; an image classifier sees {labels}."
 
 
