@@ -84,8 +84,9 @@ def test_one_step_changes_exactly_the_trainable_groups(ladder, tmp_path):
     assert not any(n.startswith("scorer.high.") for n in changed)
 
 
-def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypatch):
-    """With a config score_prompt, L3 sees each first item's score in its prompt."""
+def _one_step_prompts(ladder, tmp_path, monkeypatch, **config) -> tuple[list, Path, list]:
+    """One training step of cpllm-tiny (with ``config`` fields) on rated variants of the
+    ladder: the rated rows, their manifest, and every prompt L3 saw."""
     from dataclasses import replace
 
     from cpllm_plugin import configs
@@ -93,39 +94,37 @@ def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypat
 
     rated = [replace(it, mos=1.0 + i / 4) for i, it in enumerate(read_manifest(ladder))]
     manifest = write_manifest(ladder.parent / "rated.jsonl", rated)
-    tiny = replace(configs.MODELS["cpllm-tiny"], score_prompt=configs.SCORE_PROMPT)
-    monkeypatch.setitem(configs.MODELS, "cpllm-tiny", tiny)
+    monkeypatch.setitem(configs.MODELS, "cpllm-tiny",
+                        replace(configs.MODELS["cpllm-tiny"], **config))
     prompts = []
     prefix = CPLLM.prefix
     monkeypatch.setattr(CPLLM, "prefix", lambda self, a, b, p: prompts.append(p) or
                         prefix(self, a, b, p))
     train(_config(manifest, tmp_path / "run", "steps=1"))
-    said = [x for p in prompts for x in p]
-    assert said and all(isinstance(p, list) for p in prompts)
+    assert prompts and all(isinstance(p, list) for p in prompts)
+    return rated, manifest, [x for p in prompts for x in p]
+
+
+def test_score_prompt_carries_each_rated_items_score(ladder, tmp_path, monkeypatch):
+    """With a config score_prompt, L3 sees each first item's score in its prompt."""
+    from cpllm_plugin import configs
+
+    rated, _, said = _one_step_prompts(ladder, tmp_path, monkeypatch,
+                                       score_prompt=configs.SCORE_PROMPT)
+    assert said
     ends = {f"score is {it.mos:.2f} out of 5 ({configs.quality_word(it.mos)})." for it in rated}
     assert all(any(x.endswith(e) for e in ends) for x in said)
 
 
 def test_facts_prompt_states_each_first_items_format(ladder, tmp_path, monkeypatch):
     """With a config facts_prompt, L3's prompts also state each first video's format."""
-    from dataclasses import replace
-
     from cpllm_plugin import configs
-    from cpllm_plugin.model.cpllm import CPLLM
     from cpllm_plugin.training.manifest import resolve
     from cpllm_plugin.video import probe
 
-    rated = [replace(it, mos=1.0 + i / 4) for i, it in enumerate(read_manifest(ladder))]
-    manifest = write_manifest(ladder.parent / "rated.jsonl", rated)
-    tiny = replace(configs.MODELS["cpllm-tiny"], score_prompt=configs.SCORE_PROMPT,
-                   facts_prompt=configs.FACTS_PROMPT)
-    monkeypatch.setitem(configs.MODELS, "cpllm-tiny", tiny)
-    prompts = []
-    prefix = CPLLM.prefix
-    monkeypatch.setattr(CPLLM, "prefix", lambda self, a, b, p: prompts.append(p) or
-                        prefix(self, a, b, p))
-    train(_config(manifest, tmp_path / "run", "steps=1"))
-    said = [x for p in prompts for x in p]
+    rated, manifest, said = _one_step_prompts(ladder, tmp_path, monkeypatch,
+                                              score_prompt=configs.SCORE_PROMPT,
+                                              facts_prompt=configs.FACTS_PROMPT)
     formats = {configs.frame_format(i.width, i.height)
                for i in (probe(resolve(manifest, it)) for it in rated)}
     assert said and all(any(x.endswith(f"The frames are {f}; an image classifier sees nothing "

@@ -457,20 +457,13 @@ def _lora(model) -> list[tuple[str, torch.nn.Parameter]]:
     return named
 
 
-def display_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` of a video's frames as decoded (rotation applied)."""
+def _facts(model, data: CachedSet, row: int):
+    """The describe prompt's facts of item ``row``, from its file's display size and the
+    cached high-level tokens of its decoder key frame (what ``describe`` computes from frames)."""
     from ..video import probe
 
-    info = probe(path)
-    turned = info.rotation % 180 == 90
-    return (info.height, info.width) if turned else (info.width, info.height)
-
-
-def _facts(model, data: CachedSet, row: int):
-    """The describe prompt's facts of item ``row``, from its file's size and the cached
-    high-level tokens of its decoder key frame (what ``describe`` computes from frames)."""
-    size = display_size(resolve(data.manifest, data.items[row]))
-    return model.facts(*size, data.tokens[row:row + 1].float())
+    info = probe(resolve(data.manifest, data.items[row]))  # width/height after rotation
+    return model.facts(info.width, info.height, data.tokens[row:row + 1].float())
 
 
 def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
@@ -605,12 +598,17 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
         (:func:`.describe.kind_in`) and ``content`` first sentences sharing a content word
         with the tag (:func:`.describe.shares_content`).
     """
-    import re
-
     from ..configs import QUALITY_WORDS, frame_format
     from ..preprocess import key_frame_indices, prepare
     from ..video import read_key_frames
-    from .describe import kind_in, quality_word, quality_word_in, shares_content, split_tag
+    from .describe import (
+        kind_in,
+        quality_word,
+        quality_word_in,
+        sentences_of,
+        shares_content,
+        split_tag,
+    )
 
     say = progress_printer(progress)
     scores = np.asarray(scores, dtype=np.float64)
@@ -632,7 +630,7 @@ def describe_agreement(model, manifest: str | os.PathLike, items: Sequence[Item]
         want, got = quality_word(scores[i]), quality_word_in(text)
         agree += want == got
         near += got is not None and abs(QUALITY_WORDS.index(want) - QUALITY_WORDS.index(got)) <= 1
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+        sentences = sentences_of(text)
         three += len(sentences) == 3
         # the style sentence names the frames' format as the training descriptions do
         formats += len(sentences) >= 2 and f"{shape} format" in sentences[1]

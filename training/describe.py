@@ -163,14 +163,15 @@ def quality_word_in(text: str | None) -> str | None:
     Args:
         text: a description from :func:`generated_description`, an annotator or a model.
     """
-    if not text or not text.strip():
+    parts = sentences_of(text)
+    if not parts:
         return None
-    parts = [p for p in _SENTENCES.split(text.strip()) if p]
     found = _QUALITY_RE.search(parts[2] if len(parts) >= 3 else parts[-1])
     return found.group(1).lower() if found else None
 
 
-def _sentences(text: str | None) -> list[str]:
+def sentences_of(text: str | None) -> list[str]:
+    """A description's sentences (ends at ``.``, ``!`` or ``?`` before white space)."""
     return [p for p in _SENTENCES.split(text.strip()) if p] if text and text.strip() else []
 
 
@@ -178,7 +179,7 @@ def kind_in(text: str | None) -> str | None:
     """The style word (a key of :data:`STYLES`) whose phrase a description's second sentence
     uses, or None. The longest phrase wins ("a slow camera pan across a still photograph"
     holds "camera")."""
-    parts = _sentences(text)
+    parts = sentences_of(text)
     if len(parts) < 2:
         return None
     found = [k for k, phrase in STYLES.items() if phrase.lower() in parts[1].lower()]
@@ -204,7 +205,7 @@ def shares_content(text: str | None, tag: str | None) -> bool:
     """Whether a description's first sentence shares a content word with the tag's content
     (a rough check that it names something the video shows)."""
     _, content = split_tag(tag)
-    parts = _sentences(text)
+    parts = sentences_of(text)
     return bool(content and parts and _words(parts[0]) & _words(content))
 
 

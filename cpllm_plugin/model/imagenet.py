@@ -13,7 +13,6 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..configs import backbone
 from ..errors import require
 
 if TYPE_CHECKING:  # the names and listed() need no torch
@@ -37,7 +36,7 @@ def class_names() -> tuple[str, ...]:
 
 def has_head(enc) -> bool:
     """Whether an :class:`~.encoders.Encoder` carries pretrained ImageNet-1k logits."""
-    spec = backbone(enc.spec.name)
+    spec = enc.spec
     return spec.family == "efficientnet" and spec.weights != "random" and \
         getattr(getattr(enc.net, "_fc", None), "out_features", None) == 1000
 
