@@ -23,12 +23,16 @@ because it predicts the first text token. Put padding and masked-out copies befo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import inspect
 import json
 import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,26 @@ _LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 
 
 # --- loading ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep transformers' and peft's own chatter off a user's terminal while loading.
+
+    The weight-loading progress bar and peft's use of a deprecated transformers property
+    (``is_gradient_checkpointing``) say nothing a user of cpllm can act on.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+            yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def load_decoder(
@@ -197,10 +221,11 @@ def _assemble_gguf() -> Path:
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kw = dict(gguf_file=path.name, local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), dtype=torch.float32, attn_implementation="sdpa", **kw
-    )
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), dtype=torch.float32, attn_implementation="sdpa", **kw
+        )
     return model.eval(), tok
 
 
@@ -227,11 +252,12 @@ def _load_local(
                            "(safetensors), or point to the right directory.")
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, dtype=dtype,
-            attn_implementation="sdpa",
-        )
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with _quiet():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, dtype=dtype,
+                attn_implementation="sdpa",
+            )
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise errors.ModelFileError(
             errors.message(WHERE, "a readable decoder checkpoint", f"{path}: {exc}",
@@ -317,7 +343,8 @@ def add_lora(model: PreTrainedModel, rank: int = 4, alpha: float = 8.0) -> PeftM
     """
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                      target_modules=lora_pattern(model))
-    peft_model = get_peft_model(model, cfg)
+    with _quiet():
+        peft_model = get_peft_model(model, cfg)
     for name, param in peft_model.named_parameters():
         param.requires_grad_("lora_A" in name or "lora_B" in name)
     return peft_model
@@ -352,7 +379,8 @@ def load_lora(
                            f"{adapter_dir} without {missing}",
                            "save the adapter with save_lora(peft_model, dir).")
         )
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with _quiet():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     return peft_model
 
 
@@ -461,6 +489,14 @@ def _check_valid(valid: torch.Tensor, prefix_len: int, total_len: int) -> None:
 
 def _base(model: nn.Module) -> PreTrainedModel:
     return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+@functools.cache
+def _cache_kwarg(forward_of: type) -> str:
+    """The decoder's keyword for its KV cache: ``cache`` since transformers 5.24, which
+    drops ``past_key_values`` in 5.40; the project allows 5.23 to 5.x."""
+    params = inspect.signature(forward_of.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _text_config(model: nn.Module):
@@ -729,13 +765,13 @@ def generate(
     with torch.no_grad():
         # A plain DynamicCache keeps every key of sliding layers too; the window then comes
         # from the mask alone, independent of how the cache crops.
-        cache = DynamicCache()
+        kv = {_cache_kwarg(type(_base(model))): DynamicCache()}
         mask = prefix_lm_mask(valid, P, P, window, bidirectional=bidirectional)
         out = model(
             inputs_embeds=prefix_embeds,
             attention_mask=_model_mask(model, mask),
             position_ids=prefix_positions(valid, P),
-            past_key_values=cache,
+            **kv,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -774,7 +810,7 @@ def generate(
                 inputs_embeds=embed(token[:, None]).to(prefix_embeds.dtype),
                 attention_mask=_model_mask(model, mask),
                 position_ids=start + step,
-                past_key_values=cache,
+                **kv,
                 use_cache=True,
             )
     return torch.stack(out_tokens, dim=1)
