@@ -61,6 +61,22 @@ def eval_mode(module: torch.nn.Module):
         module.train(was)
 
 
+@contextlib.contextmanager
+def channels_last(module: torch.nn.Module):
+    """Convolution weights in channels-last layout for the block; the default layout after.
+
+    On CPU this runs the trained EfficientNet stages' forward and backward about 1.5 times
+    as fast (oneDNN's depthwise kernels want NHWC; measured on the 2-core VM), with the
+    same results to float rounding. Parameters keep their identity, so an optimiser built
+    inside the block stays valid; checkpoints are written contiguous.
+    """
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield module
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
 def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Tensor
                  ) -> torch.Tensor:
     """Scores ``(B,)`` of key frames from frozen features.
@@ -324,7 +340,6 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
     Returns:
         ``{"step", "seconds", "dev": [...]}`` where ``dev`` lists the periodic dev reports.
     """
-    say = progress_printer(progress)
     blocks = data.blocks
     if dev is not None and dev.blocks != blocks:
         raise CachedTrainingError(message("train_scorer", f"dev features after {blocks} "
@@ -332,6 +347,12 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
                                           "build both sets with the same blocks"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with channels_last(scorer.low):
+        return _train_scorer(scorer, data, out, cfg, dev, blocks, progress_printer(progress))
+
+
+def _train_scorer(scorer: Scorer, data: CachedSet, out: Path, cfg: CachedConfig,
+                  dev: CachedSet | None, blocks: int, say: Callable[[str], None]) -> dict:
     scorer.eval()  # BatchNorm statistics stay the pretrained ones (see module docstring)
     named = _trainable(scorer, blocks)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
@@ -343,8 +364,9 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
         for n, p in named:
             if f"adam.{n}.exp_avg" in t:
                 opt.state[p] = {"step": torch.tensor(meta["adam_steps"][n]),
-                                "exp_avg": t[f"adam.{n}.exp_avg"].clone(),
-                                "exp_avg_sq": t[f"adam.{n}.exp_avg_sq"].clone()}
+                                "exp_avg": torch.empty_like(p).copy_(t[f"adam.{n}.exp_avg"]),
+                                "exp_avg_sq": torch.empty_like(p).copy_(
+                                    t[f"adam.{n}.exp_avg_sq"])}
         say(f"resumed at step {start} ({spent / 60:.1f} min trained so far)")
     log = out / "log.csv"
     if not log.is_file():
