@@ -145,6 +145,8 @@ def test_scorer_training_moves_only_the_trainable_part_and_resumes_exactly(
     before = {k: v.clone() for k, v in a.state_dict().items()}
     res = train_scorer(a, data, tmp_path / "a", cfg, dev=data, progress=False)
     assert res["step"] == 4 and len(res["dev"]) == 2
+    # trained channels-last, handed back in the default layout (export and ONNX expect it)
+    assert all(p.is_contiguous() for p in a.parameters())
     frozen = set(frozen_parameters(a, FROZEN_BLOCKS))
     after = a.state_dict()
     for name, _ in a.named_parameters():
