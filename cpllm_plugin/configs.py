@@ -43,7 +43,7 @@ QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig.
 # (ModelConfig.facts_prompt, off in cpllm-lite): the frames' format, and what the frozen
 # high-level encoder's own ImageNet head names on the decoder's key frame. Measured on dev:
 # the format right in 21 of 30 style sentences (14 without), some garbled into digits, the
-# kind and content no better; so not shipped (README, "Facts in the describe prompt").
+# kind and content no better; so not shipped (docs/experiments.md, "Facts in the describe prompt").
 FACTS_PROMPT = "The frames are {format}; an image classifier sees {labels}."
 
 

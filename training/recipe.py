@@ -94,15 +94,15 @@ class Recipe:
         seed: seeds the scoring path's pairs and key frames (another seed: how much of a
             dev difference is chance).
         facts: the describe prompt also states the frames' format and the frozen encoder's
-            ImageNet labels (``ModelConfig.facts_prompt``); measured, not shipped (README,
-            "Facts in the describe prompt"). Its text stage keeps its own state.
+            ImageNet labels (``ModelConfig.facts_prompt``); measured, not shipped
+            (docs/experiments.md, "Facts in the describe prompt"). Its text stage keeps its own state.
     """
 
     data: Path = Path("data/recipe")
     out: Path = PACKAGED
     low_input: str = "pixels"
-    # Patches on each grid cell's most detailed window: d >= 8 flips halved on dev (README,
-    # "Patch placement").
+    # Patches on each grid cell's most detailed window: d >= 8 flips halved on dev
+    # (docs/experiments.md, "Patch placement").
     placement: str = "detail"
     frozen_blocks: int = 11
     steps: int = 900
@@ -118,8 +118,8 @@ class Recipe:
     vmaf_subsample: int = 2
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
-    # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half (README,
-    # "Training on x265 and SVT-AV1"), at 9.6 min of ladders and 4.5 min of cache.
+    # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half
+    # (docs/experiments.md, "Training on x265 and SVT-AV1"), at 9.6 min of ladders and 4.5 min of cache.
     train_codecs: tuple[str, ...] = ("libx265", "libsvtav1")
     decoder: str = "gemma3-270m"
     describe_count: int = 30
