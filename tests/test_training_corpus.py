@@ -222,3 +222,43 @@ def test_prefetch_returns_files_and_counts_the_wait(tmp_path, monkeypatch):
         assert fetch("deb:a") == tmp_path / "deb_a" and fetch("deb:b") == tmp_path / "deb_b"
         assert fetch("deb:c") == tmp_path / "deb_c"  # not prefetched: fetched on the spot
         assert not fetch.pending("deb:a") and 0.2 <= fetch.waited < 5
+
+
+def test_sources_render_side_by_side_and_a_failed_one_leaves_no_file(tmp_path, monkeypatch):
+    """Two pans are rendered at once (each waits at the barrier for the other), a degraded
+    source waits for its parent, and a render that fails raises its error with no partial
+    original left behind."""
+    import threading
+
+    from cpllm_plugin.video import probe
+
+    real = cp.render_pan
+    both = threading.Barrier(2, timeout=20)
+    first = set()
+
+    def paired(frames, dst, *args, **kwargs):
+        if dst.stem in ("pan_astronaut", "pan_rocket") and dst.stem not in first:
+            first.add(dst.stem)
+            both.wait()
+        return real(frames, dst, *args, **kwargs)
+
+    monkeypatch.setattr(cp, "render_pan", paired)
+    rows = cp.build_corpus(tmp_path, only=["pan_astronaut", "pan_rocket__down2"],
+                           progress=False)
+    by = {r.source: r for r in rows}
+    assert set(by) == {"pan_astronaut", "pan_rocket", "pan_rocket__down2"}
+    assert by["pan_rocket__down2"].reference == by["pan_rocket"].path
+    assert probe(tmp_path / by["pan_rocket__down2"].path).frame_count == \
+        probe(tmp_path / by["pan_rocket"].path).frame_count
+
+    def broken(pan, image):
+        if pan.id == "pan_chelsea":
+            raise cp.CorpusError("no photo today")
+        return real_pan(pan, image)
+
+    real_pan = cp.make_pan
+    monkeypatch.setattr(cp, "make_pan", broken)
+    with pytest.raises(cp.CorpusError, match="no photo today"):
+        cp.build_corpus(tmp_path, only=["pan_chelsea", "pan_coffee"], progress=False)
+    assert not list((tmp_path / "originals").glob("pan_chelsea*"))
+    assert not list((tmp_path / "originals").glob(".*"))

