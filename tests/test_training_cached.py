@@ -348,6 +348,10 @@ def test_recipe_end_to_end_on_two_sources(tmp_path):
     assert cut.path == "cuts/a.mkv" and probe(r.train_manifest.parent / cut.path).duration == 1
     assert {probe(r.train_manifest.parent / i.path).frame_count for i in train} == {24}
     assert probe(r.dev_manifest.parent / read_manifest(r.dev_manifest)[1].path).frame_count == 48
+    # dev keeps its whole original, as a raw copy that its 20 encodes and VMAF runs decode
+    dev_original = next(i for i in read_manifest(r.dev_manifest) if i.original)
+    assert dev_original.path == "copies/b.mkv"
+    assert probe(r.dev_manifest.parent / dev_original.path).frame_count == 48
     assert all(i.description and "CRF" not in i.description for i in train)
     man = json.loads((r.out / "manifest.json").read_text())
     assert man["precisions"]["fp32"]["passed"]

@@ -417,6 +417,12 @@ def test_shorten_cuts_the_first_frames_losslessly_and_ladders_measure_them(sourc
     assert by[("coffee-low", 45)].vmaf < by[("coffee-low", 15)].vmaf
     with pytest.raises(vr.DataArgumentError, match="seconds > 0"):
         vr.shorten(sources, tmp_path / "c2", 0, progress=False)
+    # seconds=None: every frame (the dev ladders' whole originals), still raw
+    whole = vr.shorten(sources, tmp_path / "whole", None, jobs=2, progress=False)
+    for c, o in zip(whole, sources, strict=True):
+        got, want = read_frames(c.path), read_frames(o.path)
+        assert len(got) == len(want) == probe(o.path).frame_count
+        assert all(np.array_equal(x, y) for x, y in zip(got, want, strict=True))
 
 
 def test_shorten_keeps_ten_bit_cuts_lossless_in_h264(source, tmp_path):

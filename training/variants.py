@@ -207,16 +207,18 @@ def _write(dst: Path, fmt: str, args: list[str], where: str) -> None:
     atomic(dst, lambda tmp: _run_ffmpeg([*args, "-f", fmt, str(tmp)], where))
 
 
-def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
+def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float | None,
             min_frames: int = 16, ffmpeg: str | None = None, jobs: int | None = None,
             progress: Progress | bool = True) -> list[Item]:
     """Cut the first ``seconds`` of every original, losslessly (raw), for a cheaper ladder.
 
     Each cut holds the first ``max(round(seconds * fps), min_frames)`` frames (never more
-    than the source has), so its pixels are the source's. A row's ``reference`` (a degraded
-    original's clean parent) is kept whole: VMAF pairs frames by index and stops at the
-    shorter input, so a short variant is measured against its parent's first frames.
-    Resumable: a cut already on disk is kept (cuts are written under a temporary name).
+    than the source has), so its pixels are the source's; ``seconds=None`` copies every
+    frame (a ladder of whole originals then decodes raw frames instead of the original's
+    codec for each encode and each VMAF run). A row's ``reference`` (a degraded original's
+    clean parent) is kept as it is: VMAF pairs frames by index and stops at the shorter
+    input, so a short variant is measured against its parent's first frames. Resumable: a
+    cut already on disk is kept (cuts are written under a temporary name).
 
     Returns:
         the items with ``path`` pointing at the cuts (absolute).
@@ -224,8 +226,8 @@ def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
     from cpllm_plugin.video import probe
 
     where = "shorten()"
-    if seconds <= 0:
-        raise DataArgumentError(message(where, "seconds > 0", repr(seconds),
+    if seconds is not None and seconds <= 0:
+        raise DataArgumentError(message(where, "seconds > 0 or None (whole)", repr(seconds),
                                         "pass the length of the cuts in seconds"))
     ffmpeg = find_ffmpeg(ffmpeg)
     say = progress_printer(progress)
@@ -239,16 +241,20 @@ def shorten(sources: Sequence[Item], out_dir: str | os.PathLike, seconds: float,
         items.append(replace(o, path=str(dst.resolve()), sha256=None))
         if not dst.is_file():
             todo.append((o, dst))
-    say(f"shorten: {len(sources) - len(todo)} of {len(sources)} cuts of {seconds:g} s "
+    length = "whole" if seconds is None else f"{seconds:g} s"
+    say(f"shorten: {len(sources) - len(todo)} of {len(sources)} cuts ({length}) "
         f"already on disk, {len(todo)} to cut")
 
     def cut(o: Item, dst: Path) -> float:
         t = time.perf_counter()
-        info = probe(o.path)
-        n = min(max(int(round(seconds * info.fps)), min_frames), info.frame_count)
+        frames = []  # a whole copy takes what the decoder gives, not a count from the header
+        if seconds is not None:
+            info = probe(o.path)
+            n = min(max(int(round(seconds * info.fps)), min_frames), info.frame_count)
+            frames = ["-frames:v", str(n)]
         head = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads",
                 threads, "-i", str(o.path), "-map", "0:v:0", "-an", "-sn", "-dn",
-                "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v", str(n)]
+                "-map_metadata", "-1", "-fps_mode", "passthrough", *frames]
         # Raw frames where Matroska takes them: every encode and VMAF run of the ladder
         # reads the cut again, and decoding lossless H.264 cost about as much as a fast encode.
         write_lossless(lambda codec: _write(dst, "matroska", [*head, *codec],
