@@ -404,9 +404,22 @@ def test_loading_errors(tmp_path):
 @pytest.mark.slow
 def test_gemma3_270m_conversion(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CPLLM_CACHE", str(tmp_path))
+    import gguf
+
+    opened = []
+    real = gguf.GGUFReader
+
+    def counting(path, *a, **kw):
+        opened.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
     t0 = time.perf_counter()
     src, src_tok = dec.convert_gemma3_270m()
     convert_s = time.perf_counter() - t0
+    # config, tokenizer and weights share one parse (each took about half a minute)
+    assert len(opened) == 1, opened
+    assert gguf.GGUFReader is counting  # restored after the conversion
     assert "converting Gemma 3 270M" in capsys.readouterr().err
     target = dec.gemma3_270m_dir()
     assert target.parent == tmp_path / "decoders"

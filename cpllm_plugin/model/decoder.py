@@ -219,9 +219,38 @@ def _assemble_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Parse each GGUF file once while transformers loads from it.
+
+    transformers opens a fresh ``gguf.GGUFReader`` for the config, the tokenizer and the
+    weights, and each parse of Gemma's 262k-token vocabulary takes about half a minute on a
+    2-core machine: three parses were most of the conversion. The reader only reads its
+    memory map, so one instance can serve all three. transformers imports the class when it
+    loads, so patching the module attribute for this block is enough; should it ever import
+    it once at start-up instead, nothing breaks, the conversion is only slower again.
+    """
+    import gguf
+
+    real = gguf.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = real(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
+
+
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kw = dict(gguf_file=path.name, local_files_only=True)
-    with _quiet():
+    with _quiet(), _one_gguf_parse():
         tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), dtype=torch.float32, attn_implementation="sdpa", **kw
