@@ -31,12 +31,16 @@ from . import onnx as export_onnx
               show_default=True, help="Largest fp32 score difference accepted.")
 @click.option("--opset", type=click.IntRange(min=13), default=export_onnx.OPSET,
               show_default=True, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(export_onnx.EXPORTERS), default="torchscript",
+              show_default=True, help="torch's ONNX exporter: torchscript (deprecated by "
+              "torch, made the shipped graphs) or dynamo (torch.export; needs onnxscript; "
+              "opset 18 or more).")
 @click.option("--trt", "build_trt", is_flag=True,
               help="Also build the TensorRT engine into the cache (needs tensorrt and a GPU).")
 @click.option("--fp16-engine", is_flag=True, help="With --trt: build from the fp16 graph.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON line.")
-def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, build_trt,
-         fp16_engine, as_json):
+def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, exporter,
+         build_trt, fp16_engine, as_json):
     """Export CHECKPOINT (model directory or registered name) to OUT_DIR for ONNX Runtime."""
     warnings.showwarning = lambda m, c, *a, **k: click.echo(f"warning: {m}", err=True)
     warnings.filterwarnings("ignore", module="torch.onnx")
@@ -46,7 +50,8 @@ def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, b
             precisions = (*precisions, "fp16")
         manifest = export_onnx.export(
             checkpoint, out_dir, precisions=tuple(precisions), video=video,
-            key_frames=key_frames, opset=opset, tolerance=tolerance, log=say)
+            key_frames=key_frames, opset=opset, tolerance=tolerance, log=say,
+            exporter=exporter)
         if build_trt:
             from cpllm_plugin.backends import TRT, Exported
 

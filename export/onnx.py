@@ -25,6 +25,7 @@ Models over 2 GB (protobuf's limit) keep their weights in ``<file>.data`` next t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -33,6 +34,8 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,11 @@ FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.on
 INPUTS = ("views", "patches")
 OUTPUT = "scores"
 OPSET = 17
+DYNAMO_OPSET = 18  # the torch.export-based exporter writes opset 18 and up
+# "torchscript" made the shipped graphs (int8 and TensorRT were verified on it); torch has
+# deprecated it and says it will be removed, so "dynamo" (torch.export, needs onnxscript)
+# is here to move to, checked against torch the same way.
+EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE = 1e-4  # max |score difference| of the fp32 graph against torch
 EXTERNAL_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit, with room for the graph itself
 TRACE_BATCH = 2  # trace with B != 1 so nothing specialises on a batch of one
@@ -78,16 +86,23 @@ def data_files(path: Path) -> list[str]:
     return sorted(names)
 
 
-def _versions() -> dict[str, str]:
+def _versions(exporter: str = "torchscript") -> dict[str, str]:
     import onnx
     import onnxruntime
     import torch
 
     from cpllm_plugin import __version__
 
-    return {"cpllm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
+    out = {"cpllm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    if exporter == "dynamo":
+        import onnxscript
+
+        out["onnxscript"] = onnxscript.__version__
+        out["exporter"] = "torch.onnx.export (torch.export, dynamo=True)"
+    else:
+        out["exporter"] = "torch.onnx.export (TorchScript, dynamo=False)"
+    return out
 
 
 def _half(scorer):
@@ -120,12 +135,14 @@ def _save(model, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True) -> None:
+def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True,
+           exporter: str = "torchscript") -> None:
     """Trace ``net`` (views, patches) -> scores into ``path`` with a dynamic batch axis.
 
     ``fold=False`` keeps BatchNorm apart from the convolutions and the weights as they are
     in torch (ONNX Runtime fuses them when it loads the graph): weights rounded to float16
-    then stay exactly representable in float16.
+    then stay exactly representable in float16. The ``dynamo`` exporter always folds them
+    (its optimiser does), so :func:`halve_weights` then keeps the folded weights float32.
     """
     import onnx
     import torch
@@ -134,6 +151,9 @@ def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         example = (torch.rand(TRACE_BATCH, 3, s, s), torch.rand(TRACE_BATCH, k, 3, p, p))
+    if exporter == "dynamo":
+        _save(_dynamo(net, example, opset), path)
+        return
     batch = {0: "batch"}
     # Torch writes one file per tensor for large models; trace into a scratch folder and
     # save once, as one graph (plus one .data file when over 2 GB).
@@ -149,6 +169,52 @@ def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True) -> 
         model = onnx.load(str(scratch))
         _dedupe_identities(model)
         _save(model, path)
+
+
+def _dynamo(net, example: tuple, opset: int):
+    """``net`` through torch.export and onnxscript's optimiser, nodes named by module path."""
+    require("onnxscript", "dev", "cpllm-export --exporter dynamo")
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    # It reports its progress on stdout, warns about its own dynamic-shape naming and logs
+    # each torchvision op it could not register: nothing a user of cpllm can act on.
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with (torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(),
+              contextlib.redirect_stdout(StringIO())):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                net, example, dynamo=True, opset_version=max(opset, DYNAMO_OPSET),
+                input_names=list(INPUTS), output_names=[OUTPUT], optimize=True,
+                dynamic_shapes=({0: batch}, {0: batch}), verbose=False)
+    finally:
+        log.setLevel(level)
+    model = program.model_proto
+    _name_by_module(model)
+    _dedupe_identities(model)
+    return model
+
+
+def _name_by_module(model) -> None:
+    """Name each node ``/<module path>/<op>_<n>`` as the TorchScript exporter does.
+
+    The dynamo exporter names nodes ``node_Conv_12`` and keeps the module path in metadata;
+    int8 quantisation picks the high-level encoder's nodes by their ``/high/`` prefix, and
+    TensorRT's layer names read better with it.
+    """
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        scopes = next((json.loads(m.value.replace("'", '"')) for m in node.metadata_props
+                       if m.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            continue
+        modules = [x for x in scopes[:-1] if x]  # the last entry is the op, not a module
+        base = "/" + (modules[-1].replace(".", "/") + "/" if modules else "") + node.op_type
+        seen[base] = seen.get(base, -1) + 1
+        node.name = base if seen[base] == 0 else f"{base}_{seen[base]}"
 
 
 def _dedupe_identities(model) -> None:
@@ -300,8 +366,10 @@ def halve_weights(path: Path, min_size: int = 1024) -> int:
     """Store the float32 weights of an fp32 graph as float16, cast back to float32 on load.
 
     The arithmetic stays float32 (ONNX Runtime folds the casts when it loads the graph), only
-    the file halves. Exact when the weights were already rounded to float16 values, as the
-    recipe does before it exports. Returns the number of tensors converted.
+    the file halves. Only tensors whose values are float16 values already (the recipe rounds
+    the weights before it exports) are converted, so the graph computes exactly what it did;
+    weights the exporter computed from them (BatchNorm folded into a convolution) stay
+    float32. Returns the number of tensors converted.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -310,7 +378,8 @@ def halve_weights(path: Path, min_size: int = 1024) -> int:
     casts, kept, n = [], [], 0
     for t in model.graph.initializer:
         a = numpy_helper.to_array(t)
-        if t.data_type == TensorProto.FLOAT and a.size >= min_size:
+        if (t.data_type == TensorProto.FLOAT and a.size >= min_size
+                and np.array_equal(a.astype(np.float16).astype(np.float32), a)):
             half = numpy_helper.from_array(a.astype(np.float16), t.name + "__fp16")
             kept.append(half)
             casts.append(helper.make_node("Cast", [half.name], [t.name], to=TensorProto.FLOAT,
@@ -330,7 +399,8 @@ def halve_weights(path: Path, min_size: int = 1024) -> int:
 def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] = tuple(FILES),
            frames: np.ndarray | None = None, video: str | os.PathLike | None = None,
            key_frames: int = 3, calib_frames: int = 16, opset: int = OPSET,
-           tolerance: float = TOLERANCE, log=None, store_half: bool = False) -> dict:
+           tolerance: float = TOLERANCE, log=None, store_half: bool = False,
+           exporter: str = "torchscript") -> dict:
     """Export a model's scoring path to ONNX with a parity check; returns the manifest.
 
     Args:
@@ -349,6 +419,8 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
         log: callable taking one line of progress (e.g. ``click.echo`` to stderr), or None.
         store_half: store the fp32 graph's weights as float16 (see :func:`halve_weights`);
             the parity check then runs on that file.
+        exporter: ``"torchscript"`` (what made the shipped graphs) or ``"dynamo"``
+            (torch.export; needs onnxscript; writes opset 18 or more).
 
     Returns:
         The manifest dict, also written to ``out_dir/manifest.json``.
@@ -368,6 +440,11 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
         raise ModelFileError(message(
             "cpllm-export", f"precisions among {list(FILES)}", repr(bad), "drop the unknown ones"))
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
+    if exporter not in EXPORTERS:
+        raise ModelFileError(message("cpllm-export", f"an exporter among {list(EXPORTERS)}",
+                                     repr(exporter), "pick one of them"))
+    if exporter == "dynamo":
+        opset = max(opset, DYNAMO_OPSET)
     out_dir = Path(out_dir)
 
     model = _load_torch(source)
@@ -399,12 +476,12 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
             path = tmp / FILES[prec]
             say(f"cpllm-export: tracing {prec} -> {path.name}")
             if prec == "fp32":
-                _trace(scorer, cfg, path, opset, fold=not store_half)
+                _trace(scorer, cfg, path, opset, fold=not store_half, exporter=exporter)
                 if store_half:
                     say(f"cpllm-export: {halve_weights(path)} weight tensors stored "
                         "as float16")
             elif prec == "fp16":
-                _trace(_half(scorer), cfg, path, opset)
+                _trace(_half(scorer), cfg, path, opset, exporter=exporter)
             else:
                 how = _quantize_int8(tmp / FILES["fp32"], path, cfg,
                                      preprocess.prepare(calib, cfg).views)
@@ -425,7 +502,7 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
                     "cpllm-export", f"ONNX Runtime fp32 scores within {tolerance:g} of torch",
                     f"a difference of {diff:.3g} on {len(ref)} real frames ({origin})",
                     "report it with the manifest; export with another --opset meanwhile"))
-        manifest = _manifest(tmp, cfg, mid, opset, results, origin, len(ref))
+        manifest = _manifest(tmp, cfg, mid, opset, results, origin, len(ref), exporter)
         conf = json.loads((tmp / "config.json").read_text())
         modeldir.write_config(tmp, {k: v for k, v in conf.items() if k != "files"})
         modeldir.replace_dir(tmp, out_dir)
@@ -436,7 +513,7 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
 
 
 def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, origin: str,
-              count: int) -> dict:
+              count: int, exporter: str = "torchscript") -> dict:
     files = {}
     for r in results.values():
         for name in [r["file"], *data_files(d / r["file"])]:
@@ -461,7 +538,7 @@ def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, or
             "normalisation": "inside the graph"},
         "score_range": list(cfg.score_range),
         "files": files,
-        "versions": _versions(),
+        "versions": _versions(exporter),
     }
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

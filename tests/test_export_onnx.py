@@ -64,12 +64,17 @@ def test_lite_parity_within_1e4_and_the_batch_axis_is_dynamic(lite_dir, lite_sco
     assert m["precisions"]["int8"]["max_abs_diff"] < 0.05
     assert 0 < m["precisions"]["fp16"]["max_abs_diff"] < 1e-2
     assert m["model_id"] == io.model_id(lite_scorer)
-    x = preprocess.prepare(pan_frames(3, 270, 480, photo="chelsea"), lite_scorer.config)
+    _same_scores_at_other_batches(lite_dir / "model.onnx", lite_scorer, atol=1e-4)
+
+
+def _same_scores_at_other_batches(graph, model, atol: float) -> None:
+    """ONNX Runtime at batch 1 and 3 (exported at 2) scores other frames as torch does."""
+    x = preprocess.prepare(pan_frames(3, 270, 480, photo="chelsea"), model.config)
     with torch.no_grad():
-        ref = lite_scorer.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).numpy()
-    for batch in (1, 3):  # traced at 2
-        got = ex.ort_scores(lite_dir / "model.onnx", x.views, x.patches, batch=batch)
-        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        ref = model.scorer(torch.from_numpy(x.views), torch.from_numpy(x.patches)).numpy()
+    for batch in (1, 3):
+        got = ex.ort_scores(graph, x.views, x.patches, batch=batch)
+        np.testing.assert_allclose(got, ref, atol=atol, rtol=0)
         assert np.all((got > 1) & (got < 5))
 
 
@@ -87,6 +92,54 @@ def test_int8_quantises_the_context_encoder_and_leaves_the_pixel_encoder_fp32(li
     tiny = onnx.load(str(tiny_dir / "model.int8.onnx")).graph.node
     assert any(n.op_type == "MatMulInteger" and n.name.startswith("/high/") for n in tiny)
     assert not any(n.op_type == "MatMulInteger" and n.name.startswith("/low/") for n in tiny)
+
+
+def test_dynamo_exporter_matches_torch_and_quantises_the_same_nodes(lite_scorer, tmp_path):
+    import onnx
+
+    # torch deprecated the TorchScript exporter; the torch.export one must give the same
+    # graph contract: exact fp32 parity, a dynamic batch axis, /high/ and /low/ node names
+    # for int8, and float16 storage only where it is lossless (its optimiser folds
+    # BatchNorm into the convolutions, so those weights stay float32).
+    src = io.save(lite_scorer, tmp_path / "ckpt")
+    out = tmp_path / "dynamo"
+    m = ex.export(src, out, precisions=("fp32", "int8"), exporter="dynamo", store_half=True,
+                  frames=pan_frames(3, 360, 640, photo="astronaut"))
+    assert m["opset"] == ex.DYNAMO_OPSET and "dynamo=True" in m["versions"]["exporter"]
+    assert m["precisions"]["fp32"]["max_abs_diff"] <= 1e-5
+    assert m["precisions"]["int8"]["max_abs_diff"] < 0.05
+    _same_scores_at_other_batches(out / "model.onnx", lite_scorer, atol=1e-5)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert not any(n.op_type == "BatchNormalization" for n in graph.node)
+    assert all(n.name.startswith("/") for n in graph.node if n.op_type == "Conv")
+    nodes = onnx.load(str(out / "model.int8.onnx")).graph.node
+    high = [n.op_type for n in nodes if n.name.startswith("/high/")]
+    low = [n.op_type for n in nodes if n.name.startswith("/low/")]
+    assert high.count("QLinearConv") > 40 and "Conv" not in high
+    assert low.count("Conv") > 40 and not any(op.startswith("QLinear") for op in low)
+
+
+def test_float16_storage_converts_only_lossless_weights(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    exact = np.arange(2048, dtype=np.float32) / 8  # float16 values
+    folded = exact + np.float32(1e-4)  # what folding a BatchNorm makes of them
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "a"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2048])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2048])],
+        [numpy_helper.from_array(exact, "a"), numpy_helper.from_array(folded, "b")])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert ex.halve_weights(path) == 1
+    kept = {t.name: t.data_type for t in onnx.load(str(path)).graph.initializer}
+    assert kept == {"a__fp16": TensorProto.FLOAT16, "b": TensorProto.FLOAT}
+    import onnxruntime as ort
+
+    z = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros(2048, np.float32)})[0]
+    np.testing.assert_array_equal(z, exact + folded)
 
 
 def test_score_through_onnxruntime_equals_torch_on_a_real_clip(lite_dir, tmp_path):
