@@ -52,9 +52,9 @@ INPUTS = ("views", "patches")
 OUTPUT = "scores"
 OPSET = 17
 DYNAMO_OPSET = 18  # the torch.export-based exporter writes opset 18 and up
-# "torchscript" made the shipped graphs (int8 and TensorRT were verified on it); torch has
-# deprecated it and says it will be removed, so "dynamo" (torch.export, needs onnxscript)
-# is here to move to, checked against torch the same way.
+# "torchscript" made the shipped graphs; torch has deprecated it and says it will be
+# removed, so "dynamo" (torch.export, needs onnxscript) is here to move to, checked against
+# torch the same way. Neither has been built into a TensorRT engine on a GPU yet.
 EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE = 1e-4  # max |score difference| of the fp32 graph against torch
 EXTERNAL_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit, with room for the graph itself
