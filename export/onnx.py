@@ -25,6 +25,7 @@ Models over 2 GB (protobuf's limit) keep their weights in ``<file>.data`` next t
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import datetime
@@ -207,8 +208,8 @@ def _name_by_module(model) -> None:
     """
     seen: dict[str, int] = {}
     for node in model.graph.node:
-        scopes = next((json.loads(m.value.replace("'", '"')) for m in node.metadata_props
-                       if m.key == "pkg.torch.onnx.name_scopes"), None)
+        scopes = next((ast.literal_eval(m.value) for m in node.metadata_props
+                       if m.key == "pkg.torch.onnx.name_scopes"), None)  # a Python list repr
         if not scopes:
             continue
         modules = [x for x in scopes[:-1] if x]  # the last entry is the op, not a module
