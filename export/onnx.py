@@ -87,7 +87,7 @@ def data_files(path: Path) -> list[str]:
     return sorted(names)
 
 
-def _versions(exporter: str = "torchscript") -> dict[str, str]:
+def _versions(exporter: str) -> dict[str, str]:
     import onnx
     import onnxruntime
     import torch
@@ -173,7 +173,8 @@ def _trace(net, cfg: ModelConfig, path: Path, opset: int, fold: bool = True,
 
 
 def _dynamo(net, example: tuple, opset: int):
-    """``net`` through torch.export and onnxscript's optimiser, nodes named by module path."""
+    """``net`` through torch.export and onnxscript's optimiser, nodes named by module path
+    (``opset`` at least :data:`DYNAMO_OPSET`; :func:`export` raises it)."""
     require("onnxscript", "dev", "cpllm-export --exporter dynamo")
     import torch
 
@@ -188,7 +189,7 @@ def _dynamo(net, example: tuple, opset: int):
               contextlib.redirect_stdout(StringIO())):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                net, example, dynamo=True, opset_version=max(opset, DYNAMO_OPSET),
+                net, example, dynamo=True, opset_version=opset,
                 input_names=list(INPUTS), output_names=[OUTPUT], optimize=True,
                 dynamic_shapes=({0: batch}, {0: batch}), verbose=False)
     finally:
@@ -514,7 +515,7 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
 
 
 def _manifest(d: Path, cfg: ModelConfig, mid: str, opset: int, results: dict, origin: str,
-              count: int, exporter: str = "torchscript") -> dict:
+              count: int, exporter: str) -> dict:
     files = {}
     for r in results.values():
         for name in [r["file"], *data_files(d / r["file"])]:
