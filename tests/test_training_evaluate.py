@@ -257,6 +257,29 @@ def test_statistics_degraded_originals_and_unknown_heights():
         ev.statistics(rows, [1.0])
 
 
+def test_scale_pools_clean_sources_and_degraded_originals_apart():
+    # the clean ladder is ranked right; the degraded original's ladder is scored backwards
+    rows = [_o("a", 720), _o("a__blur", 720, reference="a.mp4", vmaf=60.0)]
+    scores = [4.9, 4.0]
+    for crf, v, s in ((15, 98.0, 4.8), (30, 80.0, 4.0), (45, 40.0, 2.0)):
+        rows.append(_v("a", crf, v, pseudo=1 + 4 * v / 100))
+        scores.append(s)
+    for crf, v, s in ((15, 58.0, 2.5), (30, 50.0, 3.0), (45, 30.0, 3.5)):
+        rows.append(_v("a__blur", crf, v, pseudo=1 + 4 * v / 100))
+        scores.append(s)
+    sc = ev.statistics(rows, scores)["scale"]
+    assert sc["pooled_clean"] == pytest.approx(1.0)
+    assert sc["pooled_degraded"] == pytest.approx(-1.0)
+    assert sc["pooled_clean"] > sc["pooled"] > sc["pooled_degraded"]
+    md = ev.markdown_table({"split": "dev", "manifest": "m.jsonl", "sources": 2,
+                            "videos_n": len(rows), "key_frames": 3, "backend": "torch",
+                            "flip_diffs": [2, 4], **ev.statistics(rows, scores)})
+    assert "Pooled apart: clean sources 1.000, degraded originals -1.000" in md
+    # without degraded originals there is nothing to pool apart
+    plain = ev.statistics(rows[:1] + rows[2:5], scores[:1] + scores[2:5])["scale"]
+    assert plain["pooled_degraded"] is None and plain["pooled_clean"] == pytest.approx(1.0)
+
+
 def test_markdown_of_hand_made_statistics():
     rows = [_o("sd", 360), _v("sd", 15, 95.0), _v("sd", 35, 50.0),
             _o("low", 360, reference="sd.mp4", vmaf=60.0)]

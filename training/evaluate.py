@@ -186,6 +186,14 @@ def scale_by_source(items: Sequence[Item], values: Sequence[float | None],
     over its variants that have one, and ``without``, the pooled SRCC against VMAF with that
     source left out (:func:`srcc_vs_vmaf`'s counting). ``spread`` is the standard deviation
     of the biases across sources.
+
+    ``pooled_clean`` and ``pooled_degraded`` pool the clean sources and the degraded
+    originals (sources whose original has a ``reference``) apart (None: no such source).
+    The truth of the two differs in kind: a clean source's variants are measured against
+    the source itself, so a natively soft, noisy or tiny one is "excellent" at a low CRF,
+    while a degraded original of the same look is measured against its clean parent and is
+    "poor". A no-reference model sees only the look, so the two parts pull its scale in
+    opposite directions; apart, they show which one a model trades for the other.
     """
     per: dict[str, dict[str, float]] = {}
     for v, i in zip(values, items, strict=True):
@@ -202,7 +210,16 @@ def scale_by_source(items: Sequence[Item], values: Sequence[float | None],
         out[source] = {"bias": b, "n": len(per[source]), "without": without}
     mean = sum(bias.values()) / len(bias) if bias else None
     spread = (sum((b - mean) ** 2 for b in bias.values()) / len(bias)) ** 0.5 if bias else None
-    return {"codec": codec, "pooled": pooled, "spread": spread, "per_source": out}
+    degraded = {i.source for i in items if i.original and i.reference}
+
+    def part(keep: Callable[[str], bool]) -> float | None:
+        pick = [(i, v) for i, v in zip(items, values, strict=True) if keep(i.source)]
+        return srcc_vs_vmaf([i for i, _ in pick], [v for _, v in pick], codec)["pooled"]
+
+    return {"codec": codec, "pooled": pooled, "spread": spread,
+            "pooled_clean": part(lambda s: s not in degraded),
+            "pooled_degraded": part(lambda s: s in degraded) if degraded else None,
+            "per_source": out}
 
 
 def _ties(items: Sequence[Item], scores: Sequence[float | None]) -> dict:
@@ -276,8 +293,9 @@ def statistics(items: Sequence[Item], scores: Sequence[float | None], name: str 
         - ``degraded_originals``: ``{"count", "below_parent", "rate", "missing_parent",
           "pairs"}``: originals with a ``reference`` whose parent (the original row whose
           ``path`` is that reference) is in ``items``, and how many score strictly below it;
-        - ``scale``: the model's bias per source and the pooled SRCC without each source,
-          over the ``within_codec`` variants (see :func:`scale_by_source`).
+        - ``scale``: the model's bias per source, the pooled SRCC without each source, and
+          pooled over clean sources and degraded originals apart, over the ``within_codec``
+          variants (see :func:`scale_by_source`).
     """
     items, scores = list(items), list(scores)
     if len(items) != len(scores):
@@ -476,6 +494,10 @@ def markdown_table(result: dict) -> str:
                   + ", ".join(f"{s} {b['bias']:+.2f}" for s, b in ends) + "."
                   + (f" Pooled SRCC {_num(sc['pooled'])}; with one source left out, at most "
                      f"{_num(top[1])} (without {top[0]})." if top else "")]
+        if sc.get("pooled_degraded") is not None:
+            lines[-1] += (f" Pooled apart: clean sources {_num(sc['pooled_clean'])}, degraded "
+                          f"originals {_num(sc['pooled_degraded'])} (their truth differs in "
+                          "kind: VMAF against the source itself, or against a clean parent).")
     t = result.get("ties")
     if t:
         lines += ["", f"Ties: {t['count']} of {t['pairs']} pairs of distinct files of one "
