@@ -202,23 +202,22 @@ def scale_by_source(items: Sequence[Item], values: Sequence[float | None],
             continue
         per.setdefault(i.source, {})[i.sha256 or i.path] = v - i.target
     bias = {s: sum(d.values()) / len(d) for s, d in per.items()}
-    pooled = srcc_vs_vmaf(items, values, codec)["pooled"]
-    out = {}
-    for source, b in sorted(bias.items(), key=lambda kv: kv[1]):
-        rest = [(i, v) for i, v in zip(items, values, strict=True) if i.source != source]
-        without = srcc_vs_vmaf([i for i, _ in rest], [v for _, v in rest], codec)["pooled"]
-        out[source] = {"bias": b, "n": len(per[source]), "without": without}
-    mean = sum(bias.values()) / len(bias) if bias else None
-    spread = (sum((b - mean) ** 2 for b in bias.values()) / len(bias)) ** 0.5 if bias else None
-    degraded = {i.source for i in items if i.original and i.reference}
 
-    def part(keep: Callable[[str], bool]) -> float | None:
+    def pooled_over(keep: Callable[[str], bool]) -> float | None:
+        """The pooled SRCC over the sources that ``keep`` accepts."""
         pick = [(i, v) for i, v in zip(items, values, strict=True) if keep(i.source)]
         return srcc_vs_vmaf([i for i, _ in pick], [v for _, v in pick], codec)["pooled"]
 
+    pooled = srcc_vs_vmaf(items, values, codec)["pooled"]
+    out = {source: {"bias": b, "n": len(per[source]),
+                    "without": pooled_over(lambda s, left=source: s != left)}
+           for source, b in sorted(bias.items(), key=lambda kv: kv[1])}
+    mean = sum(bias.values()) / len(bias) if bias else None
+    spread = (sum((b - mean) ** 2 for b in bias.values()) / len(bias)) ** 0.5 if bias else None
+    degraded = {i.source for i in items if i.original and i.reference}
     return {"codec": codec, "pooled": pooled, "spread": spread,
-            "pooled_clean": part(lambda s: s not in degraded),
-            "pooled_degraded": part(lambda s: s in degraded) if degraded else None,
+            "pooled_clean": pooled_over(lambda s: s not in degraded),
+            "pooled_degraded": pooled_over(lambda s: s in degraded) if degraded else None,
             "per_source": out}
 
 
