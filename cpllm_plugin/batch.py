@@ -268,7 +268,7 @@ class PickJob:
                 "cpllm batch pick", "one of --min-score and --min-vmaf", "both",
                 "give the target once"))
         lad.Settings(self.kw["encoder"]).table  # noqa: B018 - checks the encoder name now
-        self._kw = None
+        self._options = self._scorer = None
 
     def options(self) -> dict:
         out = {"job": "pick"}
@@ -281,13 +281,15 @@ class PickJob:
         from .integrations import ladder as lad
 
         backend = _threaded(self.kw["backend"], self.kw["model"], cpus)
-        self._kw = {**self.kw, "backend": backend, "as_json": False, "quiet": True}
-        return lad.Scorer(self.kw["model"], backend).id  # loads it; each pick reuses it
+        self._options = lad.PickOptions.from_flags({**self.kw, "backend": backend})
+        self._scorer = lad.Scorer(self.kw["model"], backend)  # loaded once; every pick reuses it
+        return self._scorer.id
 
     def __call__(self, path: str) -> dict:
-        from .integrations.cli import pick_row
+        from .integrations import ladder as lad
 
-        return pick_row(self._kw, path)
+        return lad.Job(path, self._options, self._scorer, where="cpllm batch pick").pick().row(
+            path)
 
 
 def error_row(path: str, error: str, text: str) -> dict:

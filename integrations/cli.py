@@ -22,7 +22,7 @@ from cpllm_plugin.errors import CpllmError, message
 from . import ffmpeg as ff
 from . import ladder as lad
 
-DEFAULT_MAX_DROP = 0.25
+DEFAULT_MAX_DROP = lad.DEFAULT_MAX_DROP
 
 
 def _shipped_drop(name: str = "cpllm-lite") -> str:
@@ -59,6 +59,9 @@ def pick_options(f):
     """The options of a pick: encoder, target, samples, model, output. Shared by every
     ``cpllm-ladder`` subcommand and by batch jobs (one definition)."""
     opts = [
+        click.option("--mode", type=click.Choice(lad.MODES), default="score",
+                     show_default=True, help="score: the model's predicted score, no "
+                     "reference; vmaf: VMAF against the input (ab-av1's crf-search)."),
         click.option("-e", "--encoder", default="libx264", show_default=True,
                      type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
         click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
@@ -117,54 +120,16 @@ def _options(f):
 
 
 class Run:
-    """What one invocation resolved from its options (``kw``: those of :func:`pick_options`
-    plus ``input``)."""
+    """One invocation: the resolved :class:`~.ladder.Job` and how results are printed."""
 
     def __init__(self, kw: dict, command: str):
         self.kw = kw
-        self.command = command
         self.as_json = kw["as_json"]
-        self.say = (lambda line: None) if kw["quiet"] else (
+        say = (lambda line: None) if kw["quiet"] else (
             lambda line: click.echo(f"cpllm-ladder: {line}", err=True))
-        self.settings = lad.Settings(kw["encoder"], kw["preset"], kw["options"],
-                                     kw["pix_fmt"], kw["vfilter"], kw["crf_range"])
-        self.settings.table  # noqa: B018 - validates the encoder name early
-        self.source = lad.inspect(kw["input"], f"cpllm-ladder {command}")
-        self.say(f"{self.source.path.name}: {self.source.width}x{self.source.height}, "
-                 f"{self.source.duration:.2f} s, {self.source.fps:g} fps, "
-                 f"{self.source.pix_fmt}; loading {kw['model']}")
-        self.scorer = lad.Scorer(kw["model"], kw["backend"])
-        self.min_score, self.target_note = self._min_score()
-        self.cache = None if kw["no_cache"] else (kw["cache_dir"] or lad.default_cache())
-        if kw.pop("no_max_drop", False):
-            kw["max_drop"] = None
-        elif kw["max_drop"] is None:
-            kw["max_drop"] = self.scorer.drop() if hasattr(self.scorer, "drop") else None
-            kw["max_drop"] = kw["max_drop"] or DEFAULT_MAX_DROP
-
-    def _min_score(self) -> tuple[float, str]:
-        kw = self.kw
-        if kw["min_score"] is not None and kw["min_vmaf"] is not None:
-            raise lad.LadderArgumentError(message(
-                f"cpllm-ladder {self.command}", "one of --min-score and --min-vmaf",
-                "both", "give the target once"))
-        if kw["min_score"] is not None:
-            return kw["min_score"], f"--min-score {kw['min_score']:g}"
-        vmaf = kw["min_vmaf"] if kw["min_vmaf"] is not None else lad.DEFAULT_VMAF
-        cal = self.scorer.calibration()
-        if not cal and kw["min_vmaf"] is None:
-            raise lad.LadderArgumentError(message(
-                f"cpllm-ladder {self.command}", "--min-score for a model without "
-                "calibration.json", f"model {self.scorer.id} without one",
-                "pass --min-score S (1-5)"))
-        return lad.vmaf_to_score(vmaf, cal), f"VMAF {vmaf:g}"
-
-    def ladder(self, samples=None) -> lad.Ladder:
-        kw = self.kw
-        samples = samples or lad.plan_samples(self.source.duration, kw["count"],
-                                              kw["sample_seconds"], kw["key_frames"])
-        return lad.Ladder(self.source, self.settings, self.scorer, samples, kw["pool"],
-                          self.cache, kw["ffmpeg"], kw["vmaf"], self.say, kw["temp_dir"])
+        self.job = lad.Job(kw["input"], lad.PickOptions.from_flags(kw), progress=say,
+                           where=f"cpllm-ladder {command}")
+        self.source, self.settings = self.job.source, self.job.settings
 
     def emit(self, obj: dict) -> None:
         if self.as_json:
@@ -212,29 +177,14 @@ def main() -> None:
     """Pick a video's CRF by CP-LLM's predicted quality (no reference needed)."""
 
 
-def _pick(run: Run, full: bool, plot: Path | None) -> lad.Pick:
-    with run.ladder() as ladder:
-        try:
-            result = lad.pick(ladder, run.min_score, run.kw["max_drop"],
-                              run.kw["max_probes"], full)
-        finally:  # probes are reported also when no CRF meets the target
-            for p in ladder.probes.values():
-                run.emit(p.to_dict())
+def _pick(run: Run, plot: Path | None) -> lad.Pick:
+    # Probes are reported also when no CRF meets the target.
+    result = run.job.pick(on_probe=lambda p: run.emit(p.to_dict()))
     if plot:
         from .plot import plot_ladder
 
         plot_ladder(result, plot, title=run.source.path.name)
     return result
-
-
-def pick_row(kw: dict, path) -> dict:
-    """One pick of ``path``, printing nothing: the ``--json`` pick object with ``path`` and
-    its probes embedded (``probes``: the ``--json`` probe objects). ``kw``: the values of
-    :func:`pick_options`. ``cpllm batch pick`` writes one per input."""
-    run = Run({**kw, "input": Path(path), "as_json": False, "quiet": True}, "pick")
-    result = _pick(run, False, None)
-    return {"type": "pick", "path": str(path), **result.to_dict(),
-            "probes": [p.to_dict() for p in result.probes]}
 
 
 def _report(run: Run, result: lad.Pick) -> lad.Pick:
@@ -248,9 +198,11 @@ def _report(run: Run, result: lad.Pick) -> lad.Pick:
 
 def _table(run: Run, result: lad.Pick) -> None:
     t = result.target
-    how = (f"{t.min_score:.3f} ({run.target_note})" if t.rule == "min-score" else
+    note = run.job.target_note
+    how = (f"VMAF {t.value:g} against the input" if t.measure == "vmaf" else
+           f"{t.min_score:.3f} ({note})" if t.rule == "min-score" else
            f"{t.value:.3f} = source {t.source_score:.3f} - max-drop {t.max_drop:g} "
-           f"(source below {t.min_score:.3f}, {run.target_note})")
+           f"(source below {t.min_score:.3f}, {note})")
     vm = any(p.vmaf is not None for p in result.probes)
     click.echo(f"{run.source.path.name}: {' '.join(result.encoder_args)}")
     click.echo(f"source score {result.source_score:.3f}   target {how}")
@@ -287,8 +239,8 @@ def _size(n: int) -> str:
 @_guard("pick")
 def pick_cmd(full, plot, **kw):
     """Choose the highest CRF whose predicted quality meets the target."""
-    run = Run(kw, "pick")
-    _report(run, _pick(run, full, plot))
+    run = Run({**kw, "full": full}, "pick")
+    _report(run, _pick(run, plot))
 
 
 def _shot_options(f):
@@ -327,7 +279,7 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
         picks = _scene_picks(run, threshold, min_shot)
         scenes = [(p.shot.start, p.shot.end, p.crf) for p in picks]
     elif crf is None:
-        crf = _report(run, _pick(run, False, None)).crf
+        crf = _report(run, _pick(run, None)).crf
     bar = None if kw["quiet"] else enc.progress_bar(sys.stderr)
     done = enc.encode_file(run.source.path, output, run.settings, crf, scenes=scenes,
                            force=force, ffmpeg=kw["ffmpeg"], progress=bar, chunks=chunks)
@@ -342,14 +294,18 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
 def _scene_picks(run: Run, threshold, min_shot):
     from . import scenes as sc
 
-    kw = run.kw
-    shots = sc.detect_shots(run.source.path, kw["ffmpeg"],
+    job, o = run.job, run.job.options
+    if o.mode != "score":
+        raise lad.LadderArgumentError(message(
+            job.where, "--mode score with --per-scene and scenes", f"--mode {o.mode}",
+            "drop --mode, or pick the whole input"))
+    shots = sc.detect_shots(job.source.path, o.ffmpeg,
                             **({"threshold": threshold} if threshold is not None else {}),
-                            min_seconds=min_shot, progress=run.say)
-    run.say(f"{len(shots)} shot(s)")
-    picks = sc.pick_scenes(run.source, shots, run.settings, run.scorer, run.min_score,
-                           kw["max_drop"], kw["pool"], run.cache, kw["ffmpeg"], kw["vmaf"],
-                           run.say, kw["max_probes"])
+                            min_seconds=min_shot, progress=job.say)
+    job.say(f"{len(shots)} shot(s)")
+    picks = sc.pick_scenes(job.source, shots, job.settings, job.scorer, job.min_score,
+                           job.max_drop, o.pool, job.cache, o.ffmpeg, o.vmaf, job.say,
+                           o.max_probes)
     for p in picks:
         run.emit(p.to_dict())
     return picks

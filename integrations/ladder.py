@@ -45,6 +45,7 @@ import numpy as np
 from cpllm_plugin.errors import CpllmError, message
 
 from . import ffmpeg as ff
+from .search import PRIOR_SLOPE, Target, best_passing, monotone, next_crf  # noqa: F401
 
 POOLS = ("mean", "p10", "min")
 DEFAULT_VMAF = 95.0  # ab-av1's default target; the default min-score is the model's score there
@@ -52,13 +53,11 @@ SAMPLE_SECONDS = 2.0
 KEY_FRAMES = 5  # per sample: the paper's M, and what the model's dev numbers used per clip
 WHOLE_FRACTION = 0.8  # samples covering this much of the input: encode the whole input
 MAX_PROBES = 6
+VMAF_PRIOR_SLOPE = -1.0  # VMAF per CRF near 95: the VMAF search's first guess
 # Reference samples are kept uncompressed when they fit this many bytes in all (and a quarter
 # of the free space): every probe decodes them once more, and decoding lossless H.264 made a
 # 1080p probe encode 14% and its libvmaf run 18% slower than reading raw frames (one thread).
 RAW_BUDGET = 2 << 30
-# Score lost per CRF step on clean dev sources near the VMAF-95 region: the first guess of
-# the curve's slope, before two probes measure it.
-PRIOR_SLOPE = -0.05
 
 Progress = Callable[[str], None]
 
@@ -337,27 +336,6 @@ def vmaf_to_score(vmaf: float, calibration: dict[float, float]) -> float:
     return float(np.interp(vmaf, xs, [calibration[x] for x in xs]))
 
 
-@dataclass(frozen=True)
-class Target:
-    """The score a pick must reach, and why (see the module doc)."""
-
-    value: float
-    min_score: float
-    max_drop: float | None
-    source_score: float
-    rule: str  # "min-score" or "max-drop"
-
-    @staticmethod
-    def resolve(min_score: float, max_drop: float | None, source_score: float) -> Target:
-        # The lower of the two, so the target moves smoothly with the source's score: a
-        # source just above S is not asked to stay within a hair of itself (near-lossless
-        # bitrates) while one just below S may lose all of D.
-        if max_drop is not None and source_score - max_drop < min_score:
-            return Target(source_score - max_drop, min_score, max_drop, source_score,
-                          "max-drop")
-        return Target(min_score, min_score, max_drop, source_score, "min-score")
-
-
 # --- probes and the search ----------------------------------------------------------------
 
 
@@ -400,105 +378,23 @@ class Pick:
     vmaf: float | None = None
     exhaustive: bool = False
 
+    def row(self, path: str | os.PathLike) -> dict:
+        """The ``--json`` pick object with ``path`` and its probes embedded (``probes``: the
+        ``--json`` probe objects): one row of ``cpllm batch pick``."""
+        return {"type": "pick", "path": str(path), **self.to_dict(),
+                "probes": [p.to_dict() for p in self.probes]}
+
     def to_dict(self) -> dict:
         d = {"type": "pick", "crf": self.crf, "score": self.score,
              "source_score": self.source_score, "target": self.target.value,
-             "target_rule": self.target.rule, "min_score": self.target.min_score,
+             "target_rule": self.target.rule, "target_measure": self.target.measure,
+             "min_score": self.target.min_score,
              "max_drop": self.target.max_drop, "predicted_size": self.predicted_size,
              "predicted_kbps": self.predicted_kbps, "encodes": self.encodes,
              "model": self.model, "encoder": self.encoder, "encoder_args": self.encoder_args}
         if self.vmaf is not None:
             d["vmaf"] = self.vmaf
         return d
-
-
-def monotone(crfs: Sequence[int], scores: Sequence[float]) -> list[float]:
-    """Non-increasing least-squares fit of scores over increasing CRFs (pool adjacent
-    violators): a higher CRF never predicts a better picture."""
-    order = np.argsort(crfs)
-    blocks: list[list[float]] = []  # [sum, count]
-    for i in order:
-        blocks.append([float(scores[i]), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
-            s, n = blocks.pop()
-            blocks[-1][0] += s
-            blocks[-1][1] += n
-    fit = np.empty(len(crfs))
-    at = 0
-    for s, n in blocks:
-        fit[order[at:at + int(n)]] = s / n
-        at += int(n)
-    return [float(v) for v in fit]
-
-
-def best_passing(probes: dict[int, Probe], target: float) -> int | None:
-    """Highest probed CRF that meets the target both raw and on the monotone fit."""
-    crfs = sorted(probes)
-    fit = monotone(crfs, [probes[c].score for c in crfs])
-    ok = [c for c, f in zip(crfs, fit, strict=True) if f >= target and probes[c].score >= target]
-    return max(ok) if ok else None
-
-
-def next_crf(probes: dict[int, Probe], target: float, lo: int, hi: int) -> int | None:
-    """Where to probe next, or None when the answer is pinned to within one CRF."""
-    crfs = sorted(probes)
-    fit = dict(zip(crfs, monotone(crfs, [probes[c].score for c in crfs]), strict=True))
-    good = best_passing(probes, target)
-    bad = min((c for c in crfs if fit[c] < target and (good is None or c > good)), default=None)
-    if good is not None and bad is not None:
-        if bad - good <= 1:
-            return None
-        # An estimate right next to the passing end is checked by probing good + 1: if
-        # that fails, the answer is pinned; a curve flatter than it looked moves on.
-        x = _crossing(crfs, fit, good, bad, target)
-        return int(min(max(round(x), good + 1), bad - 1))
-    slope = _slope(crfs, fit)
-    if good is None:  # everything probed fails: go to better quality
-        c0 = min(crfs)
-        if c0 <= lo:
-            return None
-        jump = (target - fit[c0]) / -slope
-        return int(max(lo, c0 - min(max(math.ceil(jump), 2), 12)))
-    c0 = max(crfs)  # everything probed passes: go to fewer bits
-    if c0 >= hi:
-        return None
-    jump = (fit[c0] - target) / -slope
-    return int(min(hi, c0 + min(max(math.floor(jump), 2), 12)))
-
-
-def _crossing(crfs: list[int], fit: dict[int, float], good: int, bad: int,
-              target: float) -> float:
-    """Where the fitted curve crosses ``target`` between the bracket ends ``good < bad``.
-
-    Score against CRF bends down (quality falls faster at high CRF), so a straight line
-    between far-apart bracket ends lands short; with a third probe next to the bracket a
-    parabola through the three follows the bend. Falls back to the straight line when the
-    parabola is not monotone over the bracket.
-    """
-    f0, f1 = fit[good], fit[bad]
-    line = good + (bad - good) * (f0 - target) / (f0 - f1) if f0 > f1 else (good + bad) / 2
-    others = sorted((c for c in crfs if c not in (good, bad)),
-                    key=lambda c: min(abs(c - good), abs(c - bad)))
-    if not others or f0 <= f1:
-        return line
-    xs = np.array([good, bad, others[0]], dtype=np.float64)
-    a, b, c = np.polyfit(xs - good, [fit[int(x)] for x in xs], 2)
-    grid = np.linspace(0, bad - good, 64)
-    curve = a * grid ** 2 + b * grid + c
-    if np.any(np.diff(curve) > 1e-9):
-        return line
-    roots = [r.real for r in np.roots([a, b, c - target])
-             if abs(r.imag) < 1e-9 and 0 <= r.real <= bad - good]
-    return good + min(roots) if roots else line
-
-
-def _slope(crfs: list[int], fit: list[float] | dict) -> float:
-    """Score per CRF from the two outermost probes, never flatter than a tenth of the prior."""
-    f = fit if isinstance(fit, dict) else dict(zip(crfs, fit, strict=True))
-    if len(crfs) >= 2 and crfs[-1] > crfs[0]:
-        s = (f[crfs[-1]] - f[crfs[0]]) / (crfs[-1] - crfs[0])
-        return min(s, PRIOR_SLOPE / 10)
-    return PRIOR_SLOPE
 
 
 class Ladder:
@@ -731,18 +627,24 @@ class Ladder:
     # the search ---------------------------------------------------------------------------
 
     def search(self, target: float, max_probes: int = MAX_PROBES,
-               start: int | None = None) -> int | None:
-        """Probe until the highest CRF meeting ``target`` is pinned; return it (or None)."""
+               start: int | None = None, measure: str = "score") -> int | None:
+        """Probe until the highest CRF whose ``measure`` (``score``, or ``vmaf`` against the
+        input) meets ``target`` is pinned; return it (or None)."""
         lo, hi = self.settings.search
         crf = min(max(start if start is not None else self.settings.table.start, lo), hi)
+        prior = PRIOR_SLOPE if measure == "score" else VMAF_PRIOR_SLOPE
         while True:
             self.probe(crf)
             fresh = sum(not p.from_cache for p in self.probes.values())
-            nxt = next_crf(self.probes, target, lo, hi)
+            nxt = next_crf(self.values(measure), target, lo, hi, prior)
             if nxt is None or nxt in self.probes or fresh >= max_probes:
                 break
             crf = nxt
-        return best_passing(self.probes, target)
+        return best_passing(self.values(measure), target)
+
+    def values(self, measure: str = "score") -> dict[int, float]:
+        """``{crf: the probe's score or VMAF}`` of every probe so far."""
+        return {c: float(getattr(p, measure)) for c, p in self.probes.items()}
 
     def full(self, levels: Sequence[int] | None = None) -> list[Probe]:
         """Probe every level (default: the encoder's 20 levels; libx264: the paper's)."""
@@ -751,36 +653,61 @@ class Ladder:
 
 def pick(ladder: Ladder, min_score: float, max_drop: float | None = None,
          max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
-    """Score the source, resolve the target, search, and return the :class:`Pick`.
+    """Score the source, resolve the score target, search, and return the :class:`Pick`.
 
     Raises:
         NoCrfMeetsTargetError: even the lowest CRF searched (or tried) misses the target.
     """
+    s0 = _source_score(ladder)
+    target = Target.resolve(min_score, max_drop, s0)
+    hint = ("pass --max-drop D to accept a CRF within D of the source's own score"
+            if max_drop is None and s0 < min_score else
+            "lower the target (--min-score / --min-vmaf), or widen --crf-range")
+    return _search(ladder, target, max_probes, full, hint)
+
+
+def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
+              full: bool = False, rule: str = "vmaf") -> Pick:
+    """The highest CRF whose VMAF against the input (its reference samples) meets ``level``:
+    ab-av1's ``crf-search`` on the ladder's samples. ``ladder`` must measure VMAF."""
+    if not ladder.vmaf:
+        raise LadderArgumentError(message("pick_vmaf()", "a Ladder made with vmaf=True",
+                                          "one without", "make it with vmaf=True"))
+    s0 = _source_score(ladder)
+    target = Target(float(level), None, None, s0, rule, "vmaf")
+    return _search(ladder, target, max_probes, full,
+                   "lower --min-vmaf, or widen --crf-range")
+
+
+def _source_score(ladder: Ladder) -> float:
     if ladder.source.hdr:
         warnings.warn(f"{ladder.source.path.name} is HDR (PQ or HLG): the model was trained "
                       "on SDR 8-bit content, so its scores and the pick are rough",
-                      stacklevel=2)
-    s0, _ = ladder.source_score()
-    target = Target.resolve(min_score, max_drop, s0)
-    ladder.say(f"source score {s0:.3f}; target {target.value:.3f} ({target.rule})")
+                      stacklevel=3)
+    return ladder.source_score()[0]
+
+
+def _search(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: str) -> Pick:
+    ladder.say(f"source score {target.source_score:.3f}; target {target.measure} "
+               f"{target.value:.3f} ({target.rule})")
     if full:
         ladder.full()
-        crf = best_passing(ladder.probes, target.value)
+        crf = best_passing(ladder.values(target.measure), target.value)
     else:
-        crf = ladder.search(target.value, max_probes)
+        crf = ladder.search(target.value, max_probes, measure=target.measure)
     if crf is None:
-        best = max(ladder.probes.values(), key=lambda p: p.score)
-        hint = ("pass --max-drop D to accept a CRF within D of the source's own score"
-                if max_drop is None and s0 < min_score else
-                "lower the target (--min-score / --min-vmaf), or widen --crf-range")
+        values = ladder.values(target.measure)
+        best = ladder.probes[max(values, key=values.get)]
         raise NoCrfMeetsTargetError(message(
-            "cpllm-ladder pick", f"a CRF scoring at least {target.value:.3f} ({target.rule})",
-            f"none; the best CRF tried is {best.crf} with score {best.score:.3f} "
-            f"(source {s0:.3f})", hint), best, target.value, s0)
+            "cpllm-ladder pick", f"a CRF with {target.measure} at least {target.value:.3f} "
+            f"({target.rule})", f"none; the best CRF tried is {best.crf} with "
+            f"{target.measure} {values[best.crf]:.3f} (source score "
+            f"{target.source_score:.3f})", hint), best, target.value, target.source_score)
     p = ladder.probes[crf]
-    return Pick(crf, p.score, s0, target, p.predicted_size, p.kbps, ladder.encodes,
-                ladder.scorer.id, ladder.settings.encoder, ladder.settings.public(),
-                sorted(ladder.probes.values(), key=lambda q: q.crf), p.vmaf, full)
+    return Pick(crf, p.score, target.source_score, target, p.predicted_size, p.kbps,
+                ladder.encodes, ladder.scorer.id, ladder.settings.encoder,
+                ladder.settings.public(), sorted(ladder.probes.values(), key=lambda q: q.crf),
+                p.vmaf, full)
 
 
 def default_cache() -> Path:
@@ -789,3 +716,177 @@ def default_cache() -> Path:
         return Path(os.environ["CPLLM_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cpllm" / "ladder"
+
+
+# --- the Python API: options in, a pick out -------------------------------------------------
+
+MODES = ("score", "vmaf")
+DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
+
+
+@dataclass(frozen=True)
+class PickOptions:
+    """Everything a pick depends on, with ``cpllm-ladder``'s defaults (one field per flag).
+
+    Attributes:
+        mode: ``score`` picks by the model's predicted score (no reference at all);
+            ``vmaf`` by VMAF against the input (ab-av1's ``crf-search``).
+        encoder, preset, options, pix_fmt, vfilter, crf_range: see :class:`Settings`.
+        min_score: absolute score target (default: the model's score at ``min_vmaf``).
+        min_vmaf: the target as a VMAF level (default 95): mapped through the model's
+            calibration in ``score`` mode, measured in ``vmaf`` mode.
+        max_drop: the score target is at most this far below the source's own score
+            (None: the model's calibrated drop); ``no_max_drop`` turns the rule off.
+        samples, sample_seconds, key_frames: the sample plan (see :func:`plan_samples`).
+        pool: how frame scores pool: ``mean``, ``p10`` or ``min``.
+        max_probes: most probe encodes of the search.
+        vmaf: also measure VMAF of every probe against the input (always on in ``vmaf`` mode).
+        full: probe every level instead of searching.
+        model, backend: the scoring model and its backend.
+        cache: probe cache folder (None: :func:`default_cache`); ``no_cache`` turns it off.
+        ffmpeg: the ffmpeg binary (None: imageio-ffmpeg's, or ``$CPLLM_FFMPEG``).
+        temp_dir: where probe encodes are made.
+    """
+
+    mode: str = "score"
+    encoder: str = "libx264"
+    preset: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    pix_fmt: str | None = None
+    vfilter: str | None = None
+    crf_range: tuple[int, int] | None = None
+    min_score: float | None = None
+    min_vmaf: float | None = None
+    max_drop: float | None = None
+    no_max_drop: bool = False
+    samples: int | None = None
+    sample_seconds: float | None = None
+    key_frames: int | None = None
+    pool: str = "mean"
+    max_probes: int = MAX_PROBES
+    vmaf: bool = False
+    full: bool = False
+    model: str = "cpllm-lite"
+    backend: str = "auto"
+    cache: str | os.PathLike | None = None
+    no_cache: bool = False
+    ffmpeg: str | None = None
+    temp_dir: str | os.PathLike | None = None
+
+    # Fields that change where or how a pick runs, never its answer (batch resume keys).
+    RUNTIME = ("cache", "no_cache", "ffmpeg", "temp_dir")
+
+    @classmethod
+    def from_flags(cls, kw: dict) -> PickOptions:
+        """From the values of ``cpllm-ladder``'s click options (their names as click gives
+        them; presentation flags such as ``as_json`` and ``quiet`` are ignored)."""
+        names = {"count": "samples", "cache_dir": "cache"}
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{names.get(k, k): v for k, v in kw.items()
+                      if names.get(k, k) in fields})
+
+    def settings(self) -> Settings:
+        return Settings(self.encoder, self.preset, tuple(map(tuple, self.options)),
+                        self.pix_fmt, self.vfilter,
+                        tuple(self.crf_range) if self.crf_range else None)
+
+    def key(self) -> dict:
+        """The options that decide the answer, JSON-ready (batch resume keys on them)."""
+        return {k: json.loads(json.dumps(getattr(self, k), default=str))
+                for k in sorted(self.__dataclass_fields__) if k not in self.RUNTIME}
+
+
+class Job:
+    """One input with its options resolved: the source checked, the model loaded, the target
+    rule and the cache chosen. :meth:`pick` runs the search; :meth:`ladder` gives the probes
+    to ``encode`` and ``scenes``.
+
+    Args:
+        path: the input video.
+        options: the pick's options.
+        scorer: a loaded :class:`Scorer` (or a stand-in) to reuse; None loads ``options.model``.
+        progress: called with one line per step (None: silent).
+        where: the command named in errors.
+    """
+
+    def __init__(self, path: str | os.PathLike, options: PickOptions | None = None,
+                 scorer=None, progress: Progress | None = None,
+                 where: str = "cpllm-ladder pick"):
+        o = self.options = options or PickOptions()
+        self.where = where
+        self.say = progress or (lambda _line: None)
+        if o.mode not in MODES:
+            raise LadderArgumentError(message(f"{where} --mode", f"one of {MODES}",
+                                              repr(o.mode), "use --mode score"))
+        if o.min_score is not None and o.min_vmaf is not None:
+            raise LadderArgumentError(message(where, "one of --min-score and --min-vmaf",
+                                              "both", "give the target once"))
+        if o.mode == "vmaf" and o.min_score is not None:
+            raise LadderArgumentError(message(
+                where, "a VMAF level (--min-vmaf) in --mode vmaf", "--min-score",
+                "pass --min-vmaf V, or use --mode score for a score target"))
+        self.settings = o.settings()
+        self.settings.table  # noqa: B018 - validates the encoder name early
+        self.source = inspect(path, where)
+        self.say(f"{self.source.path.name}: {self.source.width}x{self.source.height}, "
+                 f"{self.source.duration:.2f} s, {self.source.fps:g} fps, "
+                 f"{self.source.pix_fmt}; loading {o.model}")
+        self.scorer = scorer if scorer is not None else Scorer(o.model, o.backend)
+        self.cache = None if o.no_cache else (Path(o.cache) if o.cache else default_cache())
+        self.vmaf_level = o.min_vmaf if o.min_vmaf is not None else DEFAULT_VMAF
+        self.min_score, self.target_note = (None, f"VMAF {self.vmaf_level:g}") \
+            if o.mode == "vmaf" else self._min_score()
+        if o.no_max_drop:
+            self.max_drop = None
+        elif o.max_drop is not None:
+            self.max_drop = o.max_drop
+        else:
+            drop = self.scorer.drop() if hasattr(self.scorer, "drop") else None
+            self.max_drop = drop or DEFAULT_MAX_DROP
+
+    def _min_score(self) -> tuple[float, str]:
+        o = self.options
+        if o.min_score is not None:
+            return o.min_score, f"--min-score {o.min_score:g}"
+        cal = self.scorer.calibration() if hasattr(self.scorer, "calibration") else {}
+        if not cal and o.min_vmaf is None:
+            raise LadderArgumentError(message(
+                self.where, "--min-score for a model without calibration.json",
+                f"model {self.scorer.id} without one", "pass --min-score S (1-5)"))
+        return vmaf_to_score(self.vmaf_level, cal), f"VMAF {self.vmaf_level:g}"
+
+    def ladder(self, samples: list[Sample] | None = None) -> Ladder:
+        o = self.options
+        samples = samples or plan_samples(self.source.duration, o.samples, o.sample_seconds,
+                                          o.key_frames)
+        return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
+                      o.ffmpeg, o.vmaf or o.mode == "vmaf", self.say, o.temp_dir)
+
+    def pick(self, on_probe: Callable[[Probe], None] | None = None) -> Pick:
+        """Search (or probe every level with ``full``) and return the pick. ``on_probe`` is
+        called with every probe, also when no CRF meets the target."""
+        o = self.options
+        with self.ladder() as ladder:
+            try:
+                if o.mode == "vmaf":
+                    return pick_vmaf(ladder, self.vmaf_level, o.max_probes, o.full)
+                return pick(ladder, self.min_score, self.max_drop, o.max_probes, o.full)
+            finally:
+                for p in ladder.probes.values():  # in the order they were made
+                    if on_probe:
+                        on_probe(p)
+
+
+def pick_file(path: str | os.PathLike, options: PickOptions | None = None, scorer=None,
+              progress: Progress | None = None) -> Pick:
+    """Pick a CRF for one video file: ``cpllm-ladder pick`` in Python.
+
+    >>> from cpllm_plugin.integrations.ladder import PickOptions, pick_file
+    >>> p = pick_file("clip.mp4", PickOptions(encoder="libx265"))  # doctest: +SKIP
+    >>> p.crf, p.predicted_kbps  # doctest: +SKIP
+
+    Raises:
+        NoCrfMeetsTargetError: no CRF searched meets the target.
+        LadderError: bad options or input (every error names what was expected).
+    """
+    return Job(path, options, scorer, progress).pick()
