@@ -1,0 +1,396 @@
+"""A catalog benchmark of CRF pickers, judged against the clean master.
+
+What a viewer gets is the encode compared with the clean master, which a platform never has:
+it re-encodes whatever it was given, and most of what it is given is already degraded. This
+module builds such a catalog from the dev split (never from training sources), measures every
+input's libx264 ladder against both the master and the input itself, and replays CRF-picking
+policies on those ladders:
+
+- **inputs**: every clean dev master as it is, the corpus' degraded dev originals, and
+  uploads made from each dev master of 540p and up (:data:`KINDS`: earlier libx264 or
+  libx265 encodes at CRF 30-40, a soft down-and-up scaled copy, a noisy copy, an earlier
+  encode after a downscale); each master gets :data:`PER_SOURCE` of them in turn.
+- **ladders**: each input encoded at :data:`LEVELS`; each encode measured with VMAF against
+  the master and against the input, and scored by the model (the scores the real tool's
+  probe sees); values between levels are interpolated (VMAF and score linearly, size in log).
+- **truth**: a pick succeeds when its encode keeps what the input had: VMAF against the
+  master at least ``min(95, T - 5)``, T the input's own VMAF against the master (a clean
+  master's T is 100 by definition: there this is the VMAF-95 rule). Its cost is its size
+  over the cheapest success on that input's ladder.
+
+Everything is resumable: uploads and rows already written are kept. Layout under ``DATA``::
+
+    DATA/corpus/          the dev originals (cpllm-corpus, dev ids only)
+    DATA/uploads/<id>.mp4 the made uploads
+    DATA/inputs.jsonl     one row per input: kind, master, T, the input's own frame scores
+    DATA/ladder.jsonl     one row per (input, CRF): bytes, VMAF both ways, frame scores
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cpllm_plugin.errors import CpllmError, message
+
+LEVELS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, 4 CRF apart
+KEY_FRAMES = 8  # what cpllm-ladder scores on a 2 s input (one whole-input sample)
+MIN_SIDE = 540  # uploads are made from masters of 540p and up
+PER_SOURCE = 2  # upload kinds per master
+TRUTH_LEVEL, TRUTH_MARGIN = 95.0, 5.0
+
+# Upload kinds, in the order masters take them. Each is (name, how): "enc" an earlier
+# encode (codec, CRFs taken in turn), "soft" a down-and-up scale kept at high quality,
+# "noise" sensor-like noise kept at high quality, "down" an earlier encode after a downscale.
+KINDS = ("x264", "soft", "x265", "noisy", "down")
+EARLIER_CRFS = (30, 33, 36, 39)
+KEEP_CRF = 16  # "kept at high quality": soft and noisy copies
+
+
+class CatalogError(CpllmError, RuntimeError):
+    """The catalog cannot be built or read."""
+
+
+# --- building ---------------------------------------------------------------------------
+
+
+def upload_plan(masters: Sequence[dict]) -> list[dict]:
+    """Which uploads to make: ``PER_SOURCE`` kinds per master of :data:`MIN_SIDE` and up,
+    taken in turn from :data:`KINDS` so every kind is covered about equally; the earlier
+    encodes' CRFs and the scale factors also rotate."""
+    out, k = [], 0
+    big = [m for m in masters if min(m["width"], m["height"]) >= MIN_SIDE]
+    for i, m in enumerate(big):
+        for j in range(PER_SOURCE):
+            kind = KINDS[k % len(KINDS)]
+            k += 1
+            crf = EARLIER_CRFS[(i + j) % len(EARLIER_CRFS)]
+            if kind in ("x264", "x265"):
+                spec = {"codec": "lib" + kind, "crf": crf}
+            elif kind == "soft":
+                spec = {"factor": (2.0, 3.0)[i % 2], "crf": KEEP_CRF}
+            elif kind == "noisy":
+                spec = {"noise": (10, 16)[i % 2], "crf": KEEP_CRF}
+            else:
+                spec = {"factor": 2.0, "crf": crf - 4}
+            tag = "_".join(f"{v:g}" if isinstance(v, float) else str(v)
+                           for k_, v in spec.items() if k_ != "codec")
+            out.append({"id": f"{m['source']}~{kind}_{tag}", "source": m["source"],
+                        "kind": kind, "spec": spec})
+    return out
+
+
+def _even(n: float) -> int:
+    return max(2, int(round(n / 2)) * 2)
+
+
+def make_upload(master: Path, out: Path, up: dict, width: int, height: int,
+                ffmpeg: str, threads: int = 1) -> Path:
+    """Write one upload of ``master`` (see :func:`upload_plan`) atomically."""
+    from cpllm_plugin.integrations.ffmpeg import get_encoder, run_ffmpeg
+
+    from .variants import atomic
+
+    kind, spec = up["kind"], up["spec"]
+    vf, codec = [], "libx264"
+    if kind in ("x264", "x265"):
+        codec = spec["codec"]
+    elif kind == "soft":
+        f = spec["factor"]
+        vf = [f"scale={_even(width / f)}:{_even(height / f)}:flags=bicubic",
+              f"scale={width - width % 2}:{height - height % 2}:flags=bilinear"]
+    elif kind == "noisy":
+        # Temporal luma noise with weaker chroma noise, fresh every frame, like a sensor.
+        n = spec["noise"]
+        vf = [f"noise=c0s={n}:c0f=t:c1s={n // 2}:c1f=t:c2s={n // 2}:c2f=t"]
+    elif kind == "down":
+        vf = [f"scale={_even(width / spec['factor'])}:{_even(height / spec['factor'])}"
+              ":flags=bicubic"]
+    vf.append("crop=trunc(iw/2)*2:trunc(ih/2)*2")
+    enc = get_encoder(codec, "make_upload()")
+    n = str(threads)
+
+    def write(tmp: Path) -> None:
+        run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                    "-threads", n, "-i", str(master), "-map", "0:v:0", "-an",
+                    "-map_metadata", "-1", "-vf", ",".join(vf), "-fps_mode", "passthrough",
+                    *enc.args(spec["crf"], None, threads), "-pix_fmt", "yuv420p",
+                    "-f", "mp4", str(tmp)], f"make_upload({up['id']})")
+
+    return atomic(out, write)
+
+
+class _Rows:
+    """An append-only JSONL file, safe from threads; rows already there are kept."""
+
+    def __init__(self, path: Path, key: Callable[[dict], tuple]):
+        self.path, self.key = path, key
+        self.lock = threading.Lock()
+        self.rows = read_jsonl(path)
+        self.done = {key(r) for r in self.rows}
+
+    def add(self, row: dict) -> None:
+        with self.lock:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.rows.append(row)
+            self.done.add(self.key(row))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by an interrupted run is measured again
+    return out
+
+
+def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs: int = 2,
+          ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
+          only: Iterable[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """Build (or finish) the catalog under ``data``; returns ``(inputs, ladder rows)``.
+
+    Args:
+        data: the catalog folder (outside the repository).
+        scorer: frame scores of video files (:class:`~cpllm_plugin.integrations.ladder.Scorer`
+            or a stand-in with ``id`` and ``__call__(paths, key_frames)``).
+        levels: the libx264 CRFs of every input's ladder.
+        jobs: ffmpeg processes at a time (one thread each).
+        ffmpeg: the ffmpeg binary (needs libvmaf).
+        progress: True for lines on stderr, or a callable taking a line.
+        only: build only these source ids (tests; default every dev source).
+    """
+    from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
+    from cpllm_plugin.video import probe
+
+    from .corpus import build_corpus, read_split
+    from .variants import encode, progress_printer
+
+    say = progress_printer(progress)
+    data = Path(data)
+    ffmpeg = find_ffmpeg(ffmpeg)
+    dev = sorted(k for k, v in read_split().items() if v == "dev")
+    if only is not None:
+        dev = [d for d in dev if d in set(only)]
+    items = build_corpus(data / "corpus", only=dev, ffmpeg=ffmpeg, progress=say)
+    corpus = (data / "corpus").resolve()
+    origin = {i.source: corpus / i.path for i in items if i.split == "dev"}
+    masters, inputs = [], []
+    for i in items:
+        if i.split != "dev":
+            continue
+        info = probe(origin[i.source])
+        row = {"source": i.source, "path": str(origin[i.source]), "width": info.width,
+               "height": info.height}
+        if i.reference:
+            parent = i.source.split("__")[0]
+            inputs.append({**row, "id": i.source, "source": parent, "kind": "degraded",
+                           "master": str(origin[parent])})
+        else:
+            masters.append(row)
+            inputs.append({**row, "id": i.source, "kind": "master", "master": row["path"]})
+    by_source = {m["source"]: m for m in masters}
+    for up in upload_plan(masters):
+        m = by_source[up["source"]]
+        out = data / "uploads" / f"{up['id']}.mp4"
+        if not out.is_file():
+            say(f"upload {up['id']}")
+            make_upload(Path(m["path"]), out, up, m["width"], m["height"], ffmpeg)
+        inputs.append({**up, "path": str(out.resolve()), "master": m["path"]})
+
+    book = _Rows(data / "inputs.jsonl", lambda r: (r["id"],))
+    ladder = _Rows(data / "ladder.jsonl", lambda r: (r["id"], r["crf"]))
+    work = data / "work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def measure_input(inp: dict) -> None:
+        if (inp["id"],) in book.done:
+            return
+        info = probe(inp["path"])
+        t = (100.0 if inp["kind"] == "master" else
+             measure_fr(inp["master"], inp["path"], ffmpeg, 1, subsample=1, psnr=False)[0])
+        scores = scorer([inp["path"]], [KEY_FRAMES])[0]
+        book.add({**inp, "width": info.width, "height": info.height, "fps": info.fps,
+                  "frames": info.frame_count, "duration": info.duration,
+                  "codec": info.codec, "bytes": Path(inp["path"]).stat().st_size,
+                  "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores]})
+
+    def rung(inp: dict, crf: int) -> None:
+        if (inp["id"], crf) in ladder.done:
+            return
+        out = work / f"{inp['id']}_crf{crf}.mp4"
+        encode(inp["path"], out, crf, "libx264", ffmpeg=ffmpeg, threads=1)
+        try:
+            vm = measure_fr(inp["master"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
+            vi = vm if inp["kind"] == "master" else measure_fr(
+                inp["path"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
+            scores = scorer([str(out)], [KEY_FRAMES])[0]
+            ladder.add({"id": inp["id"], "crf": crf, "bytes": out.stat().st_size,
+                        "vmaf_master": round(vm, 3), "vmaf_input": round(vi, 3),
+                        "frame_scores": [float(v) for v in scores]})
+        finally:
+            out.unlink(missing_ok=True)
+
+    tasks = [(measure_input, (inp,)) for inp in inputs]
+    tasks += [(rung, (inp, c)) for inp in inputs for c in levels]
+    todo = [t for t in tasks if not (
+        (t[0] is measure_input and (t[1][0]["id"],) in book.done)
+        or (t[0] is rung and (t[1][0]["id"], t[1][1]) in ladder.done))]
+    say(f"catalog: {len(inputs)} inputs ({sum(i['kind'] == 'master' for i in inputs)} "
+        f"masters), {len(todo)} of {len(tasks)} measurements to do")
+    done = [0]
+
+    def run(task) -> None:
+        fn, args = task
+        fn(*args)
+        done[0] += 1
+        if done[0] % 20 == 0:
+            say(f"catalog: {done[0]} of {len(todo)}")
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, todo))
+    return read_jsonl(data / "inputs.jsonl"), read_jsonl(data / "ladder.jsonl")
+
+
+# --- replaying policies -----------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One input's ladder at every integer CRF between its lowest and highest level."""
+
+    id: str
+    kind: str
+    source: str
+    t: float  # the input's VMAF against the master (100 for a master)
+    s0: float  # the model's score of the input itself
+    info: dict
+    crfs: np.ndarray
+    vm: np.ndarray  # VMAF of the encode against the master
+    vi: np.ndarray  # ... against the input
+    score: np.ndarray  # the model's score of the encode
+    bytes: np.ndarray
+    levels: dict = field(default_factory=dict)  # measured rows by CRF
+
+    @property
+    def required(self) -> float:
+        """VMAF against the master a pick must keep: ``min(95, T - 5)``."""
+        return min(TRUTH_LEVEL, self.t - TRUTH_MARGIN)
+
+    def at(self, crf: float) -> int:
+        return int(np.clip(round(crf), self.crfs[0], self.crfs[-1])) - int(self.crfs[0])
+
+    def success(self, crf: int) -> bool:
+        return bool(self.vm[self.at(crf)] >= self.required - 1e-9)
+
+    @property
+    def cheapest(self) -> float:
+        ok = self.vm >= self.required - 1e-9
+        if not ok.any():
+            raise CatalogError(message(f"catalog input {self.id}", "a CRF that keeps what "
+                                       "the input had", "none on its ladder",
+                                       "add lower CRFs to the ladder"))
+        return float(self.bytes[ok].min())
+
+    def cost(self, crf: int) -> float:
+        return float(self.bytes[self.at(crf)] / self.cheapest)
+
+
+def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
+    """Interpolate every input's measured levels to every integer CRF between them."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["id"], []).append(r)
+    out = []
+    for inp in inputs:
+        rs = sorted(by.get(inp["id"], []), key=lambda r: r["crf"])
+        if len(rs) < 2:
+            continue
+        lv = np.array([r["crf"] for r in rs], dtype=np.float64)
+        crfs = np.arange(int(lv[0]), int(lv[-1]) + 1)
+
+        def lin(key, rs=rs, lv=lv, crfs=crfs):
+            return np.interp(crfs, lv, [r[key] for r in rs])
+
+        score = np.interp(crfs, lv, [float(np.mean(r["frame_scores"])) for r in rs])
+        size = np.exp(np.interp(crfs, lv, [math.log(max(r["bytes"], 1)) for r in rs]))
+        out.append(Curve(inp["id"], inp["kind"], inp["source"], float(inp["vmaf_master"]),
+                         float(np.mean(inp["frame_scores"])), inp, crfs,
+                         lin("vmaf_master"), lin("vmaf_input"), score, size,
+                         {r["crf"]: r for r in rs}))
+    return out
+
+
+def highest_meeting(crfs: np.ndarray, values: np.ndarray, target: float) -> int | None:
+    """The highest CRF whose non-increasing fit of ``values`` meets ``target`` (the search's
+    answer when it pins the crossing; None when even the lowest CRF misses)."""
+    from cpllm_plugin.integrations.search import monotone
+
+    fit = np.array(monotone(list(crfs), list(values)))
+    ok = np.nonzero((fit >= target - 1e-9) & (values >= target - 1e-9))[0]
+    return int(crfs[ok.max()]) if len(ok) else None
+
+
+Policy = Callable[[Curve], "int | None"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A policy over a set of inputs: success share and mean cost (a miss that cannot pick
+    anything counts as a failure at the lowest CRF's cost)."""
+
+    name: str
+    n: int
+    success: float
+    cost: float
+    picks: dict
+
+    def row(self) -> str:
+        return f"{self.name:34} {self.n:>4} {self.success:>8.0%} {self.cost:>7.3f}"
+
+
+def judge(name: str, policy: Policy, cs: Sequence[Curve]) -> Result:
+    wins, costs, picks = [], [], {}
+    for c in cs:
+        crf = policy(c)
+        if crf is None:
+            wins.append(False)
+            costs.append(c.cost(int(c.crfs[0])))
+        else:
+            wins.append(c.success(crf))
+            costs.append(c.cost(crf))
+        picks[c.id] = crf
+    return Result(name, len(cs), float(np.mean(wins)) if cs else float("nan"),
+                  float(np.mean(costs)) if cs else float("nan"), picks)
+
+
+def fixed(crf: int) -> Policy:
+    return lambda c: crf
+
+
+def vmaf_search(level: float) -> Policy:
+    """ab-av1's crf-search: the highest CRF whose VMAF against the input meets ``level``."""
+    return lambda c: highest_meeting(c.crfs, c.vi, level)
+
+
+def cheapest_fixed(cs: Sequence[Curve], share: float,
+                   crfs: Iterable[int] = range(15, 52)) -> Result | None:
+    """The fixed CRF with the fewest bits that succeeds on at least ``share`` of ``cs``."""
+    best = None
+    for crf in crfs:
+        r = judge(f"fixed CRF {crf}", fixed(crf), cs)
+        if r.success >= share - 1e-9 and (best is None or r.cost < best.cost):
+            best = r
+    return best
