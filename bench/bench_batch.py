@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 import cpllm_plugin  # noqa: E402
-from cpllm_plugin import batch  # noqa: E402
+from cpllm_plugin.integrations import batch  # noqa: E402
 from cpllm_plugin.integrations import ffmpeg as ff  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

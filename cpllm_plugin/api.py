@@ -58,6 +58,11 @@ class ScoreResult:
             "backend": self.backend,
         }
 
+    def to_row(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The ``cpllm score --json`` object of the video at ``path`` (``cpllm batch score``
+        writes the same rows)."""
+        return {"type": "score", "path": str(path), **self.to_dict()}
+
 
 @dataclass(frozen=True)
 class Description:

@@ -2,6 +2,10 @@
 
 Results go to stdout (a human line, or one JSON object per line with ``--json``); warnings and
 progress go to stderr. Exit codes: 0 success, 1 a named cpllm error, 2 bad usage.
+
+These are the runtime's commands only; the installed ``cpllm`` script is
+:mod:`cpllm_plugin.integrations.commands`, which adds ``cpllm batch`` (the runtime imports no
+integration).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import click
 
 from . import api
 from .backends import choose
-from .batch import group as batch_group
 from .configs import list_models
 from .errors import CpllmError
 
@@ -40,11 +43,6 @@ def score_options(f):
                          json_option]):
         f = opt(f)
     return f
-
-
-def score_row(path, r: api.ScoreResult) -> dict:
-    """The ``--json`` object of one scored video (``cpllm batch score`` writes the same)."""
-    return {"type": "score", "path": str(path), **r.to_dict()}
 
 
 def _emit(obj: dict, as_json: bool, line: str) -> None:
@@ -76,7 +74,7 @@ def score(videos, model, backend, precision, key_frames, as_json):
         chosen = choose(backend, precision)
         for path in videos:
             r = api.score(path, model=model, backend=chosen, key_frames=key_frames)
-            _emit(score_row(path, r), as_json,
+            _emit(r.to_row(path), as_json,
                   f"{path}\t{r.score:.3f}\t({len(r.frame_scores)} key frames, {r.model}, "
                   f"{r.backend})")
     _run(go)
@@ -123,8 +121,6 @@ def models():
     for name in list_models():
         click.echo(f"{name}\t{'trained, bundled' if packaged(name) else 'config only'}")
 
-
-main.add_command(batch_group(score_options))
 
 if __name__ == "__main__":
     main()

@@ -18,13 +18,16 @@ import pytest
 from click.testing import CliRunner
 
 import cpllm_plugin
-from cpllm_plugin import batch
-from cpllm_plugin.cli import main
 from cpllm_plugin.errors import MissingExtraError
+from cpllm_plugin.integrations import batch
 from cpllm_plugin.integrations import ladder as lad
+from cpllm_plugin.integrations.batch.driver import _Progress
+from cpllm_plugin.integrations.batch.output import parse_row
 from cpllm_plugin.integrations.cli import main as ladder_main
+from cpllm_plugin.integrations.cli import pick_options
+from cpllm_plugin.integrations.commands import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "sample.mp4"
 KF = "2"  # key frames per clip: enough to compare, fast on 2 cores
 PICK = ["--min-score", "3.5", "--preset", "ultrafast", "--key-frames", KF, "--max-probes", "2"]
@@ -62,7 +65,7 @@ def single(clips):
 
 
 def rows_of(path: Path) -> list[dict]:
-    return [r for r in map(batch._parse, path.read_text().splitlines()) if r]
+    return [r for r in map(parse_row, path.read_text().splitlines()) if r]
 
 
 def check_scores(rows: list[dict], clips, single) -> None:
@@ -248,6 +251,25 @@ def test_job_bad_options():
     assert r.exit_code == 2
 
 
+def test_pick_defaults_are_the_command_lines(monkeypatch):
+    # PickJob.make builds its defaults without click: they must stay what cpllm-ladder pick's
+    # options give, or the resume keys of Python and command-line batches would differ.
+    import click
+
+    monkeypatch.delenv("CPLLM_FFMPEG", raising=False)
+    ctx = click.command()(pick_options(lambda **_: None)).make_context("pick", [])
+    assert batch.pick_defaults() == ctx.params
+    assert batch.PickJob.make().options() == batch.PickJob(ctx.params).options()
+
+
+def test_cpllm_is_the_runtime_with_batch():
+    from cpllm_plugin import cli
+
+    assert "batch" not in cli.main.commands
+    assert main.commands == {**cli.main.commands, "batch": main.commands["batch"]}
+    assert sorted(main.commands["batch"].commands) == ["pick", "score"]
+
+
 def test_output_locked(tmp_path, clips):
     out = tmp_path / "o.jsonl"
     with open(out, "a") as f:
@@ -266,7 +288,7 @@ def test_progress_line():
     import io
 
     buf = io.StringIO()
-    p = batch._Progress(4, quiet=False, stream=buf)
+    p = _Progress(4, quiet=False, stream=buf)
     p.t0 -= 60  # one minute in
     p.show(2, 1)
     assert "[##########..........] 2/4 (1 failed)  2.0 videos/min  ETA 1:00" in buf.getvalue()
@@ -295,7 +317,7 @@ def test_ray_score_rows_match_single(ray_address, clips, single, tmp_path):
 
 def test_ray_driver_killed_then_resumed(ray_address, clips, tmp_path):
     out = tmp_path / "scores.jsonl"
-    cmd = [sys.executable, "-m", "cpllm_plugin.cli", "batch", "score",
+    cmd = [sys.executable, "-m", "cpllm_plugin.integrations.commands", "batch", "score",
            str(clips[0].parent / "list.txt"), "-o", str(out), "-k", KF, "--ray", ray_address,
            "-j", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
