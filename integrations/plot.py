@@ -39,7 +39,9 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     big, small = font(15), font(12)
     x0, x1, y0, y1 = 70, w - 70, 50, h - 55
     crfs = [p.crf for p in probes]
-    scores = [p.score for p in probes] + [result.target.value, result.source_score]
+    on_vmaf = result.target.measure == "vmaf"  # the target is a VMAF level, not a score
+    scores = [p.score for p in probes] + [result.source_score] + (
+        [] if on_vmaf else [result.target.value])
     cx0, cx1 = min(crfs) - 1, max(crfs) + 1
     pad = max((max(scores) - min(scores)) * 0.1, 0.05)
     sy0, sy1 = min(scores) - pad, max(scores) + pad
@@ -51,7 +53,8 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     def pv(c: float, v: float) -> tuple[float, float]:
         return px(c, 0)[0], y1 - v / 100 * (y1 - y0)
 
-    d.text((x0, 16), f"{title}: {result.encoder}, target {result.target.value:.3f} "
+    d.text((x0, 16), f"{title}: {result.encoder}, target {result.target.measure} "
+           f"{result.target.value:.3f} "
            f"({result.target.rule}), pick CRF {result.crf}", fill="black", font=big)
     for i in range(6):
         s = sy0 + (sy1 - sy0) * i / 5
@@ -65,7 +68,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     d.rectangle([x0, y0, x1, y1], outline="black")
     d.text(((x0 + x1) / 2, h - 16), "CRF", fill="black", font=big, anchor="mm")
     d.text((8, y0 - 30), "score", fill=SCORE, font=big)
-    ty = px(cx0, result.target.value)[1]
+    ty = (pv(cx0, result.target.value) if on_vmaf else px(cx0, result.target.value))[1]
     for x in range(x0, x1, 12):
         d.line([(x, ty), (min(x + 6, x1), ty)], fill="red", width=2)
     d.text((x1 - 4, ty - 4), "target", fill="red", font=small, anchor="rb")
