@@ -248,6 +248,11 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     todo = [t for t in tasks if not (
         (t[0] is measure_input and (t[1][0]["id"],) in book.done)
         or (t[0] is rung and (t[1][0]["id"], t[1][1]) in ladder.done))]
+    # Measured in a shuffled order, so a partial catalog already spans every kind.
+    inputs_first = [t for t in todo if t[0] is measure_input]
+    rest = [t for t in todo if t[0] is rung]
+    np.random.default_rng(0).shuffle(rest)
+    todo = inputs_first + rest
     say(f"catalog: {len(inputs)} inputs ({sum(i['kind'] == 'master' for i in inputs)} "
         f"masters), {len(todo)} of {len(tasks)} measurements to do")
     done = [0]
@@ -294,6 +299,11 @@ class Curve:
 
     def success(self, crf: int) -> bool:
         return bool(self.vm[self.at(crf)] >= self.required - 1e-9)
+
+    @property
+    def reachable(self) -> bool:
+        """Some CRF of the ladder keeps what the input had (else every policy fails it)."""
+        return bool((self.vm >= self.required - 1e-9).any())
 
     @property
     def cheapest(self) -> float:
@@ -394,3 +404,76 @@ def cheapest_fixed(cs: Sequence[Curve], share: float,
         if r.success >= share - 1e-9 and (best is None or r.cost < best.cost):
             best = r
     return best
+
+
+def score_rule(min_score: float, max_drop: float | None) -> Policy:
+    """``cpllm-ladder --mode score``: the highest CRF whose predicted score meets the lower
+    of ``min_score`` and the input's own score less ``max_drop``."""
+    from cpllm_plugin.integrations.search import Target
+
+    def policy(c: Curve) -> int | None:
+        t = Target.resolve(min_score, max_drop, c.s0)
+        return highest_meeting(c.crfs, c.score, t.value)
+
+    return policy
+
+
+GROUPS = ("master", "degraded", "x264", "x265", "soft", "noisy", "down")
+
+
+def groups(cs: Sequence[Curve]) -> dict[str, list[Curve]]:
+    """The report's rows: clean masters, each upload kind, all uploads, the whole catalog
+    (the corpus' degraded dev originals count as uploads)."""
+    out = {g: [c for c in cs if c.kind == g] for g in GROUPS}
+    out["uploads"] = [c for c in cs if c.kind != "master"]
+    out["catalog"] = list(cs)
+    return {k: v for k, v in out.items() if v}
+
+
+def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike,
+                  title: str = "", size: tuple[int, int] = (900, 560)) -> Path:
+    """PNG of success share (y) against bit cost (x), one curve per policy; a single point
+    is drawn as a marker. Written to a temporary name, then renamed."""
+    from PIL import Image, ImageDraw
+
+    from cpllm_plugin.integrations.plot import font
+
+    from .variants import atomic
+
+    colours = [(31, 119, 180), (230, 120, 20), (44, 160, 44), (214, 39, 40),
+               (148, 103, 189), (140, 86, 75)]
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    x0, x1, y0, y1 = 70, w - 30, 50, h - 60
+    costs = [c for pts in series.values() for c, _ in pts]
+    cx0, cx1 = 0.6, max(1.6, min(3.0, max(costs) + 0.05))
+
+    def px(cost: float, share: float) -> tuple[float, float]:
+        cost = min(max(cost, cx0), cx1)
+        return x0 + (cost - cx0) / (cx1 - cx0) * (x1 - x0), y1 - share * (y1 - y0)
+
+    d.text((x0, 16), title, fill="black", font=font(15))
+    for i in range(11):
+        y = px(cx0, i / 10)[1]
+        d.line([(x0, y), (x1, y)], fill=(230, 230, 230))
+        d.text((x0 - 8, y), f"{i * 10}%", fill="black", font=font(12), anchor="rm")
+    c = cx0
+    while c <= cx1 + 1e-9:
+        x = px(c, 0)[0]
+        d.line([(x, y0), (x, y1)], fill=(230, 230, 230))
+        d.text((x, y1 + 8), f"{c:.1f}", fill="black", font=font(12), anchor="mt")
+        c += 0.2
+    d.text(((x0 + x1) / 2, h - 22), "bits against the cheapest success on each input's "
+           "ladder (1.0 = that encode every time)", fill="black", font=font(12), anchor="mm")
+    d.text((14, y0 - 24), "success", fill="black", font=font(12))
+    for i, (name, pts) in enumerate(series.items()):
+        col = colours[i % len(colours)]
+        xy = [px(*p) for p in sorted(pts)]
+        if len(xy) > 1:
+            d.line(xy, fill=col, width=2)
+        for x, y in xy:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+        d.text((x1 - 250, y0 + 10 + 18 * i), f"- {name}", fill=col, font=font(13))
+    out = Path(path)
+    return atomic(out, lambda tmp: img.save(tmp, format="PNG"))

@@ -1,0 +1,105 @@
+"""The catalog benchmark's truth, costs and policies on a synthetic catalog with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cpllm_plugin.training import catalog as cat
+
+
+def _ladder(id_, vm, vi, score, kbps0=1000.0):
+    """Rows at the catalog's levels from functions of CRF; size halves every 6 CRF."""
+    return [{"id": id_, "crf": c, "bytes": kbps0 * 2 ** (-(c - 15) / 6),
+             "vmaf_master": vm(c), "vmaf_input": vi(c), "frame_scores": [score(c)] * 4}
+            for c in cat.LEVELS]
+
+
+def _input(id_, kind, t, s0):
+    return {"id": id_, "kind": kind, "source": id_.split("~")[0], "vmaf_master": t,
+            "frame_scores": [s0] * 4, "width": 1920, "height": 1080, "frames": 50,
+            "bytes": 1, "codec": "h264"}
+
+
+@pytest.fixture
+def catalog():
+    # A master: VMAF falls 1 per CRF from 100 at CRF 15 (crosses 95 at CRF 20).
+    master = (_input("m", "master", 100.0, 4.6),
+              _ladder("m", lambda c: 100 - (c - 15), lambda c: 100 - (c - 15),
+                      lambda c: 4.6 - 0.05 * (c - 15)))
+    # An earlier encode with T = 80 (needs VMAF 75 against the master): against the master
+    # it loses 0.5 per CRF from 80, against itself 1.5 per CRF from 100. Cheapest success:
+    # CRF 25; a VMAF-95 search against the input picks CRF 18 (three CRF, more bits).
+    upload = (_input("u~x264_36", "x264", 80.0, 3.9),
+              _ladder("u~x264_36", lambda c: 80 - 0.5 * (c - 15),
+                      lambda c: 100 - 1.5 * (c - 15), lambda c: 3.9 - 0.02 * (c - 15)))
+    # Nothing on its ladder reaches 95 against the master.
+    lost = (_input("d", "master", 100.0, 3.0),
+            _ladder("d", lambda c: 90 - (c - 15), lambda c: 90 - (c - 15), lambda c: 3.0))
+    inputs = [master[0], upload[0], lost[0]]
+    rows = master[1] + upload[1] + lost[1]
+    return {c.id: c for c in cat.curves(inputs, rows)}
+
+
+def test_truth_and_cost_follow_the_master(catalog):
+    m, u, lost = catalog["m"], catalog["u~x264_36"], catalog["d"]
+    assert m.required == 95 and u.required == 75
+    assert m.success(20) and not m.success(21)
+    assert u.success(25) and not u.success(26)
+    assert m.cost(20) == pytest.approx(1.0) and u.cost(25) == pytest.approx(1.0)
+    assert m.cost(14 + 1) == pytest.approx(2 ** (5 / 6))  # CRF 15 against CRF 20
+    # Interpolated between levels 4 CRF apart: sizes in log, VMAF linearly.
+    assert u.bytes[u.at(17)] == pytest.approx(1000 * 2 ** (-2 / 6))
+    assert not lost.reachable and m.reachable
+    with pytest.raises(cat.CatalogError, match="keeps what the input had"):
+        _ = lost.cheapest
+
+
+def test_policies_are_judged_against_the_master(catalog):
+    cs = [catalog["m"], catalog["u~x264_36"]]
+    v95 = cat.judge("vmaf 95", cat.vmaf_search(95), cs)
+    assert v95.picks == {"m": 20, "u~x264_36": 18}
+    assert v95.success == 1.0
+    assert v95.cost == pytest.approx((1.0 + 2 ** (7 / 6)) / 2)  # overspends on the upload
+    # A fixed CRF 25 keeps the upload but loses the master.
+    f25 = cat.judge("fixed 25", cat.fixed(25), cs)
+    assert f25.success == 0.5 and f25.picks["u~x264_36"] == 25
+    best = cat.cheapest_fixed(cs, 1.0)
+    assert best.name == "fixed CRF 20" and best.success == 1.0
+    assert cat.cheapest_fixed(cs, 0.5).name == "fixed CRF 25"
+    # The score rule: the lower of 4.35 and s0 - 0.2.
+    r = cat.judge("score", cat.score_rule(4.35, 0.2), cs)
+    assert r.picks == {"m": 20, "u~x264_36": 25}
+    # A policy that finds nothing fails, at the cost of the lowest CRF.
+    none = cat.judge("none", lambda c: None, cs)
+    assert none.success == 0 and none.cost == pytest.approx(
+        (2 ** (5 / 6) + 2 ** (10 / 6)) / 2)
+
+
+def test_groups_split_masters_and_uploads(catalog):
+    g = cat.groups(list(catalog.values()))
+    assert [c.id for c in g["master"]] == ["m", "d"]
+    assert [c.id for c in g["x264"]] == ["u~x264_36"] == [c.id for c in g["uploads"]]
+    assert len(g["catalog"]) == 3 and "soft" not in g
+
+
+def test_highest_meeting_uses_the_monotone_fit():
+    crfs = np.arange(15, 22)
+    v = np.array([97, 96, 94, 95.5, 93, 92, 91.0])  # a bump back above 95 at CRF 18
+    assert cat.highest_meeting(crfs, v, 95) == 16
+    assert cat.highest_meeting(crfs, v, 99) is None
+
+
+def test_upload_plan_covers_every_kind_from_big_masters_only():
+    masters = [{"source": f"s{i}", "width": 1920 if i < 5 else 640,
+                "height": 1080 if i < 5 else 360} for i in range(8)]
+    plan = cat.upload_plan(masters)
+    assert len(plan) == 5 * cat.PER_SOURCE
+    assert {p["source"] for p in plan} == {f"s{i}" for i in range(5)}
+    assert {p["kind"] for p in plan} == set(cat.KINDS)
+    assert len({p["id"] for p in plan}) == len(plan)
+    for p in plan:
+        if p["kind"] in ("x264", "x265"):
+            assert p["spec"]["codec"] == "lib" + p["kind"]
+            assert 30 <= p["spec"]["crf"] <= 40
+    assert all(not math.isnan(p["spec"]["crf"]) for p in plan)
