@@ -36,6 +36,7 @@ import numpy as np
 from .configs import ModelConfig
 from .errors import BackendError, ModelFileError, UnknownNameError, message, require, suggest
 from .modeldir import WEIGHTS, is_model_dir, read_config, verify
+from .trt import build_engine
 
 log = logging.getLogger("cpllm")
 
@@ -66,7 +67,7 @@ class ORT:
 
 @dataclass(frozen=True)
 class TRT:
-    """TensorRT options (engines are built once and cached; see :mod:`cpllm_plugin.export.trt`).
+    """TensorRT options (engines are built once and cached; see :mod:`cpllm_plugin.trt`).
 
     Attributes:
         fp16: build from the fp16 ONNX (TensorRT 11 networks are strongly typed).
@@ -260,7 +261,7 @@ class OrtBackend(Backend):
 
 
 class TrtBackend(Backend):
-    """A TensorRT engine built from the exported ONNX (cached; see ``export/trt.py``).
+    """A TensorRT engine built from the exported ONNX (cached; see :mod:`cpllm_plugin.trt`).
 
     Device buffers are torch CUDA tensors, the one GPU array library the project depends on
     for its decoder anyway; calls run one at a time on one execution context.
@@ -281,13 +282,11 @@ class TrtBackend(Backend):
             raise BackendError(message(
                 where, "an NVIDIA GPU visible to CUDA", "none",
                 "run on a machine with a GPU, or use backend='onnxruntime'"))
-        from cpllm_plugin.export import trt as build
-
         model = Exported(source, "fp16" if options.fp16 else "fp32", where)
         self.config, self.id, self.options, self.torch = model.config, model.id, options, torch
         if options.fp16:
             self.name = "tensorrt-fp16"
-        self.engine_path = build.build_engine(model.path, model.sha256, options)
+        self.engine_path = build_engine(model.path, model.sha256, options)
         self.device = torch.device("cuda", options.device)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())

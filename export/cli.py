@@ -54,12 +54,11 @@ def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, e
             exporter=exporter)
         if build_trt:
             from cpllm_plugin.backends import TRT, Exported
-
-            from . import trt
+            from cpllm_plugin.trt import build_engine
 
             prec = "fp16" if fp16_engine else "fp32"
             model = Exported(out_dir, prec, "cpllm-export --trt")
-            path = trt.build_engine(model.path, model.sha256, TRT(fp16=fp16_engine))
+            path = build_engine(model.path, model.sha256, TRT(fp16=fp16_engine))
             say(f"cpllm-export: TensorRT engine {path}")
     except CpllmError as exc:
         click.echo(f"error: {exc}", err=True)

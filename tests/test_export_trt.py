@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from media import pan_frames
 
-from cpllm_plugin import backends, errors, preprocess
+from cpllm_plugin import backends, errors, preprocess, trt
 from cpllm_plugin.backends import TRT
-from cpllm_plugin.export import trt
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_trt = pytest.mark.skipif(

@@ -14,11 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 UPPER = ("cpllm_plugin.integrations", "cpllm_plugin.training", "cpllm_plugin.export")
 # Known and still to be moved; each entry is (file, the upper module it reaches).
-PENDING = {
-    # The TensorRT backend builds its engine with export/trt.py (issue 37 moves the build
-    # into the runtime or the backend into export).
-    ("cpllm_plugin/backends.py", "cpllm_plugin.export"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _upper(name: str) -> bool:

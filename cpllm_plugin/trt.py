@@ -1,5 +1,8 @@
 """Build TensorRT engines from the exported ONNX, once, into an engine cache.
 
+Part of the runtime because the TensorRT backend builds its engine on first use, on the
+machine that runs it; ``cpllm-export --trt`` builds ahead of time through the same function.
+
 An engine only runs on the TensorRT version and GPU model that built it, for the shapes and
 precision of its optimisation profile. The cache file name therefore carries all of them::
 
@@ -20,18 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cpllm_plugin.configs import cache_dir
-from cpllm_plugin.errors import BackendError, message, require
+from .configs import cache_dir
+from .errors import BackendError, message, require
 
 if TYPE_CHECKING:
-    from cpllm_plugin.backends import TRT
+    from .backends import TRT
 
 MIB = 1 << 20
 
 
 def gpu_name(device: int = 0) -> str:
     """The CUDA device's product name (e.g. ``NVIDIA H100 80GB HBM3``)."""
-    torch = require("torch", "torch", "cpllm-export --trt")
+    torch = require("torch", "torch", "TensorRT engine build")
     return torch.cuda.get_device_name(device)
 
 
