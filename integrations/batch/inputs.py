@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cpllm_plugin.errors import message
+from cpllm_plugin.hashing import sampled_identity
 
-from ..ladder import identity as content_identity
 from .errors import BatchInputError, BatchInputNotFoundError
 
 
@@ -93,8 +93,9 @@ def _manifest_path(p: Path, line: int, text: str) -> str:
 
 
 def identity(path: str) -> str:
-    """The input's content identity; a path that cannot be read is known by its name."""
+    """The input's content identity (sampled: inputs may be huge, see
+    :mod:`cpllm_plugin.hashing`); a path that cannot be read is known by its name."""
     try:
-        return content_identity(path)
+        return sampled_identity(path)
     except OSError:
         return f"path:{os.path.abspath(path)}"
