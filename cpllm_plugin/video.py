@@ -27,20 +27,16 @@ from .errors import (
     EmptyInputError,
     NoVideoStreamError,
     VideoDecodeError,
-    VideoNotFoundError,
     message,
 )
+from .files import FIX_DECODE as _FIX_DECODE
+from .files import check_input
 
 __all__ = ["KeyFrames", "VideoInfo", "probe", "read_key_frames"]
 
 # PyAV raises FFmpegError subclasses for everything FFmpeg reports; odd metadata bytes can
 # still raise UnicodeDecodeError while PyAV builds its dicts.
 _AV_ERRORS = (av.error.FFmpegError, UnicodeDecodeError)
-
-_FIX_DECODE = (
-    "check that the file plays (ffprobe FILE); re-mux it with `ffmpeg -i FILE -c copy "
-    "fixed.mp4`, or re-encode it with `ffmpeg -i FILE -c:v libx264 -crf 18 fixed.mp4`"
-)
 
 # Seek this many frame durations before a target: with B-frames a keyframe's decode time
 # (what the index holds) runs ahead of its presentation time by a frame or two.
@@ -138,7 +134,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         VideoDecodeError: The file is not a media file FFmpeg can read, or is damaged.
     """
     where = _where("probe", path)
-    name = _check_path(path, where)
+    name = check_input(path, where)
     with _translated(where), _open(name) as container:
         return _layout(container, name, where).info
 
@@ -187,7 +183,7 @@ def read_key_frames(path: str | os.PathLike, count: int) -> KeyFrames:
             )
         )
     count = wanted
-    name = _check_path(path, where)
+    name = check_input(path, where)
     with _translated(where):
         with _open(name) as container:
             layout = _layout(container, name, where)
@@ -210,53 +206,6 @@ def _where(func: str, path: object) -> str:
     except TypeError:
         return f"{func}({path!r})"
     return f"{func}({shown!r})"
-
-
-def _check_path(path: object, where: str) -> str:
-    """Return ``path`` as a string, or raise :class:`VideoNotFoundError`."""
-    try:
-        name = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
-    except TypeError:
-        raise VideoNotFoundError(
-            message(
-                where,
-                "a path to a video file (str or os.PathLike)",
-                f"a {type(path).__name__}",
-                "pass the file's path, e.g. 'clip.mp4'",
-            )
-        ) from None
-    if not os.path.exists(name):
-        raise VideoNotFoundError(
-            message(
-                where,
-                "an existing video file",
-                "a path that does not exist",
-                f"check the path (relative paths start from {os.getcwd()!r})",
-            )
-        )
-    if not os.path.isfile(name):
-        raise VideoNotFoundError(
-            message(
-                where,
-                "a video file",
-                "a directory" if os.path.isdir(name) else "something that is not a file",
-                "pass the path of the video file itself",
-            )
-        )
-    if os.path.getsize(name) == 0:
-        raise VideoDecodeError(
-            message(where, "a video file", "an empty file (0 bytes)", _FIX_DECODE)
-        )
-    if not os.access(name, os.R_OK):
-        raise VideoNotFoundError(
-            message(
-                where,
-                "a readable video file",
-                "a file without read permission",
-                "give the current user read access (chmod u+r FILE)",
-            )
-        )
-    return name
 
 
 def _open(name: str):
