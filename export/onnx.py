@@ -1,6 +1,6 @@
 """Export the scoring path to ONNX, check it against torch and write a runtime model directory.
 
-The exported graph is :class:`cpllm_plugin.model.cpllm.Scorer`: both encoders, projections,
+The exported graph is :class:`cpllm_plugin.model.cpllm.ScoringPath`: both encoders, projections,
 pooling, LayerNorm and the MLP head. Per key frame it takes exactly what
 :func:`cpllm_plugin.preprocess.prepare` makes, with a dynamic batch dimension B::
 

@@ -55,7 +55,7 @@ from cpllm_plugin.errors import CpllmError, message, require
 
 vs = require("vapoursynth", "vapoursynth", "cpllm_plugin.integrations.vapoursynth")
 
-__all__ = ["ClipFormatError", "FilterArgumentError", "NoScoresError", "Summary",
+__all__ = ["ClipFormatError", "ClipSummary", "FilterArgumentError", "NoScoresError",
            "VapourSynthError", "rgb24", "score", "summary"]
 
 PROP = "CPLLM_Score"
@@ -240,7 +240,7 @@ def _on_gpu(backend: backends.Backend) -> bool:
     return str(getattr(backend, "device", "cpu")).startswith("cuda")
 
 
-class _Scorer:
+class _FrameScorer:
     """Scores frames of one :func:`score` call; keeps each score so a frame VapourSynth
     requests again (after its cache dropped it) is not run through the model twice."""
 
@@ -388,7 +388,7 @@ def score(clip, model: str | Path | Model = DEFAULT_MODEL,
     if batch is None:
         batch = GPU_BATCH if _on_gpu(m.backend) else 1
     parallel = parallel or max(1, vs.core.num_threads)
-    scorer = _Scorer(m, batch)
+    scorer = _FrameScorer(m, batch)
 
     # Frames 0, every, 2 every, ... as RGB24, dealt round-robin to `parallel` instances.
     src = rgb24(clip[::every])
@@ -435,7 +435,7 @@ def score(clip, model: str | Path | Model = DEFAULT_MODEL,
 
 
 @dataclass(frozen=True)
-class Summary:
+class ClipSummary:
     """Scores of a whole clip.
 
     Attributes:
@@ -463,7 +463,7 @@ class Summary:
         return asdict(self)
 
 
-def summary(clip, prop: str = PROP, worst: int = 48) -> Summary:
+def summary(clip, prop: str = PROP, worst: int = 48) -> ClipSummary:
     """Request every frame of a scored clip and sum up its scores.
 
     Args:
@@ -472,7 +472,7 @@ def summary(clip, prop: str = PROP, worst: int = 48) -> Summary:
         worst: length in frames of the worst segment to find (the whole clip if shorter).
 
     Returns:
-        :class:`Summary`. Frames are requested in parallel (``core.num_threads``).
+        :class:`ClipSummary`. Frames are requested in parallel (``core.num_threads``).
 
     Raises:
         NoScoresError: a frame lacks ``prop``.
@@ -501,5 +501,5 @@ def summary(clip, prop: str = PROP, worst: int = 48) -> Summary:
     means = (sums[width:] - sums[:-width]) / width
     start = int(np.argmin(means))
     p5, p10, p50 = np.percentile(values, [5, 10, 50])
-    return Summary(len(values), float(values.mean()), float(values.min()), float(p5),
+    return ClipSummary(len(values), float(values.mean()), float(values.min()), float(p5),
                    float(p10), float(p50), start, width, float(means[start]), model)

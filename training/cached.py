@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import CpllmError, message
-from ..model.cpllm import Scorer
+from ..model.cpllm import ScoringPath
 from .evaluate import flip_groups, srcc_vs_vmaf
 from .frozen import FeatureCache, frozen_parameters
 from .losses import pair_gap, rank_loss, score_loss
@@ -78,7 +78,7 @@ def channels_last(module: torch.nn.Module):
         module.to(memory_format=torch.contiguous_format)
 
 
-def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Tensor
+def frame_scores(scorer: ScoringPath, blocks: int, stem: torch.Tensor, ctx: torch.Tensor
                  ) -> torch.Tensor:
     """Scores ``(B,)`` of key frames from frozen features.
 
@@ -92,13 +92,13 @@ def frame_scores(scorer: Scorer, blocks: int, stem: torch.Tensor, ctx: torch.Ten
     return scorer.head_score(u, _pixels(scorer, blocks, stem))
 
 
-def _pixels(scorer: Scorer, blocks: int, stem: torch.Tensor) -> torch.Tensor:
+def _pixels(scorer: ScoringPath, blocks: int, stem: torch.Tensor) -> torch.Tensor:
     """``v (B, Tl, D)`` from patch features ``(B, K, C, h, w)`` after the frozen blocks."""
     t = scorer.low.rest(stem.flatten(0, 1), blocks)  # (B * K, Tl, Cl)
     return scorer.pixel_tokens(t.view(*stem.shape[:2], *t.shape[1:]))
 
 
-def visual_tokens(scorer: Scorer, blocks: int, stem: torch.Tensor, tokens: torch.Tensor
+def visual_tokens(scorer: ScoringPath, blocks: int, stem: torch.Tensor, tokens: torch.Tensor
                   ) -> torch.Tensor:
     """The decoder's visual tokens ``(B, Th + Tl, D)`` = ``[u; v]`` from frozen features.
 
@@ -212,7 +212,7 @@ class CachedSet:
         return None
 
     @torch.no_grad()
-    def score_all(self, scorer: Scorer, chunk: int = 16) -> np.ndarray:
+    def score_all(self, scorer: ScoringPath, chunk: int = 16) -> np.ndarray:
         """Video scores ``(N,)`` (mean over the M key frames) from the cache, as at inference
         whatever mode ``scorer`` is in."""
         out = np.empty(len(self.items))
@@ -291,7 +291,7 @@ class CachedConfig:
         return self.lr
 
 
-def _trainable(scorer: Scorer, blocks: int) -> list[tuple[str, torch.nn.Parameter]]:
+def _trainable(scorer: ScoringPath, blocks: int) -> list[tuple[str, torch.nn.Parameter]]:
     frozen = set(frozen_parameters(scorer, blocks))
     out = []
     for n, p in scorer.named_parameters():
@@ -301,7 +301,7 @@ def _trainable(scorer: Scorer, blocks: int) -> list[tuple[str, torch.nn.Paramete
     return out
 
 
-def _save_state(out: Path, scorer: Scorer, opt: torch.optim.Adam,
+def _save_state(out: Path, scorer: ScoringPath, opt: torch.optim.Adam,
                 named: list[tuple[str, torch.nn.Parameter]], step: int, extra: dict) -> None:
     from safetensors.torch import save_file
 
@@ -319,7 +319,7 @@ def _save_state(out: Path, scorer: Scorer, opt: torch.optim.Adam,
     os.replace(out / ".state.json.part", out / "state.json")
 
 
-def load_state(out: Path, scorer: Scorer) -> dict | None:
+def load_state(out: Path, scorer: ScoringPath) -> dict | None:
     """Load ``out/state.safetensors`` into ``scorer``; the saved JSON, or None if absent."""
     f = out / "state.safetensors"
     if not f.is_file():
@@ -333,7 +333,7 @@ def load_state(out: Path, scorer: Scorer) -> dict | None:
     return meta
 
 
-def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
+def train_scorer(scorer: ScoringPath, data: CachedSet, out: str | os.PathLike,
                  cfg: CachedConfig, dev: CachedSet | None = None,
                  progress: Callable[[str], None] | bool = True) -> dict:
     """Train the scoring path on cached features; resumable from ``out``.
@@ -352,7 +352,7 @@ def train_scorer(scorer: Scorer, data: CachedSet, out: str | os.PathLike,
         return _train_scorer(scorer, data, out, cfg, dev, blocks, progress_printer(progress))
 
 
-def _train_scorer(scorer: Scorer, data: CachedSet, out: Path, cfg: CachedConfig,
+def _train_scorer(scorer: ScoringPath, data: CachedSet, out: Path, cfg: CachedConfig,
                   dev: CachedSet | None, blocks: int, say: Callable[[str], None]) -> dict:
     scorer.eval()  # BatchNorm statistics stay the pretrained ones (see module docstring)
     named = _trainable(scorer, blocks)
@@ -452,7 +452,7 @@ class TextConfig:
     minutes: float = 0.0
 
 
-def decoder_visuals(scorer: Scorer, data: CachedSet, items: Sequence[int] | None = None,
+def decoder_visuals(scorer: ScoringPath, data: CachedSet, items: Sequence[int] | None = None,
                     chunk: int = 8) -> torch.Tensor:
     """``(N, Th + Tl, D)`` decoder tokens of the decoder key frame of ``items`` (indices
     into ``data.items``; None: all), no grad."""

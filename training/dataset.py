@@ -31,8 +31,9 @@ import torch
 
 from ..configs import ModelConfig
 from ..errors import CpllmError, message
+from ..files import atomic
 from ..hashing import sha256_file
-from ..model.cpllm import Scorer
+from ..model.cpllm import ScoringPath
 from ..preprocess import prepare
 from ..video import read_key_frames
 from .losses import pair_gap
@@ -122,7 +123,7 @@ class PairSampler:
         return chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
 
-def high_encoder_id(scorer: Scorer, cfg: ModelConfig) -> str:
+def high_encoder_id(scorer: ScoringPath, cfg: ModelConfig) -> str:
     """A short hash of the frozen high encoder's weights and view size (the cache key)."""
     h = hashlib.sha256(f"{cfg.high.backbone}:{cfg.view_size}".encode())
     for name, t in sorted(scorer.high.state_dict().items()):
@@ -172,9 +173,7 @@ class ContextCache:
 
             self.directory.mkdir(parents=True, exist_ok=True)
             state = {str(i): t for (s, i), t in self.memory.items() if s == sha}
-            tmp = self._file(sha).with_suffix(".tmp")
-            save_file(state, tmp)
-            tmp.replace(self._file(sha))
+            atomic(self._file(sha), lambda tmp: save_file(state, tmp))
 
 
 @dataclass
@@ -272,7 +271,7 @@ class TrainingData:
         x = prepare(frames, self.cfg, np.random.default_rng(list(seed)), views=ctx is None)
         return x.views, x.patches, idx, ctx, (frames.shape[2], frames.shape[1])
 
-    def batch(self, samples: Sequence[Sample], scorer: Scorer, seed: Sequence[int],
+    def batch(self, samples: Sequence[Sample], scorer: ScoringPath, seed: Sequence[int],
               tokenizer=None, max_text_tokens: int = 512, device: torch.device | None = None
               ) -> Batch:
         """Build the :class:`Batch` of ``samples``.

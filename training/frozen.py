@@ -43,12 +43,13 @@ from torch import nn
 
 from ..configs import ModelConfig
 from ..errors import CpllmError, message
+from ..files import atomic
 from ..hashing import sha256_file
-from ..model.cpllm import Scorer
+from ..model.cpllm import ScoringPath
 from ..preprocess import key_frame_indices, prepare
 from ..video import read_key_frames
 from .manifest import Item, resolve
-from .variants import atomic, progress_printer
+from .variants import progress_printer
 
 FROZEN_BLOCKS = 11  # EfficientNet-Lite0: stem + stages 1-5 (112 channels at stride 16)
 
@@ -81,7 +82,7 @@ class CacheError(CpllmError, RuntimeError):
 
 
 class _Stem(nn.Module):
-    def __init__(self, scorer: Scorer, blocks: int):
+    def __init__(self, scorer: ScoringPath, blocks: int):
         super().__init__()
         self.low, self.blocks = scorer.low, blocks
 
@@ -90,7 +91,7 @@ class _Stem(nn.Module):
 
 
 class _High(nn.Module):
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: ScoringPath):
         super().__init__()
         self.high = scorer.high
 
@@ -98,7 +99,7 @@ class _High(nn.Module):
         return self.high(views)
 
 
-def cache_key(scorer: Scorer, cfg: ModelConfig, blocks: int, key_frames: int) -> str:
+def cache_key(scorer: ScoringPath, cfg: ModelConfig, blocks: int, key_frames: int) -> str:
     """A short name for the frozen parts' weights and the input settings."""
     h = hashlib.sha256(f"{cfg.high.backbone}:{cfg.low.backbone}:{cfg.view_size}:{cfg.fit}:"
                        f"{cfg.patch_size}:{cfg.num_patches}:{cfg.low_input}".encode())
@@ -123,7 +124,7 @@ def _frozen_param(name: str, blocks: int) -> bool:
     return any(p in ("_conv_stem", "_bn0") for p in parts)
 
 
-def frozen_parameters(scorer: Scorer, blocks: int) -> list[str]:
+def frozen_parameters(scorer: ScoringPath, blocks: int) -> list[str]:
     """Names of the scorer parameters that split training keeps fixed."""
     return [n for n, _ in scorer.named_parameters()
             if n.startswith("high.") or (n.startswith("low.") and _frozen_param(n, blocks))]
@@ -175,7 +176,7 @@ class FeatureCache:
         threads: ONNX Runtime threads.
     """
 
-    def __init__(self, scorer: Scorer, cfg: ModelConfig, directory: str | os.PathLike,
+    def __init__(self, scorer: ScoringPath, cfg: ModelConfig, directory: str | os.PathLike,
                  blocks: int = FROZEN_BLOCKS, key_frames: int = 5, threads: int = 2):
         self.scorer, self.cfg, self.blocks, self.m = scorer, cfg, blocks, key_frames
         self.threads = threads

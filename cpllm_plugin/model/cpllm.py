@@ -59,7 +59,7 @@ def decoder_width(cfg: ModelConfig) -> int:
     return decoder_entry(cfg.decoder).width
 
 
-class Scorer(nn.Module):
+class ScoringPath(nn.Module):
     """The scoring path: encoders, projections, pooling, LayerNorm and the MLP head.
 
     This is the part exported to ONNX; it needs no decoder.
@@ -83,7 +83,7 @@ class Scorer(nn.Module):
         lo, hi = cfg.score_range
         self.register_buffer("range", torch.tensor([lo, hi - lo]), persistent=False)
 
-    def train(self, mode: bool = True) -> Scorer:
+    def train(self, mode: bool = True) -> ScoringPath:
         super().train(mode)
         self.high.eval()  # frozen means its BatchNorm statistics stay put too
         return self
@@ -118,7 +118,7 @@ class Scorer(nn.Module):
 
 
 class CPLLM(nn.Module):
-    """The whole model: :class:`Scorer` plus the LoRA-adapted Gemma decoder.
+    """The whole model: :class:`ScoringPath` plus the LoRA-adapted Gemma decoder.
 
     Args:
         cfg: the model config.
@@ -129,7 +129,7 @@ class CPLLM(nn.Module):
         super().__init__()
         cfg.validate()
         self.config = cfg
-        self.scorer = Scorer(cfg, decoder_width(cfg))
+        self.scorer = ScoringPath(cfg, decoder_width(cfg))
         self.decoder = None
         self.tokenizer = None
         if with_decoder:
@@ -219,7 +219,7 @@ class CPLLM(nn.Module):
 
     def facts(self, width: int, height: int, context: torch.Tensor) -> Facts:
         """The :class:`Facts` of frames of ``width`` x ``height`` whose high-level tokens
-        ``(F, Th, Ch)`` (:meth:`Scorer.context`) the decoder sees."""
+        ``(F, Th, Ch)`` (:meth:`ScoringPath.context`) the decoder sees."""
         labels: tuple[str, ...] = ()
         if imagenet.has_head(self.scorer.high):
             with torch.no_grad():

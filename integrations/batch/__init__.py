@@ -29,7 +29,7 @@ Parts: :mod:`.inputs` (what to run), :mod:`.jobs` (what a worker does per input)
 :mod:`cpllm_plugin.integrations.batch_cli`.
 """
 
-from .driver import ATTEMPTS, Summary, run
+from .driver import ATTEMPTS, RunSummary, run
 from .errors import (
     BatchArgumentError,
     BatchError,
@@ -46,6 +46,6 @@ from .pool import BatchWorker
 __all__ = [
     "ATTEMPTS", "BatchArgumentError", "BatchError", "BatchInputError",
     "BatchInputNotFoundError", "BatchWorker", "Job", "OutputLockedError", "PickJob",
-    "ScoreJob", "Summary", "WorkerDiedError", "WorkerStartError", "error_row",
+    "RunSummary", "ScoreJob", "WorkerDiedError", "WorkerStartError", "error_row",
     "pick_defaults", "read_inputs", "run",
 ]

@@ -26,7 +26,7 @@ from .pool import LocalPool, RayPool
 ATTEMPTS = 2  # a dead worker's input is tried on one more worker, then reported failed
 
 @dataclasses.dataclass(frozen=True)
-class Summary:
+class RunSummary:
     """What a run did: inputs done, failed (error rows written), skipped (already in the
     output; ``failed_before`` of them with an error row), retried after a worker died, and
     the wall time of the run."""
@@ -101,7 +101,7 @@ def _clock(seconds: float | None) -> str:
 def run(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike,
         job: Job, *, workers: int | None = None, ray: str | None = None,
         num_cpus: float = 1, num_gpus: float = 0, retry_failed: bool = False,
-        quiet: bool = False, on_row: Callable[[dict], None] | None = None) -> Summary:
+        quiet: bool = False, on_row: Callable[[dict], None] | None = None) -> RunSummary:
     """Run ``job`` over every input, appending one row per input to ``output``.
 
     Args:
@@ -121,7 +121,7 @@ def run(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | o
         on_row: called with each row written (the CLI's ``--json`` prints them).
 
     Returns:
-        The :class:`Summary` (``failed`` counts error rows written by this run).
+        The :class:`RunSummary` (``failed`` counts error rows written by this run).
 
     Raises:
         MissingExtraError: ``ray`` given but Ray not installed.
@@ -160,7 +160,7 @@ def run(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | o
             pool.close()
     finally:
         sink.close()
-    return Summary(d.done, d.failed, d.skipped, d.retried, round(time.monotonic() - t0, 3),
+    return RunSummary(d.done, d.failed, d.skipped, d.retried, round(time.monotonic() - t0, 3),
                    str(output), d.failed_before)
 
 
