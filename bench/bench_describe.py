@@ -54,7 +54,7 @@ def main(models, data, count, json_out):
     tags = {i.source: i.tag for i in rows if i.original}
     pool = [Item(i.path, i.source, split="dev", tag=tags.get(i.source)) for i in rows
             if not i.original and i.codec == "libx264"]
-    shipped = cpllm_plugin.load_model("cpllm-lite", backend="onnxruntime")
+    shipped = cpllm_plugin.load_model(cpllm_plugin.DEFAULT_MODEL, backend="onnxruntime")
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     say(f"scoring {len(pool)} dev variants with {shipped.id} to pick {count}")
     scores = np.array([shipped.score(str(dev.parent / i.path)).score for i in pool])

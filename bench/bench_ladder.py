@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from cpllm_plugin.configs import DEFAULT_MODEL  # noqa: E402
 from cpllm_plugin.integrations import ffmpeg as ff  # noqa: E402
 from cpllm_plugin.integrations import ladder as lad  # noqa: E402
 from cpllm_plugin.training.recipe import vmaf_crossing  # noqa: E402
@@ -200,7 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["speed", "dev", "all"], default="all")
     ap.add_argument("--data", type=Path, default=Path("data/recipe"))
-    ap.add_argument("--model", default="cpllm-lite")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     a = ap.parse_args()
     print(json.dumps(describe()))
     global _SCORER

@@ -19,11 +19,13 @@ import time
 import click
 from machine import describe  # bench/ is on sys.path: these run as scripts
 
+from cpllm_plugin.configs import DEFAULT_MODEL
+
 SIZES = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920), "2160p": (2160, 3840)}
 
 
 @click.command()
-@click.option("--model", default="cpllm-lite", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Config whose geometry (view, fit, patches) is used.")
 @click.option("--size", "sizes", multiple=True, type=click.Choice(list(SIZES)),
               default=list(SIZES), show_default=True, help="Input sizes to measure.")

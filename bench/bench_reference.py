@@ -33,6 +33,8 @@ import numpy as np  # noqa: E402
 from bench_ladder import crossing_crf  # noqa: E402  (bench/ is on sys.path)
 from machine import describe  # noqa: E402
 
+from cpllm_plugin.configs import DEFAULT_MODEL, PACKAGED_DIR  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -187,7 +189,7 @@ def verdict(name: str, truth: dict[str, float], hat: dict[str, float]) -> None:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               default=ROOT / "data" / "recipe", help="The recipe's data folder.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=ROOT / "cpllm_plugin" / "models" / "cpllm-lite", show_default=True)
+              default=PACKAGED_DIR / DEFAULT_MODEL, show_default=True)
 def main(data: Path, model_dir: Path) -> None:
     """Full-reference read-outs of the model's embeddings against VMAF's 95 crossing."""
     import torch

@@ -36,6 +36,8 @@ from pathlib import Path
 import click
 from machine import describe  # bench/ is on sys.path: these run as scripts
 
+from cpllm_plugin.configs import DEFAULT_MODEL, packaged
+
 
 def machine() -> dict:
     """The machine (see machine.py) plus memory, runtime versions and the GPU."""
@@ -113,11 +115,9 @@ def _export(name: str, folder: Path, say, onnx: bool = True) -> Path:
     from cpllm_plugin.model import io
 
     if name == "shipped":
-        from cpllm_plugin.configs import packaged
-
-        found = packaged("cpllm-lite")
+        found = packaged(DEFAULT_MODEL)
         if found is None:
-            raise click.UsageError("no trained cpllm-lite in the package (run make model)")
+            raise click.UsageError(f"no trained {DEFAULT_MODEL} in the package (run make model)")
         return found
     if Path(name).is_dir():  # a model directory as it is (torch weights, ONNX graphs)
         return Path(name)
@@ -202,7 +202,7 @@ def _child(model_dir: str, backend: str, batches: list[int], threads: int, repea
 
 @click.command()
 @click.option("--model", "models", multiple=True,
-              default=["shipped", "cpllm-lite", "cpllm-paper"], show_default=True,
+              default=["shipped", DEFAULT_MODEL, "cpllm-paper"], show_default=True,
               help="Models to measure ('shipped': the trained model in the package; or a "
                    "model directory).")
 @click.option("--backend", "backends", multiple=True, show_default=True,

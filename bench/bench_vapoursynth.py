@@ -79,7 +79,7 @@ def fps(clip) -> tuple[float, float]:
 def main(source: Path | None, frames: int, threads: int, sweep: bool, as_json: bool):
     import vapoursynth as vs
 
-    from cpllm_plugin import load_model
+    from cpllm_plugin import DEFAULT_MODEL, load_model
     from cpllm_plugin.integrations import vapoursynth as cpllm
 
     core = vs.core
@@ -93,7 +93,7 @@ def main(source: Path | None, frames: int, threads: int, sweep: bool, as_json: b
         t = time.perf_counter()
         clip, plugin = open_source(source, folder)
         opened = time.perf_counter() - t
-        model = load_model("cpllm-lite")
+        model = load_model(DEFAULT_MODEL)
         session = getattr(model.backend, "session", None)
         ort_threads = (session.get_session_options().intra_op_num_threads
                        if session is not None else None)

@@ -9,7 +9,6 @@ Scoring needs no torch once a model is exported to ONNX; :func:`describe` and
 """
 
 from .api import (
-    DEFAULT_MODEL,
     Comparison,
     Description,
     Model,
@@ -21,7 +20,7 @@ from .api import (
     score_many,
 )
 from .backends import ORT, TRT
-from .configs import ModelConfig, get_config, list_models
+from .configs import DEFAULT_MODEL, ModelConfig, get_config, list_models
 from .errors import CpllmError
 
 __all__ = [

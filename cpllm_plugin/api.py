@@ -16,14 +16,12 @@ from typing import Any
 import numpy as np
 
 from . import backends, preprocess
-from .configs import COMPARE_PROMPT, MODELS, packaged
+from .configs import COMPARE_PROMPT, DEFAULT_MODEL, MODELS, packaged
 from .errors import UnknownNameError, VideoNotFoundError, message, suggest
 from .modeldir import is_model_dir
 
 # Key frames are resized on every core; the matmuls in preprocess release the GIL.
 _WORKERS = os.cpu_count() or 1
-
-DEFAULT_MODEL = "cpllm-lite"
 
 
 @dataclass(frozen=True)

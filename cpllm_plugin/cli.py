@@ -18,11 +18,11 @@ import click
 
 from . import api
 from .backends import choose
-from .configs import list_models
+from .configs import DEFAULT_MODEL, list_models
 from .errors import CpllmError
 
 model_option = click.option(
-    "--model", "-m", default=api.DEFAULT_MODEL, show_default=True, envvar="CPLLM_MODEL",
+    "--model", "-m", default=DEFAULT_MODEL, show_default=True, envvar="CPLLM_MODEL",
     help="Registered model name or model directory.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print NDJSON to stdout.")
 precision_option = click.option(

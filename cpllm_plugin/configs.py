@@ -293,13 +293,16 @@ class ModelConfig:
             decoder(self.decoder)
 
 
+# What every entry point loads when given no model; its trained weights ship in the package.
+DEFAULT_MODEL = "cpllm-lite"
+
 MODELS: dict[str, ModelConfig] = {
     c.name: c
     for c in [
         # The default family: EfficientNet-Lite0 for both encoders (frozen at 448 for context,
         # trained on the patches for pixels) and Gemma 3 270M as the decoder.
         ModelConfig(
-            "cpllm-lite",
+            DEFAULT_MODEL,
             high=EncoderConfig("efficientnet_lite0"),
             low=EncoderConfig("efficientnet_lite0"),
             decoder="gemma3-270m",

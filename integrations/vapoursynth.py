@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from cpllm_plugin import backends, preprocess
-from cpllm_plugin.api import DEFAULT_MODEL, Model, load_model
+from cpllm_plugin.api import Model, load_model
+from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.errors import CpllmError, message, require
 
 vs = require("vapoursynth", "vapoursynth", "cpllm_plugin.integrations.vapoursynth")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..configs import QUALITY_OPENER, QUALITY_WORDS, frame_format, quality_word
+from ..configs import DEFAULT_MODEL, QUALITY_OPENER, QUALITY_WORDS, frame_format, quality_word
 from .manifest import Item, resolve
 
 # What each quality level looks like, said plainly; no quality word may appear in these.
@@ -240,7 +240,7 @@ def _classifier(model: str):
     return Encoder(cfg.high, 224).eval()
 
 
-def imagenet_labels(frames: np.ndarray, model: str = "cpllm-lite", top: int = 2,
+def imagenet_labels(frames: np.ndarray, model: str = DEFAULT_MODEL, top: int = 2,
                     min_prob: float = 0.15) -> list[str] | None:
     """ImageNet class names for frames, from the frozen high-level encoder's classifier.
 
@@ -283,7 +283,7 @@ def imagenet_labels(frames: np.ndarray, model: str = "cpllm-lite", top: int = 2,
 
 
 def describe_items(items: Sequence[Item], manifest: str | os.PathLike | None = None,
-                   labels: bool | str = "auto", model: str = "cpllm-lite",
+                   labels: bool | str = "auto", model: str = DEFAULT_MODEL,
                    key_frames: int = 3) -> list[Item]:
     """Fill in generated descriptions; rows written by an annotator are left as they are.
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..configs import DEFAULT_MODEL
 from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
@@ -309,7 +310,7 @@ def _model(r: Recipe, decoder: bool = False):
     torch.manual_seed(0)
     from ..configs import FACTS_PROMPT
 
-    cfg = model_config("cpllm-lite", {"low_input": r.low_input, "placement": r.placement,
+    cfg = model_config(DEFAULT_MODEL, {"low_input": r.low_input, "placement": r.placement,
                                       "decoder": r.decoder,
                                       "facts_prompt": FACTS_PROMPT if r.facts else ""})
     return io.build(cfg, with_decoder=decoder)

@@ -39,7 +39,7 @@ import click
 import torch
 from torch import nn
 
-from ..configs import MODELS, ModelConfig, get_config
+from ..configs import DEFAULT_MODEL, MODELS, ModelConfig, get_config
 from ..errors import CpllmError, message, suggest
 from ..model import io
 from ..model.cpllm import CPLLM
@@ -95,7 +95,7 @@ class TrainConfig:
 
     manifest: str = ""
     out: str = "runs/cpllm"
-    model: str = "cpllm-lite"
+    model: str = DEFAULT_MODEL
     model_overrides: dict[str, Any] = field(default_factory=dict)
     decoder: bool = True
     split: str = "train"

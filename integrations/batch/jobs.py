@@ -8,7 +8,7 @@ import json
 from typing import Any, Protocol
 
 from cpllm_plugin import api, backends
-from cpllm_plugin.configs import packaged
+from cpllm_plugin.configs import DEFAULT_MODEL, packaged
 from cpllm_plugin.errors import CpllmError, message
 
 from .. import ladder as lad
@@ -50,7 +50,7 @@ def _threaded(backend: Any, model: str, cpus: int) -> Any:
 class ScoreJob:
     """``cpllm score`` of each input (arguments as its options)."""
 
-    model: str = "cpllm-lite"
+    model: str = DEFAULT_MODEL
     backend: str = "auto"
     precision: str = "fp32"
     key_frames: int | None = None
