@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..configs import DEFAULT_MODEL
+from ..configs import DEFAULT_MODEL, PACKAGED_DIR
 from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
@@ -50,7 +50,9 @@ TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level
 # near-lossless fifth level cost the most to encode and never flipped).
 DEV_CODECS = {"libx265": (29, 39, 47, 51), "libsvtav1": (42, 55, 61, 63),
               "libvpx-vp9": (37, 51, 59, 63)}
-PACKAGED = Path(__file__).resolve().parent.parent / "cpllm_plugin" / "models" / "cpllm-lite"
+# The ship stage writes where load_model finds the default model: the installed package's
+# models folder (the source tree only in an editable install).
+PACKAGED = PACKAGED_DIR / DEFAULT_MODEL
 
 
 class RecipeError(CpllmError, RuntimeError):
