@@ -93,11 +93,15 @@ class Backend:
         name: the backend's name as reported in results.
         config: the model config.
         id: the model id (``name@sha256[:8]`` of the scoring weights).
+        device: where ``run`` computes: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Callers that
+            batch differently on a GPU (the VapourSynth filter) or place torch tensors (the
+            decoder of ``describe``) read this.
     """
 
     name: str = ""
     config: ModelConfig
     id: str
+    device: str = "cpu"
 
     def run(self, views: np.ndarray, patches: np.ndarray) -> np.ndarray:
         """Scores ``(M,)`` float64 of views ``(M, 3, S, S)`` and patches ``(M, K, 3, P, P)``."""
@@ -124,7 +128,7 @@ class TorchBackend(Backend):
         self.torch = torch
         net = (io.load(source, with_decoder=decoder) if Path(source).is_dir()
                else io.build(str(source), with_decoder=decoder))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.to(self.device).eval()
         self.config = net.config
         self.id = io.model_id(net)
@@ -237,6 +241,7 @@ class OrtBackend(Backend):
         if options.precision != "fp32":
             self.name = f"onnxruntime-{options.precision}"
         self.providers = _ort_providers(options.device, where)
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         key = (str(model.path.resolve()), model.sha256, tuple(self.providers), options.threads)
         with _sessions_lock:
             if key not in _sessions:
@@ -287,7 +292,8 @@ class TrtBackend(Backend):
         if options.fp16:
             self.name = "tensorrt-fp16"
         self.engine_path = build_engine(model.path, model.sha256, options)
-        self.device = torch.device("cuda", options.device)
+        self.device = f"cuda:{options.device}"
+        self._gpu = torch.device("cuda", options.device)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         self.context = self.engine.create_execution_context()
@@ -295,12 +301,12 @@ class TrtBackend(Backend):
 
     def run(self, views: np.ndarray, patches: np.ndarray) -> np.ndarray:
         torch, b, out = self.torch, self.options.max_batch, []
-        with self._lock, torch.cuda.device(self.device):
+        with self._lock, torch.cuda.device(self._gpu):
             stream = torch.cuda.current_stream()
             for i in range(0, len(views), b):
-                v = torch.from_numpy(np.ascontiguousarray(views[i:i + b])).to(self.device)
-                p = torch.from_numpy(np.ascontiguousarray(patches[i:i + b])).to(self.device)
-                s = torch.empty(len(v), dtype=torch.float32, device=self.device)
+                v = torch.from_numpy(np.ascontiguousarray(views[i:i + b])).to(self._gpu)
+                p = torch.from_numpy(np.ascontiguousarray(patches[i:i + b])).to(self._gpu)
+                s = torch.empty(len(v), dtype=torch.float32, device=self._gpu)
                 for name, t in (("views", v), ("patches", p)):
                     self.context.set_input_shape(name, tuple(t.shape))
                     self.context.set_tensor_address(name, t.data_ptr())

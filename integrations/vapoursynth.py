@@ -231,16 +231,6 @@ _batchers: dict[tuple[int, int], _Batcher] = {}
 _batchers_lock = threading.Lock()
 
 
-def _on_gpu(backend: backends.Backend) -> bool:
-    """True for backends whose calls are cheap per frame only in batches (GPU ones)."""
-    if backend.name.startswith("tensorrt"):
-        return True
-    providers = getattr(backend, "providers", None)
-    if providers:
-        return providers[0] == "CUDAExecutionProvider"
-    return str(getattr(backend, "device", "cpu")).startswith("cuda")
-
-
 class _FrameScorer:
     """Scores frames of one :func:`score` call; keeps each score so a frame VapourSynth
     requests again (after its cache dropped it) is not run through the model twice."""
@@ -387,7 +377,8 @@ def score(clip, model: str | Path | Model = DEFAULT_MODEL,
     path = _check_args(every, prop, log, batch, parallel)
     m = load_model(model, backend)
     if batch is None:
-        batch = GPU_BATCH if _on_gpu(m.backend) else 1
+        # A GPU call is cheap per frame only in batches; on the CPU batching did not help.
+        batch = GPU_BATCH if m.backend.device.startswith("cuda") else 1
     parallel = parallel or max(1, vs.core.num_threads)
     scorer = _FrameScorer(m, batch)
 

@@ -49,6 +49,7 @@ def tiny_dir(tmp_path_factory):
 def test_tensorrt_engine_matches_onnxruntime_and_is_cached(tiny_dir, tmp_path, fp16, tol):
     opts = TRT(fp16=fp16, min_batch=1, opt_batch=2, max_batch=4, cache_dir=str(tmp_path))
     be = backends.create(opts, tiny_dir)
+    assert be.device == "cuda:0"
     x = preprocess.prepare(pan_frames(6), be.config)
     ref = backends.create("onnxruntime", tiny_dir).run(x.views, x.patches)
     np.testing.assert_allclose(be.run(x.views, x.patches), ref, atol=tol, rtol=0)
