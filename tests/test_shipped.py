@@ -1,6 +1,7 @@
 """The trained default model as it ships in the package (``make model`` wrote it).
 
-It must load by name, score through ONNX Runtime without torch and without any warning, rank
+It must load by name, score through ONNX Runtime without torch and without any warning, give
+the bundled sample the scores measured when it shipped (in ONNX Runtime and in torch), rank
 compression levels of real footage, be small enough to ship, and describe a video in three
 sentences that do not repeat themselves.
 """
@@ -15,14 +16,27 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cpllm_plugin
+from cpllm_plugin.backends import ORT
 from cpllm_plugin.configs import packaged
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "sample.mp4"
 SHIPPED = packaged("cpllm-lite")
+
+# The golden scores of samples/sample.mp4 by the shipped cpllm-lite@0a5f9045, default key
+# frames, measured once with cpllm_plugin.load_model("cpllm-lite", backend=ORT(device="cpu"))
+# .score(SAMPLE) on CPU (onnxruntime 1.32.0, PyAV 19.0.2, numpy 2.5.5; torch 2.14.1 on the CPU
+# gave the same within 5e-7), rounded to 6 decimals. A change to decoding, key frames,
+# preprocessing, the model code or the export that moves them must be deliberate: measure
+# again and say why in the commit.
+GOLDEN_INDICES = [9, 28, 48, 67, 86]
+GOLDEN_FRAMES = [4.768688, 4.785997, 4.815916, 4.812554, 4.825742]
+GOLDEN_SCORE = 4.801779
+GOLDEN_TOL = 1e-3
 
 
 def test_the_default_model_ships_trained_and_small():
@@ -42,6 +56,28 @@ def test_score_by_default_is_onnx_runtime_and_quiet():
         r = cpllm_plugin.score(str(SAMPLE))
     assert r.backend == "onnxruntime" and r.model.startswith("cpllm-lite@")
     assert 1.0 < r.score < 5.0 and len(r.frame_scores) == 5
+
+
+def test_the_sample_scores_as_measured_when_the_model_shipped():
+    r = cpllm_plugin.load_model("cpllm-lite", backend=ORT(device="cpu")).score(str(SAMPLE))
+    assert r.frame_indices.tolist() == GOLDEN_INDICES
+    np.testing.assert_allclose(r.frame_scores, GOLDEN_FRAMES, atol=GOLDEN_TOL, rtol=0)
+    assert abs(r.score - GOLDEN_SCORE) < GOLDEN_TOL, r.score
+
+
+def test_the_torch_path_scores_the_sample_as_the_shipped_graph():
+    """The torch code of today rebuilds the graph that shipped: the golden scores, and the
+    ONNX Runtime ones within cpllm-export's parity tolerance. Loads EfficientNet-Lite0 only
+    (no Gemma), like the other lite tests that are not marked slow."""
+    from cpllm_plugin.export.onnx import TOLERANCE
+
+    t = cpllm_plugin.load_model("cpllm-lite", backend="torch", device="cpu").score(str(SAMPLE))
+    o = cpllm_plugin.load_model("cpllm-lite", backend=ORT(device="cpu")).score(str(SAMPLE))
+    assert t.backend == "torch" and t.model == o.model
+    assert t.frame_indices.tolist() == GOLDEN_INDICES
+    np.testing.assert_allclose(t.frame_scores, GOLDEN_FRAMES, atol=GOLDEN_TOL, rtol=0)
+    assert abs(t.score - GOLDEN_SCORE) < GOLDEN_TOL, t.score
+    np.testing.assert_allclose(t.frame_scores, o.frame_scores, atol=TOLERANCE, rtol=0)
 
 
 def test_a_ladder_of_the_sample_scores_strictly_lower_with_each_step(tmp_path, ffmpeg_exe):
