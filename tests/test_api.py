@@ -56,11 +56,23 @@ def test_untrained_head_warns():
 
 
 def test_describe_and_compare_run_the_decoder(clip):
+    # The tiny decoder's weights are random, so its words cannot be checked (the shipped
+    # model's sentences are, in test_shipped.py); the scores and the verdict can.
+    back = pan_frames(40)[:, ::-1]
+    a, b = cp.score(clip, model="cpllm-tiny"), cp.score(back, model="cpllm-tiny")
     d = cp.describe(clip, model="cpllm-tiny", max_new_tokens=4)
-    assert isinstance(d.text, str) and 1 <= d.score <= 5
-    c = cp.compare(clip, pan_frames(40)[:, ::-1], model="cpllm-tiny", max_new_tokens=4)
-    assert c.better in ("a", "b") and isinstance(c.explanation, str)
-    assert c.better == ("a" if c.a.score >= c.b.score else "b")
+    assert isinstance(d.text, str) and d.text.strip()
+    assert d.score == pytest.approx(a.score, abs=1e-6)  # the head's, of score()'s key frames
+    assert d.result.frame_indices.tolist() == a.frame_indices.tolist()
+    np.testing.assert_allclose(d.result.frame_scores, a.frame_scores, atol=1e-6)
+    c = cp.compare(clip, back, model="cpllm-tiny", max_new_tokens=4)
+    assert isinstance(c.explanation, str) and c.explanation.strip()
+    assert c.a.score == pytest.approx(a.score, abs=1e-6)
+    assert c.b.score == pytest.approx(b.score, abs=1e-6)
+    assert c.margin == pytest.approx(abs(a.score - b.score), abs=1e-6) and c.margin > 1e-4
+    assert c.better == ("a" if a.score > b.score else "b")
+    swapped = cp.compare(back, clip, model="cpllm-tiny", max_new_tokens=4)
+    assert swapped.better == {"a": "b", "b": "a"}[c.better]  # the verdict follows the videos
 
 
 def test_model_directory_loads(tmp_path, clip):

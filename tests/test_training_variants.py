@@ -194,7 +194,7 @@ def test_missing_source_is_a_named_error(tmp_path):
     with pytest.raises(vr.MissingVideosError, match="1 missing") as e:
         vr.make_variants([Item(str(tmp_path / "nope.mp4"), "nope")], tmp_path, crfs=(23,),
                          progress=False)
-    assert isinstance(e.value, (CpllmError, FileNotFoundError))
+    assert isinstance(e.value, CpllmError) and isinstance(e.value, FileNotFoundError)
     with pytest.raises(VideoNotFoundError):
         vr.measure_fr(tmp_path / "nope.mp4", tmp_path / "nope.mp4")
 
@@ -218,7 +218,7 @@ def test_ffmpeg_without_libvmaf_or_missing_is_named(tmp_path):
 def test_bad_arguments(source, tmp_path, kw, err, text):
     with pytest.raises(err, match=text) as e:
         vr.make_variants([Item(str(source), "c")], tmp_path, progress=False, **kw)
-    assert isinstance(e.value, (CpllmError, ValueError))
+    assert isinstance(e.value, CpllmError) and isinstance(e.value, ValueError)
 
 
 # --- LSVQ label files ----------------------------------------------------------------------
