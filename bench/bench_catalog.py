@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from cpllm_plugin.configs import DEFAULT_MODEL  # noqa: E402
 from cpllm_plugin.integrations import ladder as lad  # noqa: E402
 from cpllm_plugin.training import catalog as cat  # noqa: E402
 
@@ -26,10 +27,13 @@ from cpllm_plugin.training import catalog as cat  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data/catalog"))
-    ap.add_argument("--model", default="cpllm-lite")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
+    ap.add_argument("--real", type=int, default=0, metavar="N",
+                    help="Also run the real tool on N inputs (spread over the kinds) in each "
+                    "mode and compare its picks with the replayed ones.")
     a = ap.parse_args()
     print(json.dumps(describe()))
     scorer = lad.Scorer(a.model)
@@ -46,6 +50,8 @@ def main() -> None:
         print(f"left out: {c.id} ({c.kind}): no CRF from {c.crfs[0]} keeps VMAF "
               f"{c.required:.1f} against the master (best {c.vm.max():.1f})")
     report(cs, scorer, a.plot)
+    if a.real:
+        real_tool(cs, scorer, a.real)
 
 
 def policies(scorer) -> tuple[dict, dict]:
@@ -104,3 +110,45 @@ def report(cs: list, scorer, plot: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def real_tool(cs: list, scorer, n: int) -> None:
+    """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, against the
+    replay of the same policy on the catalog's ladders (4-CRF levels, interpolated)."""
+    table, _ = policies(scorer)
+    replay = {"vmaf": cat.vmaf_search(95),
+              "score": next(p for k, p in table.items() if k.startswith("score mode"))}
+    by = cat.groups(cs)
+    chosen, i = [], 0
+    kinds = [g for g in cat.GROUPS if g in by]
+    while len(chosen) < min(n, len(cs)):
+        g = by[kinds[i % len(kinds)]]
+        c = g[(i // len(kinds)) % len(g)]
+        if c not in chosen:
+            chosen.append(c)
+        i += 1
+    print(f"\nreal tool against the replay, {len(chosen)} inputs:")
+    print(f"{'input':34} {'mode':6} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
+          f"{'success (real)':>14}")
+    diffs = []
+    for c in chosen:
+        for mode, pol in replay.items():
+            t0 = time.perf_counter()
+            try:
+                p = lad.pick_file(c.info["path"], lad.PickOptions(mode=mode, no_cache=True),
+                                  scorer)
+                crf, enc = p.crf, p.encodes
+            except lad.NoCrfMeetsTargetError:
+                crf, enc = None, None
+            sim = pol(c)
+            if crf is not None and sim is not None:
+                diffs.append(crf - sim)
+            ok = "-" if crf is None else str(c.success(crf))
+            print(f"{c.id[:34]:34} {mode:6} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
+                  f"{time.perf_counter() - t0:>6.1f} {ok:>14}")
+    if diffs:
+        import numpy as np
+
+        d = np.abs(diffs)
+        print(f"real - replay: within 1 CRF {np.mean(d <= 1):.0%}, within 2 "
+              f"{np.mean(d <= 2):.0%}, mean |diff| {d.mean():.2f} over {len(d)} picks")

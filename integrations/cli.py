@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.errors import CpllmError, message
 
 from . import ffmpeg as ff
@@ -25,7 +26,7 @@ from . import ladder as lad
 DEFAULT_MAX_DROP = lad.DEFAULT_MAX_DROP
 
 
-def _shipped_drop(name: str = "cpllm-lite") -> str:
+def _shipped_drop(name: str = DEFAULT_MODEL) -> str:
     """The packaged model's calibrated drop, for the help text (read, never hard-coded:
     every model version has its own)."""
     from cpllm_plugin.configs import packaged
@@ -97,7 +98,7 @@ def pick_options(f):
         click.option("--vmaf", is_flag=True, help="Also measure VMAF of each probe against "
                      "the source (full reference, side by side)."),
         click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout."),
-        click.option("--model", default="cpllm-lite", show_default=True,
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
                      help="Model name or directory."),
         click.option("--backend", default="auto", show_default=True,
                      type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"])),

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.errors import CpllmError, message
 
 from . import ffmpeg as ff
@@ -272,7 +273,7 @@ class Scorer:
     (tests use a stub); this one runs ``Model.score_many``, the one scoring path.
     """
 
-    def __init__(self, model="cpllm-lite", backend: str = "auto"):
+    def __init__(self, model=DEFAULT_MODEL, backend: str = "auto"):
         from cpllm_plugin.api import load_model
 
         self.model = load_model(model, backend)
@@ -766,7 +767,7 @@ class PickOptions:
     max_probes: int = MAX_PROBES
     vmaf: bool = False
     full: bool = False
-    model: str = "cpllm-lite"
+    model: str = DEFAULT_MODEL
     backend: str = "auto"
     cache: str | os.PathLike | None = None
     no_cache: bool = False
