@@ -8,8 +8,6 @@ needs no torch, so runtimes without it read the same directories.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from .configs import ModelConfig
@@ -27,22 +25,6 @@ def write_config(d: Path, config: dict) -> None:
              for p in sorted(d.rglob("*")) if p.is_file() and p.name != "config.json"}
     meta = {**config, "format": FORMAT, "files": files}
     (d / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished directory ``tmp`` to ``path``, replacing what is there.
-
-    Everything is written next to the target first, so an interrupted save or export never
-    leaves a half-written model where a good one was.
-    """
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def is_model_dir(path) -> bool:

@@ -17,14 +17,13 @@ the flag exists, so both behave alike. Written against the documented Python API
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .configs import cache_dir
 from .errors import BackendError, message, require
+from .files import write_atomic
 
 if TYPE_CHECKING:
     from .backends import TRT
@@ -117,14 +116,7 @@ def build_engine(onnx_path: str | Path, onnx_sha256: str, options: TRT,
         raise BackendError(message(
             "TensorRT engine build", "a built engine", "build_serialized_network returned None "
             "(see TensorRT's log above)", "raise TRT(workspace=...) or lower max_batch"))
-    _write(timing, memoryview(config.get_timing_cache().serialize()))
-    _write(path, memoryview(blob))
+    # Atomic: concurrent builders never read half an engine.
+    write_atomic(timing, memoryview(config.get_timing_cache().serialize()))
+    write_atomic(path, memoryview(blob))
     return path
-
-
-def _write(path: Path, data) -> None:
-    """Write atomically: concurrent builders never read half an engine."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -44,6 +44,7 @@ import numpy as np
 from cpllm_plugin import modeldir
 from cpllm_plugin.configs import ModelConfig, backbone
 from cpllm_plugin.errors import CpllmError, ModelFileError, message, require
+from cpllm_plugin.files import replace_dir
 from cpllm_plugin.hashing import sha256_file
 
 MANIFEST = "manifest.json"
@@ -507,7 +508,7 @@ def export(source: str | Path, out_dir: str | Path, precisions: tuple[str, ...] 
         manifest = _manifest(tmp, cfg, mid, opset, results, origin, len(ref), exporter)
         conf = json.loads((tmp / "config.json").read_text())
         modeldir.write_config(tmp, {k: v for k, v in conf.items() if k != "files"})
-        modeldir.replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from cpllm_plugin.errors import VideoDecodeError, message
+from cpllm_plugin.files import atomic
 
 from . import ffmpeg as ff
 from .ladder import LadderArgumentError, OutputExistsError, Settings, inspect
@@ -376,12 +377,13 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     single = bounds is None or (settings.encoder == "libx264" and not chunks)
     others = _others(st, kind, settings.encoder, 0 if single else 1)
     threads = ff.cpus()
-    tmp = _temp(out, out.suffix)
     parts: Path | None = None
     head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     tail = ["-progress", "pipe:1", "-nostats"]
     vf = ["-filter:v:0", settings.chain]  # the probes' filter: vfilter and the even crop
-    try:
+
+    def make(tmp: Path) -> None:
+        nonlocal parts
         if single:
             if bounds is None:
                 use, level = settings, crf if crf is not None else scenes[0][2]
@@ -422,10 +424,9 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ff.FfmpegError(message(WHERE, "ffmpeg to write the output",
                                          "no output file", "run the ffmpeg command by hand"))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    try:
+        atomic(out, make)  # output is left as it was unless ffmpeg succeeds
     finally:
         if parts is not None:
             shutil.rmtree(parts, ignore_errors=True)

@@ -53,6 +53,7 @@ from cpllm_plugin import backends, preprocess
 from cpllm_plugin.api import Model, load_model
 from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.errors import CpllmError, message, require
+from cpllm_plugin.files import write_atomic
 
 vs = require("vapoursynth", "vapoursynth", "cpllm_plugin.integrations.vapoursynth")
 
@@ -295,11 +296,8 @@ class _Sidecar:
     def _finish(self) -> None:
         self.file.close()
         self.file = None
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            out.write(self._header())
-            out.writelines(self.rows[n] for n in sorted(self.rows))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, self._header() + "".join(self.rows[n] for n in sorted(self.rows)),
+                     newline="")
 
 
 # --- the filter -------------------------------------------------------------------------

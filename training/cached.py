@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import CpllmError, message
+from ..files import atomic
 from ..model.cpllm import ScoringPath
 from .evaluate import flip_groups, srcc_vs_vmaf
 from .frozen import FeatureCache, frozen_parameters
@@ -303,8 +304,6 @@ def _trainable(scorer: ScoringPath, blocks: int) -> list[tuple[str, torch.nn.Par
 
 def _save_state(out: Path, scorer: ScoringPath, opt: torch.optim.Adam,
                 named: list[tuple[str, torch.nn.Parameter]], step: int, extra: dict) -> None:
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in scorer.state_dict().items()}
     for n, p in named:
         st = opt.state.get(p)
@@ -312,11 +311,19 @@ def _save_state(out: Path, scorer: ScoringPath, opt: torch.optim.Adam,
             tensors[f"adam.{n}.exp_avg"] = st["exp_avg"].contiguous()
             tensors[f"adam.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
             extra.setdefault("adam_steps", {})[n] = float(st["step"])
-    tmp = out / ".state.part"
-    save_file(tensors, tmp)
-    (out / ".state.json.part").write_text(json.dumps({"step": step, **extra}))
-    os.replace(tmp, out / "state.safetensors")
-    os.replace(out / ".state.json.part", out / "state.json")
+    _write_state(out, "state", tensors, {"step": step, **extra})
+
+
+def _write_state(out: Path, name: str, tensors: dict, meta: dict) -> None:
+    """Write ``name.safetensors`` and ``name.json`` whole: both are written under temporary
+    names before either is renamed, the tensors first."""
+    from safetensors.torch import save_file
+
+    def both(tmp: Path) -> None:
+        tmp.write_text(json.dumps(meta))
+        atomic(out / f"{name}.safetensors", lambda t: save_file(tensors, t))
+
+    atomic(out / f"{name}.json", both)
 
 
 def load_state(out: Path, scorer: ScoringPath) -> dict | None:
@@ -548,8 +555,6 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
         else {}
 
     def save(step: int, seconds: float) -> None:
-        from safetensors.torch import save_file
-
         tensors, steps = {}, {}
         for n, p in named:
             tensors[f"w.{n}"] = p.detach().contiguous()
@@ -558,11 +563,8 @@ def train_text(model, data: CachedSet, out: str | os.PathLike, cfg: TextConfig,
                 tensors[f"m.{n}"] = st["exp_avg"].contiguous()
                 tensors[f"v.{n}"] = st["exp_avg_sq"].contiguous()
                 steps[n] = float(st["step"])
-        save_file(tensors, out / ".text_state.part")
-        (out / ".text_state.json.part").write_text(json.dumps(
-            {"step": step, "seconds": seconds, "adam_steps": steps}))
-        os.replace(out / ".text_state.part", state)
-        os.replace(out / ".text_state.json.part", out / "text_state.json")
+        _write_state(out, "text_state", tensors,
+                     {"step": step, "seconds": seconds, "adam_steps": steps})
 
     log = out / "text_log.csv"
     if not log.is_file():

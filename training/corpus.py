@@ -65,10 +65,11 @@ from pathlib import Path
 import numpy as np
 
 from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.files import atomic, write_atomic
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, write_manifest
-from .variants import atomic, progress_printer
+from .variants import progress_printer
 
 SPLIT_FILE = Path(__file__).with_name("split.json")
 
@@ -1450,8 +1451,6 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
     old = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
     for k, v in provenance.items():
         provenance[k] = {**old.get(k, {}), **{a: b for a, b in v.items() if b is not None}}
-    tmp = prov_path.with_name(prov_path.name + ".tmp")
-    tmp.write_text(json.dumps({**old, **provenance}, indent=2, sort_keys=True) + "\n")
-    tmp.replace(prov_path)
+    write_atomic(prov_path, json.dumps({**old, **provenance}, indent=2, sort_keys=True) + "\n")
     say(f"wrote {manifest} ({len(rows)} sources)")
     return rows

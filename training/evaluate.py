@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.files import write_atomic
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, ManifestError, read_manifest, resolve
@@ -83,10 +84,7 @@ class ScoreCache:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
 def select_split(items: Sequence[Item], split: str | None, where: str) -> list[Item]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.files import write_atomic
 from cpllm_plugin.integrations.ffmpeg import CRF_LEVELS  # noqa: F401  (re-exported)
 
 
@@ -127,10 +128,8 @@ def write_manifest(path: str | Path, items: list[Item]) -> Path:
     """Write items as JSONL (atomically: a crash never leaves half a manifest)."""
     path = Path(path)
     check_splits(items, str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(i.to_dict(), sort_keys=True) + "\n" for i in items))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, "".join(json.dumps(i.to_dict(), sort_keys=True) + "\n"
+                                      for i in items))
 
 
 def check_splits(items: list[Item], where: str) -> None:

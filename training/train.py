@@ -41,6 +41,7 @@ from torch import nn
 
 from ..configs import DEFAULT_MODEL, MODELS, ModelConfig, get_config
 from ..errors import CpllmError, message, suggest
+from ..files import replace_dir
 from ..model import io
 from ..model.cpllm import CPLLM
 from .dataset import Batch, ContextCache, PairSampler, TrainingData, high_encoder_id
@@ -492,11 +493,7 @@ def _copy_dir(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    old = dst.with_name(f".{dst.name}.old")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, dst)
 
 
 # --- the loop -------------------------------------------------------------------------

@@ -77,7 +77,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -90,6 +89,7 @@ from cpllm_plugin.errors import (
     VideoNotFoundError,
     message,
 )
+from cpllm_plugin.files import atomic
 from cpllm_plugin.hashing import sha256_file
 from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     ENCODERS,
@@ -180,25 +180,6 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
                         "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1",
                         "-map_chapters", "-1", "-vf", _EVEN, "-fps_mode", "passthrough",
                         *enc.args(crf, preset, int(n)), "-pix_fmt", "yuv420p"], where)
-    return dst
-
-
-def atomic(dst: Path, make: Callable[[Path], None]) -> Path:
-    """Run ``make(tmp)`` on a temporary file beside ``dst`` and rename it to ``dst`` only on
-    success, so a ``dst`` that exists is always complete. ``tmp`` keeps ``dst``'s extension
-    (ffmpeg and PyAV choose the container by it) and starts with a dot (never listed as an
-    output)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".part{dst.suffix}",
-                                dir=dst.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        make(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import configs, errors
+from ..files import atomic, replace_dir
 
 WHERE = "cpllm decoder"
 
@@ -187,9 +188,7 @@ def convert_gemma3_270m(
             "license": configs.DECODERS[GEMMA3_270M].license,
         }
         (tmp / "cpllm_source.json").write_text(json.dumps(source, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,13 +209,7 @@ def _assemble_gguf() -> Path:
             return pkg.assemble(path)  # checks the sha256 of the existing file
         except (FileExistsError, ValueError):
             path.unlink()  # a damaged earlier file: assemble again
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pkg.assemble(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic(path, lambda tmp: pkg.assemble(tmp, overwrite=True))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ import torch
 
 from ..configs import ModelConfig, backbone, get_config
 from ..errors import ModelFileError, message
-from ..modeldir import ADAPTER, FORMAT, WEIGHTS, read_config, replace_dir, verify, write_config
+from ..files import replace_dir
+from ..modeldir import ADAPTER, FORMAT, WEIGHTS, read_config, verify, write_config
 from .cpllm import CPLLM
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from pathlib import Path
 
 from cpllm_plugin.errors import message
+from cpllm_plugin.files import write_atomic
 
 from .errors import OutputLockedError
 
@@ -59,12 +59,8 @@ class Output:
         keep = [line for line in self.f.read().splitlines()
                 if not ((r := parse_row(line)) and r["type"] == "error"
                         and r["batch"]["key"] in keys)]
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
-        with open(tmp, "w", encoding="utf-8") as t:
-            t.write("".join(line + "\n" for line in keep if line.strip()))
-            t.flush()
-            os.fsync(t.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(line + "\n" for line in keep if line.strip()),
+                     fsync=True)
         self.f.close()
         self._open()
         self.seen = {(k, p) for k, p in self.seen if k not in keys}
