@@ -1,0 +1,107 @@
+"""What an input's own stream says about how it was made: its quantiser and its bitrate.
+
+A no-reference picker cannot see the master an upload was made from, but the upload's
+stream records how hard it was compressed. H.264 decoders export each frame's quantiser
+(FFmpeg's ``venc_params`` side data: a frame QP and a delta per macroblock); for other
+codecs the bitrate inside the same windows is what remains.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# AVVideoEncParams (libavutil/video_enc_params.h): nb_blocks (unsigned, padded to 8),
+# blocks_offset and block_size (size_t), type (enum), qp (int32); each AVVideoBlockParams
+# holds src_x, src_y, w, h and delta_qp as int32.
+_HEAD = struct.Struct("=I4xQQii")
+_DELTA = 4  # index of delta_qp among a block's int32 fields
+QP_CODECS = ("h264",)  # decoders that export venc_params with an H.264-scale QP
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """The input's stream inside the sample windows.
+
+    Attributes:
+        codec: the decoder's name (``h264``, ``hevc``, ...).
+        qp: mean quantiser over the decoded frames (macroblock deltas included), None when
+            the decoder exports none.
+        kbps: bitrate of the video packets inside the windows.
+        frames: frames read.
+    """
+
+    codec: str
+    qp: float | None
+    kbps: float
+    frames: int
+
+
+def frame_qp(side_data) -> float | None:
+    """Mean QP of one decoded frame from its ``VIDEO_ENC_PARAMS`` side data (None: none)."""
+    for key in side_data.keys():
+        if "ENC_PARAMS" not in str(key):
+            continue
+        blob = bytes(side_data[key])
+        if len(blob) < _HEAD.size:
+            return None
+        nb, offset, size, _kind, qp = _HEAD.unpack_from(blob, 0)
+        if nb == 0 or size < 4 * (_DELTA + 1) or offset + nb * size > len(blob):
+            return float(qp)
+        blocks = np.frombuffer(blob, np.int32, nb * size // 4, offset).reshape(nb, size // 4)
+        return float(qp + blocks[:, _DELTA].mean())
+    return None
+
+
+def stats(path: str | os.PathLike, windows: Sequence[tuple[float, float]] | None = None,
+          max_frames: int = 600) -> StreamStats:
+    """Read the quantiser and bitrate of ``path``'s first video stream inside ``windows``
+    (``(start, duration)`` in seconds; None: the whole file), decoding at most
+    ``max_frames`` frames for the quantiser (packets are counted in every window)."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        codec = s.codec_context.name
+        want_qp = codec in QP_CODECS
+        if want_qp:
+            s.codec_context.options = {"export_side_data": "venc_params"}
+        tb = float(s.time_base) if s.time_base else 0.0
+        spans = list(windows) if windows else [(0.0, float("inf"))]
+        qps: list[float] = []
+        total_bytes, total_seconds, frames = 0, 0.0, 0
+        for start, duration in spans:
+            if start > 0 and tb:
+                c.seek(int(start / tb), stream=s, backward=True)
+            end = start + duration
+            first = last = None
+            for packet in c.demux(s):
+                flush = packet.pts is None and packet.dts is None
+                t = end if flush else float(
+                    (packet.pts if packet.pts is not None else packet.dts) * tb)
+                if want_qp and frames < max_frames:  # the flush packet drains the decoder
+                    for frame in packet.decode():
+                        ft = frame.time if frame.time is not None else t
+                        if start <= ft < end:
+                            q = frame_qp(frame.side_data)
+                            if q is not None:
+                                qps.append(q)
+                            frames += 1
+                if flush or t >= end:
+                    # Frames held back for reordering inside the window are not read: the
+                    # mean quantiser needs most of the window's frames, not all of them.
+                    break
+                if t < start:
+                    continue
+                total_bytes += packet.size
+                first = t if first is None else first
+                last = t
+            if first is not None and last is not None:
+                fps = float(s.average_rate or 25)
+                total_seconds += last - first + 1 / fps
+    kbps = total_bytes * 8 / total_seconds / 1000 if total_seconds > 0 else 0.0
+    return StreamStats(codec, float(np.mean(qps)) if qps else None, round(kbps, 1), frames)
