@@ -1,7 +1,8 @@
 """``cpllm``: score and describe videos from the shell.
 
 Results go to stdout (a human line, or one JSON object per line with ``--json``); warnings and
-progress go to stderr. Exit codes: 0 success, 1 a named cpllm error, 2 bad usage.
+progress go to stderr. Exit codes (:func:`~cpllm_plugin.console.run_command`): 0 success,
+1 a named cpllm error, 2 bad usage.
 
 These are the runtime's commands only; the installed ``cpllm`` script is
 :mod:`cpllm_plugin.integrations.commands`, which adds ``cpllm batch`` (the runtime imports no
@@ -11,15 +12,13 @@ integration).
 from __future__ import annotations
 
 import json
-import sys
-import warnings
 
 import click
 
 from . import api
 from .backends import choose
 from .configs import DEFAULT_MODEL, list_models
-from .errors import CpllmError
+from .console import run_command
 
 model_option = click.option(
     "--model", "-m", default=DEFAULT_MODEL, show_default=True, envvar="CPLLM_MODEL",
@@ -49,16 +48,6 @@ def _emit(obj: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(obj) if as_json else line)
 
 
-def _run(fn):
-    """Turn cpllm errors into one stderr line and exit 1; show warnings without source lines."""
-    warnings.showwarning = lambda m, c, *a, **k: click.echo(f"warning: {m}", err=True)
-    try:
-        return fn()
-    except CpllmError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cpllm-plugin")
 def main() -> None:
@@ -77,7 +66,7 @@ def score(videos, model, backend, precision, key_frames, as_json):
             _emit(r.to_row(path), as_json,
                   f"{path}\t{r.score:.3f}\t({len(r.frame_scores)} key frames, {r.model}, "
                   f"{r.backend})")
-    _run(go)
+    run_command(go)
 
 
 @main.command()
@@ -94,7 +83,7 @@ def describe(video, model, key_frames, max_new_tokens, as_json):
                          max_new_tokens=max_new_tokens)
         _emit({"type": "describe", "path": video, "text": d.text, **d.result.to_dict()},
               as_json, f"{video}\t{d.score:.3f}\n{d.text}")
-    _run(go)
+    run_command(go)
 
 
 @main.command()
@@ -110,7 +99,7 @@ def compare(a, b, model, key_frames, as_json):
         _emit({"type": "compare", "better": c.better, "a": {"path": a, **c.a.to_dict()},
                "b": {"path": b, **c.b.to_dict()}, "explanation": c.explanation}, as_json,
               f"better: {c.better} ({a}: {c.a.score:.3f}, {b}: {c.b.score:.3f})\n{c.explanation}")
-    _run(go)
+    run_command(go)
 
 
 @main.command()

@@ -7,12 +7,11 @@ goes to stderr. Exit codes: 0 exported, 1 a named error (parity failure included
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 
 import click
 
-from cpllm_plugin.errors import CpllmError
+from cpllm_plugin.console import progress_printer, run_command
 
 from . import onnx as export_onnx
 
@@ -42,14 +41,14 @@ from . import onnx as export_onnx
 def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, exporter,
          build_trt, fp16_engine, as_json):
     """Export CHECKPOINT (model directory or registered name) to OUT_DIR for ONNX Runtime."""
-    warnings.showwarning = lambda m, c, *a, **k: click.echo(f"warning: {m}", err=True)
-    warnings.filterwarnings("ignore", module="torch.onnx")
-    say = lambda line: click.echo(line, err=True)  # noqa: E731
-    try:
-        if build_trt and fp16_engine and "fp16" not in precisions:
-            precisions = (*precisions, "fp16")
+    say = progress_printer(True)
+
+    def go() -> dict:
+        warnings.filterwarnings("ignore", module="torch.onnx")
+        exported = (*precisions, "fp16") if build_trt and fp16_engine \
+            and "fp16" not in precisions else precisions
         manifest = export_onnx.export(
-            checkpoint, out_dir, precisions=tuple(precisions), video=video,
+            checkpoint, out_dir, precisions=tuple(exported), video=video,
             key_frames=key_frames, opset=opset, tolerance=tolerance, log=say,
             exporter=exporter)
         if build_trt:
@@ -60,9 +59,9 @@ def main(checkpoint, out_dir, precisions, video, key_frames, tolerance, opset, e
             model = Exported(out_dir, prec, "cpllm-export --trt")
             path = build_engine(model.path, model.sha256, TRT(fp16=fp16_engine))
             say(f"cpllm-export: TensorRT engine {path}")
-    except CpllmError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        return manifest
+
+    manifest = run_command(go)
     if as_json:
         click.echo(json.dumps(manifest))
         return

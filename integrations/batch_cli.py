@@ -8,7 +8,6 @@ rerun resumes).
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import click
 
 from cpllm_plugin.cli import score_options
-from cpllm_plugin.errors import CpllmError
+from cpllm_plugin.console import run_command
 
 from .batch import Job, PickJob, ScoreJob, run
 from .cli import pick_options
@@ -51,24 +50,13 @@ def _options(f):
 def _go(job_fn: Callable[[], Job], inputs, output, workers, ray_address, num_cpus,
         num_gpus, retry_failed, quiet, as_json) -> None:
     """Run a batch from the command line, exiting with the module's exit codes."""
-    def term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, term)
-    try:
-        summary = run(inputs, output, job_fn(), workers=workers, ray=ray_address,
-                      num_cpus=num_cpus, num_gpus=num_gpus, retry_failed=retry_failed,
-                      quiet=quiet,
-                      on_row=(lambda r: click.echo(json.dumps(r))) if as_json else None)
-    except KeyboardInterrupt:
-        click.echo(f"cpllm batch: interrupted; the rows in {output} are kept, run the same "
-                   "command again to resume", err=True)
-        sys.exit(130)
-    except CpllmError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    summary = run_command(
+        lambda: run(inputs, output, job_fn(), workers=workers, ray=ray_address,
+                    num_cpus=num_cpus, num_gpus=num_gpus, retry_failed=retry_failed,
+                    quiet=quiet,
+                    on_row=(lambda r: click.echo(json.dumps(r))) if as_json else None),
+        interrupted=f"cpllm batch: interrupted; the rows in {output} are kept, run the same "
+                    "command again to resume", show_warnings=False)
     click.echo(summary.line(), err=True)
     if not summary.complete:
         sys.exit(1)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+from cpllm_plugin.console import clock
 from cpllm_plugin.errors import VideoDecodeError, message
 from cpllm_plugin.files import atomic
 
@@ -474,14 +475,6 @@ def _encode_chunks(head: list[str], src: Path, st: _Streams, settings: Settings,
 # --- progress bar -------------------------------------------------------------------------
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "--:--"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
-        f"{s // 60:d}:{s % 60:02d}"
-
-
 class _Bar:
     """One line redrawn with carriage returns: bar, percent, speed, ETA."""
 
@@ -503,8 +496,8 @@ class _Bar:
         speed = done / elapsed if elapsed > 0 else 0.0
         fill = int(frac * self.width)
         bar = "#" * fill + "-" * (self.width - fill)
-        when = (f"{_clock(elapsed)} elapsed" if end else
-                f"ETA {_clock((total - done) / speed if speed > 0 else None)}")
+        when = (f"{clock(elapsed)} elapsed" if end else
+                f"ETA {clock((total - done) / speed if speed > 0 else None)}")
         text = f"[{bar}] {frac * 100:5.1f}%  {speed:5.2f}x  {when}"
         pad = " " * max(0, self.shown - len(text))  # wipe what a longer line left
         self.shown = len(text)

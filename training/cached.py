@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..console import progress_printer
 from ..errors import CpllmError, message
 from ..files import atomic
 from ..model.cpllm import ScoringPath
@@ -44,7 +45,6 @@ from .frozen import FeatureCache, frozen_parameters
 from .losses import pair_gap, rank_loss, score_loss
 from .manifest import Item, resolve
 from .metrics import flip_rate
-from .variants import progress_printer
 
 
 class CachedTrainingError(CpllmError, ValueError):

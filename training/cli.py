@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from cpllm_plugin.backends import choose
-from cpllm_plugin.cli import _run, precision_option
+from cpllm_plugin.cli import precision_option
+from cpllm_plugin.console import run_command
 
 from .variants import ENCODERS
 
@@ -42,7 +43,7 @@ def corpus_main(out_dir, only, max_seconds, ffmpeg):
         rows = build_corpus(out_dir, only=list(only) or None, max_seconds=max_seconds,
                             ffmpeg=ffmpeg)
         click.echo(f"{Path(out_dir) / 'sources.jsonl'}\t{len(rows)} sources")
-    _run(go)
+    run_command(go)
 
 
 def _crf_list(ctx, param, value: str | None):
@@ -119,7 +120,7 @@ def variants_main(sources, out_dir, codec, crfs, preset, ffmpeg, jobs, measure,
             items = describe_items(read_manifest(path), path, labels="auto" if labels else False)
             write_manifest(path, items)
         click.echo(f"{path}\t{len(items)} rows")
-    _run(go)
+    run_command(go)
 
 
 @click.command(context_settings=_CONTEXT)
@@ -165,4 +166,4 @@ def eval_main(model, manifest, split, out_dir, key_frames, backend, precision, a
         else:
             click.echo(markdown_table(result))
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
-    _run(go)
+    run_command(go)

@@ -64,12 +64,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cpllm_plugin.console import progress_printer
 from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.files import atomic, write_atomic
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, write_manifest
-from .variants import progress_printer
 
 SPLIT_FILE = Path(__file__).with_name("split.json")
 

@@ -37,13 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from cpllm_plugin.console import progress_printer
 from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.files import write_atomic
 from cpllm_plugin.hashing import sha256_file
 
 from .manifest import Item, ManifestError, read_manifest, resolve
 from .metrics import FLIP_DIFFS, flip_rate, plcc, srcc
-from .variants import progress_printer
 
 CACHE_NAME = "scores-cache.json"
 

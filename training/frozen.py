@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..configs import ModelConfig
+from ..console import progress_printer
 from ..errors import CpllmError, message
 from ..files import atomic
 from ..hashing import sha256_file
@@ -49,7 +50,6 @@ from ..model.cpllm import ScoringPath
 from ..preprocess import key_frame_indices, prepare
 from ..video import read_key_frames
 from .manifest import Item, resolve
-from .variants import progress_printer
 
 FROZEN_BLOCKS = 11  # EfficientNet-Lite0: stem + stages 1-5 (112 channels at stride 16)
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 import tomllib
 import typing
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from ..configs import DEFAULT_MODEL, MODELS, ModelConfig, get_config
+from ..console import progress_printer, run_command
 from ..errors import CpllmError, message, suggest
 from ..files import replace_dir
 from ..model import io
@@ -508,8 +508,7 @@ def _device(spec: str, local_rank: int) -> torch.device:
     return dev
 
 
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+_log = progress_printer(True)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -651,12 +650,8 @@ def _append_log(path: Path, row: list) -> None:
 def main(config: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train CP-LLM from a TOML/YAML CONFIG (see training/configs/)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    try:
-        cfg = load_config(config, overrides)
-        summary = train(cfg, resume=resume)
-    except CpllmError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    summary = run_command(lambda: train(load_config(config, overrides), resume=resume),
+                          show_warnings=False)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps(summary, sort_keys=True))
 

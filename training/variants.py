@@ -76,7 +76,6 @@ import csv
 import hashlib
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter
@@ -84,6 +83,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from cpllm_plugin.console import Progress, progress_printer
 from cpllm_plugin.errors import (
     CpllmError,
     VideoNotFoundError,
@@ -130,8 +130,6 @@ from .manifest import (
 
 LSVQ_SCALE = (0.0, 100.0)  # LSVQ publishes MOS on 0-100
 MANIFEST_NAME = "manifest.jsonl"
-
-Progress = Callable[[str], None]
 
 
 class DataArgumentError(CpllmError, ValueError):
@@ -285,13 +283,6 @@ def _rel(path: Path, base: Path) -> str:
         return os.path.relpath(path.resolve(), base.resolve())
     except ValueError:  # another drive on Windows
         return str(path.resolve())
-
-
-def progress_printer(progress: Progress | bool) -> Progress:
-    """``True``: lines to stderr; ``False``/None: nothing; a callable: itself."""
-    if progress is True:
-        return lambda line: print(line, file=sys.stderr, flush=True)
-    return progress or (lambda _: None)
 
 
 class _Writer:

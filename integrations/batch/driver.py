@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cpllm_plugin.console import clock, progress_printer
 from cpllm_plugin.errors import message, require
 
 from .. import ffmpeg as ff
@@ -79,20 +80,12 @@ class _Progress:
         eta = (self.total - ran) * 60 / rate if rate > 0 else None
         fill = round(20 * ran / self.total)
         text = (f"cpllm batch: [{'#' * fill}{'.' * (20 - fill)}] {ran}/{self.total} "
-                f"({failed} failed)  {rate:.1f} videos/min  ETA {_clock(eta)}")
+                f"({failed} failed)  {rate:.1f} videos/min  ETA {clock(eta)}")
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else \
-        f"{s // 60}:{s % 60:02d}"
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -169,6 +162,7 @@ class _Driver:
 
     def __init__(self, pool, job: Job, sink: Output, quiet: bool, on_row):
         self.pool, self.job, self.sink, self.quiet, self.on_row = pool, job, sink, quiet, on_row
+        self.say = progress_printer(not quiet, "cpllm batch: ")
         self.model_id: str | None = None
         self.ready: set[int] = set()
         self.busy: dict[int, tuple[str, int]] = {}  # worker -> (key, attempt)
@@ -177,10 +171,6 @@ class _Driver:
         self.done = self.failed = self.skipped = self.retried = self.early_deaths = 0
         self.failed_before = 0  # skipped inputs whose row is an error
         self.progress: _Progress | None = None
-
-    def say(self, line: str) -> None:
-        if not self.quiet:
-            print(f"cpllm batch: {line}", file=sys.stderr, flush=True)
 
     def start(self) -> None:
         """Start every worker and wait for the first one's model id."""
