@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
@@ -38,7 +40,10 @@ def main() -> None:
     print(json.dumps(describe()))
     scorer = lad.Scorer(a.model)
     t0 = time.perf_counter()
-    inputs, rows = cat.build(a.data, scorer, jobs=a.jobs)
+    if a.report_only:
+        inputs, rows = (cat.read_jsonl(a.data / f) for f in ("inputs.jsonl", "ladder.jsonl"))
+    else:
+        inputs, rows = cat.build(a.data, scorer, jobs=a.jobs)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} ladder rows")
     if a.build_only:
@@ -72,6 +77,9 @@ def policies(scorer) -> tuple[dict, dict]:
                        for v in (95,) for k in (0.5, 1, 1.5, 2, 3, 4)]
                       + [(f"VMAF {v:g}", cat.score_rule(lad.vmaf_to_score(v, cal), drop))
                          for v in (85, 90, 93)],
+        "score mode, drop in VMAF units": [(f"margin {m:g}",
+                                            cat.score_linear(cal, 95, m, drop))
+                                           for m in (1, 2, 3, 5, 8, 12, 16)],
     }
     return table, sweeps
 

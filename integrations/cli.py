@@ -60,9 +60,12 @@ def pick_options(f):
     """The options of a pick: encoder, target, samples, model, output. Shared by every
     ``cpllm-ladder`` subcommand and by batch jobs (one definition)."""
     opts = [
-        click.option("--mode", type=click.Choice(lad.MODES), default="score",
-                     show_default=True, help="score: the model's predicted score, no "
-                     "reference; vmaf: VMAF against the input (ab-av1's crf-search)."),
+        click.option("--mode", type=click.Choice(lad.MODES), default=lad.DEFAULT_MODE,
+                     show_default=True, help="auto: VMAF against the input at a level set "
+                     "by how the input was made (95 for a master, lower for an earlier "
+                     "lossy encode); vmaf: VMAF against the input at --min-vmaf (ab-av1's "
+                     "crf-search); score: the model's predicted score, no reference and no "
+                     "VMAF runs."),
         click.option("-e", "--encoder", default="libx264", show_default=True,
                      type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
         click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
@@ -200,7 +203,7 @@ def _report(run: Run, result: lad.Pick) -> lad.Pick:
 def _table(run: Run, result: lad.Pick) -> None:
     t = result.target
     note = run.job.target_note
-    how = (f"VMAF {t.value:g} against the input" if t.measure == "vmaf" else
+    how = (f"VMAF {t.value:g} against the input ({t.rule})" if t.measure == "vmaf" else
            f"{t.min_score:.3f} ({note})" if t.rule == "min-score" else
            f"{t.value:.3f} = source {t.source_score:.3f} - max-drop {t.max_drop:g} "
            f"(source below {t.min_score:.3f}, {note})")

@@ -340,6 +340,34 @@ def vmaf_to_score(vmaf: float, calibration: dict[float, float]) -> float:
 # --- probes and the search ----------------------------------------------------------------
 
 
+def score_to_vmaf(score: float, calibration: dict[float, float]) -> float | None:
+    """The VMAF level whose calibrated score is ``score``: the inverse of
+    :func:`vmaf_to_score` on the non-decreasing envelope of the anchors, extended above the
+    top anchor along its last segment (a source can look better than VMAF 95); None below
+    the lowest anchor."""
+    xs = sorted(calibration)
+    ys = np.maximum.accumulate([calibration[x] for x in xs])
+    if len(xs) < 2 or score < ys[0]:
+        return None
+    if score > ys[-1]:
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return float(xs[-1] + (score - ys[-1]) / max(slope, 1e-6))
+    return float(np.interp(score, ys, xs))
+
+
+def linear_target(source_score: float, calibration: dict[float, float], level: float,
+                  margin: float) -> float | None:
+    """The score a pick must keep when the source may lose ``margin`` VMAF-equivalent
+    points: the calibrated score of ``min(level, V(s0) - margin)``, V the VMAF level the
+    source's score stands for (:func:`score_to_vmaf`). Drops are compared in VMAF units, not
+    in score units, which the head's sigmoid squeezes near both ends. None when that level
+    is below the calibrated range."""
+    v = score_to_vmaf(source_score, calibration)
+    if v is None or v - margin < min(calibration):
+        return None
+    return vmaf_to_score(min(level, v - margin), calibration)
+
+
 @dataclass
 class Probe:
     """One CRF encoded over all samples and scored."""
@@ -680,6 +708,69 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
                    "lower --min-vmaf, or widen --crf-range")
 
 
+# ``auto`` mode: VMAF against the input, at a level set by how the input was made. An input
+# that costs more bits than a transparent re-encode of itself is treated as a master and keeps
+# VMAF 95 against itself; one that x264 would reproduce only at a CRF well above that
+# crossing is an earlier lossy encode, whose own artifacts a viewer never saw in the master,
+# so fidelity to them buys nothing: its level is lowered (docs/ladder.md, "Catalog").
+AUTO_LEVEL = DEFAULT_VMAF
+AUTO_GAP = 2.0  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
+AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
+AUTO_FLOOR = 90.0  # never below this: what still shows of the master must be kept
+
+
+def equivalent_crf(probes: dict[int, Probe], input_kbps: float) -> float | None:
+    """The CRF at which the probes' bitrate equals the input's: a straight line of log
+    bitrate against CRF through the probes (least squares; two probes at least)."""
+    crfs = sorted(c for c, p in probes.items() if p.kbps > 0)
+    if len(crfs) < 2 or input_kbps <= 0 or crfs[-1] == crfs[0]:
+        return None
+    slope, icpt = np.polyfit(crfs, [math.log(probes[c].kbps) for c in crfs], 1)
+    if slope >= 0:
+        return None
+    return float((math.log(input_kbps) - icpt) / slope)
+
+
+def auto_level(gap: float | None) -> float:
+    """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
+    above its VMAF-95 crossing (None: unknown, the input is treated as a master)."""
+    if gap is None or gap <= AUTO_GAP:
+        return AUTO_LEVEL
+    return max(AUTO_FLOOR, AUTO_LEVEL - AUTO_STEP * (gap - AUTO_GAP))
+
+
+def pick_auto(ladder: Ladder, input_kbps: float | None, max_probes: int = MAX_PROBES,
+              full: bool = False) -> Pick:
+    """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
+    an earlier lossy encode (its bitrate matches a re-encode well above that crossing), the
+    search again at the lower :func:`auto_level`. ``input_kbps``: the input's own bitrate
+    inside the samples (None when a ``--vfilter`` makes it incomparable)."""
+    if not ladder.vmaf:
+        raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
+                                          "one without", "make it with vmaf=True"))
+    s0 = _source_score(ladder)
+    if full:
+        ladder.full()
+        c95 = best_passing(ladder.values("vmaf"), AUTO_LEVEL)
+    else:
+        c95 = ladder.search(AUTO_LEVEL, max_probes, measure="vmaf")
+    ceq = equivalent_crf(ladder.probes, input_kbps) if input_kbps else None
+    # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
+    gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
+    level = auto_level(gap)
+    why = ("input reads as a master" if level == AUTO_LEVEL else
+           f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} above "
+           "the VMAF-95 crossing)")
+    ladder.say(f"auto: {why}; level {level:g}")
+    target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
+    if level == AUTO_LEVEL:
+        if c95 is None:  # raises the named error, from the probes already made
+            return _search(ladder, target, max_probes, full, "widen --crf-range, or use "
+                           "--mode vmaf --min-vmaf V with a lower V")
+        return _result(ladder, target, c95, full)
+    return _search(ladder, target, max_probes + 2, full, "widen --crf-range")
+
+
 def _source_score(ladder: Ladder) -> float:
     if ladder.source.hdr:
         warnings.warn(f"{ladder.source.path.name} is HDR (PQ or HLG): the model was trained "
@@ -704,6 +795,10 @@ def _search(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: s
             f"({target.rule})", f"none; the best CRF tried is {best.crf} with "
             f"{target.measure} {values[best.crf]:.3f} (source score "
             f"{target.source_score:.3f})", hint), best, target.value, target.source_score)
+    return _result(ladder, target, crf, full)
+
+
+def _result(ladder: Ladder, target: Target, crf: int, full: bool) -> Pick:
     p = ladder.probes[crf]
     return Pick(crf, p.score, target.source_score, target, p.predicted_size, p.kbps,
                 ladder.encodes, ladder.scorer.id, ladder.settings.encoder,
@@ -721,7 +816,8 @@ def default_cache() -> Path:
 
 # --- the Python API: options in, a pick out -------------------------------------------------
 
-MODES = ("score", "vmaf")
+MODES = ("auto", "score", "vmaf")
+DEFAULT_MODE = "score"
 DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
 
@@ -730,8 +826,10 @@ class PickOptions:
     """Everything a pick depends on, with ``cpllm-ladder``'s defaults (one field per flag).
 
     Attributes:
-        mode: ``score`` picks by the model's predicted score (no reference at all);
-            ``vmaf`` by VMAF against the input (ab-av1's ``crf-search``).
+        mode: ``auto`` by VMAF against the input at a level set by how the input was
+            made (:func:`pick_auto`); ``vmaf`` by VMAF against the input at ``min_vmaf``
+            (ab-av1's ``crf-search``); ``score`` by the model's predicted score (no
+            reference, no VMAF runs).
         encoder, preset, options, pix_fmt, vfilter, crf_range: see :class:`Settings`.
         min_score: absolute score target (default: the model's score at ``min_vmaf``).
         min_vmaf: the target as a VMAF level (default 95): mapped through the model's
@@ -749,7 +847,7 @@ class PickOptions:
         temp_dir: where probe encodes are made.
     """
 
-    mode: str = "score"
+    mode: str = DEFAULT_MODE
     encoder: str = "libx264"
     preset: str | None = None
     options: tuple[tuple[str, str], ...] = ()
@@ -826,6 +924,12 @@ class Job:
             raise LadderArgumentError(message(
                 where, "a VMAF level (--min-vmaf) in --mode vmaf", "--min-score",
                 "pass --min-vmaf V, or use --mode score for a score target"))
+        if o.mode == "auto" and (o.min_score is not None or o.min_vmaf is not None):
+            raise LadderArgumentError(message(
+                where, "no target in --mode auto (it sets its own VMAF level)",
+                "--min-score" if o.min_score is not None else "--min-vmaf",
+                "use --mode vmaf --min-vmaf V or --mode score --min-score S for a target "
+                "of your own"))
         self.settings = o.settings()
         self.settings.table  # noqa: B018 - validates the encoder name early
         self.source = inspect(path, where)
@@ -836,7 +940,7 @@ class Job:
         self.cache = None if o.no_cache else (Path(o.cache) if o.cache else default_cache())
         self.vmaf_level = o.min_vmaf if o.min_vmaf is not None else DEFAULT_VMAF
         self.min_score, self.target_note = (None, f"VMAF {self.vmaf_level:g}") \
-            if o.mode == "vmaf" else self._min_score()
+            if o.mode != "score" else self._min_score()
         if o.no_max_drop:
             self.max_drop = None
         elif o.max_drop is not None:
@@ -861,7 +965,16 @@ class Job:
         samples = samples or plan_samples(self.source.duration, o.samples, o.sample_seconds,
                                           o.key_frames)
         return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
-                      o.ffmpeg, o.vmaf or o.mode == "vmaf", self.say, o.temp_dir)
+                      o.ffmpeg, o.vmaf or o.mode != "score", self.say, o.temp_dir)
+
+    def input_kbps(self, ladder: Ladder) -> float | None:
+        """The input's own bitrate inside the samples; None when ``vfilter`` makes the
+        probes' bitrate incomparable with it (a scale or crop changes what is coded)."""
+        from .stream import stats
+
+        if self.options.vfilter:
+            return None
+        return stats(self.source.path, [(s.start, s.duration) for s in ladder.samples]).kbps
 
     def pick(self, on_probe: Callable[[Probe], None] | None = None) -> Pick:
         """Search (or probe every level with ``full``) and return the pick. ``on_probe`` is
@@ -871,6 +984,8 @@ class Job:
             try:
                 if o.mode == "vmaf":
                     return pick_vmaf(ladder, self.vmaf_level, o.max_probes, o.full)
+                if o.mode == "auto":
+                    return pick_auto(ladder, self.input_kbps(ladder), o.max_probes, o.full)
                 return pick(ladder, self.min_score, self.max_drop, o.max_probes, o.full)
             finally:
                 for p in ladder.probes.values():  # in the order they were made

@@ -477,3 +477,43 @@ def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.P
         d.text((x1 - 250, y0 + 10 + 18 * i), f"- {name}", fill=col, font=font(13))
     out = Path(path)
     return atomic(out, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def score_linear(calibration: dict[float, float], level: float, margin: float,
+                 fallback_drop: float) -> Policy:
+    """The score rule with the drop measured in VMAF units through the calibration
+    (:func:`~cpllm_plugin.integrations.ladder.linear_target`); a source scored below the
+    calibrated range keeps within ``fallback_drop`` of its own score."""
+    from cpllm_plugin.integrations.ladder import linear_target
+
+    def policy(c: Curve) -> int | None:
+        t = linear_target(c.s0, calibration, level, margin)
+        return highest_meeting(c.crfs, c.score, c.s0 - fallback_drop if t is None else t)
+
+    return policy
+
+
+def auto_rule(gap: float | None = None, step: float | None = None,
+              floor: float | None = None) -> Policy:
+    """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
+    replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
+    log-bitrate line through the ladder near it, and the search again at the lowered level.
+    ``gap``, ``step``, ``floor``: override the shipped constants (sweeps)."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    g = lad.AUTO_GAP if gap is None else gap
+    k = lad.AUTO_STEP if step is None else step
+    lo = lad.AUTO_FLOOR if floor is None else floor
+
+    def policy(c: Curve) -> int | None:
+        c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
+        ref = c95 if c95 is not None else int(c.crfs[0])
+        near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
+        slope, icpt = np.polyfit(c.crfs[near], np.log(c.bytes[near]), 1)
+        d = (math.log(c.info["bytes"]) - icpt) / slope - ref
+        level = lad.AUTO_LEVEL if d <= g else max(lo, lad.AUTO_LEVEL - k * (d - g))
+        if level == lad.AUTO_LEVEL:
+            return c95
+        return highest_meeting(c.crfs, c.vi, level)
+
+    return policy

@@ -1,0 +1,79 @@
+"""cpllm-ladder --mode auto: VMAF against the input at a level set by how the input was made.
+Unit tests of its pieces, and end to end on a clip and on an earlier encode of it, judged
+against the clip itself (the master)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cpllm_plugin.integrations import ffmpeg as ff
+from cpllm_plugin.integrations import ladder as lad
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+
+
+def _probe(crf, kbps, vmaf=None):
+    return lad.Probe(crf, 4.0, [], 0, kbps, 0, 0.0, False, vmaf)
+
+
+def test_equivalent_crf_reads_the_input_off_the_bitrate_line():
+    # Bitrate halves every 6 CRF: 800 kb/s at CRF 20.
+    probes = {c: _probe(c, 800 * 2 ** (-(c - 20) / 6)) for c in (20, 26, 29)}
+    assert lad.equivalent_crf(probes, 800) == pytest.approx(20)
+    assert lad.equivalent_crf(probes, 200) == pytest.approx(32)  # beyond the probes: the line
+    assert lad.equivalent_crf({20: probes[20]}, 800) is None  # one probe: no line
+    assert lad.equivalent_crf(probes, 0) is None
+
+
+def test_auto_level_keeps_masters_and_lowers_earlier_encodes():
+    assert lad.auto_level(None) == lad.AUTO_LEVEL == 95
+    assert lad.auto_level(-10) == lad.auto_level(lad.AUTO_GAP) == 95
+    beyond = lad.auto_level(lad.AUTO_GAP + 1)
+    assert lad.AUTO_FLOOR <= beyond < 95
+    assert lad.auto_level(100) == lad.AUTO_FLOOR
+    levels = [lad.auto_level(lad.AUTO_GAP + g / 2) for g in range(40)]
+    assert all(a >= b for a, b in zip(levels, levels[1:], strict=False))
+
+
+def test_auto_takes_no_target_of_its_own(tmp_path):
+    for kw in ({"min_score": 4.0}, {"min_vmaf": 93.0}):
+        with pytest.raises(lad.LadderArgumentError, match="--mode auto"):
+            lad.Job(SAMPLE, lad.PickOptions(mode="auto", **kw), scorer=object())
+
+
+@pytest.fixture(scope="module")
+def master_and_upload(ffmpeg_exe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("auto")
+    master, upload = d / "master.mkv", d / "upload.mp4"
+    base = [ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run([*base, "-i", str(SAMPLE), "-t", "2", "-an", "-c:v", "libx264", "-qp", "0",
+                    "-preset", "ultrafast", str(master)], check=True)
+    subprocess.run([*base, "-i", str(master), "-c:v", "libx264", "-crf", "36", "-preset",
+                    "medium", str(upload)], check=True)
+    return master, upload
+
+
+@pytest.mark.slow
+def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upload, tmp_path,
+                                                                  ffmpeg_exe):
+    """The copy gets a higher CRF than the VMAF-95 search against it, and the encode still
+    keeps what the copy had against the master: VMAF >= min(95, T - 5)."""
+    master, upload = master_and_upload
+    # One probe cache: the VMAF-95 search is auto's first stage, so its probes are reused.
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    scorer = lad.Scorer()
+    on_master = lad.pick_file(master, lad.PickOptions(mode="auto", **opts), scorer)
+    on_master_vmaf = lad.pick_file(master, lad.PickOptions(mode="vmaf", **opts), scorer)
+    assert on_master.crf == on_master_vmaf.crf  # a master keeps VMAF 95 against itself
+    assert on_master.target.value == 95 and "master" in on_master.target.rule
+    auto = lad.pick_file(upload, lad.PickOptions(mode="auto", **opts), scorer)
+    vmaf95 = lad.pick_file(upload, lad.PickOptions(mode="vmaf", **opts), scorer)
+    assert "earlier encode" in auto.target.rule and auto.target.value < 95
+    assert auto.crf > vmaf95.crf
+    t = ff.measure_fr(master, upload, ffmpeg_exe, subsample=1, psnr=False)[0]
+    out = tmp_path / "final.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(upload),
+                    *lad.Settings().args(auto.crf, 2), str(out)], check=True)
+    kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
+    assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
