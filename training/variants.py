@@ -1,72 +1,14 @@
 """Compression variants of source videos, their full-reference metrics and pseudo-scores.
 
-:func:`make_variants` encodes every source at a ladder of quality levels (CRF) of one
-encoder through ffmpeg, measures each variant against its source (VMAF and PSNR) and writes a
-manifest (``OUT_DIR/manifest.jsonl``) holding the originals and the variants::
+:func:`make_variants` encodes every source at a ladder of CRFs of one encoder
+(:data:`ENCODERS`), measures each variant against its source or its reference
+(:func:`measure_fr`: VMAF and PSNR in one ffmpeg pass), maps VMAF to a 1-5 pseudo-score
+(:func:`pseudo_score`) and writes ``OUT_DIR/manifest.jsonl``; it resumes where it stopped.
+:func:`shorten` cuts originals for a cheaper ladder; :func:`read_lsvq_csv` reads LSVQ's label
+CSVs.
 
-    OUT_DIR/manifest.jsonl
-    OUT_DIR/<source>/libx264_crf15.mp4 ... libx264_crf53.mp4
-    OUT_DIR/<source>/libx265_crf15.mp4 ...        (a later run with codec="libx265")
-
-Encoders (:data:`ENCODERS`, one table): libx264 (the paper's 20 levels 15, 17, ..., 53),
-libx265, libsvtav1 and libvpx-vp9, each with its quality option, a preset fast enough for a
-2-core machine and a default ladder of 8 levels. Runs with different encoders into the same
-``OUT_DIR`` add up: the rows of other encoders already in the manifest are kept
-(``merge=True``).
-
-It is resumable: an encode is written under a temporary name and renamed when ffmpeg
-succeeds, so a file that exists is complete and is never encoded again; measurements already
-in the manifest are kept while the file's sha256 (and its reference) is unchanged. Encodes
-and measurements run ``jobs`` at a time (one ffmpeg process each, ``cores // jobs`` threads
-each, so the machine is never oversubscribed); progress goes to stderr.
-
-Identical encodes: libx264 clamps CRF to 51 for 8-bit video, so CRF 53 gives the same bytes
-as CRF 51. Every row carries the file's sha256, which shows it; the metrics are measured once
-per distinct (reference, file), and :func:`cpllm_plugin.training.metrics.flip_rate` never
-counts a pair of identical files.
-
-Encoding: ``-c:v ENCODER PRESET -crf N -pix_fmt yuv420p`` plus the encoder's own options
-(see :data:`ENCODERS`), first video stream only, every frame kept with its timestamp
-(``-fps_mode passthrough``), sizes cropped to even numbers (the bottom row / right column of
-an odd-sized source is dropped; 4:2:0 needs even sizes), metadata dropped so equal encodes
-are equal bytes. Every variant row records its display height (``height``).
-
-Measuring (:func:`measure_fr`): ffmpeg's ``libvmaf`` filter with the built-in model
-``version=vmaf_v0.6.1`` and the ``psnr`` filter, in one pass. Both inputs go through the same
-chain: crop to even size, scale to the reference's size (a no-op for variants of a source;
-an upscale for a downscaled degraded original), convert to yuv420p, then re-time frame ``n``
-to ``n / 25`` s so that frame ``n`` of one is compared with frame ``n`` of the other whatever
-their timestamps. VMAF is the mean over frames (every n-th frame, :func:`auto_subsample`:
-at least 96 frames), PSNR the ffmpeg summary ("average" of Y, U, V weighted by plane size) in
-dB over every frame, capped at 100 dB for identical inputs. VMAF is measured at the
-reference's own resolution (the model was trained for 1080p viewing; for small sources it is
-a relative, not an absolute, number).
-
-References (``Item.reference``): an original with a reference is a degraded copy of a clean
-parent (blurred, rescaled, noisy, or an earlier low-bitrate encode). That original is
-measured against its reference and gets a pseudo-score like a variant, and its variants are
-measured against the reference too (not against the degraded original) and inherit it, so
-their VMAF and pseudo-scores say absolute quality: a blurry original is not excellent.
-Originals without reference are not measured and get no pseudo-score.
-
-Pseudo-scores (:func:`pseudo_score`), on the 1-5 scale of the paper (1 bad, 2 poor, 3 fair,
-4 good, 5 excellent), from VMAF ``v`` clipped to [0, 100]:
-
-- no MOS above it: ``pseudo = 1 + 4 * v / 100``. This is the usual reading of VMAF's own
-  scale, which was fitted to absolute category ratings: each 20 VMAF points is one category
-  (80-100 excellent, 60-80 good, ...), so v = 80 gives 4.2 and v = 50 gives 3.0.
-- a MOS ``m`` above it (already on 1-5): ``pseudo = 1 + (m - 1) * v / 100``: a perfect copy
-  (v = 100) scores that MOS, and a variant never scores above it. The MOS above a variant is
-  its source's; above a degraded original and its variants, the MOS of the clean parent (the
-  original whose file is the reference), if the parent is among the sources and has one.
-
-Both are monotone non-decreasing in VMAF and stay within [1, 5]. A row without VMAF
-(``measure=False``, or ffmpeg without libvmaf) gets no pseudo-score: its row still feeds the
-ranking loss (a lower CRF of the same source is never worse). Originals keep their MOS if
-they have one.
-
-Real opinion scores: :func:`read_lsvq_csv` reads LSVQ's label CSVs (``labels_train_test.csv``,
-``labels_test_1080p.csv``) into manifest items with ``mos`` mapped from 0-100 to 1-5.
+The design (layout, encoding and measuring chains, references, the pseudo-score formulas,
+identical encodes): docs/data.md, "Variants", "Measuring" and "Pseudo-scores".
 """
 
 from __future__ import annotations
