@@ -29,11 +29,10 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Rebuilds the shipped default model from nothing (data in data/recipe, ignored by git):
-# corpus, ladders (libx264, x265, SVT-AV1), features, training, export, evaluation: timed
-# from an empty folder at 2 h 4 min and 9.8 GB at peak on 2 CPU cores, 2 h 41 min on a
-# slower machine (README, "What the recipe costs, by stage"). Every stage resumes; a
-# training stage whose time budget is spent saves its state and stops the run: run it
-# again to continue.
+# corpus, ladders (libx264, x265, SVT-AV1), features, training, export, evaluation: a few
+# hours on 2 CPU cores (docs/model-card.md, "What the recipe costs, by stage"). Every stage
+# resumes; a training stage whose time budget is spent saves its state and stops the run:
+# run it again to continue.
 model: $(STAMP)
 	$(BIN)/cpllm-recipe --data data/recipe
 

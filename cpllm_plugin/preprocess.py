@@ -177,8 +177,8 @@ _ROW_TAPS = 12  # input rows per row band; small blocks: the matmul is wide (C*W
 _COL_TAPS = 48  # input columns per column band; the matmul has few columns, so wider blocks
 _SLAB = 48  # input rows converted to float32 at a time
 # Multiply-adds per BLAS call at most. OpenBLAS splits a product above 4 * 65536 over its
-# threads; on products this small the hand-offs cost more than they give (a 1080p frame took
-# 300 ms instead of 40 with two threads on a busy 2-core machine), so calls stay under it.
+# threads, and on products this small the hand-offs cost more than they give, so calls stay
+# under it (docs/experiments.md, "BLAS threads in preprocessing").
 _CALL = 4 * 65536
 
 

@@ -245,12 +245,11 @@ def _dedupe_identities(model) -> None:
 def _quantize_int8(src: Path, dst: Path, cfg: ModelConfig, calib: np.ndarray | None) -> dict:
     """int8 for the high-level (context) encoder; the low-level pixel encoder stays fp32.
 
-    The low-level encoder exists to see pixel-level artifacts a level or two deep. 8-bit
-    activations erase exactly that: quantising it (trained cpllm-lite, 60 dev key frames)
-    moved scores by up to 0.16 and swapped 2 of 70 same-source pairs, against 0.02 for the
-    high-level encoder alone, which sees a 448 view of the whole frame. Even that costs fine
-    rankings (20-level dev ladder: flip rate for CRFs 2 apart 15.6% -> 18.9%), so fp32 is
-    what backends pick by default and int8 is a speed option to check with cpllm-eval.
+    The low-level encoder exists to see pixel-level artifacts a level or two deep, and 8-bit
+    activations erase exactly that; the high-level encoder sees a 448 view of the whole frame
+    and moves far less. Even that costs fine rankings, so fp32 is what backends pick by
+    default and int8 is a speed option to check with cpllm-eval (measured: docs/backends.md,
+    "Scoring without torch: export and backends").
 
     Convolutional encoders get static quantisation (per-channel int8 weights, uint8
     activations whose ranges are calibrated on ``calib`` real frames) because ONNX Runtime's

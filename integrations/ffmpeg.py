@@ -236,28 +236,21 @@ class Encoder:
                 *(a.replace("{n}", str(threads)) for a in self.threads)]
 
 
-# One row per encoder. Presets are chosen to be fast enough for a 2-core machine (a 4 s 360p
-# clip encodes in about 1-2 s on one thread with each), and ladders so that each encoder
-# spans as much of the quality range of libx264 CRF 15..51 as it can. VMAF v0.6.1 measured on
-# samples/sample.mp4 (3 s of photo pans, 640x360; easy content, harder content scores lower):
-#   libx264  -preset medium:  CRF 15: 99.3, 31: 91.8, 39: 74.0, 43: 58.2, 47: 37.8, 51: 16.3
-#   libx265  -preset fast:    CRF 15: 99.2, 31: 92.9, 39: 79.6, 43: 66.7, 47: 50.4, 51: 32.2
-#   libsvtav1 -preset 8:      CRF 20: ~99, 45: 96.3, 55: 93.1, 59: 90.4, 61: 86.6, 63: 76.9
-#   libvpx-vp9 -cpu-used 4:   CRF 15: 98.7, 45: 90.8, 51: 85.3, 55: 79.4, 59: 73.6, 63: 61.5
-# AV1 and VP9 at their highest level are still far better than libx264 at 51: no CRF of theirs
-# reaches "bad"; their ladders spend more levels at the low-quality end, where VMAF moves.
+# One row per encoder. Presets are fast enough for a 2-core machine; ladders span as much of
+# libx264 CRF 15..51's quality range as each encoder can, with more levels where its VMAF
+# moves (VMAF per CRF and preset speeds: docs/experiments.md, "Encoder presets and ladders").
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
     # The paper's encoder and ladder. CRF above 51 is clamped to 51 on 8-bit video (CRF 53
     # gives the bytes of CRF 51; the sha256 shows it).
     Encoder("libx264", "-crf", "-preset", "medium", (0, 63), CRF_LEVELS, search=(15, 51),
             start=24),
-    # x265 "fast": about libx264 medium's speed; "medium" is ~2x slower for a small gain.
+    # x265 "fast": libx264 medium's speed class ("medium" costs much more for a small gain).
     # pools=N sizes its thread pool (set by x265 itself otherwise); hvc1 is for Apple players.
     Encoder("libx265", "-crf", "-preset", "fast", (0, 51), (15, 23, 29, 35, 39, 43, 47, 51),
             extra=("-tag:v", "hvc1"), threads=("-x265-params", "pools={n}:log-level=error"),
             search=(15, 51), start=26),
-    # SVT-AV1 preset 8: real-time-class speed on 1-2 cores (presets below 6 are many times
-    # slower). lp=N caps its threads ("level of parallelism"; it does not follow -threads).
+    # SVT-AV1 preset 8: fast enough for 1-2 cores (the slower presets are not). lp=N caps its
+    # threads ("level of parallelism"; it does not follow -threads).
     Encoder("libsvtav1", "-crf", "-preset", "8", (1, 63), (20, 32, 42, 50, 55, 59, 61, 63),
             threads=("-svtav1-params", "lp={n}"), search=(20, 63), start=40),
     # libvpx-vp9: -b:v 0 makes -crf constant quality (else it is capped by a default
@@ -316,10 +309,9 @@ VMAF_FRAMES = 96  # automatic subsampling still measures VMAF on at least this m
 def auto_subsample(frames: int) -> int:
     """VMAF on every n-th frame such that at least :data:`VMAF_FRAMES` frames are measured.
 
-    A 10 s clip at 30 fps gets n = 3 (100 frames). On samples/sample.mp4, n = 3 and n = 5
-    changed VMAF by at most 0.5 against n = 1 (four variants of libx264, libx265 and
-    libvpx-vp9 at VMAF 50-92) and cut the time of a measurement by a third to a half;
-    libvmaf still feeds its motion feature every frame.
+    A 10 s clip at 30 fps gets n = 3 (100 frames). Subsampling moves VMAF little and saves
+    much of a measurement's time (docs/experiments.md, "VMAF on every n-th frame"); libvmaf
+    still feeds its motion feature every frame.
     """
     return max(1, int(frames) // VMAF_FRAMES)
 

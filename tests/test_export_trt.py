@@ -13,7 +13,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_trt = pytest.mark.skipif(
     not (HAVE_TRT and backends.gpu_count() > 0),
     reason="needs the tensorrt package and an NVIDIA GPU (TensorRT's libraries cannot be "
-           "installed from PyPI alone; see ENVIRONMENT.md)")
+           "installed from PyPI alone; see docs/backends.md, \"GPUs\")")
 
 
 def test_engine_names_carry_checksum_shapes_precision_version_and_gpu():

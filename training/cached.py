@@ -66,11 +66,10 @@ def eval_mode(module: torch.nn.Module):
 def channels_last(module: torch.nn.Module):
     """Convolution weights in channels-last layout for the block; the default layout after.
 
-    On CPU this runs the trained EfficientNet stages' forward and backward about 1.3 times
-    as fast (oneDNN's depthwise kernels want NHWC; a recipe step 1.90 s against 2.55 s on
-    the 2-core VM), with the same results to float rounding. Parameters keep their
-    identity, so an optimiser built inside the block stays valid; checkpoints are written
-    contiguous.
+    On CPU this runs the trained EfficientNet stages' forward and backward faster (oneDNN's
+    depthwise kernels want NHWC; docs/experiments.md, "What the recipe cost, run by run"),
+    with the same results to float rounding. Parameters keep their identity, so an
+    optimiser built inside the block stays valid; checkpoints are written contiguous.
     """
     module.to(memory_format=torch.channels_last)
     try:

@@ -58,9 +58,8 @@ def keep_freed_memory() -> None:
     """Keep freed memory in the process instead of returning it to the kernel (glibc).
 
     A training step allocates activations of tens of MB; glibc serves those with mmap and
-    unmaps them on free, so every step faults the same pages in again. On the 2-core machine
-    that made half of a step's CPU time kernel time (a 256-patch step: 66 s sys of 135 s);
-    with mmap off and trimming off it fell to 12 s. The same can be had from the shell with
+    unmaps them on free, so every step faults the same pages in again and kernel time eats
+    the step (docs/experiments.md, "Kernel time"). The same can be had from the shell with
     ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
     """
     import ctypes

@@ -108,7 +108,7 @@ def load_decoder(
 
     Returns:
         ``(model, tokenizer)``; the model is a causal LM using the ``sdpa`` attention (the
-        boolean Prefix-LM mask is only correct there, see ENVIRONMENT.md).
+        boolean Prefix-LM mask is only correct there).
 
     Raises:
         UnknownNameError: ``spec`` is neither a registered decoder nor a directory.
