@@ -17,7 +17,8 @@ import numpy as np
 
 from . import backends, preprocess
 from .configs import COMPARE_PROMPT, DEFAULT_MODEL, MODELS, packaged
-from .errors import UnknownNameError, VideoNotFoundError, message, suggest
+from .errors import UnknownNameError, message, suggest
+from .files import check_input
 from .modeldir import is_model_dir
 
 # Key frames are resized on every core; the matmuls in preprocess release the GIL.
@@ -184,15 +185,10 @@ class Model:
 
 
 def _check_path(source: Any, where: str) -> bool:
-    """True for a path to an existing file; raise for a path that is not one (before loading)."""
+    """True for a path to a readable, non-empty file; raise for any other path (before loading)."""
     if not isinstance(source, (str, os.PathLike)):
         return False
-    path = Path(source)
-    if not path.is_file():
-        raise VideoNotFoundError(message(
-            where, "a path to a video file", f"{str(path)!r}, which "
-            + ("is a directory" if path.is_dir() else "does not exist"),
-            "check the path (relative paths start from the current directory)"))
+    check_input(source, where)
     return True
 
 

@@ -148,5 +148,5 @@ def test_cli_score_json_and_errors(clip):
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["type"] == "score" and len(line["frame_scores"]) == 3
     bad = runner.invoke(cli, ["score", "missing.mp4", "-m", "cpllm-tiny"])
-    assert bad.exit_code == 1 and "error: score(): expected a path" in bad.stderr
+    assert bad.exit_code == 1 and "error: score(): expected an existing video file" in bad.stderr
     assert runner.invoke(cli, ["score"]).exit_code == 2
