@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,10 +36,10 @@ import click
 import numpy as np
 
 from ..configs import DEFAULT_MODEL, PACKAGED_DIR
+from ..console import progress_printer, run_command
 from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
-from .variants import progress_printer
 
 STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "codecs", "eval")
 MODEL_STAGES = ("cache", "train", "text", "ship")  # their cost depends on the model trained
@@ -123,8 +122,7 @@ class Recipe:
     dev_codecs: dict[str, tuple[int, ...]] = dataclasses.field(
         default_factory=lambda: dict(DEV_CODECS))
     # x265 and SVT-AV1 ladders in training cut SVT-AV1's dev flips by half
-    # (docs/experiments.md, "Training on x265 and SVT-AV1"), at 9.6 min of ladders and
-    # 4.5 min of cache.
+    # (docs/experiments.md, "Training on x265 and SVT-AV1", with what they cost).
     train_codecs: tuple[str, ...] = ("libx265", "libsvtav1")
     decoder: str = "gemma3-270m"
     describe_count: int = 30
@@ -252,10 +250,9 @@ def _sources(r: Recipe) -> list[Item]:
 
 def _dev_sources(r: Recipe, say) -> list[Item]:
     """The dev originals as whole raw copies, each degraded one measured against its
-    parent's copy: the dev ladders encode each original 20 times (and the other encoders 12)
-    and measure every encode against it, and decoding the CRF 10 original cost about a
-    tenth of each encode (a 1080p one: 4.42 s from the original, 3.91 s from the copy, the
-    same bytes out)."""
+    parent's copy: the dev ladders encode each original many times and measure every encode
+    against it, and decoding a compressed original costs a share of each encode that a raw
+    copy does not (docs/experiments.md, "Raw copies of the dev originals")."""
     from .variants import shorten
 
     dev = [i for i in _sources(r) if i.split == "dev"]
@@ -594,11 +591,8 @@ def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_mi
                order_margin=order_margin, schedule=schedule, seed=seed, facts=facts,
                train_codecs=(tuple(c for c in train_codecs if c != "libx264")
                              if train_codecs else Recipe.train_codecs))
-    try:
-        run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES)
-    except CpllmError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run_command(lambda: run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES),
+                show_warnings=False)
 
 
 if __name__ == "__main__":
