@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
 from cpllm_plugin.configs import DEFAULT_MODEL
-from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.console import progress_printer, run_command
+from cpllm_plugin.errors import message
 
 from . import ffmpeg as ff
 from . import ladder as lad
@@ -129,8 +128,7 @@ class Run:
     def __init__(self, kw: dict, command: str):
         self.kw = kw
         self.as_json = kw["as_json"]
-        say = (lambda line: None) if kw["quiet"] else (
-            lambda line: click.echo(f"cpllm-ladder: {line}", err=True))
+        say = progress_printer(not kw["quiet"], "cpllm-ladder: ")
         self.job = lad.Job(kw["input"], lad.PickOptions.from_flags(kw), progress=say,
                            where=f"cpllm-ladder {command}")
         self.source, self.settings = self.job.source, self.job.settings
@@ -147,29 +145,9 @@ def _guard(command: str):
     def wrap(f):
         @functools.wraps(f)
         def run(**kw):
-            as_json = kw.get("as_json", False)
-
-            def term(signum, frame):
-                ff.stop_all()
-                raise KeyboardInterrupt
-
-            old = signal.signal(signal.SIGTERM, term)
-            warnings.showwarning = lambda m, c, *a, **k: click.echo(f"warning: {m}", err=True)
-            try:
-                f(**kw)
-            except KeyboardInterrupt:
-                ff.stop_all()
-                click.echo("cpllm-ladder: interrupted; temporary files removed", err=True)
-                sys.exit(130)
-            except CpllmError as exc:
-                if as_json:
-                    click.echo(json.dumps({"type": "error", "error": type(exc).__name__,
-                                           "message": str(exc)}))
-                else:
-                    click.echo(f"error: {exc}", err=True)
-                sys.exit(1)
-            finally:
-                signal.signal(signal.SIGTERM, old)
+            run_command(lambda: f(**kw), as_json=kw.get("as_json", False),
+                        interrupted="cpllm-ladder: interrupted; temporary files removed",
+                        stop=ff.stop_all)
 
         return run
 

@@ -44,6 +44,8 @@ import numpy as np
 
 from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.files import check_input, write_atomic
+from cpllm_plugin.hashing import sampled_identity as identity
 
 from . import ffmpeg as ff
 from .search import PRIOR_SLOPE, Target, best_passing, monotone, next_crf  # noqa: F401
@@ -214,18 +216,11 @@ class Source:
 
 def inspect(path: str | os.PathLike, where: str = "cpllm-ladder") -> Source:
     """Check and describe the input, raising a named error for anything unusable."""
-    from cpllm_plugin.errors import EmptyInputError, VideoDecodeError, VideoNotFoundError
+    from cpllm_plugin.errors import EmptyInputError, VideoDecodeError
     from cpllm_plugin.video import probe
 
-    p = Path(path)
-    if not p.is_file():
-        raise VideoNotFoundError(message(
-            where, "a video file", f"{str(p)!r}, which "
-            + ("is a directory" if p.is_dir() else "does not exist"), "check the path"))
+    p = Path(check_input(path, where, empty=EmptyInputError))
     size = p.stat().st_size
-    if size == 0:
-        raise EmptyInputError(message(where, "a video file", f"{p} is empty (0 bytes)",
-                                      "give a complete video file"))
     info = probe(p)
     if not info.duration or info.duration <= 0 or not info.frame_count:
         raise VideoDecodeError(message(where, "a video with a duration", f"{p}: none",
@@ -243,24 +238,6 @@ def _is_hdr(path: Path) -> bool:
             return int(cc.color_trc or 0) in (16, 18)  # SMPTE ST 2084 (PQ), ARIB B67 (HLG)
     except Exception:  # noqa: BLE001 - probe() already vetted the file; HDR is a hint
         return False
-
-
-def identity(path: str | os.PathLike, chunks: int = 16, chunk: int = 1 << 16) -> str:
-    """``size:sha256`` of ``chunks`` pieces read evenly through the file (fast on big files).
-
-    Two files with the same name but other content differ; a renamed copy is the same.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
-        if size <= chunks * chunk:
-            h.update(f.read())
-        else:
-            for i in range(chunks):
-                f.seek((size - chunk) * i // (chunks - 1))
-                h.update(f.read(chunk))
-    return f"{size}:{h.hexdigest()[:32]}"
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -527,12 +504,8 @@ class Ladder:
 
     @staticmethod
     def _write(path: Path | None, data: dict) -> None:
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        if path is not None:
+            write_atomic(path, json.dumps(data))
 
     # reference samples --------------------------------------------------------------------
 

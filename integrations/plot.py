@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from cpllm_plugin.errors import require
+from cpllm_plugin.files import atomic
 
 SCORE = (31, 119, 180)
 VMAF = (230, 120, 20)
@@ -89,11 +90,4 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
             d.line(vpts, fill=VMAF, width=2)
         for x, y in vpts:
             d.rectangle([x - 3, y - 3, x + 3, y + 3], fill=VMAF)
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.part")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic(Path(path), lambda tmp: img.save(tmp, format="PNG"))

@@ -95,9 +95,8 @@ def _even(n: float) -> int:
 def make_upload(master: Path, out: Path, up: dict, width: int, height: int,
                 ffmpeg: str, threads: int = 1) -> Path:
     """Write one upload of ``master`` (see :func:`upload_plan`) atomically."""
+    from cpllm_plugin.files import atomic
     from cpllm_plugin.integrations.ffmpeg import get_encoder, run_ffmpeg
-
-    from .variants import atomic
 
     kind, spec = up["kind"], up["spec"]
     vf, codec = [], "libx264"
@@ -172,11 +171,12 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         progress: True for lines on stderr, or a callable taking a line.
         only: build only these source ids (tests; default every dev source).
     """
+    from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
     from cpllm_plugin.video import probe
 
     from .corpus import build_corpus, read_split
-    from .variants import encode, progress_printer
+    from .variants import encode
 
     say = progress_printer(progress)
     data = Path(data)
@@ -436,9 +436,8 @@ def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.P
     is drawn as a marker. Written to a temporary name, then renamed."""
     from PIL import Image, ImageDraw
 
+    from cpllm_plugin.files import atomic
     from cpllm_plugin.integrations.plot import font
-
-    from .variants import atomic
 
     colours = [(31, 119, 180), (230, 120, 20), (44, 160, 44), (214, 39, 40),
                (148, 103, 189), (140, 86, 75)]
