@@ -32,8 +32,9 @@ COMPARE_PROMPT = (
 )
 # What the describe prompt says of the quality head's score, for models trained with it
 # (ModelConfig.score_prompt): the number and its band's word. A 270M decoder with rank-4
-# LoRA, trained for minutes, does not learn to read a band off two decimals (13 of 30 dev
-# descriptions named it); with the word beside the number it has only to carry it over.
+# LoRA, trained for minutes, does not learn to read a band off two decimals; with the word
+# beside the number it has only to carry it over (docs/experiments.md, "Descriptions: what
+# goes into the prompt").
 SCORE_PROMPT = "The quality score is {score:.2f} out of 5 ({word})."
 # How every training description opens its technical-quality sentence
 # (training/describe.py); ``describe`` writes it and the decoder completes the sentence.
@@ -41,9 +42,8 @@ QUALITY_OPENER = "Its technical quality is"
 QUALITY_WORDS = ("bad", "poor", "fair", "good", "excellent")  # 1..5, paper Fig. 1
 # What the describe prompt says of facts the pipeline knows without the decoder
 # (ModelConfig.facts_prompt, off in cpllm-lite): the frames' format, and what the frozen
-# high-level encoder's own ImageNet head names on the decoder's key frame. Measured on dev:
-# the format right in 21 of 30 style sentences (14 without), some garbled into digits, the
-# kind and content no better; so not shipped (docs/experiments.md, "Facts in the describe prompt").
+# high-level encoder's own ImageNet head names on the decoder's key frame. Not shipped
+# (docs/experiments.md, "Facts in the describe prompt").
 FACTS_PROMPT = "The frames are {format}; an image classifier sees {labels}."
 
 
