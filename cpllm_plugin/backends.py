@@ -7,11 +7,10 @@ fix; there is no silent fallback after the choice.
 
 Order of ``"auto"`` for a model directory exported with ``cpllm-export``: TensorRT (importable
 and a GPU present) > ONNX Runtime with CUDA > torch on CUDA (when the directory also holds the
-torch weights and the ``torch`` extra is installed) > ONNX Runtime on CPU > torch. On an H200
-torch scored the shipped model about 70 times faster than torch on 16 CPU cores, so a GPU is
-used whenever something can drive it; the plain ``onnxruntime`` wheel has no CUDA provider. A
-registered name or a directory without ONNX files runs in torch. Without a GPU the ONNX
-Runtime path never imports torch.
+torch weights and the ``torch`` extra is installed) > ONNX Runtime on CPU > torch: a GPU is
+used whenever something can drive it (docs/backends.md, "GPUs"); the plain ``onnxruntime``
+wheel has no CUDA provider. A registered name or a directory without ONNX files runs in
+torch. Without a GPU the ONNX Runtime path never imports torch.
 
 Runtime knobs live in small frozen dataclasses, in the spirit of vs-mlrt's ``Backend.*``::
 
@@ -249,8 +248,8 @@ class OrtBackend(Backend):
                 so.intra_op_num_threads = options.threads
                 so.log_severity_level = 3  # fp16 graphs on CPU print cast warnings otherwise
                 # Idle workers would spin after each run, taking the cores that decoding and
-                # preprocessing of the next key frames need (measured: prep+run 5.2 vs 4.9
-                # frames/s on 2 cores, the run itself no slower).
+                # preprocessing of the next key frames need (docs/experiments.md, "ONNX
+                # Runtime threads that spin").
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 _sessions[key] = ort.InferenceSession(str(model.path), so,
                                                       providers=self.providers)
