@@ -27,7 +27,7 @@ from cpllm_plugin.training.train import (
 )
 from cpllm_plugin.video import read_key_frames
 
-TINY = Path(__file__).parents[1] / "training" / "configs" / "tiny.toml"
+TINY = Path(__file__).parents[2] / "training" / "configs" / "tiny.toml"
 PHOTOS = ("coffee", "rocket", "astronaut")
 CRFS = (15, 27, 39, 51)
 

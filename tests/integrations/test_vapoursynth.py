@@ -35,7 +35,7 @@ from cpllm_plugin.errors import CpllmError  # noqa: E402
 from cpllm_plugin.integrations import vapoursynth as cpllm  # noqa: E402
 from cpllm_plugin.video import probe, read_key_frames  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 EXACT = 1e-4
 # How far a lossy format may move the score from the RGB frames': 4:2:0 at 8 bits moved it
 # 0.0104 on these 360p frames, which the shipped model sees at their own size.

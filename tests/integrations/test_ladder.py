@@ -17,7 +17,7 @@ import pytest
 from cpllm_plugin.integrations import ffmpeg as ff
 from cpllm_plugin.integrations import ladder as lad
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "sample.mp4"
 FAST = lad.Settings(preset="ultrafast")
 

@@ -33,7 +33,7 @@ from cpllm_plugin.training.manifest import Item, read_manifest
 from cpllm_plugin.training.train import model_config
 from cpllm_plugin.training.variants import make_variants
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from cpllm_plugin.integrations import ffmpeg as ff
 from cpllm_plugin.integrations import ladder as lad
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 
 
 def _probe(crf, kbps, vmaf=None):

@@ -35,7 +35,7 @@ from cpllm_plugin.integrations.scenes import (
 )
 from cpllm_plugin.video import probe
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 FPS = 24
 FAST = Settings(preset="ultrafast")
 

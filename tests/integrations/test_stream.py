@@ -7,7 +7,7 @@ import pytest
 
 from cpllm_plugin.integrations import stream
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 
 
 def _encode(ffmpeg_exe, out: Path, *args) -> Path:
