@@ -79,7 +79,9 @@ def policies(scorer) -> tuple[dict, dict]:
                          for v in (85, 90, 93)],
         "score mode, drop in VMAF units": [(f"margin {m:g}",
                                             cat.score_linear(cal, 95, m, drop))
-                                           for m in (1, 2, 3, 5, 8, 12, 16)],
+                                           for m in (0, 0.5, 1, 2, 3, 5, 8, 12, 16)],
+        "score mode, stricter": [(f"min-score {m:.2f} drop {d:g}", cat.score_rule(m, d))
+                                 for m in (4.6, 4.7, 4.8) for d in (0.01, 0.03, 0.06)],
     }
     return table, sweeps
 

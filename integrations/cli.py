@@ -59,12 +59,12 @@ def pick_options(f):
     """The options of a pick: encoder, target, samples, model, output. Shared by every
     ``cpllm-ladder`` subcommand and by batch jobs (one definition)."""
     opts = [
-        click.option("--mode", type=click.Choice(lad.MODES), default=lad.DEFAULT_MODE,
-                     show_default=True, help="auto: VMAF against the input at a level set "
-                     "by how the input was made (95 for a master, lower for an earlier "
-                     "lossy encode); vmaf: VMAF against the input at --min-vmaf (ab-av1's "
-                     "crf-search); score: the model's predicted score, no reference and no "
-                     "VMAF runs."),
+        click.option("--mode", type=click.Choice(lad.MODES), help="auto: VMAF against the "
+                     "input at a level set by how the input was made (95 for a master, "
+                     "lower for an earlier lossy encode); vmaf: VMAF against the input at "
+                     "--min-vmaf (ab-av1's crf-search); score: the model's predicted score, "
+                     "no reference and no VMAF runs. Default: score with --min-score or "
+                     "--max-drop, vmaf with --min-vmaf, else auto."),
         click.option("-e", "--encoder", default="libx264", show_default=True,
                      type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
         click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
@@ -125,12 +125,12 @@ def _options(f):
 class Run:
     """One invocation: the resolved :class:`~.ladder.Job` and how results are printed."""
 
-    def __init__(self, kw: dict, command: str):
+    def __init__(self, kw: dict, command: str, default_mode: str = lad.DEFAULT_MODE):
         self.kw = kw
         self.as_json = kw["as_json"]
         say = progress_printer(not kw["quiet"], "cpllm-ladder: ")
         self.job = lad.Job(kw["input"], lad.PickOptions.from_flags(kw), progress=say,
-                           where=f"cpllm-ladder {command}")
+                           where=f"cpllm-ladder {command}", default_mode=default_mode)
         self.source, self.settings = self.job.source, self.job.settings
 
     def emit(self, obj: dict) -> None:
@@ -255,7 +255,8 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
     from . import encode as enc
 
     enc.check_output(Path(kw["input"]), output, force)  # before minutes of probing, not after
-    run = Run(kw, "encode")
+    # Shots are picked by score (one ladder per shot, no VMAF against each shot's input).
+    run = Run(kw, "encode", "score" if per_scene else lad.DEFAULT_MODE)
     scenes = None
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
@@ -277,10 +278,11 @@ def _scene_picks(run: Run, threshold, min_shot):
     from . import scenes as sc
 
     job, o = run.job, run.job.options
-    if o.mode != "score":
+    if job.mode != "score":
         raise lad.LadderArgumentError(message(
-            job.where, "--mode score with --per-scene and scenes", f"--mode {o.mode}",
-            "drop --mode, or pick the whole input"))
+            job.where, "--mode score with --per-scene and scenes", f"--mode {job.mode}",
+            "drop --mode and --min-vmaf (shots are picked by score), or pick the whole "
+            "input"))
     shots = sc.detect_shots(job.source.path, o.ffmpeg,
                             **({"threshold": threshold} if threshold is not None else {}),
                             min_seconds=min_shot, progress=job.say)
@@ -301,7 +303,7 @@ def scenes_cmd(threshold, min_shot, **kw):
     """Detect shots and pick a CRF per shot; print them and x264 zones."""
     from . import scenes as sc
 
-    run = Run(kw, "scenes")
+    run = Run(kw, "scenes", "score")
     picks = _scene_picks(run, threshold, min_shot)
     if run.as_json:
         run.emit(sc.summary(picks, run.settings.encoder))

@@ -790,7 +790,7 @@ def default_cache() -> Path:
 # --- the Python API: options in, a pick out -------------------------------------------------
 
 MODES = ("auto", "score", "vmaf")
-DEFAULT_MODE = "score"
+DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/ladder.md, "Catalog")
 DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
 
@@ -802,7 +802,9 @@ class PickOptions:
         mode: ``auto`` by VMAF against the input at a level set by how the input was
             made (:func:`pick_auto`); ``vmaf`` by VMAF against the input at ``min_vmaf``
             (ab-av1's ``crf-search``); ``score`` by the model's predicted score (no
-            reference, no VMAF runs).
+            reference, no VMAF runs). None: ``score`` when a score target is given
+            (``min_score``, ``max_drop``, ``no_max_drop``), ``vmaf`` when ``min_vmaf`` is,
+            else :data:`DEFAULT_MODE`.
         encoder, preset, options, pix_fmt, vfilter, crf_range: see :class:`Settings`.
         min_score: absolute score target (default: the model's score at ``min_vmaf``).
         min_vmaf: the target as a VMAF level (default 95): mapped through the model's
@@ -820,7 +822,7 @@ class PickOptions:
         temp_dir: where probe encodes are made.
     """
 
-    mode: str = DEFAULT_MODE
+    mode: str | None = None
     encoder: str = "libx264"
     preset: str | None = None
     options: tuple[tuple[str, str], ...] = ()
@@ -883,21 +885,24 @@ class Job:
 
     def __init__(self, path: str | os.PathLike, options: PickOptions | None = None,
                  scorer=None, progress: Progress | None = None,
-                 where: str = "cpllm-ladder pick"):
+                 where: str = "cpllm-ladder pick", default_mode: str = DEFAULT_MODE):
         o = self.options = options or PickOptions()
         self.where = where
         self.say = progress or (lambda _line: None)
-        if o.mode not in MODES:
+        if o.mode is not None and o.mode not in MODES:
             raise LadderArgumentError(message(f"{where} --mode", f"one of {MODES}",
-                                              repr(o.mode), "use --mode score"))
+                                              repr(o.mode), "use --mode auto"))
+        score_target = (o.min_score is not None or o.max_drop is not None or o.no_max_drop)
+        self.mode = o.mode or ("score" if score_target else "vmaf" if o.min_vmaf is not None
+                               else default_mode)
         if o.min_score is not None and o.min_vmaf is not None:
             raise LadderArgumentError(message(where, "one of --min-score and --min-vmaf",
                                               "both", "give the target once"))
-        if o.mode == "vmaf" and o.min_score is not None:
+        if self.mode == "vmaf" and o.min_score is not None:
             raise LadderArgumentError(message(
                 where, "a VMAF level (--min-vmaf) in --mode vmaf", "--min-score",
                 "pass --min-vmaf V, or use --mode score for a score target"))
-        if o.mode == "auto" and (o.min_score is not None or o.min_vmaf is not None):
+        if self.mode == "auto" and (o.min_score is not None or o.min_vmaf is not None):
             raise LadderArgumentError(message(
                 where, "no target in --mode auto (it sets its own VMAF level)",
                 "--min-score" if o.min_score is not None else "--min-vmaf",
@@ -913,7 +918,7 @@ class Job:
         self.cache = None if o.no_cache else (Path(o.cache) if o.cache else default_cache())
         self.vmaf_level = o.min_vmaf if o.min_vmaf is not None else DEFAULT_VMAF
         self.min_score, self.target_note = (None, f"VMAF {self.vmaf_level:g}") \
-            if o.mode != "score" else self._min_score()
+            if self.mode != "score" else self._min_score()
         if o.no_max_drop:
             self.max_drop = None
         elif o.max_drop is not None:
@@ -938,7 +943,7 @@ class Job:
         samples = samples or plan_samples(self.source.duration, o.samples, o.sample_seconds,
                                           o.key_frames)
         return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
-                      o.ffmpeg, o.vmaf or o.mode != "score", self.say, o.temp_dir)
+                      o.ffmpeg, o.vmaf or self.mode != "score", self.say, o.temp_dir)
 
     def input_kbps(self, ladder: Ladder) -> float | None:
         """The input's own bitrate inside the samples; None when ``vfilter`` makes the
@@ -955,9 +960,9 @@ class Job:
         o = self.options
         with self.ladder() as ladder:
             try:
-                if o.mode == "vmaf":
+                if self.mode == "vmaf":
                     return pick_vmaf(ladder, self.vmaf_level, o.max_probes, o.full)
-                if o.mode == "auto":
+                if self.mode == "auto":
                     return pick_auto(ladder, self.input_kbps(ladder), o.max_probes, o.full)
                 return pick(ladder, self.min_score, self.max_drop, o.max_probes, o.full)
             finally:
