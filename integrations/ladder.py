@@ -687,8 +687,8 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
 # crossing is an earlier lossy encode, whose own artifacts a viewer never saw in the master,
 # so fidelity to them buys nothing: its level is lowered (docs/ladder.md, "Catalog").
 AUTO_LEVEL = DEFAULT_VMAF
-AUTO_GAP = 2.0  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
-AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
+AUTO_GAP = 1.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
+AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 90.0  # never below this: what still shows of the master must be kept
 
 

@@ -366,9 +366,7 @@ class Result:
     success: float
     cost: float
     picks: dict
-
-    def row(self) -> str:
-        return f"{self.name:34} {self.n:>4} {self.success:>8.0%} {self.cost:>7.3f}"
+    median: float = float("nan")  # the typical input's cost, which a few outliers do not move
 
 
 def judge(name: str, policy: Policy, cs: Sequence[Curve]) -> Result:
@@ -382,8 +380,10 @@ def judge(name: str, policy: Policy, cs: Sequence[Curve]) -> Result:
             wins.append(c.success(crf))
             costs.append(c.cost(crf))
         picks[c.id] = crf
-    return Result(name, len(cs), float(np.mean(wins)) if cs else float("nan"),
-                  float(np.mean(costs)) if cs else float("nan"), picks)
+    nan = float("nan")
+    return Result(name, len(cs), float(np.mean(wins)) if cs else nan,
+                  float(np.mean(costs)) if cs else nan, picks,
+                  float(np.median(costs)) if cs else nan)
 
 
 def fixed(crf: int) -> Policy:
@@ -431,7 +431,9 @@ def groups(cs: Sequence[Curve]) -> dict[str, list[Curve]]:
 
 
 def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike,
-                  title: str = "", size: tuple[int, int] = (900, 560)) -> Path:
+                  title: str = "", size: tuple[int, int] = (900, 560),
+                  xlabel: str = "median bits over the cheapest success on each input's ladder "
+                  "(1.0 = that encode every time)") -> Path:
     """PNG of success share (y) against bit cost (x), one curve per policy; a single point
     is drawn as a marker. Written to a temporary name, then renamed."""
     from PIL import Image, ImageDraw
@@ -463,8 +465,7 @@ def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.P
         d.line([(x, y0), (x, y1)], fill=(230, 230, 230))
         d.text((x, y1 + 8), f"{c:.1f}", fill="black", font=font(12), anchor="mt")
         c += 0.2
-    d.text(((x0 + x1) / 2, h - 22), "bits against the cheapest success on each input's "
-           "ladder (1.0 = that encode every time)", fill="black", font=font(12), anchor="mm")
+    d.text(((x0 + x1) / 2, h - 22), xlabel, fill="black", font=font(12), anchor="mm")
     d.text((14, y0 - 24), "success", fill="black", font=font(12))
     for i, (name, pts) in enumerate(series.items()):
         col = colours[i % len(colours)]
