@@ -207,18 +207,6 @@ def _others(st: _Streams, kind: str, encoder: str, i: int) -> list[str]:
     return out
 
 
-def _first_video(args: list[str]) -> list[str]:
-    """Encoder options aimed at video output 0 only, so copied cover pictures keep theirs."""
-    out = list(args)
-    for j in range(0, len(out) - 1, 2):
-        key = out[j]
-        if key.endswith(":v"):
-            out[j] = f"{key}:0"
-        elif key in ("-pix_fmt", "-r", "-s", "-aspect"):
-            out[j] = f"{key}:v:0"
-    return out
-
-
 # --- checks -------------------------------------------------------------------------------
 
 
@@ -381,7 +369,6 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     parts: Path | None = None
     head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     tail = ["-progress", "pipe:1", "-nostats"]
-    vf = ["-filter:v:0", settings.chain]  # the probes' filter: vfilter and the even crop
 
     def make(tmp: Path) -> None:
         nonlocal parts
@@ -398,19 +385,21 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
                 # the CRF outside zones (none are left): the scenes' time-weighted mean
                 level = round(sum((b - a) * c for a, b, c in scenes)
                               / sum(b - a for a, b, _ in scenes))
-            ff.run_ffmpeg([*head, "-i", str(src.path), "-map", f"0:{st.video}", *others,
-                           *vf, "-fps_mode:v:0", "passthrough",
-                           *_first_video(use.args(level, threads)), *tail, str(tmp)],
+            # the probes' filter (vfilter and the even crop) and encoder options, aimed at
+            # the video alone: the other streams are copied
+            ff.run_ffmpeg(use.command(exe, src.path, tmp, level, threads,
+                                      video=f"0:{st.video}", streams=others,
+                                      vfilter=use.chain, first_only=True, outputs=tail),
                           f"{WHERE} at CRF {level}" if bounds is None else
                           f"{WHERE} with {len(scenes)} scene CRFs (x264 zones)",
                           _on_progress(progress, 0.0, src.duration))
         else:
             parts = _temp(out, "")
             parts.mkdir()
-            names = _encode_chunks(head, src.path, st, settings, scenes,
+            names = _encode_chunks(exe, src.path, st, settings, scenes,
                                    bounds, parts, threads, progress, src.duration)
             (parts / "list.txt").write_text("".join(f"file '{n}'\n" for n in names))
-            video = _first_video(settings.args(0, None))
+            video = ff.first_video_only(settings.args(0, None))
             tag = [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
                    for a in video[j:j + 2]]
             shift = ["-itsoffset", f"{st.origin:.6f}"] if st.origin > 5e-4 else []
@@ -439,7 +428,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
                         round(size * 8 / src.duration / 1000, 1), src.duration)
 
 
-def _encode_chunks(head: list[str], src: Path, st: _Streams, settings: Settings, scenes: Scenes,
+def _encode_chunks(exe: str, src: Path, st: _Streams, settings: Settings, scenes: Scenes,
                    bounds: list[int], folder: Path, threads: int, progress,
                    total: float) -> list[str]:
     """Encode scene ``n`` (frames ``bounds[n] .. bounds[n + 1] - 1``) to its own chunk.
@@ -461,11 +450,12 @@ def _encode_chunks(head: list[str], src: Path, st: _Streams, settings: Settings,
         cap = [] if n == last or settings.vfilter else ["-frames:v", str(count)]
         chain = f"setpts=PTS-STARTPTS,{settings.chain}"
         name = f"scene{n:05d}.mp4"
-        ff.run_ffmpeg([*head, *seek, *until, "-i", str(src), "-map", f"0:{st.video}",
-                       "-an", "-sn", "-dn", "-map_metadata", "-1", "-filter:v", chain,
-                       "-fps_mode", "passthrough", *settings.args(c, threads),
-                       "-force_key_frames", "expr:eq(n,0)", *cap,
-                       "-progress", "pipe:1", "-nostats", str(folder / name)],
+        ff.run_ffmpeg(settings.command(exe, src, folder / name, c, threads,
+                                       inputs=[*seek, *until], video=f"0:{st.video}",
+                                       streams=["-an", "-sn", "-dn", "-map_metadata", "-1"],
+                                       vfilter=chain,
+                                       outputs=["-force_key_frames", "expr:eq(n,0)", *cap,
+                                                "-progress", "pipe:1", "-nostats"]),
                       f"{WHERE}: scene {n} (frames {f0}..{f0 + count - 1}) at CRF {c}",
                       _on_progress(progress, f0 / fps, total))
         names.append(name)

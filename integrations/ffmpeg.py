@@ -230,10 +230,9 @@ class Encoder:
         return tuple(sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)}))
 
     def args(self, crf: int, preset: str | None = None, threads: int = 1) -> list[str]:
-        """The output options for one encode at ``crf`` (``preset`` None: the default)."""
-        return ["-c:v", self.name, self.preset_flag, str(preset or self.preset),
-                self.crf_flag, str(crf), *self.extra,
-                *(a.replace("{n}", str(threads)) for a in self.threads)]
+        """The output options for one encode at ``crf`` (``preset`` None: the default);
+        :func:`video_args` without user options."""
+        return video_args(self, crf, preset, threads)
 
 
 # One row per encoder. Presets are fast enough for a 2-core machine; ladders span as much of
@@ -272,6 +271,108 @@ def get_encoder(codec: str, where: str = "get_encoder()") -> Encoder:
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownEncoderError(message(where, f"an encoder of {sorted(ENCODERS)}", repr(codec),
                                     f"{hint}add a row to ENCODERS for another encoder"))
+
+
+# --- the encode command -------------------------------------------------------------------
+# Every constant-quality encode (training ladders, catalog uploads, rendered originals, the
+# ladder's probes, the final encode and its scene chunks) is built here, so that a training
+# variant and a probe at the same encoder, preset and CRF get the same encoder options.
+
+# Stream options of an encode that keeps the video alone: no audio, subtitles, data streams,
+# metadata or chapters.
+DROP_ALL = ("-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1")
+
+
+def video_args(encoder: Encoder | str, crf: int, preset: str | None = None,
+               threads: int | None = None, options: Sequence[tuple[str, str]] = (),
+               pix_fmt: str | None = None) -> list[str]:
+    """The video encoder's output options for one encode at ``crf``.
+
+    In order: encoder, preset (None: the table's), CRF, the table's extra options, the thread
+    cap (``threads`` None: none), the user's ``(key, value)`` options as ``-key value`` and
+    ``-pix_fmt``. A user option named like a thread-cap option that ends in ``-params``
+    (``x265-params``, ``svtav1-params``) is merged into it after the cap (``pools=2:...``)
+    instead of being passed twice (ffmpeg would keep only the last).
+    """
+    t = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, "video_args()")
+    out = ["-c:v", t.name, t.preset_flag, str(preset or t.preset), t.crf_flag, str(crf),
+           *t.extra]
+    capped = ([a.replace("{n}", str(threads)) for a in t.threads]
+              if threads is not None else [])
+    user = dict(options)
+    for i in range(0, len(capped), 2):
+        key = capped[i].lstrip("-")
+        if key in user and key.endswith("-params"):
+            # Keep the table's thread cap and add the user's parameters after it.
+            capped[i + 1] = f"{capped[i + 1]}:{user.pop(key)}"
+    out += capped
+    for key, value in user.items():
+        out += [f"-{key}", value]
+    if pix_fmt:
+        out += ["-pix_fmt", pix_fmt]
+    return out
+
+
+def first_video_only(args: Sequence[str]) -> list[str]:
+    """Encoder options aimed at video output 0 only, so streams copied beside it (cover
+    pictures) keep theirs: ``-c:v`` becomes ``-c:v:0``, ``-pix_fmt`` ``-pix_fmt:v:0``."""
+    out = list(args)
+    for j in range(0, len(out) - 1, 2):
+        key = out[j]
+        if key.endswith(":v"):
+            out[j] = f"{key}:0"
+        elif key in ("-pix_fmt", "-r", "-s", "-aspect"):
+            out[j] = f"{key}:v:0"
+    return out
+
+
+def encode_args(ffmpeg: str, src: str | os.PathLike, dst: str | os.PathLike, crf: int,
+                encoder: Encoder | str = "libx264", *, preset: str | None = None,
+                options: Sequence[tuple[str, str]] = (), threads: int | None = None,
+                pix_fmt: str | None = None, vfilter: str | None = None,
+                graph: str | None = None, video: str = "0:v:0",
+                inputs: Sequence[str] = (), streams: Sequence[str] = (),
+                fps_mode: str | None = "passthrough", first_only: bool = False,
+                outputs: Sequence[str] = (), fmt: str | None = None) -> list[str]:
+    """The whole ffmpeg command of one constant-quality encode of ``src`` into ``dst``.
+
+    ``ffmpeg -nostdin -hide_banner -loglevel error -y INPUTS -i SRC [-filter_complex GRAPH]
+    -map VIDEO STREAMS [-vf VFILTER] [-fps_mode MODE] VIDEO_ARGS OUTPUTS [-f FMT] DST``,
+    where VIDEO_ARGS is :func:`video_args` (encoder, preset, CRF, the table's options, the
+    thread cap, the user's options, pixel format).
+
+    Args:
+        ffmpeg: the ffmpeg binary.
+        src, dst: input and output file.
+        crf, encoder, preset, options, threads, pix_fmt: see :func:`video_args`
+            (``threads``: the encoder's thread cap, None: none).
+        vfilter: the video filter chain (None: none).
+        graph: a ``-filter_complex`` whose output ``video`` (a label such as ``[v]``) is
+            encoded instead of a stream of ``src``.
+        video: the video stream (or ``graph`` output) mapped.
+        inputs: input options, before ``-i`` (``-threads``, ``-ss``, ``-t``).
+        streams: what else the output keeps or drops, after the video's ``-map``
+            (:data:`DROP_ALL`: the video alone, no metadata; or the maps and options of the
+            streams copied beside it).
+        fps_mode: ``-fps_mode`` (None: ffmpeg's default for the container).
+        first_only: other streams are copied beside the video: the filter, ``-fps_mode`` and
+            the encoder options name output stream ``v:0`` (:func:`first_video_only`).
+        outputs: further output options, after the encoder's (``-frames:v``, ``-progress``).
+        fmt: the output container (None: from ``dst``'s extension).
+    """
+    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs,
+            "-i", str(src)]
+    if graph:
+        args += ["-filter_complex", graph]
+    args += ["-map", video, *streams]
+    if vfilter:
+        args += ["-filter:v:0" if first_only else "-vf", vfilter]
+    if fps_mode:
+        args += ["-fps_mode:v:0" if first_only else "-fps_mode", fps_mode]
+    codec = video_args(encoder, crf, preset, threads, options, pix_fmt)
+    args += first_video_only(codec) if first_only else codec
+    args += [*outputs, *(["-f", fmt] if fmt else []), str(dst)]
+    return args
 
 
 def _even_size(path: Path) -> tuple[int, int]:

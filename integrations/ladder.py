@@ -138,23 +138,18 @@ class Settings:
 
     def args(self, crf: int, threads: int | None) -> list[str]:
         """Output options for the video stream at ``crf``: encoder, preset, CRF, the table's
-        options, the thread cap (None: none) and the user's options."""
-        t = self.table
-        out = ["-c:v", t.name, t.preset_flag, str(self.preset or t.preset), t.crf_flag,
-               str(crf), *t.extra]
-        capped = [a.replace("{n}", str(threads)) for a in t.threads] if threads else []
-        user = dict(self.options)
-        for i in range(0, len(capped), 2):
-            key = capped[i].lstrip("-")
-            if key in user and key.endswith("-params"):
-                # Keep the table's thread cap and add the user's parameters after it.
-                capped[i + 1] = f"{capped[i + 1]}:{user.pop(key)}"
-        out += capped
-        for key, value in user.items():
-            out += [f"-{key}", value]
-        if self.pix_fmt:
-            out += ["-pix_fmt", self.pix_fmt]
-        return out
+        options, the thread cap (None: none) and the user's options
+        (:func:`~cpllm_plugin.integrations.ffmpeg.video_args`)."""
+        return ff.video_args(self.table, crf, self.preset, threads or None, self.options,
+                             self.pix_fmt)
+
+    def command(self, ffmpeg: str, src: str | os.PathLike, dst: str | os.PathLike, crf: int,
+                threads: int | None, **kw) -> list[str]:
+        """The whole ffmpeg command encoding ``src`` at ``crf`` with these settings
+        (:func:`~cpllm_plugin.integrations.ffmpeg.encode_args`; ``kw``: its other options)."""
+        return ff.encode_args(ffmpeg, src, dst, crf, self.table, preset=self.preset,
+                              options=self.options, threads=threads or None,
+                              pix_fmt=self.pix_fmt, **kw)
 
     def public(self) -> list[str]:
         """The encoder arguments as reported: no CRF, no thread cap."""
@@ -621,10 +616,10 @@ class Ladder:
         return probe
 
     def _encode(self, ref: Path, out: Path, crf: int, threads: int) -> None:
-        ff.run_ffmpeg([self.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                       "-threads", str(threads), "-i", str(ref), "-map", "0:v:0",
-                       "-fps_mode", "passthrough", *self.settings.args(crf, threads),
-                       str(out)], f"cpllm-ladder: encoding the probe at CRF {crf}")
+        # The reference sample is already filtered (Settings.chain) and cut to the video.
+        ff.run_ffmpeg(self.settings.command(self.ffmpeg, ref, out, crf, threads,
+                                            inputs=["-threads", str(threads)]),
+                      f"cpllm-ladder: encoding the probe at CRF {crf}")
 
     # the search ---------------------------------------------------------------------------
 

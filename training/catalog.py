@@ -96,7 +96,7 @@ def make_upload(master: Path, out: Path, up: dict, width: int, height: int,
                 ffmpeg: str, threads: int = 1) -> Path:
     """Write one upload of ``master`` (see :func:`upload_plan`) atomically."""
     from cpllm_plugin.files import atomic
-    from cpllm_plugin.integrations.ffmpeg import get_encoder, run_ffmpeg
+    from cpllm_plugin.integrations.ffmpeg import encode_args, get_encoder, run_ffmpeg
 
     kind, spec = up["kind"], up["spec"]
     vf, codec = [], "libx264"
@@ -118,11 +118,11 @@ def make_upload(master: Path, out: Path, up: dict, width: int, height: int,
     n = str(threads)
 
     def write(tmp: Path) -> None:
-        run_ffmpeg([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                    "-threads", n, "-i", str(master), "-map", "0:v:0", "-an",
-                    "-map_metadata", "-1", "-vf", ",".join(vf), "-fps_mode", "passthrough",
-                    *enc.args(spec["crf"], None, threads), "-pix_fmt", "yuv420p",
-                    "-f", "mp4", str(tmp)], f"make_upload({up['id']})")
+        # The command of the training ladders and cpllm-ladder's probes (encode_args).
+        run_ffmpeg(encode_args(ffmpeg, master, tmp, spec["crf"], enc, threads=threads,
+                               pix_fmt="yuv420p", vfilter=",".join(vf), inputs=["-threads", n],
+                               streams=["-an", "-map_metadata", "-1"], fmt="mp4"),
+                   f"make_upload({up['id']})")
 
     return atomic(out, write)
 

@@ -830,7 +830,7 @@ def _existing(dst_dir: Path, sid: str) -> Path | None:
 
 def _clip_original(src: Path, dst_dir: Path, clip: Clip, ffmpeg: str | None) -> Path:
     """Cut ``clip`` from ``src``: stream copy from the first frame, else re-encode (CRF 10)."""
-    from .variants import _run_ffmpeg, find_ffmpeg
+    from .variants import _run_ffmpeg, encode_args, find_ffmpeg
 
     old = _existing(dst_dir, clip.id)
     if old:
@@ -844,13 +844,16 @@ def _clip_original(src: Path, dst_dir: Path, clip: Clip, ffmpeg: str | None) -> 
             [*base, "-fflags", "+genpts", "-i", str(src), "-map", "0:v:0", "-c", "copy",
              "-frames:v", str(n), "-map_metadata", "-1", str(tmp)], f"cut {clip.id!r}"))
     seek = ["-ss", f"{clip.start:g}"] if clip.start else []
-    vf = (["-filter_complex", "[0:v]split[a][b];[b]reverse[r];[a][r]concat=n=2:v=1:a=0,"
-           "format=yuv420p[v]", "-map", "[v]"] if clip.loop
-          else ["-map", "0:v:0", "-vf", "format=yuv420p"])
-    return atomic(dst_dir / f"{clip.id}.mp4", lambda tmp: _run_ffmpeg(
-        [*base, *seek, "-i", str(src), *vf, "-frames:v", str(n), "-an", "-c:v", "libx264",
-         "-crf", str(CRF), "-preset", "medium", "-threads", "2", "-map_metadata", "-1",
-         str(tmp)], f"cut {clip.id!r}"))
+    # A loop plays the clip forwards then backwards (a graph); else the first video stream.
+    video = (dict(graph="[0:v]split[a][b];[b]reverse[r];[a][r]concat=n=2:v=1:a=0,"
+                        "format=yuv420p[v]", video="[v]") if clip.loop
+             else dict(vfilter="format=yuv420p"))
+    # libx264 medium (named: the originals stay as they are if the table's preset moves);
+    # the container's own frame rate mode (no passthrough), as the originals were made.
+    return atomic(dst_dir / f"{clip.id}.mp4", lambda tmp: _run_ffmpeg(encode_args(
+        exe, src, tmp, CRF, "libx264", preset="medium", threads=2, inputs=seek,
+        streams=["-an", "-map_metadata", "-1"], fps_mode=None,
+        outputs=["-frames:v", str(n)], **video), f"cut {clip.id!r}"))
 
 
 def _window_path(W: int, H: int, size: tuple[int, int], n: int, motion: Motion):

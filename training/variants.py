@@ -34,6 +34,7 @@ from cpllm_plugin.errors import (
 from cpllm_plugin.files import atomic
 from cpllm_plugin.hashing import sha256_file
 from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
+    DROP_ALL,
     ENCODERS,
     LOSSLESS,
     PSNR_CAP,
@@ -45,6 +46,7 @@ from cpllm_plugin.integrations.ffmpeg import (  # noqa: F401  (re-exported)
     _require_libvmaf,
     auto_subsample,
     default_jobs,
+    encode_args,
     find_ffmpeg,
     get_encoder,
     has_libvmaf,
@@ -115,11 +117,11 @@ def encode(src: str | os.PathLike, dst: str | os.PathLike, crf: int, codec: str 
         raise VideoNotFoundError(message(where, "a source video file", f"missing {src}",
                                          "check the source path in the manifest"))
     n = str(threads or _threads(1))
-    _write(dst, "mp4", [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                        "-filter_threads", n, "-threads", n, "-i", str(src),
-                        "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1",
-                        "-map_chapters", "-1", "-vf", _EVEN, "-fps_mode", "passthrough",
-                        *enc.args(crf, preset, int(n)), "-pix_fmt", "yuv420p"], where)
+    # The command of cpllm-ladder's probes (encode_args), so a variant is encoded as a probe.
+    atomic(dst, lambda tmp: _run_ffmpeg(encode_args(
+        ffmpeg, src, tmp, crf, enc, preset=preset, threads=int(n), pix_fmt="yuv420p",
+        vfilter=_EVEN, inputs=["-filter_threads", n, "-threads", n], streams=DROP_ALL,
+        fmt="mp4"), where))
     return dst
 
 
