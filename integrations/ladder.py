@@ -790,8 +790,9 @@ DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
 
 @dataclass(frozen=True)
-class PickOptions:
-    """Everything a pick depends on, with ``cpllm-ladder``'s defaults (one field per flag).
+class PickOptions(Settings):
+    """Everything a pick depends on, with ``cpllm-ladder``'s defaults (one field per flag):
+    the encoder :class:`Settings` it extends, and the target, samples and runtime.
 
     Attributes:
         mode: ``auto`` by VMAF against the input at a level set by how the input was
@@ -800,7 +801,8 @@ class PickOptions:
             reference, no VMAF runs). None: ``score`` when a score target is given
             (``min_score``, ``max_drop``, ``no_max_drop``), ``vmaf`` when ``min_vmaf`` is,
             else :data:`DEFAULT_MODE`.
-        encoder, preset, options, pix_fmt, vfilter, crf_range: see :class:`Settings`.
+        encoder, preset, options, pix_fmt, vfilter, crf_range: inherited, see
+            :class:`Settings`.
         min_score: absolute score target (default: the model's score at ``min_vmaf``).
         min_vmaf: the target as a VMAF level (default 95): mapped through the model's
             calibration in ``score`` mode, measured in ``vmaf`` mode.
@@ -818,12 +820,6 @@ class PickOptions:
     """
 
     mode: str | None = None
-    encoder: str = "libx264"
-    preset: str | None = None
-    options: tuple[tuple[str, str], ...] = ()
-    pix_fmt: str | None = None
-    vfilter: str | None = None
-    crf_range: tuple[int, int] | None = None
     min_score: float | None = None
     min_vmaf: float | None = None
     max_drop: float | None = None
@@ -855,6 +851,7 @@ class PickOptions:
                       if names.get(k, k) in fields})
 
     def settings(self) -> Settings:
+        """The encoder settings alone (lists from JSON or click made tuples, so they hash)."""
         return Settings(self.encoder, self.preset, tuple(map(tuple, self.options)),
                         self.pix_fmt, self.vfilter,
                         tuple(self.crf_range) if self.crf_range else None)
