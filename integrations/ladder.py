@@ -1,6 +1,7 @@
-"""cpllm-ladder's engine: pick the highest CRF whose predicted quality meets a target.
+"""cpllm-ladder's engine: pick the highest CRF whose quality meets a target.
 
-The search is ab-av1's ``crf-search`` idea driven by the no-reference model instead of VMAF:
+The search is ab-av1's ``crf-search`` idea, over one of two measures of each probe: VMAF
+against the input (modes ``auto`` and ``vmaf``) or the no-reference model's score (``score``):
 
 1. **Samples.** A few short windows spread evenly over the input (the whole input when they
    would cover most of it) are cut once into lossless *reference samples*, with ``--vfilter``
@@ -9,16 +10,18 @@ The search is ab-av1's ``crf-search`` idea driven by the no-reference model inst
    the one scoring path of :mod:`cpllm_plugin` (``Model.score_many``); frame scores are
    pooled over all key frames of all samples (``mean``, ``p10`` or ``min``).
 3. **Search.** Start near the encoder's usual answer, bracket the target, then interpolate on
-   a monotone (isotonic, non-increasing) fit of score against CRF; stop when the crossing
-   is pinned to within one CRF, or after ``max_probes`` encodes.
+   a monotone (isotonic, non-increasing) fit of the measure against CRF
+   (:mod:`.search`); stop when the crossing is pinned to within one CRF, or after
+   ``max_probes`` encodes.
 4. **Cache.** Each probe's result is kept on disk under a key made of the input's content
    identity, the sample plan, the encoder settings and the model id; a repeated run is
    answered from it.
 
-The reference samples also serve ``vmaf=True``: each probe is measured against them with
-libvmaf, side by side with the predicted score.
+The reference samples also serve VMAF: each probe is measured against them with libvmaf.
+``auto`` (:func:`pick_auto`) sets its VMAF level from how the input was made: 95 for an input
+that reads as a master, lower for one whose bitrate reads as an earlier lossy encode.
 
-Targets (:class:`Target`): ``min_score`` S is absolute (default: the model's score at VMAF 95
+Score targets (:class:`Target`): ``min_score`` S is absolute (default: the model's score at VMAF 95
 on clean sources, from its ``calibration.json``); ``max_drop`` D is relative to the source's
 own predicted score s0. The target is the lower of S and s0 - D: a clean source
 (s0 >= S + D) must meet S; one near or below S only has to stay within D of itself. Without
