@@ -14,7 +14,9 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# -qq: errors still print; setuptools' notice on every editable install of a package
+	# whose top-level folders map into it (our layout) does not.
+	$(BIN)/python -m pip install -qq -e '.[dev]'
 	# vspipe finds this venv's Python only through VapourSynth's config file
 	# (~/.config/vapoursynth/vapoursynth.toml, one entry per install).
 	$(BIN)/vapoursynth config
