@@ -169,9 +169,11 @@ def shot_scores(path: Path, shots, fps: float, settings: Settings, scorer, exe: 
               help="With --source: where the stretch starts, in seconds.")
 @click.option("--seconds", type=click.FloatRange(2), default=60.0, show_default=True,
               help="With --source: how long the stretch is.")
+@click.option("--mode", type=click.Choice(["auto", "score", "vmaf"]), default="auto",
+              show_default=True, help="How each shot is picked (cpllm-ladder's --mode).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object to stdout.")
 def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_files, source,
-         start, seconds, as_json):
+         start, seconds, mode, as_json):
     """Per-shot CRFs against a single CRF on real multi-shot footage."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -217,7 +219,8 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_file
             f"max-drop {max_drop:g}")
         t = time.perf_counter()
         picks = pick_scenes(clip, shots, settings, scorer, min_score, max_drop or None,
-                            cache=d / "cache", ffmpeg=exe, progress=say)
+                            cache=d / "cache", ffmpeg=exe, progress=say, mode=mode,
+                            vmaf_level=vmaf_level)
         walls["pick_scenes"] = time.perf_counter() - t
         one = single_crf(picks)
 
@@ -248,9 +251,11 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_file
             rows[name] = {"bytes": size_b, "kbps": round(size_b * 8 / got.duration / 1000, 1),
                           "frames": got.frame_count, "shot_scores": [round(s, 4) for s in scores],
                           "min_score": round(min(scores), 4),
-                          # Each shot against its own target (max-drop makes them differ).
+                          # Each shot against its own score target (max-drop makes them
+                          # differ); score mode only.
                           "min_margin": round(min(s - p.target for s, p in
-                                                  zip(scores, picks, strict=True)), 4),
+                                                  zip(scores, picks, strict=True)), 4)
+                          if mode == "score" else float("nan"),
                           # The truth of bench_catalog: VMAF against the master, per shot.
                           "shot_vmaf": [round(v, 2) for v in vm], "min_vmaf": round(min(vm), 2),
                           "shots_vmaf95": sum(v >= vmaf_level for v in vm)}
@@ -262,7 +267,8 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_file
         "clip": {"originals": names, "source": str(source) if source else None,
                  "start": start if source else None, "size": size, "duration": info.duration,
                  "frames": info.frame_count},
-        "model": scorer.id, "target": min_score, "vmaf_level": vmaf_level, "max_drop": max_drop,
+        "model": scorer.id, "mode": mode, "target": min_score, "vmaf_level": vmaf_level,
+        "max_drop": max_drop,
         "encoder": settings.encoder, "preset": settings.preset or settings.table.preset,
         "shots": [p.to_dict() for p in picks], "single_crf": one,
         "zones": zones(picks, "libx264"), "encodes": rows,
@@ -273,7 +279,7 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_file
     m = report["machine"]
     click.echo(f"# {m['cpu']}, {m['cores']} cores, load {m['load_average']}, python "
                f"{m['python']}, onnxruntime {m['onnxruntime']}, threads {m['threads']}")
-    click.echo(f"# clip: {what}, {size}, "
+    click.echo(f"# mode {mode}; clip: {what}, {size}, "
                f"{info.duration:.2f} s, {info.frame_count} frames; {scorer.id}, target "
                f"{min_score:.4f} (VMAF {vmaf_level:g}), max-drop {max_drop:g}; {settings.encoder} "
                f"{report['preset']}")

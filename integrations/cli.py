@@ -17,7 +17,6 @@ import click
 
 from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.console import progress_printer, run_command
-from cpllm_plugin.errors import message
 
 from . import ffmpeg as ff
 from . import ladder as lad
@@ -125,12 +124,12 @@ def _options(f):
 class Run:
     """One invocation: the resolved :class:`~.ladder.Job` and how results are printed."""
 
-    def __init__(self, kw: dict, command: str, default_mode: str = lad.DEFAULT_MODE):
+    def __init__(self, kw: dict, command: str):
         self.kw = kw
         self.as_json = kw["as_json"]
         say = progress_printer(not kw["quiet"], "cpllm-ladder: ")
         self.job = lad.Job(kw["input"], lad.PickOptions.from_flags(kw), progress=say,
-                           where=f"cpllm-ladder {command}", default_mode=default_mode)
+                           where=f"cpllm-ladder {command}")
         self.source, self.settings = self.job.source, self.job.settings
 
     def emit(self, obj: dict) -> None:
@@ -204,6 +203,11 @@ def _table(run: Run, result: lad.Pick) -> None:
                f"({result.encodes} encodes)")
 
 
+def _target(p) -> str:
+    """A shot's target as the table prints it: a score, or a VMAF level against the input."""
+    return f"{p.target:.3f}" if p.measure == "score" else f"VMAF {p.target:g}"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -255,8 +259,7 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
     from . import encode as enc
 
     enc.check_output(Path(kw["input"]), output, force)  # before minutes of probing, not after
-    # Shots are picked by score (one ladder per shot, no VMAF against each shot's input).
-    run = Run(kw, "encode", "score" if per_scene else lad.DEFAULT_MODE)
+    run = Run(kw, "encode")
     scenes = None
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
@@ -278,18 +281,13 @@ def _scene_picks(run: Run, threshold, min_shot):
     from . import scenes as sc
 
     job, o = run.job, run.job.options
-    if job.mode != "score":
-        raise lad.LadderArgumentError(message(
-            job.where, "--mode score with --per-scene and scenes", f"--mode {job.mode}",
-            "drop --mode and --min-vmaf (shots are picked by score), or pick the whole "
-            "input"))
     shots = sc.detect_shots(job.source.path, o.ffmpeg,
                             **({"threshold": threshold} if threshold is not None else {}),
                             min_seconds=min_shot, progress=job.say)
     job.say(f"{len(shots)} shot(s)")
     picks = sc.pick_scenes(job.source, shots, job.settings, job.scorer, job.min_score,
                            job.max_drop, o.pool, job.cache, o.ffmpeg, o.vmaf, job.say,
-                           o.max_probes)
+                           o.max_probes, job.mode, job.vmaf_level)
     for p in picks:
         run.emit(p.to_dict())
     return picks
@@ -303,17 +301,17 @@ def scenes_cmd(threshold, min_shot, **kw):
     """Detect shots and pick a CRF per shot; print them and x264 zones."""
     from . import scenes as sc
 
-    run = Run(kw, "scenes", "score")
+    run = Run(kw, "scenes")
     picks = _scene_picks(run, threshold, min_shot)
     if run.as_json:
         run.emit(sc.summary(picks, run.settings.encoder))
         return
     click.echo(f"{'shot':>4} {'start':>8} {'end':>8} {'frames':>7} {'crf':>4} {'score':>7} "
-               f"{'source':>7} {'target':>7} {'kb/s':>9}")
+               f"{'source':>7} {'target':>9} {'kb/s':>9}")
     for p in picks:
         flag = "" if p.met else "  (target not met: lowest CRF tried)"
         click.echo(f"{p.index:>4} {p.shot.start:>8.2f} {p.shot.end:>8.2f} {p.shot.frames:>7} "
-                   f"{p.crf:>4} {p.score:>7.3f} {p.source_score:>7.3f} {p.target:>7.3f} "
+                   f"{p.crf:>4} {p.score:>7.3f} {p.source_score:>7.3f} {_target(p):>9} "
                    f"{p.predicted_kbps:>9.1f}{flag}")
     click.echo(f"one CRF meeting the target in every shot: {sc.single_crf(picks)}")
     if sc.has_zones(run.settings.encoder):

@@ -33,6 +33,7 @@ from cpllm_plugin.errors import VideoDecodeError, message
 
 from . import ffmpeg as ff
 from .ladder import (
+    DEFAULT_VMAF,
     MAX_PROBES,
     Ladder,
     LadderArgumentError,
@@ -45,8 +46,11 @@ from .ladder import (
     Source,
     inspect,
     pick,
+    pick_auto,
+    pick_vmaf,
     plan_samples,
 )
+from .stream import stats
 
 THRESHOLD = 10.0  # scdet's own default; cuts in Big Buck Bunny score 11-31, pans stay below 5
 MIN_SECONDS = 1.0
@@ -242,6 +246,7 @@ class ScenePick:
     pick: Pick | None = None
     probes: list[Probe] = field(default_factory=list)
     vmaf: float | None = None
+    measure: str = "score"  # what ``target`` is: a score, or a VMAF level against the input
 
     def to_dict(self) -> dict:
         """One NDJSON object (``type: "scene"``)."""
@@ -249,8 +254,8 @@ class ScenePick:
              "end": self.shot.end, "first_frame": self.shot.first_frame,
              "frames": self.shot.frames, "crf": self.crf, "score": self.score,
              "source_score": self.source_score, "target": self.target,
-             "predicted_kbps": self.predicted_kbps, "encodes": self.encodes,
-             "met": self.met}
+             "target_measure": self.measure, "predicted_kbps": self.predicted_kbps,
+             "encodes": self.encodes, "met": self.met}
         if self.vmaf is not None:
             d["vmaf"] = self.vmaf
         return d
@@ -260,7 +265,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 max_drop: float | None = None, pool: str = "mean",
                 cache: str | os.PathLike | None = None, ffmpeg: str | None = None,
                 vmaf: bool = False, progress: Progress | None = None,
-                max_probes: int = MAX_PROBES) -> list[ScenePick]:
+                max_probes: int = MAX_PROBES, mode: str = "score",
+                vmaf_level: float = DEFAULT_VMAF) -> list[ScenePick]:
     """Pick a CRF for each shot: its own ladder, with samples inside the shot.
 
     Args:
@@ -268,8 +274,10 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
         shots: from :func:`detect_shots`.
         settings, scorer, pool, cache, ffmpeg, vmaf, max_probes: as for the
             :class:`~.ladder.Ladder` and :func:`~.ladder.pick`.
-        min_score, max_drop: the target (:class:`~.ladder.Target`), resolved per shot
-            against the shot's own source score.
+        min_score, max_drop: the score target (:class:`~.ladder.Target`), resolved per
+            shot against the shot's own source score (``mode="score"``).
+        mode: ``score``; ``vmaf`` (VMAF against the input at ``vmaf_level``); or ``auto``
+            (:func:`~.ladder.pick_auto`, the input's bitrate read inside the shot).
         progress: called with one line per step, prefixed ``shot i/n:``.
 
     Returns:
@@ -291,11 +299,18 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 f"detect the shots with min_seconds >= {SHORTEST:g}"))
         samples = plan_samples(src.duration, window=window(shot, src.fps))
         with Ladder(src, settings, scorer, samples=samples, pool=pool, cache=cache,
-                    ffmpeg=ffmpeg, vmaf=vmaf,
+                    ffmpeg=ffmpeg, vmaf=vmaf or mode != "score",
                     progress=lambda line, tag=tag: say(f"{tag}: {line}")) as ladder:
             say(f"{tag}: {shot.start:.2f}-{shot.end:.2f} s, {shot.frames} frames")
             try:
-                p = pick(ladder, min_score, max_drop, max_probes)
+                if mode == "auto":
+                    kbps = None if settings.vfilter else stats(
+                        src.path, [(x.start, x.duration) for x in samples]).kbps
+                    p = pick_auto(ladder, kbps, max_probes)
+                elif mode == "vmaf":
+                    p = pick_vmaf(ladder, vmaf_level, max_probes)
+                else:
+                    p = pick(ladder, min_score, max_drop, max_probes)
             except NoCrfMeetsTargetError as err:
                 low = ladder.probes[min(ladder.probes)]
                 s0, _ = ladder.source_score()
@@ -304,10 +319,11 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 out.append(ScenePick(i, shot, low.crf, low.score, s0, target, low.kbps,
                                      ladder.encodes, False, None,
                                      sorted(ladder.probes.values(), key=lambda q: q.crf),
-                                     low.vmaf))
+                                     low.vmaf, "score" if mode == "score" else "vmaf"))
                 continue
             out.append(ScenePick(i, shot, p.crf, p.score, p.source_score, p.target.value,
-                                 p.predicted_kbps, p.encodes, True, p, p.probes, p.vmaf))
+                                 p.predicted_kbps, p.encodes, True, p, p.probes, p.vmaf,
+                                 p.target.measure))
     return out
 
 

@@ -200,6 +200,22 @@ def _pick(i: int, shot: Shot, crf: int) -> ScenePick:
     return ScenePick(i, shot, crf, 1.0, 1.2, 0.9, 100.0, 3, True)
 
 
+def test_auto_and_vmaf_pick_each_shot_by_vmaf_against_the_input(clips, ffmpeg_exe, tmp_path):
+    """Per shot, ``vmaf`` keeps the level against the input; ``auto`` (these shots are
+    near-lossless masters) picks the same CRFs at level 95."""
+    shots = detect_shots(clips["two"], ffmpeg_exe)
+    by = {}
+    for mode in ("vmaf", "auto"):
+        by[mode] = pick_scenes(clips["two"], shots, FAST, SizeScorer(), 0.0, cache=tmp_path,
+                               ffmpeg=ffmpeg_exe, mode=mode, vmaf_level=95.0)
+        for p in by[mode]:
+            assert p.met and p.measure == "vmaf" and p.target == 95.0
+            assert p.vmaf is not None and p.vmaf >= 95.0
+            assert p.to_dict()["target_measure"] == "vmaf"
+            assert "master" in p.pick.target.rule or mode == "vmaf"
+    assert [p.crf for p in by["auto"]] == [p.crf for p in by["vmaf"]]
+
+
 def test_zones_string_round_trips():
     shots = shots_from_cuts([Cut(48, 2.0, 20.0), Cut(120, 5.0, 30.0)], 200, 8.3)
     picks = [_pick(0, shots[0], 28), _pick(1, shots[1], 23), _pick(2, shots[2], 31)]
