@@ -30,9 +30,9 @@ class StreamStats:
     Attributes:
         codec: the decoder's name (``h264``, ``hevc``, ...).
         qp: mean quantiser over the decoded frames (macroblock deltas included), None when
-            the decoder exports none.
+            not asked for or the decoder exports none.
         kbps: bitrate of the video packets inside the windows.
-        frames: frames read.
+        frames: frames decoded (0 without the quantiser).
     """
 
     codec: str
@@ -58,16 +58,16 @@ def frame_qp(side_data) -> float | None:
 
 
 def stats(path: str | os.PathLike, windows: Sequence[tuple[float, float]] | None = None,
-          max_frames: int = 600) -> StreamStats:
-    """Read the quantiser and bitrate of ``path``'s first video stream inside ``windows``
-    (``(start, duration)`` in seconds; None: the whole file), decoding at most
-    ``max_frames`` frames for the quantiser (packets are counted in every window)."""
+          quantiser: bool = False, max_frames: int = 600) -> StreamStats:
+    """Read the bitrate of ``path``'s first video stream inside ``windows`` (``(start,
+    duration)`` in seconds; None: the whole file) from its packets, without decoding. With
+    ``quantiser``, also decode at most ``max_frames`` frames for their mean QP (H.264)."""
     import av
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         codec = s.codec_context.name
-        want_qp = codec in QP_CODECS
+        want_qp = quantiser and codec in QP_CODECS
         if want_qp:
             s.codec_context.options = {"export_side_data": "venc_params"}
         tb = float(s.time_base) if s.time_base else 0.0
