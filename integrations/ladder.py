@@ -527,6 +527,15 @@ class Ladder:
         self._refs = paths
         return paths
 
+    def input_kbps(self) -> float | None:
+        """The input's own bitrate inside the samples; None when ``vfilter`` makes the
+        probes' bitrate incomparable with it (a scale or crop changes what is coded)."""
+        from .stream import stats
+
+        if self.settings.vfilter:
+            return None
+        return stats(self.source.path, [(s.start, s.duration) for s in self.samples]).kbps
+
     def raw_bytes(self) -> int:
         """Bytes the reference samples take uncompressed, estimated on the safe side (4:4:4
         and the input's size: a --vfilter usually scales down)."""
@@ -690,32 +699,33 @@ AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 90.0  # never below this: what still shows of the master must be kept
 
 
-def equivalent_crf(probes: dict[int, Probe], input_kbps: float) -> float | None:
-    """The CRF at which the probes' bitrate equals the input's: a straight line of log
-    bitrate against CRF through the probes (least squares; two probes at least)."""
-    crfs = sorted(c for c, p in probes.items() if p.kbps > 0)
-    if len(crfs) < 2 or input_kbps <= 0 or crfs[-1] == crfs[0]:
+def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
+    """The CRF at which the probes' bitrate (``{crf: rate}``) equals the input's: a straight
+    line of log bitrate against CRF through them (least squares; two CRFs at least)."""
+    crfs = sorted(c for c, r in rates.items() if r > 0)
+    if len(crfs) < 2 or input_rate <= 0 or crfs[-1] == crfs[0]:
         return None
-    slope, icpt = np.polyfit(crfs, [math.log(probes[c].kbps) for c in crfs], 1)
+    slope, icpt = np.polyfit(crfs, [math.log(rates[c]) for c in crfs], 1)
     if slope >= 0:
         return None
-    return float((math.log(input_kbps) - icpt) / slope)
+    return float((math.log(input_rate) - icpt) / slope)
 
 
-def auto_level(gap: float | None) -> float:
+def auto_level(gap: float | None, at: float = AUTO_GAP, step: float = AUTO_STEP,
+               floor: float = AUTO_FLOOR) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
-    above its VMAF-95 crossing (None: unknown, the input is treated as a master)."""
-    if gap is None or gap <= AUTO_GAP:
+    above its VMAF-95 crossing (None: unknown, the input is treated as a master). ``at``,
+    ``step``, ``floor``: the constants, overridden only by benchmark sweeps."""
+    if gap is None or gap <= at:
         return AUTO_LEVEL
-    return max(AUTO_FLOOR, AUTO_LEVEL - AUTO_STEP * (gap - AUTO_GAP))
+    return max(floor, AUTO_LEVEL - step * (gap - at))
 
 
-def pick_auto(ladder: Ladder, input_kbps: float | None, max_probes: int = MAX_PROBES,
-              full: bool = False) -> Pick:
+def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
-    an earlier lossy encode (its bitrate matches a re-encode well above that crossing), the
-    search again at the lower :func:`auto_level`. ``input_kbps``: the input's own bitrate
-    inside the samples (None when a ``--vfilter`` makes it incomparable)."""
+    an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
+    matches a re-encode well above that crossing), the search again at the lower
+    :func:`auto_level`."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -725,7 +735,9 @@ def pick_auto(ladder: Ladder, input_kbps: float | None, max_probes: int = MAX_PR
         c95 = best_passing(ladder.values("vmaf"), AUTO_LEVEL)
     else:
         c95 = ladder.search(AUTO_LEVEL, max_probes, measure="vmaf")
-    ceq = equivalent_crf(ladder.probes, input_kbps) if input_kbps else None
+    input_kbps = ladder.input_kbps()
+    ceq = None if input_kbps is None else equivalent_crf(
+        {c: p.kbps for c, p in ladder.probes.items()}, input_kbps)
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
     level = auto_level(gap)
@@ -940,15 +952,6 @@ class Job:
         return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
                       o.ffmpeg, o.vmaf or self.mode != "score", self.say, o.temp_dir)
 
-    def input_kbps(self, ladder: Ladder) -> float | None:
-        """The input's own bitrate inside the samples; None when ``vfilter`` makes the
-        probes' bitrate incomparable with it (a scale or crop changes what is coded)."""
-        from .stream import stats
-
-        if self.options.vfilter:
-            return None
-        return stats(self.source.path, [(s.start, s.duration) for s in ladder.samples]).kbps
-
     def pick(self, on_probe: Callable[[Probe], None] | None = None) -> Pick:
         """Search (or probe every level with ``full``) and return the pick. ``on_probe`` is
         called with every probe, also when no CRF meets the target."""
@@ -958,7 +961,7 @@ class Job:
                 if self.mode == "vmaf":
                     return pick_vmaf(ladder, self.vmaf_level, o.max_probes, o.full)
                 if self.mode == "auto":
-                    return pick_auto(ladder, self.input_kbps(ladder), o.max_probes, o.full)
+                    return pick_auto(ladder, o.max_probes, o.full)
                 return pick(ladder, self.min_score, self.max_drop, o.max_probes, o.full)
             finally:
                 for p in ladder.probes.values():  # in the order they were made

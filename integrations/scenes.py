@@ -50,7 +50,6 @@ from .ladder import (
     pick_vmaf,
     plan_samples,
 )
-from .stream import stats
 
 THRESHOLD = 10.0  # scdet's own default; cuts in Big Buck Bunny score 11-31, pans stay below 5
 MIN_SECONDS = 1.0
@@ -277,7 +276,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
         min_score, max_drop: the score target (:class:`~.ladder.Target`), resolved per
             shot against the shot's own source score (``mode="score"``).
         mode: ``score``; ``vmaf`` (VMAF against the input at ``vmaf_level``); or ``auto``
-            (:func:`~.ladder.pick_auto`, the input's bitrate read inside the shot).
+            (:func:`~.ladder.pick_auto`; the samples lie inside the shot, so the input's bitrate
+            is read there).
         progress: called with one line per step, prefixed ``shot i/n:``.
 
     Returns:
@@ -304,9 +304,7 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
             say(f"{tag}: {shot.start:.2f}-{shot.end:.2f} s, {shot.frames} frames")
             try:
                 if mode == "auto":
-                    kbps = None if settings.vfilter else stats(
-                        src.path, [(x.start, x.duration) for x in samples]).kbps
-                    p = pick_auto(ladder, kbps, max_probes)
+                    p = pick_auto(ladder, max_probes)
                 elif mode == "vmaf":
                     p = pick_vmaf(ladder, vmaf_level, max_probes)
                 else:

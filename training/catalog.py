@@ -346,11 +346,11 @@ def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
 def highest_meeting(crfs: np.ndarray, values: np.ndarray, target: float) -> int | None:
     """The highest CRF whose non-increasing fit of ``values`` meets ``target`` (the search's
     answer when it pins the crossing; None when even the lowest CRF misses)."""
-    from cpllm_plugin.integrations.search import monotone
+    from cpllm_plugin.integrations.search import best_passing
 
-    fit = np.array(monotone(list(crfs), list(values)))
-    ok = np.nonzero((fit >= target - 1e-9) & (values >= target - 1e-9))[0]
-    return int(crfs[ok.max()]) if len(ok) else None
+    # The tolerance keeps an interpolated value that lands on the target a pass.
+    return best_passing(dict(zip(map(int, crfs), map(float, values), strict=True)),
+                        target - 1e-9)
 
 
 Policy = Callable[[Curve], "int | None"]
@@ -501,17 +501,15 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     ``gap``, ``step``, ``floor``: override the shipped constants (sweeps)."""
     from cpllm_plugin.integrations import ladder as lad
 
-    g = lad.AUTO_GAP if gap is None else gap
-    k = lad.AUTO_STEP if step is None else step
-    lo = lad.AUTO_FLOOR if floor is None else floor
+    over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor)) if v is not None}
 
     def policy(c: Curve) -> int | None:
         c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
         ref = c95 if c95 is not None else int(c.crfs[0])
         near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
-        slope, icpt = np.polyfit(c.crfs[near], np.log(c.bytes[near]), 1)
-        d = (math.log(c.info["bytes"]) - icpt) / slope - ref
-        level = lad.AUTO_LEVEL if d <= g else max(lo, lad.AUTO_LEVEL - k * (d - g))
+        ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
+                                 float(c.info["bytes"]))
+        level = lad.auto_level(None if ceq is None else ceq - ref, **over)
         if level == lad.AUTO_LEVEL:
             return c95
         return highest_meeting(c.crfs, c.vi, level)

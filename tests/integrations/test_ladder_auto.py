@@ -13,13 +13,9 @@ from cpllm_plugin.integrations import ladder as lad
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 
 
-def _probe(crf, kbps, vmaf=None):
-    return lad.Probe(crf, 4.0, [], 0, kbps, 0, 0.0, False, vmaf)
-
-
 def test_equivalent_crf_reads_the_input_off_the_bitrate_line():
-    # Bitrate halves every 6 CRF: 800 kb/s at CRF 20.
-    probes = {c: _probe(c, 800 * 2 ** (-(c - 20) / 6)) for c in (20, 26, 29)}
+    # Bitrate halves every 6 CRF: 800 kb/s at CRF 20 ({crf: kb/s}, as the probes give it).
+    probes = {c: 800 * 2 ** (-(c - 20) / 6) for c in (20, 26, 29)}
     assert lad.equivalent_crf(probes, 800) == pytest.approx(20)
     assert lad.equivalent_crf(probes, 200) == pytest.approx(32)  # beyond the probes: the line
     assert lad.equivalent_crf({20: probes[20]}, 800) is None  # one probe: no line
