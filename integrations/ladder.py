@@ -692,7 +692,8 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
 # that costs more bits than a transparent re-encode of itself is treated as a master and keeps
 # VMAF 95 against itself; one that x264 would reproduce only at a CRF well above that
 # crossing is an earlier lossy encode, whose own artifacts a viewer never saw in the master,
-# so fidelity to them buys nothing: its level is lowered (docs/ladder.md, "Catalog").
+# so fidelity to them buys nothing: its level is lowered (docs/ladder.md, "Catalog benchmark
+# against the clean master").
 AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 1.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
@@ -800,7 +801,7 @@ def default_cache() -> Path:
 # --- the Python API: options in, a pick out -------------------------------------------------
 
 MODES = ("auto", "score", "vmaf")
-DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/ladder.md, "Catalog")
+DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/ladder.md)
 DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
 

@@ -34,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,8 +216,6 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     work.mkdir(parents=True, exist_ok=True)
 
     def measure_input(inp: dict) -> None:
-        if (inp["id"],) in book.done:
-            return
         info = probe(inp["path"])
         t = (100.0 if inp["kind"] == "master" else
              measure_fr(inp["master"], inp["path"], ffmpeg, 1, subsample=1, psnr=False)[0])
@@ -228,8 +226,6 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
                   "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores]})
 
     def rung(inp: dict, crf: int) -> None:
-        if (inp["id"], crf) in ladder.done:
-            return
         out = work / f"{inp['id']}_crf{crf}.mp4"
         encode(inp["path"], out, crf, "libx264", ffmpeg=ffmpeg, threads=1)
         try:
@@ -243,18 +239,14 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         finally:
             out.unlink(missing_ok=True)
 
-    tasks = [(measure_input, (inp,)) for inp in inputs]
-    tasks += [(rung, (inp, c)) for inp in inputs for c in levels]
-    todo = [t for t in tasks if not (
-        (t[0] is measure_input and (t[1][0]["id"],) in book.done)
-        or (t[0] is rung and (t[1][0]["id"], t[1][1]) in ladder.done))]
-    # Measured in a shuffled order, so a partial catalog already spans every kind.
-    inputs_first = [t for t in todo if t[0] is measure_input]
-    rest = [t for t in todo if t[0] is rung]
-    np.random.default_rng(0).shuffle(rest)
-    todo = inputs_first + rest
+    firsts = [(measure_input, (i,)) for i in inputs if (i["id"],) not in book.done]
+    rungs = [(rung, (i, c)) for i in inputs for c in levels if (i["id"], c) not in ladder.done]
+    # Rungs in a shuffled order, so a partial catalog already spans every kind.
+    np.random.default_rng(0).shuffle(rungs)
+    todo = firsts + rungs
+    total = len(inputs) * (1 + len(levels))
     say(f"catalog: {len(inputs)} inputs ({sum(i['kind'] == 'master' for i in inputs)} "
-        f"masters), {len(todo)} of {len(tasks)} measurements to do")
+        f"masters), {len(todo)} of {total} measurements to do")
     done = [0]
 
     def run(task) -> None:
@@ -287,7 +279,6 @@ class Curve:
     vi: np.ndarray  # ... against the input
     score: np.ndarray  # the model's score of the encode
     bytes: np.ndarray
-    levels: dict = field(default_factory=dict)  # measured rows by CRF
 
     @property
     def required(self) -> float:
@@ -338,8 +329,7 @@ def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
         size = np.exp(np.interp(crfs, lv, [math.log(max(r["bytes"], 1)) for r in rs]))
         out.append(Curve(inp["id"], inp["kind"], inp["source"], float(inp["vmaf_master"]),
                          float(np.mean(inp["frame_scores"])), inp, crfs,
-                         lin("vmaf_master"), lin("vmaf_input"), score, size,
-                         {r["crf"]: r for r in rs}))
+                         lin("vmaf_master"), lin("vmaf_input"), score, size))
     return out
 
 
