@@ -854,14 +854,14 @@ class PickOptions(Settings):
     ffmpeg: str | None = None
     temp_dir: str | os.PathLike | None = None
 
-    # Fields that change where or how a pick runs, never its answer (batch resume keys).
-    RUNTIME = ("cache", "no_cache", "ffmpeg", "temp_dir")
+    # Fields whose click option names differ (``--samples`` is stored as ``count``).
+    FLAG_NAMES = {"samples": "count", "cache": "cache_dir"}
 
     @classmethod
     def from_flags(cls, kw: dict) -> PickOptions:
         """From the values of ``cpllm-ladder``'s click options (their names as click gives
         them; presentation flags such as ``as_json`` and ``quiet`` are ignored)."""
-        names = {"count": "samples", "cache_dir": "cache"}
+        names = {flag: field for field, flag in cls.FLAG_NAMES.items()}
         fields = set(cls.__dataclass_fields__)
         return cls(**{names.get(k, k): v for k, v in kw.items()
                       if names.get(k, k) in fields})
@@ -871,11 +871,6 @@ class PickOptions(Settings):
         return Settings(self.encoder, self.preset, tuple(map(tuple, self.options)),
                         self.pix_fmt, self.vfilter,
                         tuple(self.crf_range) if self.crf_range else None)
-
-    def key(self) -> dict:
-        """The options that decide the answer, JSON-ready (batch resume keys on them)."""
-        return {k: json.loads(json.dumps(getattr(self, k), default=str))
-                for k in sorted(self.__dataclass_fields__) if k not in self.RUNTIME}
 
 
 class Job:

@@ -16,8 +16,6 @@ from .errors import BatchArgumentError
 
 # Pick options that change where or how loudly a pick runs, never its result: not in the key.
 PICK_OPTIONS_NOT_IN_KEY = ("as_json", "quiet", "cache_dir", "no_cache", "ffmpeg", "temp_dir")
-# PickOptions fields whose command-line names differ (a batch pick's ``kw`` uses the latter).
-PICK_FLAG_NAMES = {"samples": "count", "cache": "cache_dir"}
 
 
 class Job(Protocol):
@@ -76,7 +74,7 @@ class ScoreJob:
 def pick_defaults() -> dict:
     """The values of ``cpllm batch pick``'s pick options when none is given, by their
     command-line names: the ladder's defaults, less ``full`` (not a batch option)."""
-    out = {PICK_FLAG_NAMES.get(f.name, f.name): f.default
+    out = {lad.PickOptions.FLAG_NAMES.get(f.name, f.name): f.default
            for f in dataclasses.fields(lad.PickOptions) if f.name != "full"}
     return {**out, "as_json": False, "quiet": False}
 
