@@ -120,9 +120,7 @@ _SCORER: lad.Scorer | None = None
 
 def lad_max_drop() -> float:
     """The default --max-drop of cpllm-ladder: the model's calibrated drop, else the CLI's."""
-    from cpllm_plugin.integrations.cli import DEFAULT_MAX_DROP
-
-    return (_SCORER.drop() if _SCORER else None) or DEFAULT_MAX_DROP
+    return (_SCORER.drop() if _SCORER else None) or lad.DEFAULT_MAX_DROP
 
 
 def _ten_second_clip(data: Path, out: Path) -> Path:

@@ -42,7 +42,14 @@ import click
 from machine import describe  # bench/ is on sys.path: these run as scripts
 
 from cpllm_plugin.integrations import ffmpeg as ff
-from cpllm_plugin.integrations.ladder import Ladder, Scorer, Settings, plan_samples, vmaf_to_score
+from cpllm_plugin.integrations.ladder import (
+    DEFAULT_MAX_DROP,
+    Ladder,
+    Scorer,
+    Settings,
+    plan_samples,
+    vmaf_to_score,
+)
 from cpllm_plugin.integrations.scenes import (
     detect_shots,
     pick_scenes,
@@ -212,8 +219,6 @@ def main(clips, size, vmaf_level, max_drop, preset, workdir, data, original_file
         scorer = Scorer()
         min_score = vmaf_to_score(vmaf_level, scorer.calibration())
         if max_drop is None:
-            from cpllm_plugin.integrations.cli import DEFAULT_MAX_DROP
-
             max_drop = scorer.drop() or DEFAULT_MAX_DROP
         say(f"model {scorer.id}; target {min_score:.4f} (VMAF {vmaf_level:g}), "
             f"max-drop {max_drop:g}")

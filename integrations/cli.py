@@ -21,8 +21,6 @@ from cpllm_plugin.console import progress_printer, run_command
 from . import ffmpeg as ff
 from . import ladder as lad
 
-DEFAULT_MAX_DROP = lad.DEFAULT_MAX_DROP
-
 
 def _shipped_drop(name: str = DEFAULT_MODEL) -> str:
     """The packaged model's calibrated drop, for the help text (read, never hard-coded:
@@ -83,7 +81,7 @@ def pick_options(f):
                      help="Target at most this far below the source's own score (the "
                      "target is the lower of --min-score and source - D). Default: the "
                      "model's calibrated fall of a clean source at VMAF 95 (cpllm-lite: "
-                     f"{_shipped_drop()}), else {DEFAULT_MAX_DROP:g}."),
+                     f"{_shipped_drop()}), else {lad.DEFAULT_MAX_DROP:g}."),
         click.option("--no-max-drop", is_flag=True, help="The target is --min-score even "
                      "for a source below it."),
         click.option("--samples", "count", type=click.IntRange(1, 100),
