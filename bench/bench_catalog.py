@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/catalog"))
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--codec", default="libx264",
+                    help="The ladders' encoder (libx264, libx265, libsvtav1); same inputs.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
@@ -41,11 +43,12 @@ def main() -> None:
     scorer = lad.Scorer(a.model)
     t0 = time.perf_counter()
     if a.report_only:
-        inputs, rows = (cat.read_jsonl(a.data / f) for f in ("inputs.jsonl", "ladder.jsonl"))
+        inputs, rows = (cat.read_jsonl(a.data / f)
+                        for f in ("inputs.jsonl", cat.ladder_file(a.codec)))
     else:
-        inputs, rows = cat.build(a.data, scorer, jobs=a.jobs)
+        inputs, rows = cat.build(a.data, scorer, jobs=a.jobs, codec=a.codec)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
-          f"{len(rows)} ladder rows")
+          f"{len(rows)} {a.codec} ladder rows")
     if a.build_only:
         return
     cs = cat.curves(inputs, rows)

@@ -156,20 +156,27 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def ladder_file(codec: str = "libx264") -> str:
+    """The ladder rows' file name for an encoder (libx264's keeps the original name)."""
+    return "ladder.jsonl" if codec == "libx264" else f"ladder-{codec}.jsonl"
+
+
 def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs: int = 2,
           ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
-          only: Iterable[str] | None = None) -> tuple[list[dict], list[dict]]:
+          only: Iterable[str] | None = None,
+          codec: str = "libx264") -> tuple[list[dict], list[dict]]:
     """Build (or finish) the catalog under ``data``; returns ``(inputs, ladder rows)``.
 
     Args:
         data: the catalog folder (outside the repository).
         scorer: frame scores of video files (:class:`~cpllm_plugin.integrations.ladder.Scorer`
             or a stand-in with ``id`` and ``__call__(paths, key_frames)``).
-        levels: the libx264 CRFs of every input's ladder.
+        levels: the CRFs of every input's ladder.
         jobs: ffmpeg processes at a time (one thread each).
         ffmpeg: the ffmpeg binary (needs libvmaf).
         progress: True for lines on stderr, or a callable taking a line.
         only: build only these source ids (tests; default every dev source).
+        codec: the ladders' encoder (its default preset); the inputs are the same for all.
     """
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
@@ -211,7 +218,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         inputs.append({**up, "path": str(out.resolve()), "master": m["path"]})
 
     book = _Rows(data / "inputs.jsonl", lambda r: (r["id"],))
-    ladder = _Rows(data / "ladder.jsonl", lambda r: (r["id"], r["crf"]))
+    ladder = _Rows(data / ladder_file(codec), lambda r: (r["id"], r["crf"]))
     work = data / "work"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -226,8 +233,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
                   "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores]})
 
     def rung(inp: dict, crf: int) -> None:
-        out = work / f"{inp['id']}_crf{crf}.mp4"
-        encode(inp["path"], out, crf, "libx264", ffmpeg=ffmpeg, threads=1)
+        out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
+        encode(inp["path"], out, crf, codec, ffmpeg=ffmpeg, threads=1)
         try:
             vm = measure_fr(inp["master"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
             vi = vm if inp["kind"] == "master" else measure_fr(
@@ -258,7 +265,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, todo))
-    return read_jsonl(data / "inputs.jsonl"), read_jsonl(data / "ladder.jsonl")
+    return read_jsonl(data / "inputs.jsonl"), read_jsonl(data / ladder_file(codec))
 
 
 # --- replaying policies -----------------------------------------------------------------
