@@ -534,3 +534,22 @@ def test_no_repeat_rule_compares_words_not_token_ids():
     canon[10] = 8  # every token of the completing word's class is banned
     banned = torch.isinf(_ban_repeats(logits, seq, 4, canon))[0]
     assert banned.nonzero().flatten().tolist() == [8, 10]
+
+
+def test_generate_continues_text_already_written(tiny):
+    """Text given as ``start`` is read as if the decoder had written it: greedy decoding
+    after the first k tokens of its own output gives the rest of that output, also under
+    the no-repeat rule (which counts the start); a different start changes what follows."""
+    model, tok = tiny
+    g = torch.Generator().manual_seed(7)
+    prefix = 4 * torch.randn(2, 9, model.config.hidden_size, generator=g)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, :3] = False
+    kw = dict(eos_token_id=-1, pad_token_id=tok.pad_token_id, no_repeat_ngram=3)
+    whole = dec.generate(model, prefix, valid, max_new_tokens=14, **kw)
+    for k in (1, 5):
+        rest = dec.generate(model, prefix, valid, max_new_tokens=14 - k, start=whole[:, :k], **kw)
+        assert torch.equal(rest, whole[:, k:])
+    other = dec.generate(model, prefix, valid, max_new_tokens=9,
+                         start=(whole[:, :5] + 1) % model.config.vocab_size, **kw)
+    assert not torch.equal(other, whole[:, 5:])

@@ -747,6 +747,7 @@ def generate(
     bidirectional: bool = True,
     no_repeat_ngram: int = 0,
     steer: Steer | None = None,
+    start: torch.LongTensor | None = None,
 ) -> torch.LongTensor:
     """Greedy decoding after a Prefix-LM prefix, with a KV cache.
 
@@ -768,9 +769,13 @@ def generate(
         no_repeat_ngram: n > 0 never emits a token that would repeat an n-gram of the
             text generated so far (greedy decoding of a small decoder otherwise loops).
         steer: shape the text into sentences (:class:`Steer`); None: free text to EOS.
+        start: long (B, S), text already written: fed causally after the prefix in one
+            pass, as a training description's first tokens are, so the decoder continues
+            it. It counts for the no-repeat rules (not for ``steer``'s sentences) and is
+            not returned.
 
     Returns:
-        Long (B, N) with N <= max_new_tokens.
+        Long (B, N) with N <= max_new_tokens: the tokens after ``start``.
     """
     prefix_embeds, valid = drop_unused(prefix_embeds, valid)
     B, P, _ = prefix_embeds.shape
@@ -779,7 +784,9 @@ def generate(
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                        device=prefix_embeds.device)
     window = _window(model)
-    start = valid.long().sum(1, keepdim=True)  # position id of the first text token
+    written = [] if start is None else list(start.to(prefix_embeds.device).unbind(1))
+    S = len(written)
+    first = valid.long().sum(1, keepdim=True) + S  # position id of the first new token
     out_tokens = []
     done = torch.zeros(B, dtype=torch.bool, device=prefix_embeds.device)
     count = torch.zeros(B, dtype=torch.long, device=prefix_embeds.device)  # sentence ends
@@ -788,24 +795,29 @@ def generate(
         # A plain DynamicCache keeps every key of sliding layers too; the window then comes
         # from the mask alone, independent of how the cache crops.
         kv = {_cache_kwarg(type(_base(model))): DynamicCache()}
-        mask = prefix_lm_mask(valid, P, P, window, bidirectional=bidirectional)
+        embed = embed_tokens(model)
+        embeds = prefix_embeds
+        if S:
+            embeds = torch.cat([prefix_embeds, embed(start.to(prefix_embeds.device))
+                                .to(prefix_embeds.dtype)], dim=1)
+        mask = prefix_lm_mask(valid, P, P + S, window, bidirectional=bidirectional)
         out = model(
-            inputs_embeds=prefix_embeds,
+            inputs_embeds=embeds,
             attention_mask=_model_mask(model, mask),
-            position_ids=prefix_positions(valid, P),
+            position_ids=prefix_positions(valid, P + S),
             **kv,
             use_cache=True,
             logits_to_keep=1,
         )
-        embed = embed_tokens(model)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1]
             free = logits
-            if no_repeat_ngram and len(out_tokens) >= no_repeat_ngram - 1:
-                logits = _ban_repeats(logits, out_tokens, no_repeat_ngram,
+            seen = written + out_tokens
+            if no_repeat_ngram and len(seen) >= no_repeat_ngram - 1:
+                logits = _ban_repeats(logits, seen, no_repeat_ngram,
                                       steer.canon if steer is not None else None)
             if steer is not None:
-                last = out_tokens[-1] if out_tokens else None
+                last = seen[-1] if seen else None
                 logits, forced, advance = _steer(logits, steer, count, opened, eos, last)
                 stuck = torch.isinf(logits).all(-1)
                 if bool(stuck.any()):  # every allowed token repeats: let the repeat through
@@ -824,14 +836,14 @@ def generate(
                 done = done | (count >= steer.sentences)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            n = P + step  # sequence index of the token fed now
+            n = P + S + step  # sequence index of the token fed now
             rows = torch.tensor([n], device=valid.device)
             mask = {"full_attention": _allowed(valid, rows, n + 1, None),
                     "sliding_attention": _allowed(valid, rows, n + 1, window)}
             out = model(
                 inputs_embeds=embed(token[:, None]).to(prefix_embeds.dtype),
                 attention_mask=_model_mask(model, mask),
-                position_ids=start + step,
+                position_ids=first + step,
                 **kv,
                 use_cache=True,
             )
