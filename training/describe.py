@@ -69,6 +69,7 @@ STYLES = {
     "photo pan": "a slow camera pan across a still photograph",
     "painting": "a slow camera pan across a painting",
     "screen": "a screen recording",
+    "slideshow": "a slideshow of still images",
 }
 
 _CODECS = {
