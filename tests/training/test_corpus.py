@@ -15,7 +15,8 @@ from cpllm_plugin.training.manifest import read_manifest
 
 def test_split_is_fixed_by_source_and_covers_the_recipe():
     split = cp.read_split()
-    ids = [s.id for s in (*cp.CLIPS, *cp.SEQUENCES, *cp.PANS, *cp.SCREENS, *cp.DEGRADED)]
+    ids = [s.id for s in (*cp.CLIPS, *cp.SEQUENCES, *cp.PANS, *cp.SCREENS, *cp.SLIDESHOWS,
+                          *cp.DEGRADED)]
     assert len(ids) == len(set(ids)) >= 85
     assert sorted(split) == sorted(ids)  # every source in exactly one split, nothing else
     assert set(split.values()) == {"train", "dev"}
@@ -33,12 +34,14 @@ def test_degraded_and_same_content_sources_share_a_split():
         assert d.id.startswith(d.parent + "__")
     by_content: dict[str, set[str]] = {}
     for s in rec.values():
-        key = (s.image if isinstance(s, cp.Pan) else s.member if isinstance(s, cp.Clip)
-               else s.id)
+        keys = (s.images if isinstance(s, cp.Slideshow) else
+                [s.image if isinstance(s, cp.Pan) else s.member if isinstance(s, cp.Clip)
+                 else s.id])
         if isinstance(s, cp.Clip) and s.package.endswith("moviepy==2.2.1"):
-            key = s.id  # different shots of one film
-        by_content.setdefault(key, set()).add(split[s.id])
-    assert all(len(v) == 1 for v in by_content.values())
+            keys = [s.id]  # different shots of one film
+        for key in keys:
+            by_content.setdefault(key, set()).add(split[s.id])
+    assert {k: v for k, v in by_content.items() if len(v) > 1} == {}
     assert sum(split[d.id] == "dev" for d in cp.DEGRADED) >= 3
 
 
@@ -109,6 +112,40 @@ def test_screen_content_renders():
         assert f.shape == (6, 180, 320, 3)
         assert len(np.unique(f[0].reshape(-1, 3), axis=0)) > 3
         assert np.abs(f[0].astype(int) - f[-1]).mean() > 0  # something moves
+
+
+def test_slideshow_holds_each_photo_still_with_cuts_or_crossfades():
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket()]
+    cuts = cp.slideshow_frames(photos, (160, 90), 30, fit="contain")
+    d = np.abs(np.diff(cuts.astype(int), axis=0)).mean(axis=(1, 2, 3))
+    assert cuts.shape == (30, 90, 160, 3)
+    assert (d > 10).sum() == 2 and (d == 0).sum() == 27  # two hard cuts, held still between
+    assert cuts[0, :, :20].max() == 0  # a square photo in a wide frame: black bars
+    fades = cp.slideshow_frames(photos, (160, 90), 30, fade=6)
+    d = np.abs(np.diff(fades.astype(int), axis=0)).mean(axis=(1, 2, 3))
+    assert 10 <= (d > 0).sum() <= 14 and d.max() < 30  # gradual changes, no hard cut
+    assert fades[0, :, :20].max() > 0  # "cover" fills the frame
+    with pytest.raises(cp.CorpusError, match="fit 'cover' or 'contain'"):
+        cp.slideshow_frames(photos, (160, 90), 30, fit="stretch")
+
+
+def test_every_slideshow_is_several_photos_and_dev_has_some():
+    split = cp.read_split()
+    assert all(3 <= len(s.images) <= 4 and s.tag.startswith("slideshow: ")
+               for s in cp.SLIDESHOWS)
+    assert sum(split[s.id] == "dev" for s in cp.SLIDESHOWS) >= 2
+    assert sum(split[s.id] == "train" for s in cp.SLIDESHOWS) >= 3
+
+
+def test_build_a_slideshow_source_without_network(tmp_path):
+    from cpllm_plugin.video import probe
+
+    rows = cp.build_corpus(tmp_path, only=["slides_skimage"], progress=False)
+    assert [(r.source, r.split) for r in rows] == [("slides_skimage", "train")]
+    info = probe(tmp_path / rows[0].path)
+    assert (info.width, info.height, info.frame_count) == (480, 270, 50)
+    prov = json.loads((tmp_path / "corpus.json").read_text())["slides_skimage"]
+    assert prov["images"][0] == "skimage:astronaut" and prov["package"] == "pypi:scikit-image"
 
 
 def test_build_a_pan_source_without_network(tmp_path):
