@@ -197,6 +197,18 @@ def has_onnx(source: str | Path, precision: str = "fp32") -> bool:
     return ONNX_FILES.get(precision, "") in files and MANIFEST in files
 
 
+def _open(backend: Backend, source: str | Path, precision: str, options, where: str
+          ) -> Exported:
+    """The exported graph of ``precision`` in ``source``, its config, id and ``options`` set
+    on ``backend``."""
+    model = Exported(source, precision, where)
+    backend.config, backend.id, backend.options = model.config, model.id, options
+    # Results say which graph scored: int8 and fp16 scores differ from fp32 ones.
+    if precision != "fp32":
+        backend.name = f"{backend.name}-{precision}"
+    return model
+
+
 _sessions: dict[tuple, object] = {}
 _sessions_lock = threading.Lock()
 
@@ -231,14 +243,10 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, source: str | Path, options: ORT | None = None, **kw):
-        options = _options(ORT, options, kw, "backend 'onnxruntime'")
         where = "backend 'onnxruntime'"
+        options = _options(ORT, options, kw, where)
         ort = require("onnxruntime", None, where)
-        model = Exported(source, options.precision, where)
-        self.config, self.id, self.options = model.config, model.id, options
-        # Results say which graph scored: int8 and fp16 scores differ from fp32 ones.
-        if options.precision != "fp32":
-            self.name = f"onnxruntime-{options.precision}"
+        model = _open(self, source, options.precision, options, where)
         self.providers = _ort_providers(options.device, where)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         key = (str(model.path.resolve()), model.sha256, tuple(self.providers), options.threads)
@@ -270,26 +278,22 @@ class TrtBackend(Backend):
     Device buffers are torch CUDA tensors, the one GPU array library the project depends on
     for its decoder anyway; calls run one at a time on one execution context.
 
-    Args:
-        source: a directory written by ``cpllm-export``.
-        options: :class:`TRT` options (or give its fields as keywords).
+    Args: as :class:`OrtBackend`, with :class:`TRT` options.
     """
 
     name = "tensorrt"
 
     def __init__(self, source: str | Path, options: TRT | None = None, **kw):
-        options = _options(TRT, options, kw, "backend 'tensorrt'")
         where = "backend 'tensorrt'"
+        options = _options(TRT, options, kw, where)
         trt = require("tensorrt", "trt", where)
         torch = require("torch", "torch", where)
         if not torch.cuda.is_available():
             raise BackendError(message(
                 where, "an NVIDIA GPU visible to CUDA", "none",
                 "run on a machine with a GPU, or use backend='onnxruntime'"))
-        model = Exported(source, "fp16" if options.fp16 else "fp32", where)
-        self.config, self.id, self.options, self.torch = model.config, model.id, options, torch
-        if options.fp16:
-            self.name = "tensorrt-fp16"
+        model = _open(self, source, "fp16" if options.fp16 else "fp32", options, where)
+        self.torch = torch
         self.engine_path = build_engine(model.path, model.sha256, options)
         self.device = f"cuda:{options.device}"
         self._gpu = torch.device("cuda", options.device)
