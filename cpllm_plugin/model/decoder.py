@@ -662,15 +662,9 @@ def text_logits(
     return out.logits
 
 
-def text_loss(
-    model: nn.Module,
-    prefix_embeds: torch.Tensor,
-    valid: torch.Tensor,
-    target_ids: torch.LongTensor,
-    pad_id: int,
-    *,
-    bidirectional: bool = True,
-) -> torch.Tensor:
+def text_loss(model: nn.Module, prefix_embeds: torch.Tensor, valid: torch.Tensor,
+              target_ids: torch.LongTensor, pad_id: int, *, bidirectional: bool = True
+              ) -> torch.Tensor:
     """The paper's L3 (eq. 3): cross-entropy summed over non-pad target tokens of the batch,
     divided by their total count.
 
