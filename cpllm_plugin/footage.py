@@ -184,6 +184,12 @@ _heads: dict[tuple, Head] = {}
 _lock = threading.Lock()
 
 
+def head_of(model) -> Head | None:
+    """The kind head of a loaded model (``model.source`` its directory), or None."""
+    src = Path(str(model.source))
+    return load_head(src) if is_model_dir(src) else None
+
+
 def save_head(head: Head, model_dir: str | Path) -> Path:
     """Write ``kind.json`` into ``model_dir``; where it has a ``config.json``, record the
     file's sha256 there (the model id hashes the scoring tensors only, so it stays)."""
@@ -367,29 +373,12 @@ def features(frames: np.ndarray, context: np.ndarray) -> np.ndarray:
     return np.concatenate([pooled, pixel_stats(frames)])
 
 
-def guess(model, frames: np.ndarray, context=None) -> KindGuess | None:
-    """The kind of footage of key frames ``frames`` ``(M, H, W, 3)`` uint8 RGB.
-
-    Args:
-        model: a :class:`cpllm_plugin.api.Model` with the torch backend.
-        frames: the key frames describe() read (M >= 1, usually the config's 5).
-        context: ``net.scorer.context(views)`` of those M frames, or of the decoder's frame
-            alone, when the caller has it (saves encoding the frame again).
-
-    Returns:
-        None when the model directory ships no ``kind.json`` (a model trained before it).
-    """
-    src = Path(str(model.source))
-    if not is_model_dir(src):
-        return None
-    head = load_head(src)
-    if head is None:
-        return None
-    where = f"footage.guess({model.id})"
-    backbone = model.config.high.backbone
-    if head.encoder != backbone:
+def _check(model, frames, head: Head | None) -> np.ndarray:
+    where = f"footage.guess({getattr(model, 'id', model)})"
+    if head is not None and head.encoder != model.config.high.backbone:
         raise KindFileError(message(
-            where, f"a kind.json trained on the {backbone} encoder", f"one for {head.encoder}",
+            where, f"a kind.json trained on the {model.config.high.backbone} encoder",
+            f"one for {head.encoder}",
             "rebuild it with `python -m cpllm_plugin.training.kinds` for this model"))
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
@@ -398,6 +387,13 @@ def guess(model, frames: np.ndarray, context=None) -> KindGuess | None:
         raise FrameShapeError(message(where, "key frames (M, H, W, 3) uint8 with M >= 1",
                                       f"{frames.dtype} {frames.shape}",
                                       "pass Model.key_frames(...).frames"))
+    return frames
+
+
+def video_features(model, frames: np.ndarray, context=None) -> np.ndarray:
+    """The head's input for key frames ``frames`` of ``model`` (torch backend): what
+    :func:`guess` classifies, and what ``cpllm_plugin.training.kinds`` trains on."""
+    frames = _check(model, frames, None)
     i = decoder_frame(len(frames))
     if context is None:
         from . import preprocess
@@ -409,9 +405,31 @@ def guess(model, frames: np.ndarray, context=None) -> KindGuess | None:
     ctx = context.detach().float().cpu().numpy() if hasattr(context, "detach") else context
     ctx = np.asarray(ctx)
     if ctx.ndim == 3 and len(ctx) == len(frames) and len(frames) > 1:
-        ctx = ctx[i:i + 1]
-    if ctx.shape[-1] != head.context_dim:
+        ctx = ctx[i:i + 1]  # the tokens of every key frame: keep the decoder's
+    return features(frames, ctx)
+
+
+def guess(model, frames: np.ndarray, context=None) -> KindGuess | None:
+    """The kind of footage of key frames ``frames`` ``(M, H, W, 3)`` uint8 RGB.
+
+    Args:
+        model: a :class:`cpllm_plugin.api.Model` with the torch backend.
+        frames: the key frames describe() read (M >= 1, usually the config's 5).
+        context: ``net.scorer.context(views)`` of those M frames, or of the decoder's frame
+            alone (the middle key frame, :func:`decoder_frame`), when the caller has it:
+            saves encoding that frame again.
+
+    Returns:
+        None when the model directory ships no ``kind.json`` (a model trained before it).
+    """
+    head = head_of(model)
+    if head is None:
+        return None
+    frames = _check(model, frames, head)
+    x = video_features(model, frames, context)
+    if len(x) != len(head.mean) or len(x) - len(PIXEL_FEATURES) != head.context_dim:
         raise KindFileError(message(
-            where, f"encoder tokens of {head.context_dim} channels", f"shape {ctx.shape}",
+            f"footage.guess({model.id})", f"{len(head.mean)} features "
+            f"({head.context_dim} encoder channels)", f"{len(x)}",
             "pass net.scorer.context(views) of this model, or rebuild kind.json for it"))
-    return head.answer(head.probabilities(features(frames, ctx)))
+    return head.answer(head.probabilities(x))
