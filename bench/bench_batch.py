@@ -44,9 +44,9 @@ def make_clips(folder: Path, n: int) -> list[Path]:
     out = []
     for i in range(n):
         p = folder / f"clip{i:02d}.mp4"
-        subprocess.run([exe, "-v", "error", "-y", "-ss", f"{(i * 0.17) % 2:.2f}", "-t", "2",
-                        "-i", str(SAMPLE), "-c:v", "libx264", "-preset", "fast",
-                        "-crf", str(16 + i % 12), str(p)], check=True)
+        subprocess.run(ff.encode_args(exe, SAMPLE, p, 16 + i % 12, preset="fast",
+                                      inputs=["-ss", f"{(i * 0.17) % 2:.2f}", "-t", "2"],
+                                      fps_mode=None), check=True)
         out.append(p)
     return out
 
@@ -115,13 +115,13 @@ def one_minute_clip(out: Path, seconds: int) -> str:
     else:
         used = [SAMPLE] * n
         what = "the 640x360 sample scaled up, looped"
-    inputs = [a for s in used for a in ("-i", str(s))]
+    # encode_args adds the last input itself; the others go before it.
+    inputs = [a for s in used[:-1] for a in ("-i", str(s))]
     graph = "".join(f"[{i}:v]fps=24,scale=1920:1080:flags=lanczos,setsar=1,trim=duration=2,"
                     f"setpts=PTS-STARTPTS[v{i}];" for i in range(n))
     graph += "".join(f"[v{i}]" for i in range(n)) + f"concat=n={n}:v=1:a=0[out]"
-    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", *inputs,
-                    "-filter_complex", graph, "-map", "[out]", "-c:v", "libx264", "-crf", "16",
-                    "-preset", "veryfast", str(out)], check=True)
+    subprocess.run(ff.encode_args(exe, used[-1], out, 16, preset="veryfast", inputs=inputs,
+                                  graph=graph, video="[out]", fps_mode=None), check=True)
     return what
 
 

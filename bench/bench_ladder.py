@@ -133,13 +133,13 @@ def _ten_second_clip(data: Path, out: Path) -> Path:
     if len(shots) < 5:
         sys.exit(f"need five 1920x1080 originals in {corpus}, found {len(shots)}")
     exe = ff.find_ffmpeg()
-    inputs = [a for s in shots[:5] for a in ("-i", str(s))]
+    # encode_args adds the last input itself; the others go before it.
+    inputs = [a for s in shots[:4] for a in ("-i", str(s))]
     graph = "".join(f"[{i}:v]fps=24,scale=1920:1080,setsar=1,trim=duration=2,"
                     f"setpts=PTS-STARTPTS[v{i}];" for i in range(5))
     graph += "".join(f"[v{i}]" for i in range(5)) + "concat=n=5:v=1:a=0[out]"
-    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", *inputs,
-                    "-filter_complex", graph, "-map", "[out]", "-c:v", "libx264", "-crf", "14",
-                    "-preset", "fast", str(out)], check=True)
+    subprocess.run(ff.encode_args(exe, shots[4], out, 14, preset="fast", inputs=inputs,
+                                  graph=graph, video="[out]", fps_mode=None), check=True)
     return out
 
 
@@ -178,8 +178,8 @@ def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
         whole = {}
         for c in crfs:
             out = Path(tmp) / f"whole{c}.mkv"
-            subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", "-threads", n,
-                            "-i", str(clip), *lad.Settings().args(c, ff.cpus()), str(out)],
+            subprocess.run(lad.Settings().command(exe, clip, out, c, ff.cpus(),
+                                                  inputs=["-threads", n], fps_mode=None),
                            check=True)
             whole[c] = ff.measure_fr(clip, out, exe, ff.cpus(), subsample=1, psnr=False)[0]
         t_whole = time.perf_counter() - t0

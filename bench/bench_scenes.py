@@ -71,15 +71,15 @@ def build_clip(out: Path, files: list[Path], size: str, exe: str) -> Path:
     missing = [f for f in files if not f.is_file()]
     if missing:
         sys.exit(f"missing {missing[0]}: run cpllm-recipe --stage corpus (or pass --data)")
-    inputs, parts = [], []
-    for i, path in enumerate(files):
-        inputs += ["-i", str(path)]
-        parts.append(f"[{i}:v]scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p[v{i}]")
+    # encode_args adds the last input itself; the others go before it.
+    inputs = [a for path in files[:-1] for a in ("-i", str(path))]
+    parts = [f"[{i}:v]scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p[v{i}]"
+             for i in range(len(files))]
     graph = ";".join(parts) + ";" + "".join(f"[v{i}]" for i in range(len(files))) + (
         f"concat=n={len(files)}:v=1[v]")
-    ff.run_ffmpeg([exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs,
-                   "-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset",
-                   "fast", "-crf", "8", str(out)], "bench_scenes: building the clip")
+    ff.run_ffmpeg(ff.encode_args(exe, files[-1], out, 8, preset="fast", inputs=inputs,
+                                 graph=graph, video="[v]", fps_mode=None),
+                  "bench_scenes: building the clip")
     return out
 
 
@@ -87,12 +87,11 @@ def cut_segment(out: Path, source: Path, start: float, seconds: float, size: str
                 exe: str) -> Path:
     """A contiguous stretch of ``source`` as one near-lossless clip at one size and 24 fps."""
     w, h = size.split("x")
-    ff.run_ffmpeg([exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                   "-ss", f"{start:g}", "-t", f"{seconds:g}", "-i", str(source),
-                   "-map", "0:v:0", "-an", "-sn",
-                   "-vf", f"scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p",
-                   "-c:v", "libx264", "-preset", "fast", "-crf", "8", str(out)],
-                  "bench_scenes: cutting the segment")
+    ff.run_ffmpeg(ff.encode_args(
+        exe, source, out, 8, preset="fast", inputs=["-ss", f"{start:g}", "-t", f"{seconds:g}"],
+        streams=["-an", "-sn"], fps_mode=None,
+        vfilter=f"scale={w}:{h}:flags=lanczos,fps=24,setsar=1,format=yuv420p"),
+        "bench_scenes: cutting the segment")
     return out
 
 
@@ -101,10 +100,9 @@ def encode(exe: str, src: Path, out: Path, settings: Settings, crf: int,
     """One encode with the ladder's settings and thread count (a whole-sample probe's)."""
     threads = ff.threads_per_job(1)
     seek = ["-ss", f"{cut[0]:.4f}", "-t", f"{cut[1] - cut[0]:.4f}"] if cut else []
-    ff.run_ffmpeg([exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                   "-threads", str(threads), *seek, "-i", str(src), "-map", "0:v:0",
-                   "-fps_mode", "passthrough", *settings.args(crf, threads), *(extra or []),
-                   str(out)], f"bench_scenes: encoding {out.name}")
+    ff.run_ffmpeg(settings.command(exe, src, out, crf, threads,
+                                   inputs=["-threads", str(threads), *seek], outputs=extra or []),
+                  f"bench_scenes: encoding {out.name}")
     return out
 
 

@@ -38,11 +38,12 @@ def make_source(folder: Path) -> Path:
     """The sample scaled to 1920x1080 and looped 3 times (288 frames), H.264 CRF 18."""
     import imageio_ffmpeg
 
+    from cpllm_plugin.integrations.ffmpeg import encode_args
+
     out = folder / "sample_1080p.mp4"
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
-                    "-y", "-stream_loop", "2", "-i", str(SAMPLE), "-vf",
-                    "scale=1920:1080:flags=bicubic", "-c:v", "libx264", "-preset", "fast",
-                    "-crf", "18", "-pix_fmt", "yuv420p", str(out)], check=True)
+    subprocess.run(encode_args(imageio_ffmpeg.get_ffmpeg_exe(), SAMPLE, out, 18, preset="fast",
+                               pix_fmt="yuv420p", vfilter="scale=1920:1080:flags=bicubic",
+                               inputs=["-stream_loop", "2"], fps_mode=None), check=True)
     return out
 
 
