@@ -38,21 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import DEFAULT_MODEL, QUALITY_OPENER, QUALITY_WORDS, frame_format, quality_word
+from ..text import QUALITY_LOOKS
 from .manifest import Item, resolve
-
-# What each quality level looks like, said plainly; no quality word may appear in these.
-_ARTIFACTS = {
-    "excellent": "the picture is clean and sharp, with fine detail intact and no visible "
-                 "blocking, banding or noise",
-    "good": "the picture is clean, with a slight softening of the finest detail and no "
-            "obvious blocking or banding",
-    "fair": "fine detail is visibly lost and textures look soft, with some blocking, banding "
-            "in smooth gradients and ringing around edges",
-    "poor": "the picture is blurry and blocky, with smeared textures, clear banding in smooth "
-            "areas and ringing around edges",
-    "bad": "heavy blocking and smearing dominate the picture, with almost all fine detail "
-           "lost and strong banding",
-}
 
 # What a degraded original (and its variants) looks like, from words of its tag.
 _DEGRADATIONS = (
@@ -138,7 +125,7 @@ def quality_sentence(item: Item) -> str:
     # The number stays with the quality head (describe() prints it); the text says the band.
     word = quality_word(score)
     tail = f", and the footage itself looks {looks}" if looks else ""
-    return f"{QUALITY_OPENER} {word}: {_ARTIFACTS[word]}{tail}."
+    return f"{QUALITY_OPENER} {word}: {QUALITY_LOOKS[word]}{tail}."
 
 
 def _degradation(item: Item) -> str | None:
