@@ -48,22 +48,11 @@ CRFS = (18, 26, 34, 42)
 
 def make_ladder(folder: Path) -> Path:
     """4 photos x 4 CRFs of 540x960 pans (50 frames), with scores and descriptions."""
-    from media import pan_frames, write_video
+    from media import write_ladder
 
-    from cpllm_plugin.hashing import sha256_file
-    from cpllm_plugin.training.manifest import Item, write_manifest
-
-    items = []
-    for photo in PHOTOS:
-        frames = pan_frames(50, 540, 960, photo)
-        for crf in CRFS:
-            p = write_video(folder / f"{photo}_{crf}.mp4", frames, crf=crf)
-            items.append(Item(path=p.name, source=photo, split="train", original=False,
-                              codec="libx264", crf=crf, sha256=sha256_file(p),
-                              mos=5.0 - (crf - 18) / 8,
-                              description="A slow pan over a photo. Fine detail in the light. "
-                                          "Some blocking in the flat areas."))
-    return write_manifest(folder / "manifest.jsonl", items)
+    return write_ladder(folder, PHOTOS, CRFS, 50, 540, 960,
+                        "A slow pan over a photo. Fine detail in the light. "
+                        "Some blocking in the flat areas.", mos=lambda crf: 5.0 - (crf - 18) / 8)
 
 
 def one_run(manifest: Path, out: Path, device: str, batch: int, steps: int,

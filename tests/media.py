@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +40,28 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25, crf: int = 18,
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def write_ladder(folder: Path, photos: Sequence[str], crfs: Sequence[int], n: int, height: int,
+                 width: int, description: str, mos: Callable[[int], float] | None = None
+                 ) -> Path:
+    """A training manifest of libx264 ladders in ``folder``: each photo's pan of ``n`` frames
+    encoded at each CRF. ``description`` is formatted with ``photo`` and ``crf``; ``mos`` gives
+    a CRF's score (None: no score)."""
+    # Imported here: most users of this module make media only.
+    from cpllm_plugin.hashing import sha256_file
+    from cpllm_plugin.training.manifest import Item, write_manifest
+
+    items = []
+    for photo in photos:
+        frames = pan_frames(n, height, width, photo)
+        for crf in crfs:
+            p = write_video(folder / f"{photo}_{crf}.mp4", frames, crf=crf)
+            items.append(Item(path=p.name, source=photo, split="train", original=False,
+                              codec="libx264", crf=crf, sha256=sha256_file(p),
+                              mos=None if mos is None else mos(crf),
+                              description=description.format(photo=photo, crf=crf)))
+    return write_manifest(folder / "manifest.jsonl", items)
 
 
 def write_audio(path: Path, seconds: float = 0.5, rate: int = 16000) -> Path:

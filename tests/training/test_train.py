@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media import pan_frames, write_video
+from media import write_ladder
 from safetensors.torch import load_file
 
-from cpllm_plugin.hashing import sha256_file
 from cpllm_plugin.model import io
 from cpllm_plugin.preprocess import prepare
 from cpllm_plugin.training.dataset import PairSampler
@@ -35,16 +34,8 @@ CRFS = (15, 27, 39, 51)
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory) -> Path:
     """3 sources x 4 CRFs of 90x160 pans (8 frames), with descriptions; returns the manifest."""
-    root = tmp_path_factory.mktemp("ladder")
-    items = []
-    for photo in PHOTOS:
-        frames = pan_frames(8, 90, 160, photo)
-        for crf in CRFS:
-            p = write_video(root / f"{photo}_{crf}.mp4", frames, crf=crf)
-            items.append(Item(path=p.name, source=photo, split="train", original=False,
-                              codec="libx264", crf=crf, sha256=sha256_file(p),
-                              description=f"A slow pan across a {photo} photo. CRF {crf}."))
-    return write_manifest(root / "manifest.jsonl", items)
+    return write_ladder(tmp_path_factory.mktemp("ladder"), PHOTOS, CRFS, 8, 90, 160,
+                        "A slow pan across a {photo} photo. CRF {crf}.")
 
 
 def _config(manifest: Path, out: Path, *sets: str):
