@@ -23,6 +23,22 @@ def font(size: int):
         return ImageFont.load_default()
 
 
+def scale(box: tuple[float, float, float, float], crfs, values, pad: float, least: float):
+    """Map ``(CRF, value)`` into the pixel box ``(x0, y0, x1, y1)``: one CRF of room beyond
+    the data on each side, and the values' span padded by ``pad`` of itself (at least
+    ``least``) so no point sits on the frame. Returns ``(px, (cx0, cx1, sy0, sy1))``."""
+    x0, y0, x1, y1 = box
+    cx0, cx1 = min(crfs) - 1, max(crfs) + 1
+    margin = max((max(values) - min(values)) * pad, least)
+    sy0, sy1 = min(values) - margin, max(values) + margin
+
+    def px(c: float, s: float) -> tuple[float, float]:
+        return (x0 + (c - cx0) / (cx1 - cx0) * (x1 - x0),
+                y1 - (s - sy0) / (sy1 - sy0) * (y1 - y0))
+
+    return px, (cx0, cx1, sy0, sy1)
+
+
 def plot_ladder(result, path: str | os.PathLike, title: str = "",
                 size: tuple[int, int] = (900, 520)) -> Path:
     """Write a PNG of a :class:`~cpllm_plugin.integrations.ladder.Pick`'s probes.
@@ -43,13 +59,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     on_vmaf = result.target.measure == "vmaf"  # the target is a VMAF level, not a score
     scores = [p.score for p in probes] + [result.source_score] + (
         [] if on_vmaf else [result.target.value])
-    cx0, cx1 = min(crfs) - 1, max(crfs) + 1
-    pad = max((max(scores) - min(scores)) * 0.1, 0.05)
-    sy0, sy1 = min(scores) - pad, max(scores) + pad
-
-    def px(c: float, s: float) -> tuple[float, float]:
-        return (x0 + (c - cx0) / (cx1 - cx0) * (x1 - x0),
-                y1 - (s - sy0) / (sy1 - sy0) * (y1 - y0))
+    px, (cx0, cx1, sy0, sy1) = scale((x0, y0, x1, y1), crfs, scores, 0.1, 0.05)
 
     def pv(c: float, v: float) -> tuple[float, float]:
         return px(c, 0)[0], y1 - v / 100 * (y1 - y0)

@@ -551,6 +551,7 @@ def plot_scores(result: dict, path: str | os.PathLike, size: tuple[int, int] = (
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     from cpllm_plugin.integrations.plot import font as _font
+    from cpllm_plugin.integrations.plot import scale
 
     font, small = _font(15), _font(12)
     left, right, top, bottom = 70, 230, 48, 58
@@ -564,14 +565,7 @@ def plot_scores(result: dict, path: str | os.PathLike, size: tuple[int, int] = (
         return Path(path)
     crfs = [c for pts in lines.values() for c, _ in pts]
     ys = [s for pts in lines.values() for _, s in pts]
-    cx0, cx1 = min(crfs) - 1, max(crfs) + 1
-    pad = max((max(ys) - min(ys)) * 0.08, 0.02)
-    sy0, sy1 = min(ys) - pad, max(ys) + pad
-
-    def px(c: float, s: float) -> tuple[float, float]:
-        return (x0 + (c - cx0) / (cx1 - cx0) * (x1 - x0),
-                y1 - (s - sy0) / (sy1 - sy0) * (y1 - y0))
-
+    px, (cx0, cx1, sy0, sy1) = scale((x0, y0, x1, y1), crfs, ys, 0.08, 0.02)
     grid = (225, 225, 225)
     for t in _ticks(sy0, sy1):
         y = px(cx0, t)[1]
