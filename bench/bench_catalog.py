@@ -31,6 +31,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--codec", default="libx264",
                     help="The ladders' encoder (libx264, libx265, libsvtav1); same inputs.")
+    ap.add_argument("--levels", help="The ladders' CRFs, comma-separated (default: "
+                    f"{','.join(map(str, cat.LEVELS))}); the report keeps the inputs whose "
+                    "ladder has every one of them.")
+    ap.add_argument("--only", help="Dev source ids, comma-separated: their masters, uploads "
+                    "and degraded originals alone (a subset for a slow encoder).")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
@@ -41,16 +46,25 @@ def main() -> None:
     a = ap.parse_args()
     print(json.dumps(describe()))
     scorer = lad.Scorer(a.model)
+    levels = tuple(int(v) for v in a.levels.split(",")) if a.levels else cat.LEVELS
+    only = a.only.split(",") if a.only else None
     t0 = time.perf_counter()
     if a.report_only:
         inputs, rows = (cat.read_jsonl(a.data / f)
                         for f in ("inputs.jsonl", cat.ladder_file(a.codec)))
     else:
-        inputs, rows = cat.build(a.data, scorer, jobs=a.jobs, codec=a.codec)
+        inputs, rows = cat.build(a.data, scorer, levels, jobs=a.jobs, only=only,
+                                 codec=a.codec)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} {a.codec} ladder rows")
     if a.build_only:
         return
+    if only:
+        inputs = [i for i in inputs if i["source"] in only]
+    have: dict[str, set] = {}
+    for r in rows:
+        have.setdefault(r["id"], set()).add(r["crf"])
+    inputs = [i for i in inputs if set(levels) <= have.get(i["id"], set())]
     cs = cat.curves(inputs, rows)
     lost = [c for c in cs if not c.reachable]
     cs = [c for c in cs if c.reachable]
