@@ -175,7 +175,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         jobs: ffmpeg processes at a time (one thread each).
         ffmpeg: the ffmpeg binary (needs libvmaf).
         progress: True for lines on stderr, or a callable taking a line.
-        only: build only these source ids (tests; default every dev source).
+        only: measure only the inputs made from these dev sources (masters, their degraded
+            originals and uploads; the same inputs as in the whole catalog).
         codec: the ladders' encoder (its default preset); the inputs are the same for all.
     """
     from cpllm_plugin.console import progress_printer
@@ -189,8 +190,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     data = Path(data)
     ffmpeg = find_ffmpeg(ffmpeg)
     dev = sorted(k for k, v in read_split().items() if v == "dev")
-    if only is not None:
-        dev = [d for d in dev if d in set(only)]
+    keep = set(only) if only is not None else None
     items = build_corpus(data / "corpus", only=dev, ffmpeg=ffmpeg, progress=say)
     corpus = (data / "corpus").resolve()
     origin = {i.source: corpus / i.path for i in items if i.split == "dev"}
@@ -209,7 +209,10 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
             masters.append(row)
             inputs.append({**row, "id": i.source, "kind": "master", "master": row["path"]})
     by_source = {m["source"]: m for m in masters}
+    # The plan runs over every master, so a subset has the same uploads as the whole catalog.
     for up in upload_plan(masters):
+        if keep is not None and up["source"] not in keep:
+            continue
         m = by_source[up["source"]]
         out = data / "uploads" / f"{up['id']}.mp4"
         if not out.is_file():
@@ -217,6 +220,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
             make_upload(Path(m["path"]), out, up, m["width"], m["height"], ffmpeg)
         inputs.append({**up, "path": str(out.resolve()), "master": m["path"]})
 
+    if keep is not None:
+        inputs = [i for i in inputs if i["source"] in keep]
     book = _Rows(data / "inputs.jsonl", lambda r: (r["id"],))
     ladder = _Rows(data / ladder_file(codec), lambda r: (r["id"], r["crf"]))
     work = data / "work"
