@@ -536,6 +536,12 @@ class Ladder:
             return None
         return stats(self.source.path, [(s.start, s.duration) for s in self.samples]).kbps
 
+    def input_noise(self) -> float:
+        """The input's luma noise inside the samples (:func:`.stream.noise`)."""
+        from .stream import noise
+
+        return noise(self.source.path, [(s.start, s.duration) for s in self.samples])
+
     def raw_bytes(self) -> int:
         """Bytes the reference samples take uncompressed, estimated on the safe side (4:4:4
         and the input's size: a --vfilter usually scales down)."""
@@ -698,6 +704,12 @@ AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 1.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 90.0  # never below this: what still shows of the master must be kept
+# A noisy input is lowered too: re-encoding smooths noise away, and VMAF against the input
+# counts that as loss although the master under the noise is what a viewer saw. Real film
+# grain of the dev masters reads below AUTO_NOISE; the catalog's noisy copies above it.
+AUTO_NOISE = 6.0  # luma noise (stream.sigma, 8-bit units) where an input counts as noisy
+AUTO_NOISE_STEP = 2.5  # VMAF the level gives up per unit of noise beyond AUTO_NOISE
+AUTO_NOISE_FLOOR = 75.0
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -712,21 +724,27 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     return float((math.log(input_rate) - icpt) / slope)
 
 
-def auto_level(gap: float | None, at: float = AUTO_GAP, step: float = AUTO_STEP,
-               floor: float = AUTO_FLOOR) -> float:
+def auto_level(gap: float | None, noise: float | None = None, at: float = AUTO_GAP,
+               step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
+               noisy: float = AUTO_NOISE, noise_step: float = AUTO_NOISE_STEP,
+               noise_floor: float = AUTO_NOISE_FLOOR) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
-    above its VMAF-95 crossing (None: unknown, the input is treated as a master). ``at``,
-    ``step``, ``floor``: the constants, overridden only by benchmark sweeps."""
-    if gap is None or gap <= at:
-        return AUTO_LEVEL
-    return max(floor, AUTO_LEVEL - step * (gap - at))
+    above its VMAF-95 crossing (None: unknown, the input is treated as a master) and whose
+    luma noise is ``noise`` (None: not measured). The lower of the two levels wins. The
+    other arguments are the constants, overridden only by benchmark sweeps."""
+    level = AUTO_LEVEL
+    if gap is not None and gap > at:
+        level = max(floor, AUTO_LEVEL - step * (gap - at))
+    if noise is not None and noise > noisy:
+        level = min(level, max(noise_floor, AUTO_LEVEL - noise_step * (noise - noisy)))
+    return level
 
 
 def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
-    matches a re-encode well above that crossing), the search again at the lower
-    :func:`auto_level`."""
+    matches a re-encode well above that crossing) or as noisy (:meth:`Ladder.input_noise`),
+    the search again at the lower :func:`auto_level`."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -741,10 +759,15 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
         {c: p.kbps for c, p in ladder.probes.items()}, input_kbps)
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
-    level = auto_level(gap)
-    why = ("input reads as a master" if level == AUTO_LEVEL else
-           f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} above "
-           "the VMAF-95 crossing)")
+    sigma = ladder.input_noise()
+    level = auto_level(gap, sigma)
+    if level == AUTO_LEVEL:
+        why = "input reads as a master"
+    elif auto_level(gap) == level:
+        why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
+               "above the VMAF-95 crossing)")
+    else:
+        why = f"input reads as noisy (luma noise {sigma:.1f}; the master is under it)"
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     if level == AUTO_LEVEL:

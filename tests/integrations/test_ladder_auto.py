@@ -73,3 +73,14 @@ def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upl
                     *lad.Settings().args(auto.crf, 2), str(out)], check=True)
     kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
     assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
+
+
+def test_auto_level_lowers_noisy_inputs_and_keeps_the_lower_level():
+    assert lad.auto_level(None, 0.5) == lad.auto_level(None, lad.AUTO_NOISE) == 95
+    noisy = lad.auto_level(None, lad.AUTO_NOISE + 2)
+    assert noisy == pytest.approx(95 - 2 * lad.AUTO_NOISE_STEP)
+    assert lad.auto_level(None, 100) == lad.AUTO_NOISE_FLOOR
+    # An earlier encode that is also noisy gets the lower of the two levels.
+    enc = lad.auto_level(lad.AUTO_GAP + 4)
+    assert lad.auto_level(lad.AUTO_GAP + 4, lad.AUTO_NOISE + 2) == min(enc, noisy)
+    assert lad.auto_level(lad.AUTO_GAP + 4, 0.0) == enc

@@ -3,6 +3,7 @@
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cpllm_plugin.integrations import stream
@@ -46,3 +47,24 @@ def test_windows_count_only_their_packets(encodes):
 def test_other_codecs_give_bitrate_without_quantiser(encodes):
     s = stream.stats(encodes["hevc"], quantiser=True)
     assert s.codec == "hevc" and s.qp is None and s.kbps > 0
+
+
+def test_sigma_reads_white_noise_and_ignores_planes_and_edges():
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(120.0), np.arange(160.0)) / 2  # a smooth gradient
+    edge = np.where(np.arange(160) < 80, 40.0, 200.0)[None].repeat(120, 0)  # a straight edge
+    assert stream.sigma(ramp) < 0.01
+    assert stream.sigma(edge) < 2.5  # only the edge's one column responds
+    for s in (4.0, 10.0, 16.0):
+        noisy = np.clip(128 + rng.normal(0, s, (240, 320)), 0, 255)
+        assert stream.sigma(noisy) == pytest.approx(s, rel=0.1)
+
+
+def test_noise_tells_a_noisy_copy_from_its_clip(encodes, ffmpeg_exe, tmp_path):
+    # The catalog's noisy upload: temporal noise on the clip, kept at a high quality.
+    noisy = _encode(ffmpeg_exe, tmp_path / "n.mp4", "-vf", "noise=alls=16:allf=t",
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "16")
+    clean = stream.noise(encodes["crf20"])
+    assert clean < 3 < 6 < stream.noise(noisy)
+    # Windows: frames inside them only, still the same reading.
+    assert stream.noise(noisy, [(0.5, 1.0)]) == pytest.approx(stream.noise(noisy), rel=0.2)
