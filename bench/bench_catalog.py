@@ -50,8 +50,7 @@ def main() -> None:
     only = a.only.split(",") if a.only else None
     t0 = time.perf_counter()
     if a.report_only:
-        inputs, rows = (cat.read_jsonl(a.data / f)
-                        for f in ("inputs.jsonl", cat.ladder_file(a.codec)))
+        inputs, rows = cat.with_noise(a.data), cat.read_jsonl(a.data / cat.ladder_file(a.codec))
     else:
         inputs, rows = cat.build(a.data, scorer, levels, jobs=a.jobs, only=only,
                                  codec=a.codec)
@@ -88,6 +87,9 @@ def policies(scorer) -> tuple[dict, dict]:
     }
     sweeps = {
         "auto": [(f"gap {g:g}", cat.auto_rule(gap=g)) for g in (0, 0.5, 1, 1.5, 2, 3, 5, 8)],
+        "auto, noise threshold": [(f"noise {n:g}", cat.auto_rule(noisy=n))
+                                  for n in (3, 4, 5, 6, 7, 8, 10)]
+                                 + [("no noise", cat.auto_rule(noise=False))],
         "fixed CRF": [(f"{c}", cat.fixed(c)) for c in range(15, 52)],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],

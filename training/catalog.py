@@ -181,6 +181,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     """
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
+    from cpllm_plugin.integrations.stream import noise
     from cpllm_plugin.video import probe
 
     from .corpus import build_corpus, read_split
@@ -235,7 +236,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         book.add({**inp, "width": info.width, "height": info.height, "fps": info.fps,
                   "frames": info.frame_count, "duration": info.duration,
                   "codec": info.codec, "bytes": Path(inp["path"]).stat().st_size,
-                  "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores]})
+                  "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores],
+                  "noise": round(noise(inp["path"]), 3)})
 
     def rung(inp: dict, crf: int) -> None:
         out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
@@ -253,8 +255,10 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
     firsts = [(measure_input, (i,)) for i in inputs if (i["id"],) not in book.done]
     rungs = [(rung, (i, c)) for i in inputs for c in levels if (i["id"], c) not in ladder.done]
-    # Rungs in a shuffled order, so a partial catalog already spans every kind.
-    np.random.default_rng(0).shuffle(rungs)
+    # The whole catalog in a shuffled order, so a partial one already spans every kind; a
+    # subset input by input, so whole ladders are ready early (a report needs whole ones).
+    if keep is None:
+        np.random.default_rng(0).shuffle(rungs)
     todo = firsts + rungs
     total = len(inputs) * (1 + len(levels))
     say(f"catalog: {len(inputs)} inputs ({sum(i['kind'] == 'master' for i in inputs)} "
@@ -270,7 +274,22 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, todo))
-    return read_jsonl(data / "inputs.jsonl"), read_jsonl(data / ladder_file(codec))
+    return with_noise(data), read_jsonl(data / ladder_file(codec))
+
+
+def with_noise(data: str | os.PathLike) -> list[dict]:
+    """The catalog's inputs, each with its luma ``noise`` (what ``auto`` mode reads); inputs
+    measured before the field existed get it now, and the file is rewritten once."""
+    from cpllm_plugin.files import write_atomic
+    from cpllm_plugin.integrations.stream import noise
+
+    path = Path(data) / "inputs.jsonl"
+    rows = read_jsonl(path)
+    if all("noise" in r for r in rows):
+        return rows
+    rows = [r if "noise" in r else {**r, "noise": round(noise(r["path"]), 3)} for r in rows]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 # --- replaying policies -----------------------------------------------------------------
@@ -496,14 +515,17 @@ def score_linear(calibration: dict[float, float], level: float, margin: float,
 
 
 def auto_rule(gap: float | None = None, step: float | None = None,
-              floor: float | None = None) -> Policy:
+              floor: float | None = None, noisy: float | None = None,
+              noise: bool = True) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, and the search again at the lowered level.
-    ``gap``, ``step``, ``floor``: override the shipped constants (sweeps)."""
+    ``gap``, ``step``, ``floor``, ``noisy``: override the shipped constants (sweeps);
+    ``noise=False`` replays the rule without the input's noise."""
     from cpllm_plugin.integrations import ladder as lad
 
-    over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor)) if v is not None}
+    over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),
+                              ("noisy", noisy)) if v is not None}
 
     def policy(c: Curve) -> int | None:
         c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
@@ -511,7 +533,8 @@ def auto_rule(gap: float | None = None, step: float | None = None,
         near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
         ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
                                  float(c.info["bytes"]))
-        level = lad.auto_level(None if ceq is None else ceq - ref, **over)
+        level = lad.auto_level(None if ceq is None else ceq - ref,
+                               c.info.get("noise") if noise else None, **over)
         if level == lad.AUTO_LEVEL:
             return c95
         return highest_meeting(c.crfs, c.vi, level)
