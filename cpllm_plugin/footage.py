@@ -222,6 +222,9 @@ PIXEL_FEATURES = (
     "hard_edges",       # share of strong edges among all edges (text, UI, pixel art)
     "saturation",       # mean chroma (cartoons, games)
     "log_detail",       # log of the mean gradient (texture)
+    "log_noise",        # log of the fine noise (sensor noise and grain: camera, not CGI)
+    "edge_sparsity",    # share of gradient energy in the strongest 5% of pixels (drawn edges)
+    "log_colours",      # log of the distinct colours (5 bits a channel) per 1000 pixels
 )
 WORK = 160  # short side of the motion analysis, px: small enough to cost milliseconds
 
@@ -322,7 +325,7 @@ def _pair_motion(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, flo
 
 
 def pixel_stats(frames: np.ndarray) -> np.ndarray:
-    """:data:`PIXEL_FEATURES` of key frames ``(M, H, W, 3)`` uint8, as float64 ``(12,)``."""
+    """:data:`PIXEL_FEATURES` of key frames ``(M, H, W, 3)`` uint8, as float64."""
     frames = np.asarray(frames)
     small = [_luma(_shrink(f, WORK)) for f in frames]
     pairs = [_pair_motion(a, b) for a, b in zip(small, small[1:])]
@@ -338,8 +341,18 @@ def pixel_stats(frames: np.ndarray) -> np.ndarray:
     # Between two equal pictures the phase peak lands anywhere: no motion to report.
     motion = float(np.median(mv[moving])) if moving.any() else 0.0
 
-    mid = frames[len(frames) // 2]
-    img = _shrink(mid, 360)
+    # Spatial statistics: the mean over every key frame, so one odd frame weighs little.
+    spatial = np.mean([_spatial(f) for f in frames], axis=0)
+    return np.concatenate([[still, cut, math.log1p(float(np.median(d))),
+                            math.log1p(float(np.median(r))), ratio, misfit,
+                            math.log1p(motion)], spatial])
+
+
+_NOISE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def _spatial(frame: np.ndarray) -> np.ndarray:
+    img = _shrink(frame, 360)
     y = _luma(img)
     gy, gx = np.abs(np.diff(y, axis=0))[:, :-1], np.abs(np.diff(y, axis=1))[:-1]
     grad = np.maximum(gy, gx)
@@ -351,10 +364,17 @@ def pixel_stats(frames: np.ndarray) -> np.ndarray:
     counts = np.bincount(codes.ravel(), minlength=4096)
     top = float(np.sort(counts)[-8:].sum() / codes.size)
     sat = float((img.max(axis=-1) - img.min(axis=-1)).mean() / 255.0)
-    return np.array([still, cut, math.log1p(float(np.median(d))),
-                     math.log1p(float(np.median(r))), ratio, misfit,
-                     math.log1p(motion), flat, top, hard, sat,
-                     math.log1p(float(grad.mean()))], np.float64)
+    # Immerkaer's estimate: the Laplacian-difference mask cancels smooth structure and
+    # keeps pixel noise (on the frame at most 360 px high, where most grain survives).
+    h, w = y.shape
+    lap = sum(_NOISE[i, j] * y[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
+    noise = float(np.sqrt(np.pi / 2) * np.abs(lap).mean() / 6)
+    flat_g = np.sort(grad.ravel())
+    sparsity = float(flat_g[-max(1, len(flat_g) // 20):].sum() / max(flat_g.sum(), 1e-6))
+    q5 = (np.clip(img, 0, 255).astype(np.uint8) >> 3).astype(np.int32)
+    distinct = len(np.unique((q5[..., 0] << 10) | (q5[..., 1] << 5) | q5[..., 2]))
+    return np.array([flat, top, hard, sat, math.log1p(float(grad.mean())), math.log1p(noise),
+                     sparsity, math.log1p(1000 * distinct / y.size)], np.float64)
 
 
 def decoder_frame(m: int) -> int:
@@ -365,12 +385,16 @@ def decoder_frame(m: int) -> int:
     return int(key_frame_indices(m, 1)[0])
 
 
+def pooled(context) -> np.ndarray:
+    """Tokens ``(F, Th, Ch)`` (or ``(Th, Ch)``) averaged to ``(Ch,)``."""
+    ctx = np.asarray(context, np.float64)
+    return ctx.reshape(-1, ctx.shape[-1]).mean(axis=0)
+
+
 def features(frames: np.ndarray, context: np.ndarray) -> np.ndarray:
     """The head's input: pooled tokens ``context`` ``(F, Th, Ch)`` (or ``(Th, Ch)``) of the
     decoder's key frame, then :func:`pixel_stats` of all key frames."""
-    ctx = np.asarray(context, np.float64)
-    pooled = ctx.reshape(-1, ctx.shape[-1]).mean(axis=0)
-    return np.concatenate([pooled, pixel_stats(frames)])
+    return np.concatenate([pooled(context), pixel_stats(frames)])
 
 
 def _check(model, frames, head: Head | None) -> np.ndarray:
@@ -390,9 +414,9 @@ def _check(model, frames, head: Head | None) -> np.ndarray:
     return frames
 
 
-def video_features(model, frames: np.ndarray, context=None) -> np.ndarray:
-    """The head's input for key frames ``frames`` of ``model`` (torch backend): what
-    :func:`guess` classifies, and what ``cpllm_plugin.training.kinds`` trains on."""
+def decoder_context(model, frames: np.ndarray, context=None) -> np.ndarray:
+    """Pooled high-level tokens ``(Ch,)`` of the decoder's key frame of ``frames`` (encoded
+    here unless ``context``, the tokens of every key frame or of that one, is given)."""
     frames = _check(model, frames, None)
     i = decoder_frame(len(frames))
     if context is None:
@@ -406,7 +430,14 @@ def video_features(model, frames: np.ndarray, context=None) -> np.ndarray:
     ctx = np.asarray(ctx)
     if ctx.ndim == 3 and len(ctx) == len(frames) and len(frames) > 1:
         ctx = ctx[i:i + 1]  # the tokens of every key frame: keep the decoder's
-    return features(frames, ctx)
+    return pooled(ctx)
+
+
+def video_features(model, frames: np.ndarray, context=None) -> np.ndarray:
+    """The head's input for key frames ``frames`` of ``model`` (torch backend): what
+    :func:`guess` classifies, and (in its two parts) what ``cpllm_plugin.training.kinds``
+    trains on."""
+    return np.concatenate([decoder_context(model, frames, context), pixel_stats(frames)])
 
 
 def guess(model, frames: np.ndarray, context=None) -> KindGuess | None:

@@ -41,7 +41,8 @@ from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 
-STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "codecs", "eval")
+STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "kinds", "codecs",
+          "eval")
 MODEL_STAGES = ("cache", "train", "text", "ship")  # their cost depends on the model trained
 TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
 # Evaluation-only ladders of the other encoders: four levels from about VMAF 95 down over each
@@ -406,6 +407,21 @@ def stage_ship(r: Recipe, say) -> dict:
             "parity": manifest["precisions"]["fp32"]["max_abs_diff"]}
 
 
+def stage_kinds(r: Recipe, say) -> dict:
+    """The kind-of-footage head (``kind.json``) of the shipped model, after ``ship`` wrote the
+    directory it goes into (training/kinds.py)."""
+    from .kinds import KindsError, build
+
+    try:
+        rep = build(r.corpus, r.out, r.data / "kinds", model=str(r.out), progress=say)
+    except KindsError as exc:  # a corpus of one kind (tests, a user's own footage)
+        say(f"kinds: skipped: {exc}")
+        return {"skipped": str(exc)}
+    return {"cv_named": round(rep["cv"]["balanced_named"], 3),
+            "cv_right": round(rep["cv"]["balanced_right"], 3),
+            "steps_s": {k: round(v, 1) for k, v in rep["cost_s"].items()}}
+
+
 def stage_eval(r: Recipe, say) -> dict:
     from ..model import io
     from .cached import describe_agreement
@@ -504,7 +520,7 @@ def _calibrate(model_dir: Path, anchors: dict, drops: dict | None = None) -> Non
 
 RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
        "cache": stage_cache, "train": stage_train, "text": stage_text, "ship": stage_ship,
-       "codecs": stage_codecs, "eval": stage_eval}
+       "kinds": stage_kinds, "codecs": stage_codecs, "eval": stage_eval}
 
 
 def run(r: Recipe, stages: tuple[str, ...] = STAGES,
