@@ -217,6 +217,8 @@ PIXEL_FEATURES = (
     "rigid_ratio",      # residual / difference: near 0 for a pan over a still
     "block_misfit",     # how far blocks move off the global motion (parallax, objects), px
     "log_motion",       # log of the global motion, px at the working size
+    "colour_change",    # median change of the colour histogram between key frames (cuts)
+    "colour_jump",      # the largest such change: a new picture, not the same scene moving
     "flat",             # share of pixels in flat areas (screens, drawn content)
     "top_colours",      # share of pixels in the 8 commonest colours (screens, pixel art)
     "hard_edges",       # share of strong edges among all edges (text, UI, pixel art)
@@ -341,11 +343,22 @@ def pixel_stats(frames: np.ndarray) -> np.ndarray:
     # Between two equal pictures the phase peak lands anywhere: no motion to report.
     motion = float(np.median(mv[moving])) if moving.any() else 0.0
 
+    # A cut to another photo changes the colours; a shaky or busy shot of one scene does not.
+    hists = [_colours(f) for f in frames]
+    change = [float(np.abs(a - b).sum() / 2) for a, b in zip(hists, hists[1:])] or [0.0]
     # Spatial statistics: the mean over every key frame, so one odd frame weighs little.
     spatial = np.mean([_spatial(f) for f in frames], axis=0)
     return np.concatenate([[still, cut, math.log1p(float(np.median(d))),
                             math.log1p(float(np.median(r))), ratio, misfit,
-                            math.log1p(motion)], spatial])
+                            math.log1p(motion), float(np.median(change)), max(change)],
+                           spatial])
+
+
+def _colours(frame: np.ndarray) -> np.ndarray:
+    """Normalised histogram of a frame's colours, 3 bits a channel, at most 90 px high."""
+    q = (np.clip(_shrink(frame, 90), 0, 255).astype(np.uint8) >> 5).astype(np.int32)
+    h = np.bincount(((q[..., 0] << 6) | (q[..., 1] << 3) | q[..., 2]).ravel(), minlength=512)
+    return h / h.sum()
 
 
 _NOISE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)

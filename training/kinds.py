@@ -14,7 +14,9 @@ Steps, each resumable (files under ``--work``, default ``CORPUS/kinds``):
 3. fit: softmax regression with L2 on train sources only, class-balanced, on the main
    principal components of the encoder channels and the pixel statistics; the number of
    components, the L2 strength and the confidence threshold are chosen by cross-validation
-   grouped by source content
+   grouped by source content: the setting with the best class-balanced log-loss, then the
+   lowest threshold at which at least 90% of the named are right, counted per video and
+   class-balanced
    (a degraded original with its parent, photos shared by a pan and a slideshow), never on
    dev.
 
@@ -51,8 +53,8 @@ DEV_VARIANTS = (("orig", None, 1), ("crf30", 30, 1), ("crf42", 42, 1))
 # Train variants encode at veryfast (a quarter of medium's time on 2 cores); dev keeps the
 # table's preset, so the dev numbers are on encodes the head was not tuned to.
 TRAIN_PRESET = "veryfast"
-LAMBDAS = (3.0, 10.0, 30.0, 100.0)
-COMPONENTS = (16, 32)  # principal components of the encoder channels the fit sees
+LAMBDAS = (3.0, 10.0, 30.0, 100.0, 300.0)
+COMPONENTS = (8, 16, 32)  # principal components of the encoder channels the fit sees
 TARGET = 0.9  # right among the named, class-balanced, out of fold
 FOLDS = 5
 
@@ -389,18 +391,25 @@ def train(X: np.ndarray, videos: Sequence[Video], context_dim: int,
             P = out_of_fold(X, y, groups, len(classes), lam, k, context_dim)
             nll = float(-(w * np.log(P[np.arange(len(y)), y] + 1e-12)).sum() / w.sum())
             acc = float((w * (P.argmax(axis=1) == y)).sum() / w.sum())
-            scores[(k, lam)] = (nll, acc, P)
+            thr = choose_threshold(P, y, w)
+            scores[(k, lam)] = (nll, acc, P, thr)
             say(f"cv: {k} components, lambda {lam:g}: balanced log-loss {nll:.3f}, "
-                f"balanced accuracy {acc:.3f}")
+                f"balanced accuracy {acc:.3f}; at threshold {thr[0]:.3f} named {thr[1]:.1%} "
+                f"(balanced), right {thr[2]:.1%}")
+    # The setting with the best log-loss (a proper score, so it rewards honest
+    # probabilities), then its own threshold. Picking the setting that names the most at
+    # the target instead takes the luckiest of 15 threshold estimates: on train it named
+    # more, on dev its named were right 83% of the time (docs/model-card.md).
     k, lam = min(scores, key=lambda key: scores[key][0])
     P = scores[(k, lam)][2]
-    threshold, named, right = choose_threshold(P, y, w)
+    threshold, named, right = scores[(k, lam)][3]
     say(f"cv: {k} components, lambda {lam:g}, threshold {threshold:.3f}: named {named:.1%} "
         f"(balanced), right {right:.1%} of those named")
     mean, scale, W, b = fit_head(X, y, w, len(classes), lam, k, context_dim)
     cv = {"components": k, "lambda": lam, "threshold": threshold, "balanced_named": named,
           "balanced_right": right, "per_kind": summary(P, y, classes, threshold),
-          "grid": {f"{kk}/{ll:g}": {"log_loss": v[0], "accuracy": v[1]}
+          "grid": {f"{kk}/{ll:g}": {"log_loss": v[0], "accuracy": v[1], "threshold": v[3][0],
+                                     "named": v[3][1], "right": v[3][2]}
                    for (kk, ll), v in scores.items()}}
     return classes, mean, scale, W, b, threshold, (k, lam), cv
 
