@@ -126,3 +126,17 @@ def test_an_empty_corpus_is_named(tmp_path):
     write_manifest(tmp_path / "sources.jsonl", [])
     with pytest.raises(kinds.KindsError, match="build the corpus first"):
         kinds.plan(tmp_path, tmp_path / "kinds")
+
+
+def test_the_recipe_stage_skips_a_corpus_of_one_kind(tmp_path):
+    from cpllm_plugin.training import recipe as rc
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_manifest(corpus / "sources.jsonl", [
+        Item("originals/a.mp4", "a", split="train", original=True, tag="photo pan: a"),
+        Item("originals/b.mp4", "b", split="train", original=True, tag="photo pan: b")])
+    lines = []
+    out = rc.stage_kinds(rc.Recipe(data=tmp_path, out=tmp_path / "model"), lines.append)
+    assert "two kinds of footage" in out["skipped"] and not (tmp_path / "model").exists()
+    assert "kinds" in rc.STAGES and rc.STAGES.index("kinds") > rc.STAGES.index("ship")
