@@ -91,11 +91,13 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Frames:
-    """Key frames of a source: ``frames (M, H, W, 3)``, their indices and timestamps."""
+    """Key frames of a source: ``frames (M, H, W, 3)``, their indices and timestamps, and
+    the frame rate (the file's, or the ``fps`` given with an array; None when unknown)."""
 
     frames: np.ndarray
     indices: np.ndarray
     timestamps: np.ndarray | None
+    fps: float | None = None
 
 
 class Model:
@@ -126,11 +128,11 @@ class Model:
             from .video import read_key_frames
 
             k = read_key_frames(source, count)
-            return Frames(k.frames, k.indices, k.timestamps)
+            return Frames(k.frames, k.indices, k.timestamps, k.info.fps or None)
         frames = preprocess.as_frames(source, where)
         idx = preprocess.key_frame_indices(len(frames), count)
         ts = None if fps is None else idx / float(fps)
-        return Frames(frames[idx], idx, ts)
+        return Frames(frames[idx], idx, ts, None if fps is None else float(fps))
 
     def score(self, source: Any, key_frames: int | None = None,
               fps: float | None = None) -> ScoreResult:
@@ -274,36 +276,123 @@ def _decoder_inputs(m: Model, k: Frames, facts: bool = True):
                                    torch.from_numpy(x.patches).to(dev), size)
 
 
-def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
-             key_frames: int | None = None, max_new_tokens: int | None = None) -> Description:
-    """The paper's three-sentence description (content, style, technical quality) and score.
+@dataclass(frozen=True)
+class Seen:
+    """What describe() knows of one video besides its score, for its first two sentences.
 
-    Runs in torch with the Gemma decoder (extra ``describe``). Arguments as in :func:`score`.
+    Attributes:
+        width, height, fps: the frames' size and the frame rate (None: unknown).
+        kind: the kind of footage (a key of ``footage.KINDS``) when the kind head is
+            confident, else None.
+        guess: the kind head's whole answer (None for a model without one).
+        content: ``(1000,)`` mean ImageNet probabilities of the key frames, or None.
+    """
+
+    width: int
+    height: int
+    fps: float | None
+    kind: str | None
+    guess: Any
+    content: np.ndarray | None
+
+
+def _look(m: Model, k: Frames) -> tuple[ScoreResult, Seen, Any, Any]:
+    """Score the key frames and learn their facts in one pass over the encoders: the
+    result (the same numbers as :meth:`Model.score_key_frames`: the same batches through
+    the same calls), the :class:`Seen` facts, the decoder's visual tokens and its prompt
+    facts."""
+    from . import footage
+
+    x = preprocess.prepare(k.frames, m.config, workers=_WORKERS)
+    be, net = m.backend, m.backend.net
+    torch = be.torch
+    context, tokens, scores = [], [], []
+    with be._lock, torch.inference_mode():
+        for i in range(0, len(x.views), be.batch_size):
+            c = net.scorer.context(torch.from_numpy(x.views[i:i + be.batch_size]).to(be.device))
+            u, v = net.scorer.embed(
+                c, torch.from_numpy(x.patches[i:i + be.batch_size]).to(be.device))
+            scores.append(net.scorer.head_score(u, v).double().cpu().numpy())
+            context.append(c)
+            tokens.append(torch.cat([u, v], dim=1))
+        context, tokens = torch.cat(context), torch.cat(tokens)
+        sub = torch.from_numpy(preprocess.key_frame_indices(len(k.frames),
+                                                            m.config.decoder_frames))
+        visual = tokens[sub].reshape(1, -1, tokens.shape[-1])
+        h, w = k.frames.shape[1:3]
+        prompt_facts = net.facts(w, h, context[sub]) if m.config.facts_prompt else None
+        prob = net.content_probabilities(k.frames)
+        guess = footage.guess(m, k.frames, context=context)
+    result = m._result(k, np.concatenate(scores))
+    content = None if prob is None else prob.float().mean(0).cpu().numpy()
+    seen = Seen(w, h, k.fps, getattr(guess, "kind", None), guess, content)
+    return result, seen, visual, prompt_facts
+
+
+def describe(frames: Any, model: str | Path | Model = DEFAULT_MODEL,
+             key_frames: int | None = None, max_new_tokens: int | None = None,
+             fps: float | None = None) -> Description:
+    """Three sentences (content, style, technical quality) and the score.
+
+    The first two are facts the pipeline knows: what the frozen encoder's ImageNet head is
+    confident the frames show (else what the kind of footage implies, else that the content
+    is not identified), then the kind of footage (named only when the kind head is
+    confident) and the format: resolution class, orientation and frame rate (``fps`` for
+    arrays; a file's own rate). The third is the Gemma decoder's, after the first two: the
+    opener "Its technical quality is", the quality word it chooses by its logits, and its
+    own words, kept only when every word is a real one (else the plain sentence of the
+    score's band). Runs in torch (extra ``describe``). Arguments as in :func:`score`.
     """
     _check_path(frames, "describe()")
     m = load_model(model, "torch", decoder=True)
-    k = m.key_frames(frames, key_frames, where="describe()")
-    result = m.score_key_frames(k)
-    visual, facts = _decoder_inputs(m, k)
-    text = m.backend.net.describe_text(visual, result.score, max_new_tokens=max_new_tokens,
-                                       facts=facts)
-    return Description(text, result)
+    k = m.key_frames(frames, key_frames, fps, where="describe()")
+    result, seen, visual, prompt_facts = _look(m, k)
+    first = _written(seen)
+    third = m.backend.net.quality_text(visual, result.score, " ".join(first), prompt_facts,
+                                       max_new_tokens=max_new_tokens)
+    return Description(" ".join([*first, third]), result)
+
+
+def _written(f: Seen) -> list[str]:
+    """The content and style sentences of :class:`Seen`."""
+    from . import footage, text
+
+    phrase = footage.KINDS.get(f.kind) if f.kind else None
+    return [text.content_sentence(f.content, f.kind),
+            text.style_sentence(f.width, f.height, f.fps, phrase)]
+
 
 
 def compare(a: Any, b: Any, model: str | Path | Model = DEFAULT_MODEL,
-            key_frames: int | None = None, max_new_tokens: int | None = None) -> Comparison:
+            key_frames: int | None = None, max_new_tokens: int | None = None,
+            fps: float | None = None) -> Comparison:
     """Which of two videos (or frame arrays) has better quality, in pairwise mode (Fig. 6).
 
-    The verdict comes from the quality head's scores; the decoder, fed both variants, writes
-    the explanation. Runs in torch with the Gemma decoder.
+    The verdict comes from the quality head's scores. The explanation states the scores,
+    their bands and the verdict, the two formats (``fps`` for arrays), and then the
+    decoder's sentence, fed both variants, when every word in it is real and it names the
+    same winner; else the plain sentence of the two bands. Runs in torch with the Gemma
+    decoder.
     """
+    from . import text
+
     _check_path(a, "compare(a)")
     _check_path(b, "compare(b)")
     m = load_model(model, "torch", decoder=True)
-    ka = m.key_frames(a, key_frames, where="compare(a)")
-    kb = m.key_frames(b, key_frames, where="compare(b)")
+    ka = m.key_frames(a, key_frames, fps, where="compare(a)")
+    kb = m.key_frames(b, key_frames, fps, where="compare(b)")
     ra, rb = m.score_key_frames(ka), m.score_key_frames(kb)
-    text = m.backend.net.generate_text(_decoder_inputs(m, ka, False)[0],
-                                       _decoder_inputs(m, kb, False)[0],
-                                       prompt=COMPARE_PROMPT, max_new_tokens=max_new_tokens)[0]
-    return Comparison("a" if ra.score >= rb.score else "b", ra, rb, text)
+    better = "a" if ra.score >= rb.score else "b"
+    # One sentence is all that can be kept, so the decoder stops after it.
+    said = m.backend.net.generate_text(_decoder_inputs(m, ka, False)[0],
+                                       _decoder_inputs(m, kb, False)[0], prompt=COMPARE_PROMPT,
+                                       max_new_tokens=max_new_tokens, sentences=1)[0]
+    known = m.backend.net.known_words()
+    keep = said and said.endswith((".", "!", "?")) and not text.non_words(said, known) \
+        and text.names_winner(said, better)
+    size = lambda k: (k.frames.shape[2], k.frames.shape[1], k.fps)  # noqa: E731
+    explanation = " ".join([text.verdict_sentence(ra.score, rb.score),
+                            text.formats_sentence(size(ka), size(kb)),
+                            said if keep else text.looks_sentence(ra.score, rb.score)])
+    return Comparison(better, ra, rb, explanation)
+

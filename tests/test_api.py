@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,78 @@ def test_cli_score_json_and_errors(clip):
     bad = runner.invoke(cli, ["score", "missing.mp4", "-m", "cpllm-tiny"])
     assert bad.exit_code == 1 and "error: score(): expected an existing video file" in bad.stderr
     assert runner.invoke(cli, ["score"]).exit_code == 2
+
+
+# --- describe and compare with the shipped model: every sentence true or not said ---------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return cp.load_model("cpllm-lite", "torch", decoder=True)
+
+
+def _screen_capture(n: int = 16, width: int = 720, height: int = 1280) -> np.ndarray:
+    """A phone-shaped screen recording: this package's source as light text on a dark
+    editor background, scrolling up a line every other frame."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=26)
+    lines = Path(api.__file__).read_text().splitlines()[:120]
+    step, out = 34, []
+    for i in range(n):
+        img = Image.new("RGB", (width, height), (30, 30, 36))
+        draw = ImageDraw.Draw(img)
+        for row, line in enumerate(lines[i // 2:i // 2 + height // step]):
+            draw.text((16, 8 + row * step), line[:48], font=font, fill=(220, 220, 210))
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def _kind_phrase(style: str) -> str | None:
+    from cpllm_plugin.footage import KINDS
+
+    named = [p for p in KINDS.values() if style.startswith(f"It is {p} in ")]
+    assert named or style.startswith("It is a video in "), style
+    return named[0] if named else None
+
+
+@pytest.mark.slow
+def test_describe_states_the_format_and_kind_of_two_kinds_of_clip(lite):
+    from cpllm_plugin import text
+    from cpllm_plugin.configs import quality_word
+
+    screen = _screen_capture()
+    said = {"sample": cp.describe(str(SAMPLE), model=lite),
+            "screen": cp.describe(screen, model=lite, fps=30)}
+    formats = {"sample": "low-resolution landscape format at 24 fps",  # 640x360 file
+               "screen": "720p portrait format at 30 fps"}
+    kinds = {}
+    for name, d in said.items():
+        s = text.sentences_of(d.text)
+        assert len(s) == 3, d.text
+        assert s[1].endswith(f" in {formats[name]}."), d.text
+        kinds[name] = _kind_phrase(s[1])
+        assert text.non_words(d.text) == [], d.text
+        assert s[2].startswith(f"Its technical quality is {quality_word(d.score)}"), d.text
+    # footage that differs this much is not named as the same kind
+    assert kinds["sample"] != kinds["screen"] or kinds["sample"] is None, kinds
+    # no rate for an array without fps, and a sentence cut short gives the plain one
+    d = cp.describe(screen, model=lite, max_new_tokens=1)
+    s = text.sentences_of(d.text)
+    assert s[1].endswith(" in 720p portrait format."), d.text
+    assert s[2] == text.quality_sentence(quality_word(d.score)), d.text
+
+
+@pytest.mark.slow
+def test_compare_explains_with_scores_formats_and_real_words(lite):
+    from cpllm_plugin import text
+
+    c = cp.compare(str(SAMPLE), _screen_capture(), model=lite, fps=30)
+    s = text.sentences_of(c.explanation)
+    assert len(s) == 3, c.explanation
+    assert f"{c.a.score:.2f}" in s[0] and f"{c.b.score:.2f}" in s[0]
+    assert f"so {c.better.upper()} has the better" in s[0] or "about equal" in s[0]
+    assert s[1] == "A is low-resolution landscape at 24 fps and B is 720p portrait at 30 fps."
+    assert text.non_words(c.explanation) == [], c.explanation

@@ -127,6 +127,11 @@ def test_describe_gives_three_sentences_that_do_not_repeat():
     from cpllm_plugin.training.describe import quality_word_in
 
     assert quality_word_in(d.text) == quality_word(d.score), (d.score, d.text)
+    # the first two sentences are facts (issue 38): the file's format, every word real
+    from cpllm_plugin import text
+
+    assert sentences[1].endswith(" in low-resolution landscape format at 24 fps."), d.text
+    assert text.non_words(d.text) == [], d.text
 
 
 @pytest.mark.gpu

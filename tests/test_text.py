@@ -99,16 +99,15 @@ def _probs(**mass):
 
 
 def test_content_names_a_confident_group_and_its_most_specific_name():
-    by = {g.name: g for g in text.GROUPS}
     assert text.content_sentence(_probs(dog=0.97)) == "The video shows a dog."
     assert text.content_sentence(_probs(boat=0.95)) == "The video shows a boat."
-    # animals of several kinds, none sure alone: the family's name
-    mixed = _probs(dog=by["animal"].threshold / 2, cat=by["animal"].threshold / 2 + 0.05)
-    if max(text.group_scores(mixed)[n] for n in ("dog", "cat")) < by["dog"].threshold:
-        assert text.content_sentence(mixed) == "The video shows an animal."
-    two = text.content_sentence(_probs(landscape=0.5, person=0.48))
-    if by["landscape"].threshold <= 0.5 and by["person"].threshold <= 0.48:
-        assert two == "The video shows a landscape and a person."
+    # vehicles of several kinds, none sure alone: the family's name
+    assert text.content_sentence(_probs(boat=0.2, road=0.4, aircraft=0.2)) == \
+        "The video shows a vehicle."
+    assert text.content_sentence(_probs(landscape=0.5, plant=0.45)) == \
+        "The video shows a landscape and flowers or plants."
+    # below every threshold: nothing named, whatever is likeliest
+    assert text.content_sentence(_probs(dog=0.5, landscape=0.2)) == text.UNKNOWN_CONTENT
 
 
 def test_content_says_only_what_something_knows():
@@ -163,3 +162,15 @@ def test_names_winner_reads_how_the_decoder_refers_to_the_videos():
     assert not text.names_winner("The first video has better quality.", "b")
     assert text.names_winner("Video B is sharper than video A.", "b")
     assert not text.names_winner("Both videos look the same.", "a")
+
+
+def test_contradictions_catch_a_quality_sentence_against_its_word():
+    for w in QUALITY_WORDS:  # the plain sentences never contradict themselves
+        assert text.contradictions(text.quality_sentence(w), w) == []
+    s = "Its technical quality is excellent: the picture is sharp and blocky, with no loss."
+    assert text.contradictions(s, "excellent") == ["blocky"]
+    assert text.contradictions(s, "fair") == []
+    assert text.contradictions("Its technical quality is poor: the picture is clean and sharp.",
+                               "poor") == ["clean", "sharp"]
+    # damage named as absent is no contradiction
+    assert text.contradictions("Its technical quality is good: no blocking or blur.", "good") == []

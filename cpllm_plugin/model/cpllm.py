@@ -13,11 +13,13 @@ a pair of variants; a single input is duplicated and the copy masked out (paper 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,6 +274,96 @@ class CPLLM(nn.Module):
         if sentences:
             texts = [" ".join(re.split(r"(?<=[.!?])\s+", t)[:sentences]) for t in texts]
         return texts
+
+    def content_probabilities(self, frames) -> torch.Tensor | None:
+        """``(F, 1000)`` ImageNet probabilities that the high-level encoder's own head gives
+        the centre square of each frame ``(F, H, W, 3)`` uint8, at 224 as ImageNet is
+        evaluated (at the 448 view of a whole frame it is unsure: top probabilities of
+        0.01-0.14 on the dev originals); None for an encoder without that head."""
+        if not imagenet.has_head(self.scorer.high):
+            return None
+        from ..preprocess import resize
+
+        crops = []
+        for f in frames:
+            h, w = f.shape[:2]
+            s = min(h, w)
+            y, x = (h - s) // 2, (w - s) // 2
+            crops.append(resize(f[y:y + s, x:x + s], 224, 224).transpose(2, 0, 1))
+        high = self.scorer.high
+        x = torch.from_numpy(np.stack(crops)).to(high.mean.device)
+        with torch.no_grad():
+            return imagenet.probabilities(high, high(x))
+
+    def known_words(self) -> frozenset[str]:
+        """The decoder tokenizer's whole words (:func:`cpllm_plugin.text.tokenizer_words`),
+        against which its sentences are checked; read once per tokenizer."""
+        self._need_decoder("CPLLM.known_words")
+        from ..text import tokenizer_words
+
+        tok = self.tokenizer
+        if getattr(self, "_known", (None,))[0] is not tok:
+            pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+            self._known = (tok, tokenizer_words(p or "" for p in pieces))
+        return self._known[1]
+
+    @torch.no_grad()
+    def quality_text(self, visual: torch.Tensor, score: float | None = None,
+                     written: str = "", facts: Facts | None = None,
+                     max_new_tokens: int | None = None, tries: int = 3,
+                     attempts: list | None = None) -> str:
+        """The technical-quality sentence, by the decoder, after ``written`` (the
+        description's first sentences, which it reads as its own text): the training
+        descriptions' opener, then the quality word the decoder chooses among the five by
+        its logits, then free text to the sentence's end.
+
+        A sentence with a broken word (:func:`cpllm_plugin.text.non_words`) or one that
+        contradicts its own quality word (:func:`cpllm_plugin.text.contradictions`:
+        "excellent: the picture is sharp and blocky") is written again with the pieces that
+        broke it, or the contradicting word, banned, up to ``tries`` times; after that, or
+        when the sentence does not end within ``max_new_tokens``, the plain sentence of the
+        score's band stands in (:func:`cpllm_plugin.text.quality_sentence`). ``attempts``,
+        when given, receives ``(sentence, broken words, contradicting words)`` of each try
+        (benchmarks count how often the plain sentence stood in)."""
+        self._need_decoder("CPLLM.quality_text")
+        from .. import text as words
+        from ..configs import QUALITY_OPENER, QUALITY_WORDS, quality_word
+        from .decoder import Steer, generate
+
+        tok = self.tokenizer
+        if getattr(self, "_quality", (None,))[0] is not tok:
+            self._quality = (tok, Steer.for_tokenizer(tok, 1, "", QUALITY_WORDS))
+        steer, known = self._quality[1], self.known_words()
+        embeds, valid = self.prefix(visual, None, self.describe_prompt(score, facts))
+        opened = (written.strip() + " " if written.strip() else "") + QUALITY_OPENER
+        start = torch.tensor([tok(opened, add_special_tokens=False).input_ids],
+                             device=embeds.device)
+        banned: set[int] = set()
+        for _ in range(max(1, tries)):
+            s = steer if not banned else dataclasses.replace(
+                steer, banned=torch.cat([steer.banned, torch.tensor(sorted(banned))]))
+            ids = generate(self.decoder, embeds, valid, start=start,
+                           max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           no_repeat_ngram=4, steer=s)
+            tail = tok.decode(ids[0], skip_special_tokens=True)
+            sentence = (QUALITY_OPENER + tail).strip()
+            bad = words.non_words(sentence, known)
+            chosen = tok.decode(ids[0, :1]).strip().lower()
+            wrong = words.contradictions(sentence, chosen)
+            if attempts is not None:
+                attempts.append((sentence, bad, wrong))
+            if not bad and not wrong and sentence.endswith((".", "!", "?")):
+                return sentence
+            for w in bad:  # the pieces after a broken word's first: "pan|pan", "sm|atters"
+                ids_w = tok(" " + w, add_special_tokens=False).input_ids
+                banned.update(ids_w[1:] or ids_w)
+            for w in wrong:  # "excellent: the picture is sharp and blocky": not "blocky"
+                banned.add(tok(" " + w, add_special_tokens=False).input_ids[0])
+            if not bad and not wrong:  # ran out of tokens: more tries would end the same way
+                break
+        return words.quality_sentence(quality_word(score)) if score is not None else \
+            f"{QUALITY_OPENER} not rated."
 
     def describe_text(self, visual: torch.Tensor, score: float | None = None,
                       max_new_tokens: int | None = None, facts: Facts | None = None) -> str:
