@@ -40,10 +40,10 @@ def main(corpus, model, work, json_out):
     import numpy as np
 
     from cpllm_plugin import footage
-    from cpllm_plugin.configs import packaged
+    from cpllm_plugin.configs import DEFAULT_MODEL, packaged
     from cpllm_plugin.training import kinds
 
-    model = model or packaged("cpllm-lite")
+    model = model or packaged(DEFAULT_MODEL)
     head = footage.load_head(model)
     if head is None:
         sys.exit(f"{model} has no kind.json: python -m cpllm_plugin.training.kinds --out {model}")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpllm_plugin.configs import DEFAULT_MODEL
 from cpllm_plugin.console import progress_printer
 from cpllm_plugin.errors import CpllmError, message
 
@@ -194,7 +195,7 @@ def feature_paths(v: Video, work: Path) -> tuple[Path, Path]:
     return d / f"{v.variant}.ctx.npy", d / f"{v.variant}.pix-{pixel_version()}.npy"
 
 
-def extract(videos: Sequence[Video], work: Path, model="cpllm-lite",
+def extract(videos: Sequence[Video], work: Path, model=DEFAULT_MODEL,
             say: Callable[[str], None] = print) -> np.ndarray:
     """``(N, F)`` features of ``videos`` (:func:`cpllm_plugin.footage.video_features`, in its
     two parts), read from the cache or computed and cached."""
@@ -415,7 +416,7 @@ def train(X: np.ndarray, videos: Sequence[Video], context_dim: int,
 
 
 def build(corpus: str | os.PathLike, out: str | os.PathLike, work: str | os.PathLike | None = None,
-          model: str = "cpllm-lite", jobs: int = 1,
+          model: str = DEFAULT_MODEL, jobs: int = 1,
           progress: Callable[[str], None] | bool = True) -> dict:
     """Make the variants, extract the features, fit and write ``out/kind.json``."""
     from cpllm_plugin import footage
@@ -476,12 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="model directory to write kind.json into (default: the packaged "
                          "cpllm-lite)")
     ap.add_argument("--work", default=None, help="variants and features (default CORPUS/kinds)")
-    ap.add_argument("--model", default="cpllm-lite", help="model whose encoder is read")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="model whose encoder is read")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="encodes at a time")
     a = ap.parse_args(argv)
     from cpllm_plugin.configs import packaged
 
-    out = a.out or packaged("cpllm-lite")
+    out = a.out or packaged(DEFAULT_MODEL)
     try:
         build(a.corpus, out, a.work, a.model, a.jobs)
     except CpllmError as exc:
