@@ -220,6 +220,15 @@ def band_of(score: float) -> str:
     return quality_word(score)
 
 
+# The words a quality sentence may use: those of the training descriptions' quality
+# sentences (QUALITY_LOOKS and the degradation words of training/describe.py) and "not".
+# The decoder recombines them, so its sentence can say how the picture looks but not invent
+# what it shows ("a muddy puddle").
+QUALITY_VOCABULARY = tuple(sorted({w.lower() for w in re.findall(
+    r"[A-Za-z]+", " ".join([*QUALITY_LOOKS.values(), "and the footage itself looks blurred "
+                           "noisy soft from upscaling not"]))}))
+
+
 # --- real words -------------------------------------------------------------------------
 
 # Numbers and format tokens: "25", "4.80", "1080p", "4K", "3x", "3D", "50%". Anything else with a
@@ -343,15 +352,19 @@ _NEGATION = re.compile(r"\b(no|not|without|free of|nor)\b", re.I)
 
 
 def contradictions(sentence: str, word: str) -> list[str]:
-    """Words of a quality sentence that contradict its quality ``word``: damage named
-    for an excellent or good picture, or a clean picture for a poor or bad one, before
-    any negation ("no", "not", "without") in the sentence."""
+    """Words of a quality sentence that contradict its quality ``word``: for an excellent
+    or good picture, damage said before any negation ("no", "not", "without") or a clean
+    picture said after one; for a poor or bad picture the other way round. "Fair" may say
+    either."""
     said = sentence.split(":", 1)[1] if ":" in sentence else sentence
     neg = _NEGATION.search(said)
-    words = [w.lower() for w in words_of(said[:neg.start()] if neg else said)]
-    against = _DAMAGE if word in ("excellent", "good") else \
-        _CLEAN if word in ("poor", "bad") else frozenset()
-    return [w for w in words if w in against]
+    claimed = [w.lower() for w in words_of(said[:neg.start()] if neg else said)]
+    denied = [w.lower() for w in words_of(said[neg.end():])] if neg else []
+    if word in ("excellent", "good"):
+        return [w for w in claimed if w in _DAMAGE] + [w for w in denied if w in _CLEAN]
+    if word in ("poor", "bad"):
+        return [w for w in claimed if w in _CLEAN] + [w for w in denied if w in _DAMAGE]
+    return []
 
 
 # --- compare ----------------------------------------------------------------------------

@@ -553,3 +553,23 @@ def test_generate_continues_text_already_written(tiny):
     other = dec.generate(model, prefix, valid, max_new_tokens=9,
                          start=(whole[:, :5] + 1) % model.config.vocab_size, **kw)
     assert not torch.equal(other, whole[:, 5:])
+
+
+def test_steer_keeps_the_text_to_a_vocabulary(tiny):
+    """With ``allowed``, every token after the opener is one of the allowed ones (the opener
+    and the choices are written whatever the vocabulary)."""
+    model, tok = tiny
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(11)
+    prefix = 4 * torch.randn(1, 9, model.config.hidden_size, generator=g)
+    valid = torch.ones(1, 9, dtype=torch.bool)
+    ends = torch.zeros(V, dtype=torch.bool)
+    ends[40] = True
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[[30, 31, 32, 33, 40]] = True
+    steer = dec.Steer(1, ends, torch.tensor([], dtype=torch.long), [7, 8], [20, 21],
+                      allowed=allowed)
+    out = dec.generate(model, prefix, valid, max_new_tokens=30, eos_token_id=-1,
+                       pad_token_id=tok.pad_token_id, steer=steer)[0].tolist()
+    assert out[:2] == [7, 8] and out[2] in (20, 21)
+    assert set(out[3:]) <= {30, 31, 32, 33, 40, tok.pad_token_id} and 40 in out

@@ -172,5 +172,15 @@ def test_contradictions_catch_a_quality_sentence_against_its_word():
     assert text.contradictions(s, "fair") == []
     assert text.contradictions("Its technical quality is poor: the picture is clean and sharp.",
                                "poor") == ["clean", "sharp"]
-    # damage named as absent is no contradiction
+    # damage named as absent is no contradiction for a good picture, and one for a poor one
     assert text.contradictions("Its technical quality is good: no blocking or blur.", "good") == []
+    assert text.contradictions("Its technical quality is poor: blurry, with no visible "
+                               "blocking.", "poor") == ["blocking"]
+
+
+def test_quality_vocabulary_is_the_training_quality_words():
+    words = set(text.QUALITY_VOCABULARY)
+    for w in QUALITY_WORDS:
+        assert set(text.words_of(text.QUALITY_LOOKS[w].lower())) <= words
+    assert {"not", "blurred", "noisy", "upscaling"} <= words
+    assert not words & {"puddle", "landscape", "camera", "forest"}

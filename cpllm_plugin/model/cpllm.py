@@ -332,7 +332,8 @@ class CPLLM(nn.Module):
 
         tok = self.tokenizer
         if getattr(self, "_quality", (None,))[0] is not tok:
-            self._quality = (tok, Steer.for_tokenizer(tok, 1, "", QUALITY_WORDS))
+            self._quality = (tok, Steer.for_tokenizer(tok, 1, "", QUALITY_WORDS,
+                                                      words.QUALITY_VOCABULARY))
         steer, known = self._quality[1], self.known_words()
         embeds, valid = self.prefix(visual, None, self.describe_prompt(score, facts))
         opened = (written.strip() + " " if written.strip() else "") + QUALITY_OPENER

@@ -587,6 +587,10 @@ def _steer(logits: torch.Tensor, steer: Steer, count: torch.Tensor, opened: torc
         logits.scatter_(1, last[:, None], float("-inf"))
     if steer.banned.numel():
         logits[:, steer.banned.to(logits.device)] = float("-inf")
+    if steer.allowed is not None:  # the choices stay open whatever the vocabulary
+        allowed = steer.allowed.to(logits.device).clone()
+        allowed[torch.tensor(steer.choices, dtype=torch.long, device=logits.device)] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
     last_sentence = count == steer.sentences - 1
     forced = torch.full_like(count, -1)
     n = len(steer.opener)
@@ -704,6 +708,10 @@ class Steer:
         choices: token ids allowed right after the opener (empty: any).
         canon: long (V,), each token's canonical id (the first token with the same lower-case
             text without surrounding spaces), for the no-repeat rule (None: ids as they are).
+        allowed: bool (V,), the only tokens the text may use besides the opener and the
+            choices (None: any):
+            the pieces of a vocabulary, so a sentence recombines words it was trained on
+            instead of inventing others.
     """
 
     sentences: int
@@ -712,10 +720,11 @@ class Steer:
     opener: list[int]
     choices: list[int] = dataclasses.field(default_factory=list)
     canon: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
 
     @classmethod
     def for_tokenizer(cls, tok, sentences: int, opener: str = "",
-                      choices: tuple[str, ...] = ()) -> Steer:
+                      choices: tuple[str, ...] = (), vocabulary: tuple[str, ...] = ()) -> Steer:
         pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
         text = [(p or "").replace("\u2581", " ") for p in pieces]
         ends = torch.tensor([t.rstrip().endswith((".", "!", "?")) for t in text])
@@ -727,7 +736,13 @@ class Steer:
         first_of: dict[str, int] = {}
         canon = torch.tensor([first_of.setdefault(t.strip().lower(), i)
                               for i, t in enumerate(text)], dtype=torch.long)
-        return cls(sentences, ends, banned, list(ids), first, canon)
+        allowed = None
+        if vocabulary:
+            allowed = torch.zeros(len(pieces), dtype=torch.bool)
+            for w in (*vocabulary, *choices):  # each word inside a sentence, and at its end
+                for form in (" " + w, *(" " + w + p for p in ".,:;")):
+                    allowed[tok(form, add_special_tokens=False).input_ids] = True
+        return cls(sentences, ends, banned, list(ids), first, canon, allowed)
 
 
 def generate(
