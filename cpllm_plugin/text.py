@@ -236,6 +236,8 @@ QUALITY_VOCABULARY = tuple(sorted({w.lower() for w in re.findall(
 _NUMBER = re.compile(r"(\d+(?:[.,]\d+)*%?|\d{3,4}p|\d{1,2}K|\d+x|[23]D)", re.I)
 _EDGE = ".,;:!?()[]{}\"'\u2018\u2019\u201c\u201d"
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "ly", "er", "y")
+_SHORT = frozenset("a i o ah am an as at ax be by do go he hi if in is it me my no of oh ok on "
+                   "or ox so to tv up us we".split())
 
 
 def _runtime_phrases() -> Iterable[str]:
@@ -312,13 +314,16 @@ def words_of(text: str) -> list[str]:
 
 def is_word(word: str, known: frozenset[str]) -> bool:
     """A number or format token, or a known word (``known`` plus :func:`lexicon`), or one of
-    them with a common suffix ("pans", "softened")."""
+    them with a common suffix ("pans", "softened"); a word of one or two letters only from a
+    short list, since the tokenizer holds nearly every letter pair as a piece."""
     if _NUMBER.fullmatch(word):
         return True
     if not word.isascii() or not word.isalpha():
         return False
     w = word.lower()
     lex = lexicon()
+    if len(w) <= 2:  # the tokenizer holds most letter pairs as pieces ("sm", "xq")
+        return w in _SHORT or w in lex or (len(word) == 1 and word.isupper())  # "video B"
     if w in known or w in lex:
         return True
     return any(w.endswith(s) and len(w) - len(s) >= 3 and (w[:-len(s)] in known or

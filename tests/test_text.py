@@ -50,6 +50,7 @@ def test_style_sentence_names_the_kind_only_when_given():
     ("in 8K20p finest landscape format", ["8K20p"]),
     ("a slow camera panpan across a still", ["panpan"]),
     ("Its technical quality is good: the pictur is clean", ["pictur"]),
+    ("with smearing and sm.", ["sm"]),
 ])
 def test_non_words_finds_garbled_output(known, garbled, bad):
     assert text.non_words(garbled, known) == bad

@@ -30,6 +30,11 @@ from . import imagenet
 from .encoders import Encoder, seeded
 
 
+# Tokens the quality sentence may take: the longest training quality sentence takes 40;
+# a sentence still going after this many is looping and gives way to the plain one.
+QUALITY_TOKENS = 48
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the describe prompt states besides the score (``ModelConfig.facts_prompt``).
@@ -321,7 +326,8 @@ class CPLLM(nn.Module):
         contradicts its own quality word (:func:`cpllm_plugin.text.contradictions`:
         "excellent: the picture is sharp and blocky") is written again with the pieces that
         broke it, or the contradicting word, banned, up to ``tries`` times; after that, or
-        when the sentence does not end within ``max_new_tokens``, the plain sentence of the
+        when the sentence does not end within ``max_new_tokens`` (default
+        :data:`QUALITY_TOKENS`), the plain sentence of the
         score's band stands in (:func:`cpllm_plugin.text.quality_sentence`). ``attempts``,
         when given, receives ``(sentence, broken words, contradicting words)`` of each try
         (benchmarks count how often the plain sentence stood in)."""
@@ -344,7 +350,7 @@ class CPLLM(nn.Module):
             s = steer if not banned else dataclasses.replace(
                 steer, banned=torch.cat([steer.banned, torch.tensor(sorted(banned))]))
             ids = generate(self.decoder, embeds, valid, start=start,
-                           max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                           max_new_tokens=max_new_tokens or QUALITY_TOKENS,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                            no_repeat_ngram=4, steer=s)
             tail = tok.decode(ids[0], skip_special_tokens=True)
