@@ -61,11 +61,15 @@ CRFS = (23, 38)
               help="Write the quality sentence alone on every n-th variant (0: never).")
 @click.option("--sheet/--no-sheet", default=True, show_default=True,
               help="Save contact-sheet.png of 30 variants with their content sentences.")
-def main(models, data, count, json_out, dev_corpus, out, old_every, alone_every, sheet):
+@click.option("--only", default=None,
+              help="Dev source ids, comma-separated: describe these again and keep the other "
+                   "rows of --out's report.json (after a change that touches a few).")
+def main(models, data, count, json_out, dev_corpus, out, old_every, alone_every, sheet, only):
     """The same dev variants described by each of MODELS (model directories)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dev_corpus is not None:
-        return truth(dev_corpus, out, old_every, alone_every, sheet)
+        return truth(dev_corpus, out, old_every, alone_every, sheet,
+                     only.split(",") if only else None)
     if not models:
         raise click.UsageError("give MODELS, or --dev-corpus")
     import numpy as np
@@ -141,7 +145,8 @@ def _old(m, k):
     return m.backend.net.describe_text(visual, result.score, facts=facts), result
 
 
-def truth(corpus: Path, out: Path, old_every: int, alone_every: int, sheet: bool) -> None:
+def truth(corpus: Path, out: Path, old_every: int, alone_every: int, sheet: bool,
+          only: list[str] | None = None) -> None:
     import time
 
     import torch
@@ -156,11 +161,20 @@ def truth(corpus: Path, out: Path, old_every: int, alone_every: int, sheet: bool
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     items = variants(corpus, out, say)
+    kept: dict = {}
+    if only:
+        # the other sources' rows stand as measured; n keeps each item's place in the list,
+        # so --old-every and --alone-every pick the same variants as a whole run
+        kept = {(r["source"], r["crf"]): r
+                for r in json.loads((out / "report.json").read_text())["rows"]}
     m = cpllm_plugin.load_model(cpllm_plugin.DEFAULT_MODEL, "torch", decoder=True)
     net = m.backend.net
     cpllm_plugin.describe(items[0]["path"], model=m)  # warm: tokenizer words, kind head
     rows = []
     for n, it in enumerate(items):
+        if only and it["source"] not in only:
+            rows.append(kept[(it["source"], it["crf"])])
+            continue
         info = probe(it["path"])
         t0 = time.perf_counter()
         k = m.key_frames(it["path"], where="bench")
@@ -215,7 +229,8 @@ def truth(corpus: Path, out: Path, old_every: int, alone_every: int, sheet: bool
         rows.append(row)
         say(f"[{n + 1}/{len(items)}] {it['source']} crf{it['crf']} {new_s:.1f}s "
             f"{row.get('old_seconds', float('nan')):.1f}s: {said}")
-        (out / "report.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+        if not only:  # progress; with --only the kept rows stay until the end
+            (out / "report.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     report = {"machine": describe(), "model": m.id, "crfs": CRFS, "rows": rows,
               "kinds": summarise(rows)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

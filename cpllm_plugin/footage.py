@@ -1,4 +1,5 @@
-"""What kind of footage a video is: camera, animation, screen, game, a pan over a still, a slideshow.
+"""What kind of footage a video is: camera, animation, screen, game, a pan over a still or a
+slideshow.
 
 A small softmax head (``kind.json`` in the model directory, plain JSON) reads two things that
 ``describe()`` already has at run time: the frozen high-level encoder's tokens of the decoder's
@@ -86,7 +87,7 @@ class Head:
         i = int(np.argmax(probs))
         top, conf = self.classes[i], float(probs[i])
         return KindGuess(top if conf >= self.threshold else None, top, conf,
-                         {c: float(p) for c, p in zip(self.classes, probs)})
+                         {c: float(p) for c, p in zip(self.classes, probs, strict=True)})
 
     def to_dict(self) -> dict:
         # 6 significant digits: the file stays small and the probabilities move by < 1e-4.
@@ -258,7 +259,7 @@ def _phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     r /= np.abs(r) + 1e-6
     c = np.fft.irfft2(r, s=a.shape)
     i = np.unravel_index(int(np.argmax(c)), c.shape)
-    dy, dx = (int(v) if v <= n // 2 else int(v) - n for v, n in zip(i, c.shape))
+    dy, dx = (int(v) if v <= n // 2 else int(v) - n for v, n in zip(i, c.shape, strict=True))
     return float(dy), float(dx), float(c[i])
 
 
@@ -330,9 +331,9 @@ def pixel_stats(frames: np.ndarray) -> np.ndarray:
     """:data:`PIXEL_FEATURES` of key frames ``(M, H, W, 3)`` uint8, as float64."""
     frames = np.asarray(frames)
     small = [_luma(_shrink(f, WORK)) for f in frames]
-    pairs = [_pair_motion(a, b) for a, b in zip(small, small[1:])]
+    pairs = [_pair_motion(a, b) for a, b in zip(small[:-1], small[1:], strict=True)]
     if pairs:
-        d, r, mis, mv = (np.array(v) for v in zip(*pairs))
+        d, r, mis, mv = (np.array(v) for v in zip(*pairs, strict=True))
     else:  # one frame: nothing moves
         d = r = mis = mv = np.zeros(1)
     still = float(np.mean(d < 0.75))
@@ -345,7 +346,8 @@ def pixel_stats(frames: np.ndarray) -> np.ndarray:
 
     # A cut to another photo changes the colours; a shaky or busy shot of one scene does not.
     hists = [_colours(f) for f in frames]
-    change = [float(np.abs(a - b).sum() / 2) for a, b in zip(hists, hists[1:])] or [0.0]
+    change = [float(np.abs(a - b).sum() / 2)
+              for a, b in zip(hists[:-1], hists[1:], strict=True)] or [0.0]
     # Spatial statistics: the mean over every key frame, so one odd frame weighs little.
     spatial = np.mean([_spatial(f) for f in frames], axis=0)
     return np.concatenate([[still, cut, math.log1p(float(np.median(d))),

@@ -50,7 +50,7 @@ def slideshow(n: int = 20, size=(320, 180)) -> np.ndarray:
 
 def stats(frames):
     idx = np.linspace(0, len(frames) - 1, 5).round().astype(int)
-    return dict(zip(footage.PIXEL_FEATURES, footage.pixel_stats(frames[idx])))
+    return dict(zip(footage.PIXEL_FEATURES, footage.pixel_stats(frames[idx]), strict=True))
 
 
 def test_pixel_stats_tell_a_pan_a_slideshow_and_a_screen_apart():

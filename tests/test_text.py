@@ -177,6 +177,20 @@ def test_contradictions_catch_a_quality_sentence_against_its_word():
     assert text.contradictions("Its technical quality is good: no blocking or blur.", "good") == []
     assert text.contradictions("Its technical quality is poor: blurry, with no visible "
                                "blocking.", "poor") == ["blocking"]
+    # a fair picture must have lost something; clean words alone read as excellent
+    assert text.contradictions("Its technical quality is fair: the picture is clean and sharp, "
+                               "with fine detail intact and no visible blocking.", "fair") \
+        == ["clean", "sharp", "intact"]
+    assert text.contradictions("Its technical quality is fair: the picture is clean but soft.",
+                               "fair") == []
+
+
+def test_repeats_catch_a_word_said_twice_but_not_glue_words():
+    for w in QUALITY_WORDS:
+        assert text.repeats(text.quality_sentence(w)) == []
+    assert text.repeats("Its technical quality is excellent: the picture is clean, with no "
+                        "visible blocking, banding or banding, or noise.") == ["banding"]
+    assert text.repeats("Its technical quality is good: clean, with detail, with no noise.") == []
 
 
 def test_quality_vocabulary_is_the_training_quality_words():

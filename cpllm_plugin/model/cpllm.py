@@ -29,7 +29,6 @@ from ..errors import ModelFileError, message
 from . import imagenet
 from .encoders import Encoder, seeded
 
-
 # Tokens the quality sentence may take: the longest training quality sentence takes 40;
 # a sentence still going after this many is looping and gives way to the plain one.
 QUALITY_TOKENS = 48
@@ -324,8 +323,9 @@ class CPLLM(nn.Module):
 
         A sentence with a broken word (:func:`cpllm_plugin.text.non_words`) or one that
         contradicts its own quality word (:func:`cpllm_plugin.text.contradictions`:
-        "excellent: the picture is sharp and blocky") is written again with the pieces that
-        broke it, or the contradicting word, banned, up to ``tries`` times; after that, or
+        "excellent: the picture is sharp and blocky"), or says a word twice
+        (:func:`cpllm_plugin.text.repeats`), is written again with the pieces that broke
+        it, or the contradicting or repeated word, banned, up to ``tries`` times; after that, or
         when the sentence does not end within ``max_new_tokens`` (default
         :data:`QUALITY_TOKENS`), the plain sentence of the
         score's band stands in (:func:`cpllm_plugin.text.quality_sentence`). ``attempts``,
@@ -357,7 +357,7 @@ class CPLLM(nn.Module):
             sentence = (QUALITY_OPENER + tail).strip()
             bad = words.non_words(sentence, known)
             chosen = tok.decode(ids[0, :1]).strip().lower()
-            wrong = words.contradictions(sentence, chosen)
+            wrong = words.contradictions(sentence, chosen) + words.repeats(sentence)
             if attempts is not None:
                 attempts.append((sentence, bad, wrong))
             if not bad and not wrong and sentence.endswith((".", "!", "?")):
@@ -365,7 +365,7 @@ class CPLLM(nn.Module):
             for w in bad:  # the pieces after a broken word's first: "pan|pan", "sm|atters"
                 ids_w = tok(" " + w, add_special_tokens=False).input_ids
                 banned.update(ids_w[1:] or ids_w)
-            for w in wrong:  # "excellent: the picture is sharp and blocky": not "blocky"
+            for w in wrong:  # "excellent: sharp and blocky": not "blocky" (nor "banding" twice)
                 banned.add(tok(" " + w, add_special_tokens=False).input_ids[0])
             if not bad and not wrong:  # ran out of tokens: more tries would end the same way
                 break
