@@ -70,12 +70,13 @@ def main() -> None:
     for c in lost:
         print(f"left out: {c.id} ({c.kind}): no CRF from {c.crfs[0]} keeps VMAF "
               f"{c.required:.1f} against the master (best {c.vm.max():.1f})")
-    report(cs, scorer, a.plot)
+    # one fixed CRF is swept over the ladder's own span (SVT-AV1's runs to 63)
+    report(cs, scorer, a.plot, range(min(levels), max(levels) + 1))
     if a.real:
         real_tool(cs, scorer, a.real)
 
 
-def policies(scorer) -> tuple[dict, dict]:
+def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
     """The policies of the tables (name -> policy) and the swept ones (name -> points)."""
     cal = scorer.calibration()
     s95 = lad.vmaf_to_score(95, cal)
@@ -90,7 +91,7 @@ def policies(scorer) -> tuple[dict, dict]:
         "auto, noise threshold": [(f"noise {n:g}", cat.auto_rule(noisy=n))
                                   for n in (3, 4, 5, 6, 7, 8, 10)]
                                  + [("no noise", cat.auto_rule(noise=False))],
-        "fixed CRF": [(f"{c}", cat.fixed(c)) for c in range(15, 52)],
+        "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],
         "score mode": [(f"VMAF {v:g}, drop x{k:g}",
@@ -107,11 +108,11 @@ def policies(scorer) -> tuple[dict, dict]:
     return table, sweeps
 
 
-def report(cs: list, scorer, plot: Path | None) -> None:
-    table, sweeps = policies(scorer)
+def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52)) -> None:
+    table, sweeps = policies(scorer, crfs)
     by = cat.groups(cs)
     print(f"\n{len(cs)} inputs: " + ", ".join(f"{k} {len(v)}" for k, v in by.items()))
-    fixed95 = cat.cheapest_fixed(cs, 0.95)
+    fixed95 = cat.cheapest_fixed(cs, 0.95, crfs)
     if fixed95 is not None:
         table = {f"fixed CRF (cheapest at 95%: {fixed95.name[10:]})":
                  cat.fixed(int(fixed95.name.split()[-1])), **table}
@@ -135,7 +136,7 @@ def report(cs: list, scorer, plot: Path | None) -> None:
         print(f"  {name}: " + "; ".join(f"{label} {r.success:.0%}/{r.cost:.2f}/{r.median:.2f}"
                                           for label, r in res))
     for share in (0.8, 0.9, 0.95):
-        f = cat.cheapest_fixed(cs, share)
+        f = cat.cheapest_fixed(cs, share, crfs)
         print(f"  cheapest fixed CRF at {share:.0%} success: "
               + (f"{f.name[10:]} ({f.success:.0%}, cost {f.cost:.2f}, median {f.median:.2f})"
                  if f else "none"))
