@@ -73,7 +73,7 @@ def main() -> None:
     # one fixed CRF is swept over the ladder's own span (SVT-AV1's runs to 63)
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1))
     if a.real:
-        real_tool(cs, scorer, a.real)
+        real_tool(cs, scorer, a.real, a.codec)
 
 
 def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
@@ -146,9 +146,10 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52)) -> 
 
 
 
-def real_tool(cs: list, scorer, n: int) -> None:
-    """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, against the
-    replay of the same policy on the catalog's ladders (4-CRF levels, interpolated)."""
+def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
+    """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
+    with the ladders' ``codec``, against the replay of the same policy on the catalog's
+    ladders (interpolated between their levels)."""
     table, _ = policies(scorer)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
@@ -172,8 +173,8 @@ def real_tool(cs: list, scorer, n: int) -> None:
             t0 = time.perf_counter()
             try:
                 # No cache: each mode pays for its own probes, so the times compare.
-                p = lad.pick_file(c.info["path"], lad.PickOptions(mode=mode, no_cache=True),
-                                  scorer)
+                p = lad.pick_file(c.info["path"], lad.PickOptions(
+                    mode=mode, no_cache=True, encoder=codec), scorer)
                 crf, enc = p.crf, p.encodes
                 encodes[mode].append(enc)
             except lad.NoCrfMeetsTargetError:
