@@ -744,7 +744,8 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
     matches a re-encode well above that crossing) or as noisy (:meth:`Ladder.input_noise`),
-    the search again at the lower :func:`auto_level`."""
+    the search again at the lower :func:`auto_level`; when no CRF in the range reaches VMAF
+    95 against the input, the search again at :data:`AUTO_FLOOR`."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -761,7 +762,13 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
     sigma = ladder.input_noise()
     level = auto_level(gap, sigma)
-    if level == AUTO_LEVEL:
+    if level == AUTO_LEVEL and c95 is None:
+        # Not even the lowest CRF keeps VMAF 95 against the input: its own detail (an
+        # upscale's ringing, noise) costs more than a re-encode keeps, so holding out for 95
+        # can only fail; keep what the floor keeps, as for the most degraded earlier encode.
+        level = AUTO_FLOOR
+        why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
+    elif level == AUTO_LEVEL:
         why = "input reads as a master"
     elif auto_level(gap) == level:
         why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
@@ -771,11 +778,9 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     if level == AUTO_LEVEL:
-        if c95 is None:  # raises the named error, from the probes already made
-            return _search(ladder, target, max_probes, full, "widen --crf-range, or use "
-                           "--mode vmaf --min-vmaf V with a lower V")
         return _result(ladder, target, c95, full)
-    return _search(ladder, target, max_probes + 2, full, "widen --crf-range")
+    return _search(ladder, target, max_probes + 2, full, "widen --crf-range, or use "
+                   "--mode vmaf --min-vmaf V with a lower V")
 
 
 def _source_score(ladder: Ladder) -> float:

@@ -75,6 +75,21 @@ def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upl
     assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
 
 
+@pytest.mark.slow
+def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
+    """A range where no CRF keeps VMAF 95 against the input (the sample's crossing is near
+    CRF 28): auto searches again at the floor and picks, where the VMAF-95 search stops with
+    the named error."""
+    master, _ = master_and_upload
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "crf_range": (31, 45)}
+    scorer = lad.Scorer()
+    p = lad.pick_file(master, lad.PickOptions(mode="auto", **opts), scorer)
+    assert p.target.value == lad.AUTO_FLOOR and "no CRF in the range" in p.target.rule
+    assert 31 <= p.crf <= 45 and p.vmaf >= lad.AUTO_FLOOR
+    with pytest.raises(lad.NoCrfMeetsTargetError):
+        lad.pick_file(master, lad.PickOptions(mode="vmaf", **opts), scorer)
+
+
 def test_auto_level_lowers_noisy_inputs_and_keeps_the_lower_level():
     assert lad.auto_level(None, 0.5) == lad.auto_level(None, lad.AUTO_NOISE) == 95
     noisy = lad.auto_level(None, lad.AUTO_NOISE + 2)
