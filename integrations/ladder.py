@@ -724,19 +724,24 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     return float((math.log(input_rate) - icpt) / slope)
 
 
-def auto_level(gap: float | None, noise: float | None = None, at: float = AUTO_GAP,
-               step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
+def auto_level(gap: float | None, noise: float | None = None, reached: bool = True,
+               at: float = AUTO_GAP, step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
                noisy: float = AUTO_NOISE, noise_step: float = AUTO_NOISE_STEP,
                noise_floor: float = AUTO_NOISE_FLOOR) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
     above its VMAF-95 crossing (None: unknown, the input is treated as a master) and whose
-    luma noise is ``noise`` (None: not measured). The lower of the two levels wins. The
+    luma noise is ``noise`` (None: not measured). The lower of the two levels wins.
+    ``reached``: whether some CRF in the range keeps VMAF 95 against the input; when none
+    does, its own detail (an upscale's ringing, noise) costs more than a re-encode keeps, so
+    holding out for 95 can only fail, and an input that would keep 95 gets ``floor``. The
     other arguments are the constants, overridden only by benchmark sweeps."""
     level = AUTO_LEVEL
     if gap is not None and gap > at:
         level = max(floor, AUTO_LEVEL - step * (gap - at))
     if noise is not None and noise > noisy:
         level = min(level, max(noise_floor, AUTO_LEVEL - noise_step * (noise - noisy)))
+    if level == AUTO_LEVEL and not reached:
+        level = floor
     return level
 
 
@@ -761,15 +766,11 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
     sigma = ladder.input_noise()
-    level = auto_level(gap, sigma)
-    if level == AUTO_LEVEL and c95 is None:
-        # Not even the lowest CRF keeps VMAF 95 against the input: its own detail (an
-        # upscale's ringing, noise) costs more than a re-encode keeps, so holding out for 95
-        # can only fail; keep what the floor keeps, as for the most degraded earlier encode.
-        level = AUTO_FLOOR
-        why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
-    elif level == AUTO_LEVEL:
+    level = auto_level(gap, sigma, c95 is not None)
+    if level == AUTO_LEVEL:
         why = "input reads as a master"
+    elif auto_level(gap, sigma) == AUTO_LEVEL:
+        why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
     elif auto_level(gap) == level:
         why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
                "above the VMAF-95 crossing)")

@@ -534,9 +534,7 @@ def auto_rule(gap: float | None = None, step: float | None = None,
         ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
                                  float(c.info["bytes"]))
         level = lad.auto_level(None if ceq is None else ceq - ref,
-                               c.info.get("noise") if noise else None, **over)
-        if level == lad.AUTO_LEVEL and c95 is None:  # nothing keeps 95: the floor, as pick_auto
-            level = over.get("floor", lad.AUTO_FLOOR)
+                               c.info.get("noise") if noise else None, c95 is not None, **over)
         if level == lad.AUTO_LEVEL:
             return c95
         return highest_meeting(c.crfs, c.vi, level)
