@@ -217,10 +217,6 @@ def quality_sentence(word: str) -> str:
     return f"{QUALITY_OPENER} {word}: {QUALITY_LOOKS[word]}."
 
 
-def band_of(score: float) -> str:
-    return quality_word(score)
-
-
 # The words a quality sentence may use: those of the training descriptions' quality
 # sentences (QUALITY_LOOKS and the degradation words of training/describe.py) and "not".
 # The decoder recombines them, so its sentence can say how the picture looks but not invent
@@ -349,7 +345,7 @@ def non_words(text: str, known: frozenset[str] | None = None) -> list[str]:
 
 # Words that describe damage, and words that describe a clean picture. An excellent or good
 # sentence may name damage only as absent ("no visible blocking"); a poor or bad one may not
-# call the picture clean or sharp. "Fair" sits between and may say either.
+# call the picture clean or sharp. "Fair" sits between: either, but some loss it must name.
 _DAMAGE = frozenset("blocky blockiness blocking banding ringing noise blurry blurred blur "
                     "smeared smearing smeary heavy strong artefacts artifacts pixelated "
                     "distorted garbled noisy".split())
@@ -404,8 +400,8 @@ def repeats(sentence: str) -> list[str]:
 def verdict_sentence(a: float, b: float) -> str:
     """The scores, their bands and which video is better (the quality head's verdict)."""
     better = "A" if a >= b else "B"
-    head = (f"Video A scores {a:.2f} out of 5 ({band_of(a)}) and video B {b:.2f} "
-            f"({band_of(b)})")
+    head = (f"Video A scores {a:.2f} out of 5 ({quality_word(a)}) and video B {b:.2f} "
+            f"({quality_word(b)})")
     if abs(a - b) < 0.05:
         return f"{head}, so the two are about equal; {better} is marginally ahead."
     return f"{head}, so {better} has the better technical quality."
@@ -421,7 +417,7 @@ def formats_sentence(a: tuple[int, int, float | None], b: tuple[int, int, float 
 
 def looks_sentence(a: float, b: float) -> str:
     """The plain sentence of both bands: what each level looks like."""
-    wa, wb = band_of(a), band_of(b)
+    wa, wb = quality_word(a), quality_word(b)
     if wa == wb:
         return f"Both look {wa}: {QUALITY_LOOKS[wa]}."
     return f"In A, {QUALITY_LOOKS[wa]}; in B, {QUALITY_LOOKS[wb]}."
@@ -442,8 +438,3 @@ def names_winner(sentence: str, better: str) -> bool:
 def sentences_of(text: str) -> list[str]:
     """Sentences of a text (ends at ``.``, ``!`` or ``?`` before white space)."""
     return [p for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p] if text.strip() else []
-
-
-def checked(sentence: str, known: frozenset[str] | None = None) -> bool:
-    """True for a sentence without broken words (:func:`non_words`)."""
-    return not non_words(sentence, known)

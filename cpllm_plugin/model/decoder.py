@@ -587,10 +587,8 @@ def _steer(logits: torch.Tensor, steer: Steer, count: torch.Tensor, opened: torc
         logits.scatter_(1, last[:, None], float("-inf"))
     if steer.banned.numel():
         logits[:, steer.banned.to(logits.device)] = float("-inf")
-    if steer.allowed is not None:  # the choices stay open whatever the vocabulary
-        allowed = steer.allowed.to(logits.device).clone()
-        allowed[torch.tensor(steer.choices, dtype=torch.long, device=logits.device)] = True
-        logits = logits.masked_fill(~allowed, float("-inf"))
+    if steer.allowed is not None:
+        logits = logits.masked_fill(~steer.allowed.to(logits.device), float("-inf"))
     last_sentence = count == steer.sentences - 1
     forced = torch.full_like(count, -1)
     n = len(steer.opener)
@@ -721,6 +719,12 @@ class Steer:
     choices: list[int] = dataclasses.field(default_factory=list)
     canon: torch.Tensor | None = None
     allowed: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.allowed is not None and self.choices:  # the choices stay open whatever the
+            allowed = self.allowed.clone()            # vocabulary; once, not at every token
+            allowed[torch.tensor(self.choices, dtype=torch.long)] = True
+            self.allowed = allowed
 
     @classmethod
     def for_tokenizer(cls, tok, sentences: int, opener: str = "",
