@@ -366,6 +366,19 @@ def _colours(frame: np.ndarray) -> np.ndarray:
 _NOISE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
+def noise_sigma(luma: np.ndarray) -> float:
+    """Immerkaer's fast estimate of white noise in one luma plane (0-255 scale): the mean
+    absolute response to a 3x3 mask that cancels planes and straight edges, scaled to a
+    standard deviation. Clean footage reads below a few units; heavy sensor or added noise
+    above. (Also what ``cpllm-ladder --mode auto`` reads of its input.)"""
+    y = np.asarray(luma, np.float32)
+    if min(y.shape) < 3:
+        return 0.0
+    h, w = y.shape
+    lap = sum(_NOISE[i, j] * y[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
+    return float(np.sqrt(np.pi / 2) * np.abs(lap).mean() / 6)
+
+
 def _spatial(frame: np.ndarray) -> np.ndarray:
     img = _shrink(frame, 360)
     y = _luma(img)
@@ -379,11 +392,7 @@ def _spatial(frame: np.ndarray) -> np.ndarray:
     counts = np.bincount(codes.ravel(), minlength=4096)
     top = float(np.sort(counts)[-8:].sum() / codes.size)
     sat = float((img.max(axis=-1) - img.min(axis=-1)).mean() / 255.0)
-    # Immerkaer's estimate: the Laplacian-difference mask cancels smooth structure and
-    # keeps pixel noise (on the frame at most 360 px high, where most grain survives).
-    h, w = y.shape
-    lap = sum(_NOISE[i, j] * y[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
-    noise = float(np.sqrt(np.pi / 2) * np.abs(lap).mean() / 6)
+    noise = noise_sigma(y)  # on the frame at most 360 px high, where most grain survives
     flat_g = np.sort(grad.ravel())
     sparsity = float(flat_g[-max(1, len(flat_g) // 20):].sum() / max(flat_g.sum(), 1e-6))
     q5 = (np.clip(img, 0, 255).astype(np.uint8) >> 3).astype(np.int32)
@@ -404,12 +413,6 @@ def pooled(context) -> np.ndarray:
     """Tokens ``(F, Th, Ch)`` (or ``(Th, Ch)``) averaged to ``(Ch,)``."""
     ctx = np.asarray(context, np.float64)
     return ctx.reshape(-1, ctx.shape[-1]).mean(axis=0)
-
-
-def features(frames: np.ndarray, context: np.ndarray) -> np.ndarray:
-    """The head's input: pooled tokens ``context`` ``(F, Th, Ch)`` (or ``(Th, Ch)``) of the
-    decoder's key frame, then :func:`pixel_stats` of all key frames."""
-    return np.concatenate([pooled(context), pixel_stats(frames)])
 
 
 def _check(model, frames, head: Head | None) -> np.ndarray:

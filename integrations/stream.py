@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cpllm_plugin.footage import noise_sigma
+
 # AVVideoEncParams (libavutil/video_enc_params.h): nb_blocks (unsigned, padded to 8),
 # blocks_offset and block_size (size_t), type (enum), qp (int32); each AVVideoBlockParams
 # holds src_x, src_y, w, h and delta_qp as int32.
@@ -110,17 +112,9 @@ def stats(path: str | os.PathLike, windows: Sequence[tuple[float, float]] | None
     return StreamStats(codec, float(np.mean(qps)) if qps else None, round(kbps, 1), frames)
 
 
-def sigma(luma: np.ndarray) -> float:
-    """Immerkaer's fast estimate of white noise in one 8-bit luma plane: the mean absolute
-    response to a 3x3 mask that cancels planes and straight edges, scaled to a standard
-    deviation. Clean footage reads below a few units; heavy sensor or added noise above."""
-    y = luma.astype(np.float32)
-    if min(y.shape) < 3:
-        return 0.0
-    r = (y[:-2, :-2] - 2 * y[:-2, 1:-1] + y[:-2, 2:]
-         - 2 * y[1:-1, :-2] + 4 * y[1:-1, 1:-1] - 2 * y[1:-1, 2:]
-         + y[2:, :-2] - 2 * y[2:, 1:-1] + y[2:, 2:])
-    return float(np.sqrt(np.pi / 2) / 6 * np.abs(r).mean())
+# One 8-bit luma plane's noise (Immerkaer): the runtime's estimate, which the kind-of-footage
+# head reads too.
+sigma = noise_sigma
 
 
 def noise(path: str | os.PathLike, windows: Sequence[tuple[float, float]] | None = None,
