@@ -380,17 +380,25 @@ def contradictions(sentence: str, word: str) -> list[str]:
 _GLUE = frozenset("with that from this into than more very also both their there where".split())
 
 
+STEM = 5  # letters two neighbouring words share when one is the other in another form
+
+
 def repeats(sentence: str) -> list[str]:
     """Words of four letters or more that a quality sentence says twice after its colon
     ("no visible blocking, banding or banding"): greedy decoding's loops, which the
-    n-gram ban misses when other words sit between."""
+    n-gram ban misses when other words sit between. A word right after another form of
+    itself ("visibly visible") counts too."""
     said = sentence.split(":", 1)[1] if ":" in sentence else sentence
     seen: set[str] = set()
     out = []
+    prev = ""
     for w in (w.lower() for w in words_of(said)):
-        if len(w) >= 4 and w not in _GLUE and w in seen and w not in out:
+        again = w in seen or (len(w) >= STEM and len(prev) >= STEM
+                              and w[:STEM] == prev[:STEM])
+        if len(w) >= 4 and w not in _GLUE and again and w not in out:
             out.append(w)
         seen.add(w)
+        prev = w
     return out
 
 

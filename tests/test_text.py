@@ -191,6 +191,10 @@ def test_repeats_catch_a_word_said_twice_but_not_glue_words():
     assert text.repeats("Its technical quality is excellent: the picture is clean, with no "
                         "visible blocking, banding or banding, or noise.") == ["banding"]
     assert text.repeats("Its technical quality is good: clean, with detail, with no noise.") == []
+    assert text.repeats("Its technical quality is fair: fine detail is visibly visible.") == [
+        "visible"]
+    assert text.repeats("Its technical quality is poor: blocky blocks, noisy noise.") == [
+        "blocks"]
 
 
 def test_quality_vocabulary_is_the_training_quality_words():
