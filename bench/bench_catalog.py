@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ladder import NoScore  # noqa: E402
 from machine import describe  # noqa: E402
 
 from cpllm_plugin.configs import DEFAULT_MODEL  # noqa: E402
@@ -34,8 +35,11 @@ def main() -> None:
     ap.add_argument("--levels", help="The ladders' CRFs, comma-separated (default: "
                     f"{','.join(map(str, cat.LEVELS))}); the report keeps the inputs whose "
                     "ladder has every one of them.")
-    ap.add_argument("--only", help="Dev source ids, comma-separated: their masters, uploads "
+    ap.add_argument("--only", help="Source ids, comma-separated: their masters, uploads "
                     "and degraded originals alone (a subset for a slow encoder).")
+    ap.add_argument("--split", default="dev", choices=("dev", "train"),
+                    help="dev: the benchmark; train: the same kinds of inputs from training "
+                    "sources, to fit a picker's constants on (never on dev).")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
@@ -53,7 +57,7 @@ def main() -> None:
         inputs, rows = cat.with_noise(a.data), cat.read_jsonl(a.data / cat.ladder_file(a.codec))
     else:
         inputs, rows = cat.build(a.data, scorer, levels, jobs=a.jobs, only=only,
-                                 codec=a.codec)
+                                 codec=a.codec, split=a.split)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} {a.codec} ladder rows")
     if a.build_only:
@@ -81,9 +85,11 @@ def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
     cal = scorer.calibration()
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
+    rule = scorer.predictor()
     table = {
         "auto (default)": cat.auto_rule(),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
+        **({f"predict (margin {rule.margin:g})": cat.predict_rule(rule)} if rule else {}),
         f"score (min-score {s95:.3f}, max-drop {drop:.3f})": cat.score_rule(s95, drop),
     }
     sweeps = {
@@ -105,6 +111,9 @@ def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
         "score mode, stricter": [(f"min-score {m:.2f} drop {d:g}", cat.score_rule(m, d))
                                  for m in (4.6, 4.7, 4.8) for d in (0.01, 0.03, 0.06)],
     }
+    if rule:
+        sweeps["predict, margin"] = [(f"{m:g}", cat.predict_rule(rule, m))
+                                     for m in (-1, 0, 1, 2, 3, 4, 5, 6, 8)]
     return table, sweeps
 
 
@@ -135,6 +144,15 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52)) -> 
         curves_[name] = [(r.median, r.success) for _, r in res]
         print(f"  {name}: " + "; ".join(f"{label} {r.success:.0%}/{r.cost:.2f}/{r.median:.2f}"
                                           for label, r in res))
+    pred = next((p for k, p in table.items() if k.startswith("predict")), None)
+    if pred is not None:
+        r = cat.judge("predict", pred, cs)
+        f = cat.cheapest_fixed(cs, r.success, crfs)
+        if f is not None:
+            print(f"  predict: {r.success:.0%} / {r.cost:.2f} / {r.median:.2f}; the cheapest "
+                  f"fixed CRF as often, {f.name[10:]}: {f.success:.0%} / {f.cost:.2f} / "
+                  f"{f.median:.2f} (predict's bits against it: mean {r.cost / f.cost:.2f}, "
+                  f"median {r.median / f.median:.2f})")
     for share in (0.8, 0.9, 0.95):
         f = cat.cheapest_fixed(cs, share, crfs)
         print(f"  cheapest fixed CRF at {share:.0%} success: "
@@ -153,6 +171,8 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
     table, _ = policies(scorer)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
+    if codec == "libx264" and any(k.startswith("predict") for k in table):
+        replay["predict"] = next(p for k, p in table.items() if k.startswith("predict"))
     by = cat.groups(cs)
     chosen, i = [], 0
     kinds = [g for g in cat.GROUPS if g in by]
@@ -163,10 +183,12 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
             chosen.append(c)
         i += 1
     print(f"\nreal tool against the replay, {len(chosen)} inputs:")
-    print(f"{'input':34} {'mode':6} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
+    print(f"{'input':34} {'mode':8} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
           f"{'success (real)':>14}")
     diffs = []
-    times: dict[str, list[float]] = {m: [] for m in replay}
+    # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
+    # nothing is the baseline a no-reference mode's time is held against.
+    times: dict[str, list[float]] = {m: [] for m in (*replay, "vmaf, no model")}
     encodes: dict[str, list[int]] = {m: [] for m in replay}
     for c in chosen:
         for mode, pol in replay.items():
@@ -184,14 +206,23 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
             if crf is not None and sim is not None:
                 diffs.append(crf - sim)
             ok = "-" if crf is None else str(c.success(crf))
-            print(f"{c.id[:34]:34} {mode:6} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
+            print(f"{c.id[:34]:34} {mode:8} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
                   f"{time.perf_counter() - t0:>6.1f} {ok:>14}")
+        t0 = time.perf_counter()
+        try:
+            lad.pick_file(c.info["path"], lad.PickOptions(mode="vmaf", no_cache=True,
+                                                          encoder=codec), NoScore())
+        except lad.NoCrfMeetsTargetError:
+            pass
+        times["vmaf, no model"].append(time.perf_counter() - t0)
     import numpy as np
 
-    for mode in replay:
+    base = np.sum(times["vmaf, no model"])
+    for mode in times:
         print(f"{mode}: {np.mean(times[mode]):.1f} s a pick, "
-              f"{np.mean(encodes[mode]) if encodes[mode] else float('nan'):.1f} encodes; "
-              f"time against vmaf {np.sum(times[mode]) / np.sum(times['vmaf']):.2f}")
+              f"{np.mean(encodes[mode]) if encodes.get(mode) else float('nan'):.1f} encodes; "
+              f"time against vmaf {np.sum(times[mode]) / np.sum(times['vmaf']):.2f}, "
+              f"against vmaf without the model {np.sum(times[mode]) / base:.2f}")
     if diffs:
 
         d = np.abs(diffs)

@@ -1,12 +1,15 @@
 """cpllm-ladder: speed against a VMAF-driven search, encodes per pick, and accuracy on dev.
 
-Two parts (both by default):
+Three parts (all by default):
 
 ``speed``: a 10 s 1080p clip made from the dev split's 1080p originals (five 2 s shots).
 ``pick`` runs once without cache; then a VMAF-driven search over the same CRFs and the same
 samples (the same reference cuts and encodes, measured with libvmaf on every frame, as
 ab-av1 and Av1an's target quality do) runs in the same process. Printed as a ratio, since
 the shared machines drift by 25% in absolute speed.
+
+``predict``: on the same clip, ``--mode predict`` (no reference) against the VMAF-95
+search as ab-av1 runs it (no model), each on its own probes; goal: half the time or less.
 
 ``dev``: every clean dev original (no ``reference``) is picked at the default target (the
 model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
@@ -17,7 +20,7 @@ one fixed CRF reaches (the median crossing of the other sources): what a picker 
 Needs ``data/recipe/ladder-dev/manifest.jsonl`` and the corpus
 (``cpllm-recipe --stage corpus --stage ladder`` rebuilds both).
 
-    python bench/bench_ladder.py [--part speed|dev] [--data data/recipe]
+    python bench/bench_ladder.py [--part speed|predict|dev] [--data data/recipe]
 """
 
 from __future__ import annotations
@@ -143,8 +146,9 @@ def _ten_second_clip(data: Path, out: Path) -> Path:
     return out
 
 
-class _NoScore:
-    """Scores nothing: the VMAF baseline pays for encodes and VMAF only."""
+class NoScore:
+    """Scores nothing: the VMAF baseline pays for encodes and VMAF only (ab-av1 runs no
+    model)."""
 
     id = "none"
 
@@ -167,7 +171,7 @@ def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
         # A: the VMAF-driven search in the same engine, on the same samples and CRFs,
         # measuring VMAF on every frame instead of predicting a score.
         t0 = time.perf_counter()
-        with lad.Ladder(src, lad.Settings(), _NoScore(), samples=samples, vmaf=True) as base:
+        with lad.Ladder(src, lad.Settings(), NoScore(), samples=samples, vmaf=True) as base:
             vmafs = {c: base.probe(c).vmaf for c in crfs}
         t_same = time.perf_counter() - t0
 
@@ -195,9 +199,29 @@ def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
         print("goal: ratio <= 0.5")
 
 
+
+def part_predict(data: Path, scorer: lad.Scorer) -> None:
+    """``--mode predict`` (no reference, its probes) against the VMAF-95 search as ab-av1 runs
+    it (no model), each searching on its own, neither cached, on the same 10 s clip."""
+    with tempfile.TemporaryDirectory(prefix="bench-ladder-") as tmp:
+        src = lad.inspect(_ten_second_clip(data, Path(tmp) / "ten.mp4"))
+        print(f"\n## predict: {src.width}x{src.height}, {src.duration:.1f} s")
+        t0 = time.perf_counter()
+        with lad.Ladder(src, lad.Settings(), scorer) as ladder:
+            pred = lad.pick_predict(ladder)
+        t_pred = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with lad.Ladder(src, lad.Settings(), NoScore(), vmaf=True) as ladder:
+            v95 = lad.pick_vmaf(ladder, lad.DEFAULT_VMAF)
+        t_v95 = time.perf_counter() - t0
+        print(f"--mode predict: CRF {pred.crf} ({pred.encodes} encodes) in {t_pred:.1f} s; "
+              f"the VMAF-95 search without the model: CRF {v95.crf} ({v95.encodes} encodes) "
+              f"in {t_v95:.1f} s; ratio {t_pred / t_v95:.2f} (goal <= 0.5)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["speed", "dev", "all"], default="all")
+    ap.add_argument("--part", choices=["speed", "predict", "dev", "all"], default="all")
     ap.add_argument("--data", type=Path, default=Path("data/recipe"))
     ap.add_argument("--model", default=DEFAULT_MODEL)
     a = ap.parse_args()
@@ -208,6 +232,8 @@ def main() -> None:
     target = lad.vmaf_to_score(lad.DEFAULT_VMAF, scorer.calibration())
     if a.part in ("speed", "all"):
         part_speed(a.data, scorer, target)
+    if a.part in ("predict", "all"):
+        part_predict(a.data, scorer)
     if a.part in ("dev", "all"):
         part_dev(a.data, scorer, target)
 

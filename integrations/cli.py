@@ -59,9 +59,11 @@ def pick_options(f):
         click.option("--mode", type=click.Choice(lad.MODES), help="auto: VMAF against the "
                      "input at a level set by how the input was made (95 for a master, "
                      "lower for an earlier lossy encode); vmaf: VMAF against the input at "
-                     "--min-vmaf (ab-av1's crf-search); score: the model's predicted score, "
-                     "no reference and no VMAF runs. Default: score with --min-score or "
-                     "--max-drop, vmaf with --min-vmaf, else auto."),
+                     "--min-vmaf (ab-av1's crf-search); predict: no reference and no VMAF "
+                     "runs, a CRF predicted from one probe and the input's stream (libx264); "
+                     "score: the model's predicted score against a target, no reference. "
+                     "Default: score with --min-score or --max-drop, vmaf with --min-vmaf, "
+                     "else auto."),
         click.option("-e", "--encoder", default="libx264", show_default=True,
                      type=click.Choice(sorted(ff.ENCODERS)), help="ffmpeg video encoder."),
         click.option("--preset", help="Encoder preset (default: the encoder's usual one)."),
@@ -179,6 +181,7 @@ def _table(run: Run, result: lad.Pick) -> None:
     t = result.target
     note = run.job.target_note
     how = (f"VMAF {t.value:g} against the input ({t.rule})" if t.measure == "vmaf" else
+           f"none, no reference ({t.rule})" if t.measure == "crf" else
            f"{t.min_score:.3f} ({note})" if t.rule == "min-score" else
            f"{t.value:.3f} = source {t.source_score:.3f} - max-drop {t.max_drop:g} "
            f"(source below {t.min_score:.3f}, {note})")
@@ -196,6 +199,8 @@ def _table(run: Run, result: lad.Pick) -> None:
                    + f" {p.kbps:>9.1f} {_size(p.predicted_size):>15} {p.seconds:>6.1f}s"
                    + cached + mark)
     vmaf = f", VMAF {result.vmaf:.2f}" if result.vmaf is not None else ""
+    if result.crf not in {p.crf for p in result.probes}:
+        vmaf += " (read off the probes, not encoded)"
     click.echo(f"pick: CRF {result.crf}  score {result.score:.3f}{vmaf}  "
                f"~{result.predicted_kbps:g} kb/s, predicted {_size(result.predicted_size)} "
                f"({result.encodes} encodes)")
@@ -203,7 +208,8 @@ def _table(run: Run, result: lad.Pick) -> None:
 
 def _target(p) -> str:
     """A shot's target as the table prints it: a score, or a VMAF level against the input."""
-    return f"{p.target:.3f}" if p.measure == "score" else f"VMAF {p.target:g}"
+    return (f"{p.target:.3f}" if p.measure == "score" else
+            f"CRF {p.target:.1f} estimated" if p.measure == "crf" else f"VMAF {p.target:g}")
 
 
 def _size(n: int) -> str:

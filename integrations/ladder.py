@@ -274,6 +274,12 @@ class Scorer:
         """Median fall of a clean source's score by its VMAF-``vmaf`` CRF, if calibrated."""
         return calibrated_drop(self._calibration_file(), vmaf)
 
+    def predictor(self):
+        """The model's ``predict`` mode rule (:class:`.predict.Predictor`), or None."""
+        from . import predict
+
+        return predict.load(self.model.source)
+
 
 def read_calibration(model_dir: str | os.PathLike) -> dict:
     """A model directory's ``calibration.json`` (empty when it has none)."""
@@ -784,6 +790,73 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
                    "--mode vmaf --min-vmaf V with a lower V")
 
 
+def pick_predict(ladder: Ladder) -> Pick:
+    """``predict`` mode: no reference and no VMAF. One or two probes give the encoder's
+    bitrate and the model's scores; the model's fitted rule (:mod:`.predict`) turns them and
+    the input's stream into a CRF, ``margin`` below the highest it estimates keeps what the
+    input had. The pick itself is not encoded: its size and score are read off the probes."""
+    rule = ladder.scorer.predictor() if hasattr(ladder.scorer, "predictor") else None
+    if rule is None:
+        raise LadderArgumentError(message(
+            "cpllm-ladder --mode predict", "a model with a fitted predict.json",
+            f"model {ladder.scorer.id} without one", "use --mode auto, or fit one with "
+            "python -m cpllm_plugin.training.picker"))
+    if rule.encoder != ladder.settings.encoder:
+        raise LadderArgumentError(message(
+            "cpllm-ladder --mode predict", f"--encoder {rule.encoder} (its rule is fitted on "
+            f"{rule.encoder}'s CRF scale)", ladder.settings.encoder,
+            "use --mode auto (or vmaf) with this encoder"))
+    from cpllm_plugin.video import probe as probe_video
+
+    from . import predict
+
+    s0 = _source_score(ladder)
+    probes = [ladder.probe(c) for c in rule.probes]
+    first, last = probes[0], probes[-1]
+    kbps = ladder.input_kbps()
+    ceq = None if kbps is None else predict.equivalent_crf(
+        {p.crf: p.kbps for p in probes}, kbps)
+    # The reference samples carry --vfilter's geometry: bits per pixel of what is coded.
+    ref = probe_video(ladder.references()[0])
+    bpp = first.kbps * 1000 / max(ref.width * ref.height * ref.fps, 1e-9)
+    x = predict.features(ceq, ladder.input_noise(), bpp, ref.height, s0,
+                         [p.score for p in probes])
+    est = rule.estimate(x)
+    crf = rule.crf(x, *ladder.settings.search)
+    # Size in log along the probes' line (one probe: HALVING CRF per halving); the score
+    # linearly between two probes, else the probe's own.
+    if last.crf > first.crf:
+        t = (crf - first.crf) / (last.crf - first.crf)
+        rate = math.exp(math.log(first.kbps) + t * (math.log(last.kbps) - math.log(first.kbps)))
+        score = first.score + t * (last.score - first.score)
+    else:
+        rate = first.kbps * 2 ** (-(crf - first.crf) / predict.HALVING)
+        score = first.score
+    size = int(first.predicted_size * rate / first.kbps)
+    why = ("input reads as a master" if ceq is None or ceq <= predict.REENCODED_FROM else
+           f"input reads as CRF {ceq:.1f}")
+    ladder.say(f"predict: {why}; estimate CRF {est:.1f}, margin {rule.margin:g}")
+    target = Target(round(est, 2), None, None, s0,
+                    f"predict: {why}; estimate {est:.1f} less margin {rule.margin:g}", "crf")
+    return Pick(crf, round(score, 3), s0, target, size, round(rate, 1), ladder.encodes,
+                ladder.scorer.id, ladder.settings.encoder, ladder.settings.public(),
+                sorted(ladder.probes.values(), key=lambda q: q.crf))
+
+
+def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
+             max_drop: float | None = None, vmaf_level: float = DEFAULT_VMAF,
+             max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
+    """The pick of ``mode`` (one of :data:`MODES`) on ``ladder``: the one dispatch that
+    ``cpllm-ladder pick``, ``encode`` and ``scenes`` share."""
+    if mode == "auto":
+        return pick_auto(ladder, max_probes, full)
+    if mode == "vmaf":
+        return pick_vmaf(ladder, vmaf_level, max_probes, full)
+    if mode == "predict":
+        return pick_predict(ladder)
+    return pick(ladder, min_score, max_drop, max_probes, full)
+
+
 def _source_score(ladder: Ladder) -> float:
     if ladder.source.hdr:
         warnings.warn(f"{ladder.source.path.name} is HDR (PQ or HLG): the model was trained "
@@ -829,7 +902,9 @@ def default_cache() -> Path:
 
 # --- the Python API: options in, a pick out -------------------------------------------------
 
-MODES = ("auto", "score", "vmaf")
+MODES = ("auto", "vmaf", "predict", "score")
+# Modes that never run VMAF (their ladders measure it only when asked, with --vmaf).
+NO_REFERENCE = ("predict", "score")
 DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/ladder.md)
 DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
@@ -934,12 +1009,17 @@ class Job:
             raise LadderArgumentError(message(
                 where, "a VMAF level (--min-vmaf) in --mode vmaf", "--min-score",
                 "pass --min-vmaf V, or use --mode score for a score target"))
-        if self.mode == "auto" and (o.min_score is not None or o.min_vmaf is not None):
+        if self.mode in ("auto", "predict") and (o.min_score is not None
+                                                 or o.min_vmaf is not None):
             raise LadderArgumentError(message(
-                where, "no target in --mode auto (it sets its own VMAF level)",
+                where, f"no target in --mode {self.mode} (it sets its own)",
                 "--min-score" if o.min_score is not None else "--min-vmaf",
                 "use --mode vmaf --min-vmaf V or --mode score --min-score S for a target "
                 "of your own"))
+        if self.mode == "predict" and o.full:
+            raise LadderArgumentError(message(
+                where, "--full with a searching mode", "--mode predict (it reads two "
+                "probes, whatever --full says)", "drop --full, or use --mode auto --full"))
         self.settings = o.settings()
         self.settings.table  # noqa: B018 - validates the encoder name early
         self.source = inspect(path, where)
@@ -975,7 +1055,8 @@ class Job:
         samples = samples or plan_samples(self.source.duration, o.samples, o.sample_seconds,
                                           o.key_frames)
         return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
-                      o.ffmpeg, o.vmaf or self.mode != "score", self.say, o.temp_dir)
+                      o.ffmpeg, o.vmaf or self.mode not in NO_REFERENCE, self.say,
+                      o.temp_dir)
 
     def pick(self, on_probe: Callable[[Probe], None] | None = None) -> Pick:
         """Search (or probe every level with ``full``) and return the pick. ``on_probe`` is
@@ -983,11 +1064,8 @@ class Job:
         o = self.options
         with self.ladder() as ladder:
             try:
-                if self.mode == "vmaf":
-                    return pick_vmaf(ladder, self.vmaf_level, o.max_probes, o.full)
-                if self.mode == "auto":
-                    return pick_auto(ladder, o.max_probes, o.full)
-                return pick(ladder, self.min_score, self.max_drop, o.max_probes, o.full)
+                return run_mode(ladder, self.mode, self.min_score, self.max_drop,
+                                self.vmaf_level, o.max_probes, o.full)
             finally:
                 for p in ladder.probes.values():  # in the order they were made
                     if on_probe:

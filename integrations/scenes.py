@@ -35,6 +35,7 @@ from . import ffmpeg as ff
 from .ladder import (
     DEFAULT_VMAF,
     MAX_PROBES,
+    NO_REFERENCE,
     Ladder,
     LadderArgumentError,
     LadderError,
@@ -45,10 +46,8 @@ from .ladder import (
     Settings,
     Source,
     inspect,
-    pick,
-    pick_auto,
-    pick_vmaf,
     plan_samples,
+    run_mode,
 )
 
 THRESHOLD = 10.0  # scdet's own default; cuts in Big Buck Bunny score 11-31, pans stay below 5
@@ -275,9 +274,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
             :class:`~.ladder.Ladder` and :func:`~.ladder.pick`.
         min_score, max_drop: the score target (:class:`~.ladder.Target`), resolved per
             shot against the shot's own source score (``mode="score"``).
-        mode: ``score``; ``vmaf`` (VMAF against the input at ``vmaf_level``); or ``auto``
-            (:func:`~.ladder.pick_auto`; the samples lie inside the shot, so the input's bitrate
-            is read there).
+        mode: one of :data:`~.ladder.MODES` (:func:`~.ladder.run_mode`); ``auto`` and
+            ``predict`` read the input's bitrate and noise inside the shot's samples.
         progress: called with one line per step, prefixed ``shot i/n:``.
 
     Returns:
@@ -299,16 +297,11 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 f"detect the shots with min_seconds >= {SHORTEST:g}"))
         samples = plan_samples(src.duration, window=window(shot, src.fps))
         with Ladder(src, settings, scorer, samples=samples, pool=pool, cache=cache,
-                    ffmpeg=ffmpeg, vmaf=vmaf or mode != "score",
+                    ffmpeg=ffmpeg, vmaf=vmaf or mode not in NO_REFERENCE,
                     progress=lambda line, tag=tag: say(f"{tag}: {line}")) as ladder:
             say(f"{tag}: {shot.start:.2f}-{shot.end:.2f} s, {shot.frames} frames")
             try:
-                if mode == "auto":
-                    p = pick_auto(ladder, max_probes)
-                elif mode == "vmaf":
-                    p = pick_vmaf(ladder, vmaf_level, max_probes)
-                else:
-                    p = pick(ladder, min_score, max_drop, max_probes)
+                p = run_mode(ladder, mode, min_score, max_drop, vmaf_level, max_probes)
             except NoCrfMeetsTargetError as err:
                 low = ladder.probes[min(ladder.probes)]
                 s0, _ = ladder.source_score()

@@ -164,7 +164,7 @@ def ladder_file(codec: str = "libx264") -> str:
 def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs: int = 2,
           ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
           only: Iterable[str] | None = None,
-          codec: str = "libx264") -> tuple[list[dict], list[dict]]:
+          codec: str = "libx264", split: str = "dev") -> tuple[list[dict], list[dict]]:
     """Build (or finish) the catalog under ``data``; returns ``(inputs, ladder rows)``.
 
     Args:
@@ -178,6 +178,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         only: measure only the inputs made from these dev sources (masters, their degraded
             originals and uploads; the same inputs as in the whole catalog).
         codec: the ladders' encoder (its default preset); the inputs are the same for all.
+        split: ``"dev"`` for the benchmark; ``"train"`` builds the same kinds of inputs from
+            training sources, the only catalog a picker's constants may be fitted on.
     """
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
@@ -190,14 +192,17 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     say = progress_printer(progress)
     data = Path(data)
     ffmpeg = find_ffmpeg(ffmpeg)
-    dev = sorted(k for k, v in read_split().items() if v == "dev")
+    if split not in ("dev", "train"):
+        raise CatalogError(message("the catalog's split", '"dev" or "train"', repr(split),
+                                   "pass split='dev' (the benchmark) or 'train'"))
     keep = set(only) if only is not None else None
-    items = build_corpus(data / "corpus", only=dev, ffmpeg=ffmpeg, progress=say)
+    ids = sorted(k for k, v in read_split().items() if v == split)
+    items = build_corpus(data / "corpus", only=ids, ffmpeg=ffmpeg, progress=say)
     corpus = (data / "corpus").resolve()
-    origin = {i.source: corpus / i.path for i in items if i.split == "dev"}
+    origin = {i.source: corpus / i.path for i in items if i.split == split}
     masters, inputs = [], []
     for i in items:
-        if i.split != "dev":
+        if i.split != split:
             continue
         info = probe(origin[i.source])
         row = {"source": i.source, "path": str(origin[i.source]), "width": info.width,
@@ -540,3 +545,36 @@ def auto_rule(gap: float | None = None, step: float | None = None,
         return highest_meeting(c.crfs, c.vi, level)
 
     return policy
+
+
+def predict_features(c: Curve, probes: Sequence[int]) -> dict[str, float]:
+    """:func:`cpllm_plugin.integrations.predict.features` of an input, read off its ladder
+    as ``predict`` mode reads its probes (whole-input encodes: the catalog's inputs are as
+    short as one sample)."""
+    from cpllm_plugin.integrations import predict
+
+    rates = {p: float(c.bytes[c.at(p)]) for p in probes}
+    e = predict.equivalent_crf(rates, float(c.info["bytes"]))
+    pixels = c.info["width"] * c.info["height"] * max(int(c.info["frames"]), 1)
+    return predict.features(e, float(c.info["noise"]), rates[probes[0]] * 8 / pixels,
+                            int(c.info["height"]), c.s0,
+                            [float(c.score[c.at(p)]) for p in probes])
+
+
+def predict_rule(p, margin: float | None = None) -> Policy:
+    """``cpllm-ladder --mode predict`` replayed with the rule ``p``
+    (:class:`~cpllm_plugin.integrations.predict.Predictor`); ``margin`` overrides its own."""
+    m = p.margin if margin is None else margin
+
+    def policy(c: Curve) -> int | None:
+        est = p.estimate(predict_features(c, p.probes))
+        return int(np.clip(math.floor(est - m), c.crfs[0], c.crfs[-1]))
+
+    return policy
+
+
+def cheapest_success_crf(c: Curve) -> int:
+    """The highest CRF of the ladder that keeps what the input had (what ``predict`` mode
+    learns to predict)."""
+    ok = c.vm >= c.required - 1e-9
+    return int(c.crfs[ok].max())

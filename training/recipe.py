@@ -41,8 +41,8 @@ from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
 from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
 
-STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "kinds", "codecs",
-          "eval")
+STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "kinds", "picker",
+          "codecs", "eval")
 MODEL_STAGES = ("cache", "train", "text", "ship")  # their cost depends on the model trained
 TRAIN_CRFS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, d = 4 apart
 # Evaluation-only ladders of the other encoders: four levels from about VMAF 95 down over each
@@ -422,6 +422,16 @@ def stage_kinds(r: Recipe, say) -> dict:
             "steps_s": {k: round(v, 1) for k, v in rep["cost_s"].items()}}
 
 
+def stage_picker(r: Recipe, say) -> dict:
+    """``cpllm-ladder --mode predict``'s rule (``predict.json``) of the shipped model, fitted
+    on a catalog of training sources scored by it (training/picker.py)."""
+    from .picker import rebuild
+
+    rule, _ = rebuild(r.data / "catalog-train", r.out, r.out, progress=say)
+    return {"features": sorted(rule.weights), "margin": rule.margin,
+            "out_of_fold": rule.provenance.get("out_of_fold")}
+
+
 def stage_eval(r: Recipe, say) -> dict:
     from ..model import io
     from .cached import describe_agreement
@@ -520,7 +530,8 @@ def _calibrate(model_dir: Path, anchors: dict, drops: dict | None = None) -> Non
 
 RUN = {"corpus": stage_corpus, "ladder": stage_ladder, "describe": stage_describe,
        "cache": stage_cache, "train": stage_train, "text": stage_text, "ship": stage_ship,
-       "kinds": stage_kinds, "codecs": stage_codecs, "eval": stage_eval}
+       "kinds": stage_kinds, "picker": stage_picker, "codecs": stage_codecs,
+       "eval": stage_eval}
 
 
 def run(r: Recipe, stages: tuple[str, ...] = STAGES,

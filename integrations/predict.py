@@ -1,0 +1,135 @@
+"""``predict`` mode: a CRF from what the input shows without any reference, never VMAF.
+
+One or two probe encodes give the encoder's bitrate on the input's samples and the model's
+score there. From them and the input's own stream, a linear rule fitted on a catalog of
+training sources (``cpllm_plugin.training.picker``; never on dev) predicts the highest CRF
+that keeps what the input had against its clean master, and the pick stays ``margin`` CRF
+below it. The rule ships in the model directory as ``predict.json`` (plain JSON), because
+some of its inputs are that model's scores and all are one encoder's CRF scale.
+
+What each feature reads (:func:`features`):
+
+- ``reencoded``: how far the input's equivalent CRF (its bitrate on the probes' line, or
+  with one probe on a line of :data:`HALVING` CRF per halving) lies above 20: an earlier
+  lossy encode's own CRF caps what a re-encode can keep.
+- ``noisy``: luma noise above 4, which a re-encode smooths away and a viewer never missed.
+- ``bits``: log2 bits per pixel at the first probe: content that costs bits hides loss.
+- ``height``: log2 of the coded height: small pictures show loss at lower CRFs.
+- ``drop_lo``, ``drop_hi``: the model's score at the first and the last probe less its score
+  of the input: how fast this content loses what the model sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cpllm_plugin.errors import ModelFileError, message
+
+PREDICT_FILE = "predict.json"
+FORMAT = "cpllm-predict/1"
+FEATURES = ("const", "reencoded", "noisy", "bits", "height", "drop_lo", "drop_hi")
+REENCODED_FROM = 20.0  # equivalent CRFs below this read as masters (feature 0)
+# A tiny earlier encode's bitrate can read as CRF 100+ on a line extrapolated far past the
+# probes; no CRF above the encoder's usual top says more.
+REENCODED_CAP = 51.0
+NOISY_FROM = 4.0
+HALVING = 6.0  # CRF per halving of libx264's bitrate: the line through a single probe
+
+
+class PredictFileError(ModelFileError):
+    """A model directory's ``predict.json`` is unreadable or malformed."""
+
+
+def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
+    """The CRF whose bitrate matches the input's: on the line through two or more probes
+    (``{crf: rate}``), or through one probe at :data:`HALVING` CRF per halving."""
+    from .ladder import equivalent_crf as through
+
+    if len(rates) >= 2:
+        return through(rates, input_rate)
+    (crf, rate), = rates.items()
+    if rate <= 0 or input_rate <= 0:
+        return None
+    return crf + HALVING * math.log2(rate / input_rate)
+
+
+def features(equivalent: float | None, noise: float, bits_per_pixel: float, height: int,
+             source_score: float, scores: Sequence[float]) -> dict[str, float]:
+    """Every feature of :data:`FEATURES` for one input; ``scores``: the model's score at each
+    probe, lowest CRF first (``equivalent`` None: unknown, e.g. a ``--vfilter`` makes the
+    bitrates incomparable; the input then reads as a master)."""
+    e = REENCODED_FROM if equivalent is None else min(equivalent, REENCODED_CAP)
+    return {"const": 1.0, "reencoded": max(e - REENCODED_FROM, 0.0),
+            "noisy": max(noise - NOISY_FROM, 0.0),
+            "bits": math.log2(max(bits_per_pixel, 1e-6)), "height": math.log2(max(height, 1)),
+            "drop_lo": scores[0] - source_score, "drop_hi": scores[-1] - source_score}
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A fitted rule: ``crf = sum(weights[f] * x[f]) - margin``."""
+
+    encoder: str
+    probes: tuple[int, ...]  # one or two CRFs, increasing
+    weights: dict[str, float]
+    margin: float
+    provenance: dict = field(default_factory=dict)
+
+    def estimate(self, x: dict[str, float]) -> float:
+        """The predicted highest CRF that keeps what the input had (before the margin)."""
+        return float(sum(w * x[f] for f, w in self.weights.items()))
+
+    def crf(self, x: dict[str, float], lo: int, hi: int) -> int:
+        return int(min(max(math.floor(self.estimate(x) - self.margin), lo), hi))
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "encoder": self.encoder, "probes": list(self.probes),
+                "weights": dict(self.weights),
+                "margin": self.margin, "provenance": self.provenance}
+
+
+def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
+    def bad(expected: str, got: str) -> PredictFileError:
+        return PredictFileError(message(str(path), expected, got, "rebuild it with "
+                                        "python -m cpllm_plugin.training.picker"))
+
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise bad(f'a JSON object with "format": "{FORMAT}"',
+                  repr(d.get("format")) if isinstance(d, dict) else type(d).__name__)
+    w = d.get("weights")
+    if not isinstance(w, dict) or not set(w) <= set(FEATURES) or not all(
+            isinstance(v, int | float) for v in w.values()):
+        raise bad(f"weights keyed by {FEATURES}", repr(w)[:80])
+    probes = d.get("probes")
+    if not (isinstance(probes, list) and len(probes) in (1, 2)
+            and all(isinstance(c, int) for c in probes) and probes == sorted(set(probes))):
+        raise bad("one or two increasing probe CRFs", repr(probes))
+    return Predictor(str(d.get("encoder")), tuple(probes),
+                     {k: float(v) for k, v in w.items()}, float(d.get("margin", 0.0)),
+                     dict(d.get("provenance", {})))
+
+
+def load(model_dir: str | Path) -> Predictor | None:
+    """The model directory's rule, or None when it ships none."""
+    path = Path(model_dir) / PREDICT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PredictFileError(message(str(path), "readable JSON", str(e),
+                                       "rebuild it with python -m "
+                                       "cpllm_plugin.training.picker")) from e
+    return from_dict(data, path)
+
+
+def save(p: Predictor, model_dir: str | Path) -> Path:
+    from cpllm_plugin.files import write_atomic
+
+    path = Path(model_dir) / PREDICT_FILE
+    write_atomic(path, json.dumps(p.to_dict(), indent=1) + "\n")
+    return path

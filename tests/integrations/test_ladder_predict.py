@@ -1,0 +1,139 @@
+"""cpllm-ladder --mode predict: a CRF from its probe and the input's stream, no reference
+and no VMAF. Its rule file, its features, its errors, and the mode end to end on a clip and
+on an earlier encode of it."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cpllm_plugin.integrations import ladder as lad
+from cpllm_plugin.integrations import predict
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
+
+
+def _rule(**kw):
+    return predict.Predictor(kw.pop("encoder", "libx264"), (27, 39),
+                             kw.pop("weights", {"const": 18.0, "reencoded": 1.0}),
+                             kw.pop("margin", 1.0))
+
+
+def test_features_read_an_earlier_encode_noise_and_size():
+    x = predict.features(30.0, 9.0, 0.05, 720, 4.5, [4.4, 3.9])
+    assert x["const"] == 1 and x["reencoded"] == pytest.approx(10.0)
+    assert x["noisy"] == pytest.approx(5.0)
+    assert x["bits"] == pytest.approx(-4.3219, abs=1e-4)
+    assert x["height"] == pytest.approx(9.49, 0.01)
+    assert x["drop_lo"] == pytest.approx(-0.1) and x["drop_hi"] == pytest.approx(-0.6)
+    assert predict.features(30.0, 9.0, 0.05, 720, 4.5, [4.2])["drop_hi"] == pytest.approx(-0.3)
+    # A master's bitrate reads below the hinge; unknown reads as a master; a tiny upload's
+    # extrapolated CRF 114 is capped.
+    for e, want in ((8.0, 0), (None, 0), (114.0, 31)):
+        assert predict.features(e, 1.0, 0.1, 720, 4, [4])["reencoded"] == want
+    assert predict.features(None, 2.0, 0.1, 720, 4, [4])["noisy"] == 0
+
+
+def test_equivalent_crf_from_one_probe_or_two():
+    # 800 kb/s at CRF 30; the input at 1600 kb/s is one halving (6 CRF) below it.
+    assert predict.equivalent_crf({30: 800.0}, 1600.0) == pytest.approx(24.0)
+    assert predict.equivalent_crf({30: 800.0}, 0.0) is None
+    two = {c: 800 * 2 ** (-(c - 30) / 5) for c in (30, 40)}  # 5 CRF a halving here
+    assert predict.equivalent_crf(two, 1600.0) == pytest.approx(25.0)
+
+
+def test_rule_estimates_clips_and_round_trips(tmp_path):
+    r = _rule()
+    x = predict.features(30.0, 1.0, 0.1, 720, 4, [4, 4])
+    assert r.estimate(x) == pytest.approx(28.0)
+    assert r.crf(x, 15, 51) == 27 and r.crf(x, 15, 24) == 24
+    predict.save(r, tmp_path)
+    assert predict.load(tmp_path) == r
+    assert predict.load(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"format": "other"}, "format"),
+    ({"format": predict.FORMAT, "probes": [27, 39], "weights": {"colour": 1.0}}, "weights"),
+    ({"format": predict.FORMAT, "probes": [39, 27], "weights": {"const": 1.0}}, "probe"),
+    ({"format": predict.FORMAT, "probes": [], "weights": {"const": 1.0}}, "probe"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_rule_files_are_named(tmp_path, bad, match):
+    (tmp_path / predict.PREDICT_FILE).write_text(json.dumps(bad))
+    with pytest.raises(predict.PredictFileError, match=match) as e:
+        predict.load(tmp_path)
+    assert "cpllm_plugin.training.picker" in str(e.value)
+    (tmp_path / predict.PREDICT_FILE).write_text("{not json")
+    with pytest.raises(predict.PredictFileError, match="readable JSON"):
+        predict.load(tmp_path)
+
+
+def test_predict_takes_no_target_and_no_full():
+    for kw in ({"min_score": 4.0}, {"min_vmaf": 93.0}):
+        with pytest.raises(lad.LadderArgumentError, match="--mode predict"):
+            lad.Job(SAMPLE, lad.PickOptions(mode="predict", **kw), scorer=object())
+    with pytest.raises(lad.LadderArgumentError, match="--full"):
+        lad.Job(SAMPLE, lad.PickOptions(mode="predict", full=True), scorer=object())
+
+
+class _Stub:
+    """A scorer with a rule of its own (or none) that fails if anything is scored."""
+
+    id = "stub"
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def predictor(self):
+        return self.rule
+
+    def __call__(self, paths, key_frames):
+        raise AssertionError("scored before the rule was checked")
+
+
+@pytest.mark.parametrize("rule, opts, match", [
+    (None, {}, "predict.json"),
+    (_rule(), {"encoder": "libx265"}, "fitted on libx264"),
+])
+def test_predict_needs_a_rule_for_its_encoder(tmp_path, rule, opts, match):
+    job = lad.Job(SAMPLE, lad.PickOptions(mode="predict", no_cache=True, temp_dir=tmp_path,
+                                          **opts), scorer=_Stub(rule))
+    with pytest.raises(lad.LadderArgumentError, match=match) as e:
+        job.pick()
+    assert "--mode auto" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def master_and_upload(ffmpeg_exe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    master, upload = d / "master.mkv", d / "upload.mp4"
+    base = [ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run([*base, "-i", str(SAMPLE), "-t", "2", "-an", "-c:v", "libx264", "-qp", "0",
+                    "-preset", "ultrafast", str(master)], check=True)
+    subprocess.run([*base, "-i", str(master), "-c:v", "libx264", "-crf", "36", "-preset",
+                    "medium", str(upload)], check=True)
+    return master, upload
+
+
+@pytest.mark.slow
+def test_predict_runs_two_probes_and_no_vmaf(master_and_upload, tmp_path):
+    """The shipped rule on a lossless master and on a CRF 36 encode of it: its probe encodes
+    alone, no VMAF measured, and the earlier encode, whose own CRF caps what a re-encode can
+    keep, gets the higher CRF."""
+    master, upload = master_and_upload
+    scorer = lad.Scorer()
+    opts = {"mode": "predict", "no_cache": True, "temp_dir": tmp_path}
+    on_master = lad.pick_file(master, lad.PickOptions(**opts), scorer)
+    on_upload = lad.pick_file(upload, lad.PickOptions(**opts), scorer)
+    rule = scorer.predictor()
+    for p in (on_master, on_upload):
+        assert p.encodes == len(rule.probes) and [q.crf for q in p.probes] == list(rule.probes)
+        assert all(q.vmaf is None for q in p.probes) and p.vmaf is None
+        assert p.target.measure == "crf" and 15 <= p.crf <= 51
+        # The pick's bitrate is read off the probe: more bits below its CRF, fewer above.
+        first = p.probes[0]
+        assert (p.predicted_kbps > first.kbps) == (p.crf < first.crf)
+    assert "master" in on_master.target.rule and "CRF 3" in on_upload.target.rule
+    assert on_upload.crf > on_master.crf

@@ -1,0 +1,67 @@
+"""predict mode's rule fitted on a synthetic training catalog with a known answer, and
+replayed as the catalog benchmark replays it."""
+
+import numpy as np
+import pytest
+
+from cpllm_plugin.integrations import predict
+from cpllm_plugin.training import catalog as cat
+from cpllm_plugin.training import picker
+
+LEVELS = (15, 21, 27, 33, 39, 45, 51)
+
+
+def _size(c):
+    return 1e5 * 2 ** (-(c - 15) / 6)  # the bitrate halves every 6 CRF
+
+
+def _curve_pair(i, e):
+    """A master whose VMAF-95 crossing is CRF 18, and an earlier encode of it at equivalent
+    CRF ``e`` whose highest success is ``e - 2``: the answer is ``18 + max(e - 20, 0)``."""
+    src = f"s{i}"
+    rows, inputs = [], []
+    for id_, kind, t, top, size in ((src, "master", 100.0, 18, _size(3)),
+                                    (f"{src}~x264", "x264", 90.0, e - 2, _size(e))):
+        need = min(95.0, t - 5.0)
+        inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
+                       "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
+                       "bytes": size, "codec": "h264", "noise": 1.0})
+        rows += [{"id": id_, "crf": c, "bytes": _size(c), "vmaf_master": need - (c - top),
+                  "vmaf_input": 99.0, "frame_scores": [4.0 - 0.02 * c]} for c in LEVELS]
+    return inputs, rows
+
+
+@pytest.fixture
+def curves():
+    inputs, rows = [], []
+    for i, e in enumerate(np.linspace(24, 40, 20)):
+        a, b = _curve_pair(i, float(round(e)))
+        inputs += a
+        rows += b
+    return cat.curves(inputs, rows)
+
+
+def test_fit_finds_the_rule_and_a_small_margin(curves):
+    rule, table = picker.fit(curves, share=0.9)
+    one_probe = [f for f in picker.SETS if "drop_hi" not in f]
+    assert len(table) == len(picker.PROBE_SETS) * len(one_probe) * len(picker.LAMBDAS)
+    assert rule.encoder == "libx264" and rule.probes in picker.PROBE_SETS
+    assert rule.margin <= 1.0
+    for c in curves:
+        est = rule.estimate(cat.predict_features(c, rule.probes))
+        assert est == pytest.approx(cat.cheapest_success_crf(c), abs=0.6), c.id
+    r = cat.judge("predict", cat.predict_rule(rule), curves)
+    assert r.success >= 0.9 and r.median <= 2 ** (2 / 6)
+    # The file the tool reads holds the same rule.
+    assert predict.from_dict(rule.to_dict()) == rule
+
+
+def test_replay_reads_the_equivalent_crf_off_the_ladder(curves):
+    up = next(c for c in curves if c.id == "s0~x264")
+    x = cat.predict_features(up, (27, 39))
+    assert x["reencoded"] == pytest.approx(4.0, abs=1e-6)  # equivalent CRF 24
+    master = next(c for c in curves if c.id == "s0")
+    assert cat.predict_features(master, (27, 39))["reencoded"] == 0
+    # One probe reads the same equivalent CRF off a line of 6 CRF a halving.
+    assert cat.predict_features(up, (33,))["reencoded"] == pytest.approx(4.0, abs=1e-6)
+    assert cat.cheapest_success_crf(up) == 22 and cat.cheapest_success_crf(master) == 18

@@ -1,0 +1,215 @@
+"""Fit ``cpllm-ladder --mode predict``'s rule (``predict.json``) on a catalog of training
+sources, never on dev.
+
+One command rebuilds it (the catalog resumes; 36 min on 2 cores, the fit seconds)::
+
+    python -m cpllm_plugin.training.picker --catalog data/catalog-train --build \\
+        --out cpllm_plugin/models/cpllm-lite
+
+(the recipe's ``picker`` stage runs the same). ``--build`` makes the training catalog
+(:func:`cpllm_plugin.training.catalog.build` with ``split="train"``) from :data:`SOURCES`
+at :data:`LEVELS`: their masters, the uploads made from them and their degraded originals.
+
+What it fits (:mod:`cpllm_plugin.integrations.predict`): a ridge regression of each training
+input's highest CRF that keeps what it had against its clean master
+(:func:`~cpllm_plugin.training.catalog.cheapest_success_crf`) on the features of one probe
+and its stream. The probe's CRF, the feature set and the ridge strength are chosen by
+cross-validation grouped by source (an upload is never scored by a rule fitted on its own
+master), by the least out-of-fold residual spread; the margin is the smallest that reaches
+``--share`` success out of fold, so it carries the rule's real error, not its fit to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cpllm_plugin.configs import DEFAULT_MODEL
+from cpllm_plugin.errors import CpllmError, message
+from cpllm_plugin.integrations import predict
+
+from . import catalog as cat
+
+# One probe: the mode must take at most half the time of a VMAF search, which probes about
+# three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
+# The CRFs tried lie near the range's usual answers.
+PROBE_SETS = ((27,), (31,), (33,), (35,), (39,))
+LEVELS = (15, 21, 27, 33, 39, 45, 51)  # 6 CRF apart: half the dev catalog's encodes
+# Training sources of every kind: 28 masters of 540p and up (two uploads each) and 7 small
+# camera, CGI and game clips (masters only).
+SOURCES = ("ball", "anakreon", "janus_slides", "birds", "bbb_meadow", "bbb_flower",
+           "bbb_rodents", "bbb_credits", "pan_elephants", "pan_raindrops", "pan_dune",
+           "pan_garden", "pan_ladybird", "pan_storm", "pan_aitzgorri", "pan_dogs", "pan_bridge",
+           "pan_kleiber", "pan_fog", "pan_nightsky", "grain_picos_light", "grain_flowers",
+           "lowlight_room", "screen_code", "screen_terminal", "pixel_sprites", "slides_closeups",
+           "slides_landscapes", "bikes", "carphone", "tree", "coin", "launch", "megamind",
+           "blupi")
+SHARE = 0.85
+# Candidates are ranked by their out-of-fold residual spread (CRF), which every input informs;
+# their success and cost at one share hinge on the few inputs near the margin. The costs at
+# these shares are printed beside it.
+JUDGED_AT = (0.8, 0.85, 0.9)
+FOLDS = 5
+LAMBDAS = (0.3, 3.0, 30.0)
+MARGINS = np.arange(-4.0, 12.01, 0.25)
+# Candidate feature sets, smallest first (a tie goes to the smaller); ``drop_hi`` needs a
+# second probe.
+SETS = (("const", "reencoded", "noisy"),
+        ("const", "reencoded", "noisy", "bits"),
+        ("const", "reencoded", "noisy", "bits", "height"),
+        ("const", "reencoded", "noisy", "drop_lo"),
+        ("const", "reencoded", "noisy", "bits", "drop_lo"),
+        ("const", "reencoded", "noisy", "drop_lo", "drop_hi"),
+        ("const", "reencoded", "noisy", "bits", "drop_lo", "drop_hi"),
+        ("const", "reencoded", "noisy", "bits", "height", "drop_lo", "drop_hi"))
+
+
+def _fit(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    pen = lam * np.eye(X.shape[1])
+    pen[0, 0] = 0.0  # the intercept is not shrunk
+    return np.linalg.solve(X.T @ X + pen, X.T @ y)
+
+
+def _fold(source: str) -> int:
+    return int(hashlib.sha256(source.encode()).hexdigest(), 16) % FOLDS
+
+
+def outcome(cs: Sequence[cat.Curve], est: np.ndarray, margin: float) -> tuple[float, float]:
+    """Success share and median cost of picking ``floor(est - margin)`` on each input."""
+    wins, costs = [], []
+    for c, e in zip(cs, est, strict=True):
+        crf = int(np.clip(math.floor(e - margin), c.crfs[0], c.crfs[-1]))
+        wins.append(c.success(crf))
+        costs.append(c.cost(crf))
+    return float(np.mean(wins)), float(np.median(costs))
+
+
+def margin_for(cs: Sequence[cat.Curve], est: np.ndarray, share: float) -> float:
+    """The smallest margin at which ``share`` of ``cs`` succeed."""
+    for m in MARGINS:
+        if outcome(cs, est, float(m))[0] >= share - 1e-9:
+            return float(m)
+    return float(MARGINS[-1])
+
+
+def fit(cs: Sequence[cat.Curve], share: float = SHARE,
+        probe_sets: Sequence[tuple[int, ...]] = PROBE_SETS) -> tuple[predict.Predictor,
+                                                                   list[dict]]:
+    """Choose the probe, features and ridge strength by grouped cross-validation (the least
+    out-of-fold residual spread), refit on all of ``cs``, and set the margin from the
+    out-of-fold estimates at ``share``; returns the rule and a row per candidate (its spread,
+    and its median cost at each share of :data:`JUDGED_AT`, averaged)."""
+    y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
+    folds = np.array([_fold(c.source) for c in cs])
+    rows, best = [], None
+    for probes in probe_sets:
+        x = [cat.predict_features(c, probes) for c in cs]
+        for names in SETS:
+            if "drop_hi" in names and len(probes) < 2:
+                continue
+            X = np.array([[f[n] for n in names] for f in x])
+            for lam in LAMBDAS:
+                oof = np.empty(len(cs))
+                for k in range(FOLDS):
+                    train, test = folds != k, folds == k
+                    if test.any():
+                        oof[test] = X[test] @ _fit(X[train], y[train], lam)
+                at = {s: outcome(cs, oof, margin_for(cs, oof, s)) for s in JUDGED_AT}
+                m = margin_for(cs, oof, share)
+                ok, med = outcome(cs, oof, m)
+                row = {"probes": list(probes), "features": list(names), "lambda": lam,
+                       "oof_sd": float(np.std(y - oof)), "margin": m, "success": ok,
+                       "median_cost": med,
+                       "judged": float(np.mean([c for _, c in at.values()]))}
+                rows.append(row)
+                if best is None or row["oof_sd"] < best[0]["oof_sd"] - 1e-9:
+                    best = (row, X)
+    row, X = best
+    w = _fit(X, y, row["lambda"])
+    rule = predict.Predictor("libx264", tuple(row["probes"]),
+                             dict(zip(row["features"], map(float, w), strict=True)),
+                             row["margin"], {
+                                 "fitted": time.strftime("%Y-%m-%d"),
+                                 "inputs": len(cs),
+                                 "sources": len({c.source for c in cs}),
+                                 "share": share,
+                                 "lambda": row["lambda"],
+                                 "out_of_fold": {k: round(row[k], 4) for k in
+                                                 ("oof_sd", "success", "median_cost",
+                                                  "judged")},
+                             })
+    return rule, rows
+
+
+def read(catalog: Path) -> list[cat.Curve]:
+    """The training catalog's curves; refuses a catalog that holds any dev source."""
+    from .corpus import read_split
+
+    inputs = cat.with_noise(catalog)
+    split = read_split()
+    dev = sorted({i["source"] for i in inputs if split.get(i["source"]) != "train"})
+    if dev:
+        raise cat.CatalogError(message(
+            str(catalog), "a catalog of training sources (built with split='train')",
+            f"one holding {', '.join(dev[:3])}", "build one with --build; a rule fitted on "
+            "dev would be graded on its own answers"))
+    rows = cat.read_jsonl(catalog / cat.ladder_file("libx264"))
+    return [c for c in cat.curves(inputs, rows) if c.reachable]
+
+
+def _scorer(model):
+    from cpllm_plugin.integrations.ladder import Scorer
+
+    return Scorer(str(model))
+
+
+def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
+            share: float = SHARE, progress=True) -> tuple[predict.Predictor, list[dict]]:
+    """Build (or finish) the training catalog with ``model``'s scores, fit the rule, and
+    write it into ``out`` when given."""
+    cat.build(catalog, _scorer(model), LEVELS, only=SOURCES, split="train", progress=progress)
+    rule, table = fit(read(catalog), share)
+    if out is not None:
+        predict.save(rule, out)
+    return rule, table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--catalog", type=Path, required=True,
+                    help="The training catalog's folder (outside git).")
+    ap.add_argument("--build", action="store_true",
+                    help="Build (or finish) the catalog first, scored by --model.")
+    ap.add_argument("--model", default=None,
+                    help="The model whose scores the rule reads (default: --out).")
+    ap.add_argument("--out", type=Path, help="Model directory to write predict.json into.")
+    ap.add_argument("--share", type=float, default=SHARE,
+                    help="Success share the margin is set for, out of fold.")
+    a = ap.parse_args(argv)
+    try:
+        if a.build:
+            cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), LEVELS,
+                      only=SOURCES, split="train")
+        rule, table = fit(read(a.catalog), a.share)
+    except CpllmError as e:
+        raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
+    for r in table:
+        print(f"probes {','.join(map(str, r['probes'])):6} {'+'.join(r['features'][1:]):44} "
+              f"lambda {r['lambda']:<5g} out-of-fold sd {r['oof_sd']:.2f} CRF, margin "
+              f"{r['margin']:+.2f}: {r['success']:.0%} at a median cost of "
+              f"{r['median_cost']:.2f}; at {'/'.join(f'{s:.0%}' for s in JUDGED_AT)}: "
+              f"{r['judged']:.3f}")
+    print(json.dumps(rule.to_dict(), indent=1))
+    if a.out:
+        print(f"wrote {predict.save(rule, a.out)}")
+
+
+if __name__ == "__main__":
+    main()
