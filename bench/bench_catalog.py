@@ -210,8 +210,9 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
                   f"{time.perf_counter() - t0:>6.1f} {ok:>14}")
         t0 = time.perf_counter()
         try:
-            lad.pick_file(c.info["path"], lad.PickOptions(mode="vmaf", no_cache=True,
-                                                          encoder=codec), NoScore())
+            encodes.setdefault("vmaf, no model", []).append(lad.pick_file(
+                c.info["path"], lad.PickOptions(mode="vmaf", no_cache=True, encoder=codec),
+                NoScore()).encodes)
         except lad.NoCrfMeetsTargetError:
             pass
         times["vmaf, no model"].append(time.perf_counter() - t0)

@@ -199,9 +199,11 @@ def _table(run: Run, result: lad.Pick) -> None:
                    + f" {p.kbps:>9.1f} {_size(p.predicted_size):>15} {p.seconds:>6.1f}s"
                    + cached + mark)
     vmaf = f", VMAF {result.vmaf:.2f}" if result.vmaf is not None else ""
+    score = f"score {result.score:.3f}{vmaf}"
     if result.crf not in {p.crf for p in result.probes}:
-        vmaf += " (read off the probes, not encoded)"
-    click.echo(f"pick: CRF {result.crf}  score {result.score:.3f}{vmaf}  "
+        # predict mode encodes its probe only: say what the numbers are of.
+        score = "not encoded: size from the probe's bitrate line, score the probe's"
+    click.echo(f"pick: CRF {result.crf}  {score}  "
                f"~{result.predicted_kbps:g} kb/s, predicted {_size(result.predicted_size)} "
                f"({result.encodes} encodes)")
 
@@ -209,7 +211,7 @@ def _table(run: Run, result: lad.Pick) -> None:
 def _target(p) -> str:
     """A shot's target as the table prints it: a score, or a VMAF level against the input."""
     return (f"{p.target:.3f}" if p.measure == "score" else
-            f"CRF {p.target:.1f} estimated" if p.measure == "crf" else f"VMAF {p.target:g}")
+            f"CRF~{p.target:.1f}" if p.measure == "crf" else f"VMAF {p.target:g}")
 
 
 def _size(n: int) -> str:

@@ -467,8 +467,10 @@ def plot_tradeoff(series: dict[str, list[tuple[float, float]]], path: str | os.P
     from cpllm_plugin.files import atomic
     from cpllm_plugin.integrations.plot import font
 
+    # Ten distinct colours (the tab10 palette), so no two curves of a plot share one.
     colours = [(31, 119, 180), (230, 120, 20), (44, 160, 44), (214, 39, 40),
-               (148, 103, 189), (140, 86, 75)]
+               (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
+               (188, 189, 34), (23, 190, 207)]
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)

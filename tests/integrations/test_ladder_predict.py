@@ -137,3 +137,24 @@ def test_predict_runs_two_probes_and_no_vmaf(master_and_upload, tmp_path):
         assert (p.predicted_kbps > first.kbps) == (p.crf < first.crf)
     assert "master" in on_master.target.rule and "CRF 3" in on_upload.target.rule
     assert on_upload.crf > on_master.crf
+
+
+@pytest.mark.slow
+def test_predict_on_the_command_line(tmp_path):
+    """The table says the pick was not encoded; --json carries the probe and the estimate."""
+    from click.testing import CliRunner
+
+    from cpllm_plugin.integrations.cli import main
+
+    args = ["pick", str(SAMPLE), "--mode", "predict", "--cache", str(tmp_path / "c"), "-q"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "not encoded" in out.output and "no reference" in out.output
+    rows = [json.loads(x) for x in CliRunner().invoke(main, [*args, "--json"]).output.split("\n")
+            if x.strip()]
+    pick = rows[-1]
+    assert pick["type"] == "pick" and pick["target_measure"] == "crf"
+    assert pick["crf"] < pick["target"] and "vmaf" not in pick
+    probes = rows[:-1]  # from the cache the second time: no encode, the same probe
+    assert pick["encodes"] == 0 and probes and all(
+        r["type"] == "probe" and r["from_cache"] and "vmaf" not in r for r in probes)
