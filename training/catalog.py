@@ -164,7 +164,8 @@ def ladder_file(codec: str = "libx264") -> str:
 def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs: int = 2,
           ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
           only: Iterable[str] | None = None,
-          codec: str = "libx264", split: str = "dev") -> tuple[list[dict], list[dict]]:
+          codec: str = "libx264", split: str = "dev",
+          corpus: str | os.PathLike | None = None) -> tuple[list[dict], list[dict]]:
     """Build (or finish) the catalog under ``data``; returns ``(inputs, ladder rows)``.
 
     Args:
@@ -180,6 +181,9 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         codec: the ladders' encoder (its default preset); the inputs are the same for all.
         split: ``"dev"`` for the benchmark; ``"train"`` builds the same kinds of inputs from
             training sources, the only catalog a picker's constants may be fitted on.
+        corpus: an existing corpus folder to take the originals from (its
+            ``sources.jsonl``, as the recipe's corpus stage wrote it) instead of building one
+            under ``data/corpus``.
     """
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
@@ -187,6 +191,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     from cpllm_plugin.video import probe
 
     from .corpus import build_corpus, read_split
+    from .manifest import read_manifest
     from .variants import encode
 
     say = progress_printer(progress)
@@ -196,9 +201,13 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         raise CatalogError(message("the catalog's split", '"dev" or "train"', repr(split),
                                    "pass split='dev' (the benchmark) or 'train'"))
     keep = set(only) if only is not None else None
-    ids = sorted(k for k, v in read_split().items() if v == split)
-    items = build_corpus(data / "corpus", only=ids, ffmpeg=ffmpeg, progress=say)
-    corpus = (data / "corpus").resolve()
+    if corpus is None:
+        ids = sorted(k for k, v in read_split().items() if v == split)
+        items = build_corpus(data / "corpus", only=ids, ffmpeg=ffmpeg, progress=say)
+        corpus = data / "corpus"
+    else:
+        items = read_manifest(Path(corpus) / "sources.jsonl")
+    corpus = Path(corpus).resolve()
     origin = {i.source: corpus / i.path for i in items if i.split == split}
     masters, inputs = [], []
     for i in items:

@@ -36,6 +36,7 @@ from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.integrations import predict
 
 from . import catalog as cat
+from .manifest import read_manifest
 
 # One probe: the mode must take at most half the time of a VMAF search, which probes about
 # three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
@@ -170,12 +171,28 @@ def _scorer(model):
     return Scorer(str(model))
 
 
+MIN_INPUTS = 30  # fewer training inputs cannot rank candidates out of fold
+
+
 def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
-            share: float = SHARE, progress=True) -> tuple[predict.Predictor, list[dict]]:
-    """Build (or finish) the training catalog with ``model``'s scores, fit the rule, and
-    write it into ``out`` when given."""
-    cat.build(catalog, _scorer(model), LEVELS, only=SOURCES, split="train", progress=progress)
-    rule, table = fit(read(catalog), share)
+            share: float = SHARE, corpus: Path | None = None,
+            progress=True) -> tuple[predict.Predictor, list[dict]] | None:
+    """Build (or finish) the training catalog with ``model``'s scores, from :data:`SOURCES`
+    found in ``corpus`` (default: a corpus of its own under ``catalog``), fit the rule, and
+    write it into ``out`` when given. None, and nothing written, when the corpus holds too
+    few of :data:`SOURCES` to fit on (a test corpus, a user's own footage)."""
+    only = SOURCES
+    if corpus is not None:
+        have = {i.source for i in read_manifest(Path(corpus) / "sources.jsonl")}
+        only = tuple(s for s in SOURCES if s in have)
+        if not only:
+            return None
+    cat.build(catalog, _scorer(model), LEVELS, only=only, split="train", progress=progress,
+              corpus=corpus)
+    cs = read(catalog)
+    if len(cs) < MIN_INPUTS:
+        return None
+    rule, table = fit(cs, share)
     if out is not None:
         predict.save(rule, out)
     return rule, table

@@ -425,11 +425,17 @@ def stage_kinds(r: Recipe, say) -> dict:
 def stage_picker(r: Recipe, say) -> dict:
     """``cpllm-ladder --mode predict``'s rule (``predict.json``) of the shipped model, fitted
     on a catalog of training sources scored by it (training/picker.py)."""
-    from .picker import rebuild
+    from .picker import MIN_INPUTS, SOURCES, rebuild
 
-    rule, _ = rebuild(r.data / "catalog-train", r.out, r.out, progress=say)
-    return {"features": sorted(rule.weights), "margin": rule.margin,
-            "out_of_fold": rule.provenance.get("out_of_fold")}
+    done = rebuild(r.data / "catalog-train", r.out, r.out, corpus=r.corpus, progress=say)
+    if done is None:  # a corpus without the catalog's training sources (tests, own footage)
+        why = (f"fewer than {MIN_INPUTS} catalog inputs from the {len(SOURCES)} training "
+               "sources of training/picker.py in this corpus")
+        say(f"picker: skipped: {why}")
+        return {"skipped": why}
+    rule = done[0]
+    return {"probes": list(rule.probes), "features": sorted(rule.weights),
+            "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold")}
 
 
 def stage_eval(r: Recipe, say) -> dict:

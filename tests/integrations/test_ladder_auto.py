@@ -38,18 +38,6 @@ def test_auto_takes_no_target_of_its_own(tmp_path):
             lad.Job(SAMPLE, lad.PickOptions(mode="auto", **kw), scorer=object())
 
 
-@pytest.fixture(scope="module")
-def master_and_upload(ffmpeg_exe, tmp_path_factory):
-    d = tmp_path_factory.mktemp("auto")
-    master, upload = d / "master.mkv", d / "upload.mp4"
-    base = [ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y"]
-    subprocess.run([*base, "-i", str(SAMPLE), "-t", "2", "-an", "-c:v", "libx264", "-qp", "0",
-                    "-preset", "ultrafast", str(master)], check=True)
-    subprocess.run([*base, "-i", str(master), "-c:v", "libx264", "-crf", "36", "-preset",
-                    "medium", str(upload)], check=True)
-    return master, upload
-
-
 @pytest.mark.slow
 def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upload, tmp_path,
                                                                   ffmpeg_exe):

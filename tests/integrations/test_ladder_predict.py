@@ -3,7 +3,6 @@ and no VMAF. Its rule file, its features, its errors, and the mode end to end on
 on an earlier encode of it."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,18 +102,6 @@ def test_predict_needs_a_rule_for_its_encoder(tmp_path, rule, opts, match):
     with pytest.raises(lad.LadderArgumentError, match=match) as e:
         job.pick()
     assert "--mode auto" in str(e.value)
-
-
-@pytest.fixture(scope="module")
-def master_and_upload(ffmpeg_exe, tmp_path_factory):
-    d = tmp_path_factory.mktemp("predict")
-    master, upload = d / "master.mkv", d / "upload.mp4"
-    base = [ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y"]
-    subprocess.run([*base, "-i", str(SAMPLE), "-t", "2", "-an", "-c:v", "libx264", "-qp", "0",
-                    "-preset", "ultrafast", str(master)], check=True)
-    subprocess.run([*base, "-i", str(master), "-c:v", "libx264", "-crf", "36", "-preset",
-                    "medium", str(upload)], check=True)
-    return master, upload
 
 
 @pytest.mark.slow
