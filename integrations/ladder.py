@@ -1018,8 +1018,8 @@ class Job:
                 "of your own"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
-                where, "--full with a searching mode", "--mode predict (it reads two "
-                "probes, whatever --full says)", "drop --full, or use --mode auto --full"))
+                where, "--full with a searching mode", "--mode predict (it reads its "
+                "probe, whatever --full says)", "drop --full, or use --mode auto --full"))
         self.settings = o.settings()
         self.settings.table  # noqa: B018 - validates the encoder name early
         self.source = inspect(path, where)

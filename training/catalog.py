@@ -2,9 +2,10 @@
 
 What a viewer gets is the encode compared with the clean master, which a platform never has:
 it re-encodes whatever it was given, and most of what it is given is already degraded. This
-module builds such a catalog from the dev split (never from training sources), measures every
-input's libx264 ladder against both the master and the input itself, and replays CRF-picking
-policies on those ladders:
+module builds such a catalog from the dev split (the benchmark; never from training sources),
+or the same kinds of inputs from training sources (``split="train"``: what ``predict`` mode's
+rule is fitted on, ``training/picker.py``), measures every input's ladder against both the
+master and the input itself, and replays CRF-picking policies on those ladders:
 
 - **inputs**: every clean dev master as it is, the corpus' degraded dev originals, and
   uploads made from each dev master of 540p and up (:data:`KINDS`: earlier libx264 or
@@ -176,7 +177,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
         jobs: ffmpeg processes at a time (one thread each).
         ffmpeg: the ffmpeg binary (needs libvmaf).
         progress: True for lines on stderr, or a callable taking a line.
-        only: measure only the inputs made from these dev sources (masters, their degraded
+        only: measure only the inputs made from these sources (masters, their degraded
             originals and uploads; the same inputs as in the whole catalog).
         codec: the ladders' encoder (its default preset); the inputs are the same for all.
         split: ``"dev"`` for the benchmark; ``"train"`` builds the same kinds of inputs from
