@@ -255,6 +255,7 @@ def summarise(rows: list[dict]) -> dict:
             "band": sum(r["band_right"] for r in rs), "three": sum(r["three"] for r in rs),
             "content_named": sum(bool(r["groups"]) for r in rs),
             "timed": len(timed),
+            "all_seconds": sum(r["seconds"] for r in rs),
             "seconds": sum(r["seconds"] for r in timed),
             "old_seconds": sum(r["old_seconds"] for r in timed),
             "old_non_words": sum(len(r["old_non_words"]) for r in timed),
@@ -291,8 +292,9 @@ def print_table(report: dict) -> None:
                    f"{pct(c['orientation'], c['n'])} | {pct(c['kind_named'], c['n'])} | "
                    f"{pct(c['kind_right'], c['kind_named'])} | {c['non_words']} | "
                    f"{c['band']} / {c['n']} | {c['content_named']} / {c['n']} | "
-                   f"{c['seconds'] / per:.1f} ({c['old_seconds'] / per:.1f}; "
-                   f"x{ratio:.2f}) |")
+                   + (f"{c['seconds'] / per:.1f} ({c['old_seconds'] / per:.1f}; x{ratio:.2f})"
+                      if c["timed"] else  # --old-every 0: today's path not timed
+                      f"{c.get('all_seconds', 0) / c['n']:.1f} (not timed)") + " |")
     a = report["kinds"]["all"]
     click.echo(f"today's path on {a['timed']}: non-words {a['old_non_words']}, band word "
                f"{a['old_band']} / {a['timed']}")
