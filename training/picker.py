@@ -149,8 +149,9 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
     return rule, rows
 
 
-def read(catalog: Path) -> list[cat.Curve]:
-    """The training catalog's curves; refuses a catalog that holds any dev source."""
+def read(catalog: Path, only: Sequence[str] | None = SOURCES) -> list[cat.Curve]:
+    """The training catalog's curves of the inputs made from ``only`` (None: all); refuses a
+    catalog that holds any dev source."""
     from .corpus import read_split
 
     inputs = cat.with_noise(catalog)
@@ -162,6 +163,8 @@ def read(catalog: Path) -> list[cat.Curve]:
             f"one holding {', '.join(dev[:3])}", "build one with --build; a rule fitted on "
             "dev would be graded on its own answers"))
     rows = cat.read_jsonl(catalog / cat.ladder_file("libx264"))
+    if only is not None:  # a folder may hold more of the split than the rule is fitted on
+        inputs = [i for i in inputs if i["source"] in set(only)]
     return [c for c in cat.curves(inputs, rows) if c.reachable]
 
 
@@ -189,7 +192,7 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
             return None
     cat.build(catalog, _scorer(model), LEVELS, only=only, split="train", progress=progress,
               corpus=corpus)
-    cs = read(catalog)
+    cs = read(catalog, only)
     if len(cs) < MIN_INPUTS:
         return None
     rule, table = fit(cs, share)
