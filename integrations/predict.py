@@ -69,6 +69,12 @@ def features(equivalent: float | None, noise: float, bits_per_pixel: float, heig
             "drop_lo": scores[0] - source_score, "drop_hi": scores[-1] - source_score}
 
 
+def below(estimate: float, margin: float, lo: int, hi: int) -> int:
+    """The pick for an estimate: ``margin`` CRF below it, rounded down, within ``lo..hi``
+    (the tool, the catalog's replay and the fit's margin search all pick this way)."""
+    return int(min(max(math.floor(estimate - margin), lo), hi))
+
+
 @dataclass(frozen=True)
 class Predictor:
     """A fitted rule: ``crf = sum(weights[f] * x[f]) - margin``."""
@@ -83,8 +89,9 @@ class Predictor:
         """The predicted highest CRF that keeps what the input had (before the margin)."""
         return float(sum(w * x[f] for f, w in self.weights.items()))
 
-    def crf(self, x: dict[str, float], lo: int, hi: int) -> int:
-        return int(min(max(math.floor(self.estimate(x) - self.margin), lo), hi))
+    def crf(self, x: dict[str, float], lo: int, hi: int, margin: float | None = None) -> int:
+        """The pick within ``lo..hi`` (``margin``: another than the fitted one)."""
+        return below(self.estimate(x), self.margin if margin is None else margin, lo, hi)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "encoder": self.encoder, "probes": list(self.probes),

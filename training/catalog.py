@@ -576,11 +576,8 @@ def predict_features(c: Curve, probes: Sequence[int]) -> dict[str, float]:
 def predict_rule(p, margin: float | None = None) -> Policy:
     """``cpllm-ladder --mode predict`` replayed with the rule ``p``
     (:class:`~cpllm_plugin.integrations.predict.Predictor`); ``margin`` overrides its own."""
-    m = p.margin if margin is None else margin
-
     def policy(c: Curve) -> int | None:
-        est = p.estimate(predict_features(c, p.probes))
-        return int(np.clip(math.floor(est - m), c.crfs[0], c.crfs[-1]))
+        return p.crf(predict_features(c, p.probes), int(c.crfs[0]), int(c.crfs[-1]), margin)
 
     return policy
 

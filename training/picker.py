@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +85,7 @@ def outcome(cs: Sequence[cat.Curve], est: np.ndarray, margin: float) -> tuple[fl
     """Success share and median cost of picking ``floor(est - margin)`` on each input."""
     wins, costs = [], []
     for c, e in zip(cs, est, strict=True):
-        crf = int(np.clip(math.floor(e - margin), c.crfs[0], c.crfs[-1]))
+        crf = predict.below(e, margin, int(c.crfs[0]), int(c.crfs[-1]))
         wins.append(c.success(crf))
         costs.append(c.cost(crf))
     return float(np.mean(wins)), float(np.median(costs))
