@@ -68,6 +68,11 @@ def main() -> None:
     for r in rows:
         have.setdefault(r["id"], set()).add(r["crf"])
     inputs = [i for i in inputs if set(levels) <= have.get(i["id"], set())]
+    if not inputs:
+        measured = sorted(set().union(*have.values())) if have else []
+        raise SystemExit(f"bench_catalog: no input of {a.data} has a ladder at every CRF of "
+                         f"{','.join(map(str, levels))}; its ladders hold "
+                         f"{','.join(map(str, measured)) or 'nothing'}: pass those as --levels")
     cs = cat.curves(inputs, rows)
     lost = [c for c in cs if not c.reachable]
     cs = [c for c in cs if c.reachable]
@@ -93,10 +98,10 @@ def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
         f"score (min-score {s95:.3f}, max-drop {drop:.3f})": cat.score_rule(s95, drop),
     }
     sweeps = {
-        "auto": [(f"gap {g:g}", cat.auto_rule(gap=g)) for g in (0, 0.5, 1, 1.5, 2, 3, 5, 8)],
-        "auto, noise threshold": [(f"noise {n:g}", cat.auto_rule(noisy=n))
-                                  for n in (3, 4, 5, 6, 7, 8, 10)]
-                                 + [("no noise", cat.auto_rule(noise=False))],
+        "auto": [(f"gap {g:g}", cat.auto_rule(gap=g)) for g in (0, 1.5, 3, 4.5, 6, 8)],
+        "auto, noise rule": [("off (shipped)", cat.auto_rule())]
+                            + [(f"from noise {n:g}", cat.auto_rule(noisy=n))
+                               for n in (3, 4, 5, 6, 7, 8, 10)],
         "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],

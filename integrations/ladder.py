@@ -701,19 +701,20 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
 
 
 # ``auto`` mode: VMAF against the input, at a level set by how the input was made. An input
-# that costs more bits than a transparent re-encode of itself is treated as a master and keeps
-# VMAF 95 against itself; one that x264 would reproduce only at a CRF well above that
+# that costs about as many bits as a transparent re-encode of itself is treated as a master
+# and keeps VMAF 95 against itself; one that x264 would reproduce only at a CRF well above that
 # crossing is an earlier lossy encode, whose own artifacts a viewer never saw in the master,
-# so fidelity to them buys nothing: its level is lowered (docs/ladder.md, "Catalog benchmark
-# against the clean master").
+# so fidelity to them buys nothing: its level is lowered. The constants are fitted on the
+# training catalog (``python -m cpllm_plugin.training.picker --auto``), never on dev
+# (docs/ladder.md, "Catalog benchmark against the clean master").
 AUTO_LEVEL = DEFAULT_VMAF
-AUTO_GAP = 1.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
+AUTO_GAP = 4.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
-AUTO_FLOOR = 90.0  # never below this: what still shows of the master must be kept
-# A noisy input is lowered too: re-encoding smooths noise away, and VMAF against the input
-# counts that as loss although the master under the noise is what a viewer saw. Real film
-# grain of the dev masters reads below AUTO_NOISE; the catalog's noisy copies above it.
-AUTO_NOISE = 6.0  # luma noise (stream.sigma, 8-bit units) where an input counts as noisy
+AUTO_FLOOR = 85.0  # never below this: what still shows of the master must be kept
+# A noise rule (lower the level of an input whose luma noise is high: the master is under the
+# noise) is in the fit's grid; the fit leaves it off, because grainy masters read as noisy as
+# the noisy copies and would lose their grain (docs/ladder.md). None: off.
+AUTO_NOISE: float | None = None  # luma noise (stream.sigma, 8-bit units) where an input is noisy
 AUTO_NOISE_STEP = 2.5  # VMAF the level gives up per unit of noise beyond AUTO_NOISE
 AUTO_NOISE_FLOOR = 75.0
 
@@ -732,7 +733,7 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
 
 def auto_level(gap: float | None, noise: float | None = None, reached: bool = True,
                at: float = AUTO_GAP, step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
-               noisy: float = AUTO_NOISE, noise_step: float = AUTO_NOISE_STEP,
+               noisy: float | None = AUTO_NOISE, noise_step: float = AUTO_NOISE_STEP,
                noise_floor: float = AUTO_NOISE_FLOOR) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
     above its VMAF-95 crossing (None: unknown, the input is treated as a master) and whose
@@ -744,7 +745,7 @@ def auto_level(gap: float | None, noise: float | None = None, reached: bool = Tr
     level = AUTO_LEVEL
     if gap is not None and gap > at:
         level = max(floor, AUTO_LEVEL - step * (gap - at))
-    if noise is not None and noise > noisy:
+    if noise is not None and noisy is not None and noise > noisy:
         level = min(level, max(noise_floor, AUTO_LEVEL - noise_step * (noise - noisy)))
     if level == AUTO_LEVEL and not reached:
         level = floor
@@ -754,8 +755,9 @@ def auto_level(gap: float | None, noise: float | None = None, reached: bool = Tr
 def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
-    matches a re-encode well above that crossing) or as noisy (:meth:`Ladder.input_noise`),
-    the search again at the lower :func:`auto_level`; when no CRF in the range reaches VMAF
+    matches a re-encode well above that crossing), the search again at the lower
+    :func:`auto_level` (also for a noisy input, :meth:`Ladder.input_noise`, when
+    :data:`AUTO_NOISE` is set); when no CRF in the range reaches VMAF
     95 against the input, the search again at :data:`AUTO_FLOOR`."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
@@ -771,7 +773,7 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
         {c: p.kbps for c, p in ladder.probes.items()}, input_kbps)
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
-    sigma = ladder.input_noise()
+    sigma = None if AUTO_NOISE is None else ladder.input_noise()
     level = auto_level(gap, sigma, c95 is not None)
     if level == AUTO_LEVEL:
         why = "input reads as a master"

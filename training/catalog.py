@@ -293,7 +293,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
 
 def with_noise(data: str | os.PathLike) -> list[dict]:
-    """The catalog's inputs, each with its luma ``noise`` (what ``auto`` mode reads); inputs
+    """The catalog's inputs, each with its luma ``noise`` (what ``predict`` mode reads, and
+    ``auto``'s noise rule when one is set); inputs
     measured before the field existed get it now, and the file is rewritten once."""
     from cpllm_plugin.files import write_atomic
     from cpllm_plugin.integrations.stream import noise
@@ -537,8 +538,9 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, and the search again at the lowered level.
-    ``gap``, ``step``, ``floor``, ``noisy``: override the shipped constants (sweeps);
-    ``noise=False`` replays the rule without the input's noise."""
+    ``gap``, ``step``, ``floor``, ``noisy``: override the shipped constants (sweeps, the
+    fit; ``noisy`` sets a noise rule, which ships off); ``noise=False`` ignores the input's
+    noise whatever ``noisy`` says."""
     from cpllm_plugin.integrations import ladder as lad
 
     over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),

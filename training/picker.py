@@ -1,5 +1,5 @@
-"""Fit ``cpllm-ladder --mode predict``'s rule (``predict.json``) on a catalog of training
-sources, never on dev.
+"""Fit the ladder's pickers on a catalog of training sources, never on dev: ``--mode
+predict``'s rule (``predict.json``) and ``--mode auto``'s constants (``--auto``).
 
 One command rebuilds it (the catalog resumes; 36 min on 2 cores, the fit seconds)::
 
@@ -17,6 +17,12 @@ and its stream. The probe's CRF, the feature set and the ridge strength are chos
 cross-validation grouped by source (an upload is never scored by a rule fitted on its own
 master), by the least out-of-fold residual spread; the margin is the smallest that reaches
 ``--share`` success out of fold, so it carries the rule's real error, not its fit to itself.
+
+``--auto`` replays ``auto`` mode (:func:`~cpllm_plugin.training.catalog.auto_rule`) on every
+training input for each setting of :data:`AUTO_GRID` and prints the one :func:`fit_auto`
+chooses: among the settings that keep the most inputs (one fewer counts as as many), the
+lowest median cost on the whole catalog, then on the uploads, then their mean cost.
+``integrations/ladder.py`` ships that setting.
 """
 
 from __future__ import annotations
@@ -148,6 +154,38 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
     return rule, rows
 
 
+# auto's constants: the gap (CRF above the VMAF-95 crossing) where an input starts to read as
+# re-encoded, the VMAF given up per CRF beyond it, the lowest level, and the luma noise where an
+# input reads as noisy (None: no noise rule).
+AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.75, 1.0),
+             "floor": (85.0, 88.0, 90.0, 92.0), "noisy": (None, 5.0, 6.0, 7.0, 8.0, 10.0)}
+# One input (half a percent of the training catalog) is within what another draw of the same
+# kinds of uploads would move; settings that keep one fewer than the best count as tied.
+AUTO_TIE = 1
+
+
+def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID) -> tuple[dict, list[dict]]:
+    """The setting of ``grid`` that keeps the most of ``cs`` (within :data:`AUTO_TIE`
+    inputs), then costs least (median over all, median then mean over the uploads); returns
+    it and every setting's row, best first."""
+    import itertools
+
+    ups = [c for c in cs if c.kind != "master"]
+    rows = []
+    for values in itertools.product(*grid.values()):
+        s = dict(zip(grid, values, strict=True))
+        pol = cat.auto_rule(s["gap"], s["step"], s["floor"], s["noisy"],
+                            noise=s["noisy"] is not None)
+        whole, up = cat.judge("", pol, cs), cat.judge("", pol, ups)
+        rows.append({**s, "kept": round(whole.success * len(cs)), "success": whole.success,
+                     "median": whole.median, "uploads_success": up.success,
+                     "uploads_median": up.median, "uploads_mean": up.cost})
+    most = max(r["kept"] for r in rows)
+    rows.sort(key=lambda r: (r["kept"] < most - AUTO_TIE, r["median"], r["uploads_median"],
+                             r["uploads_mean"], -r["kept"]))
+    return {k: rows[0][k] for k in grid}, rows
+
+
 def read(catalog: Path, only: Sequence[str] | None = SOURCES) -> list[cat.Curve]:
     """The training catalog's curves of the inputs made from ``only`` (None: all); refuses a
     catalog that holds any dev source."""
@@ -211,7 +249,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="Model directory to write predict.json into.")
     ap.add_argument("--share", type=float, default=SHARE,
                     help="Success share the margin is set for, out of fold.")
+    ap.add_argument("--auto", action="store_true",
+                    help="Fit auto mode's constants on every input of the catalog instead "
+                    "(printed; integrations/ladder.py ships them).")
     a = ap.parse_args(argv)
+    if a.auto:
+        try:
+            cs = read(a.catalog, only=None)
+        except CpllmError as e:
+            raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
+        best, rows = fit_auto(cs)
+        top = rows[:10]
+        print(f"{len(cs)} inputs from {len({c.source for c in cs})} training sources; "
+              "the ten best settings (success, median cost; uploads: success, median, mean):")
+        for r in top:
+            print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} noise "
+                  f"{r['noisy'] if r['noisy'] is not None else 'off'}: {r['success']:.1%} "
+                  f"{r['median']:.2f}; {r['uploads_success']:.0%} {r['uploads_median']:.2f} "
+                  f"{r['uploads_mean']:.2f}")
+        print("chosen:", json.dumps(best))
+        return
     try:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), LEVELS,

@@ -78,12 +78,15 @@ def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
         lad.pick_file(master, lad.PickOptions(mode="vmaf", **opts), scorer)
 
 
-def test_auto_level_lowers_noisy_inputs_and_keeps_the_lower_level():
-    assert lad.auto_level(None, 0.5) == lad.auto_level(None, lad.AUTO_NOISE) == 95
-    noisy = lad.auto_level(None, lad.AUTO_NOISE + 2)
+def test_auto_level_noise_rule_is_off_as_fitted_and_lowers_noisy_inputs_when_set():
+    # The fit on the training catalog leaves it off: grainy masters read as noisy.
+    assert lad.AUTO_NOISE is None and lad.auto_level(None, 40.0) == 95
+    on = {"noisy": 6.0}
+    assert lad.auto_level(None, 0.5, **on) == lad.auto_level(None, 6.0, **on) == 95
+    noisy = lad.auto_level(None, 8.0, **on)
     assert noisy == pytest.approx(95 - 2 * lad.AUTO_NOISE_STEP)
-    assert lad.auto_level(None, 100) == lad.AUTO_NOISE_FLOOR
+    assert lad.auto_level(None, 100, **on) == lad.AUTO_NOISE_FLOOR
     # An earlier encode that is also noisy gets the lower of the two levels.
     enc = lad.auto_level(lad.AUTO_GAP + 4)
-    assert lad.auto_level(lad.AUTO_GAP + 4, lad.AUTO_NOISE + 2) == min(enc, noisy)
-    assert lad.auto_level(lad.AUTO_GAP + 4, 0.0) == enc
+    assert lad.auto_level(lad.AUTO_GAP + 4, 8.0, **on) == min(enc, noisy)
+    assert lad.auto_level(lad.AUTO_GAP + 4, 0.0, **on) == enc

@@ -106,7 +106,7 @@ def test_predict_needs_a_rule_for_its_encoder(tmp_path, rule, opts, match):
 
 @pytest.mark.slow
 def test_predict_runs_two_probes_and_no_vmaf(master_and_upload, tmp_path):
-    """The shipped rule on a lossless master and on a CRF 36 encode of it: its probe encodes
+    """The shipped rule on a lossless master and on a CRF 40 encode of it: its probe encodes
     alone, no VMAF measured, and the earlier encode, whose own CRF caps what a re-encode can
     keep, gets the higher CRF."""
     master, upload = master_and_upload

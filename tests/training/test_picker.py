@@ -65,3 +65,42 @@ def test_replay_reads_the_equivalent_crf_off_the_ladder(curves):
     # One probe reads the same equivalent CRF off a line of 6 CRF a halving.
     assert cat.predict_features(up, (33,))["reencoded"] == pytest.approx(4.0, abs=1e-6)
     assert cat.cheapest_success_crf(up) == 22 and cat.cheapest_success_crf(master) == 18
+
+
+def _auto_catalog(at=3.0, step=1.0, floor=85.0):
+    """Masters whose VMAF against themselves falls 1 a CRF (crossing 95 at CRF 20), and
+    earlier encodes of them at equivalent CRF ``e`` whose highest success is exactly where
+    ``auto`` with (``at``, ``step``, ``floor``) would pick: the fit must find that setting."""
+    inputs, rows = [], []
+    for i, e in enumerate(range(22, 42)):
+        src = f"s{i}"
+        gap = e - 20
+        level = 95.0 if gap <= at else max(floor, 95.0 - step * (gap - at))
+        for id_, kind, t, top, size in ((src, "master", 100.0, 20, _size(3)),
+                                        (f"{src}~x264", "x264", 90.0,
+                                         int(np.floor(115 - level + 1e-9)), _size(e))):
+            need = min(95.0, t - 5.0)
+            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
+                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
+                           "bytes": size, "codec": "h264", "noise": 1.0})
+            rows += [{"id": id_, "crf": c, "bytes": _size(c),
+                      "vmaf_master": need - (c - top), "vmaf_input": 100.0 - (c - 15),
+                      "frame_scores": [4.0]} for c in LEVELS]
+    return cat.curves(inputs, rows)
+
+
+def test_fit_auto_finds_the_setting_that_keeps_every_input_at_the_least_cost():
+    cs = _auto_catalog()
+    grid = {"gap": (1.5, 3.0, 4.5), "step": (0.5, 1.0), "floor": (85.0, 90.0),
+            "noisy": (None, 6.0)}
+    best, rows = picker.fit_auto(cs, grid)
+    assert best == {"gap": 3.0, "step": 1.0, "floor": 85.0, "noisy": None}
+    assert len(rows) == 3 * 2 * 2 * 2
+    top = rows[0]
+    assert top["success"] == 1.0 and top["median"] == pytest.approx(1.0)
+    # A setting that lowers the level sooner loses uploads; one that lowers it later keeps
+    # them at more bits.
+    sooner = next(r for r in rows if (r["gap"], r["step"], r["floor"]) == (1.5, 1.0, 85.0))
+    later = next(r for r in rows if (r["gap"], r["step"], r["floor"]) == (4.5, 1.0, 85.0))
+    assert sooner["uploads_success"] < 1.0
+    assert later["uploads_success"] == 1.0 and later["uploads_median"] > 1.0
