@@ -28,6 +28,7 @@ from cpllm_plugin.errors import (
 
 CRF_LEVELS = tuple(range(15, 54, 2))  # the paper's 20 libx264 levels, 15..53
 VMAF_MODEL = "vmaf_v0.6.1"  # libvmaf's built-in model, 1080p viewing at 3 picture heights
+VMAF_MIN_SIDE = 18  # found by trial: libvmaf 3.x crashes on a side of 17 or fewer pixels
 PSNR_CAP = 100.0  # dB; identical inputs have infinite PSNR, JSON has no infinity
 
 
@@ -446,6 +447,11 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
                                              "check both paths"))
     _require_libvmaf(ffmpeg, where)
     w, h = _even_size(ref)
+    if min(w, h) < VMAF_MIN_SIDE:  # libvmaf crashes (SIGSEGV) on smaller pictures
+        raise FfmpegError(message(where, f"pictures of at least {VMAF_MIN_SIDE}x{VMAF_MIN_SIDE} "
+                                  "(libvmaf's smallest)", f"{w}x{h}",
+                                  "measure a larger video, or pick without VMAF: "
+                                  "cpllm-ladder --mode predict or --mode score"))
     if subsample is None:
         from cpllm_plugin.video import probe
 

@@ -12,6 +12,7 @@ import pytest
 from media import pan_frames, write_video
 
 from cpllm_plugin.errors import CpllmError, VideoNotFoundError
+from cpllm_plugin.integrations.ffmpeg import FfmpegError
 from cpllm_plugin.training import variants as vr
 from cpllm_plugin.training.manifest import Item, read_manifest
 
@@ -197,6 +198,16 @@ def test_missing_source_is_a_named_error(tmp_path):
     assert isinstance(e.value, CpllmError) and isinstance(e.value, FileNotFoundError)
     with pytest.raises(VideoNotFoundError):
         vr.measure_fr(tmp_path / "nope.mp4", tmp_path / "nope.mp4")
+
+
+def test_a_picture_too_small_for_libvmaf_is_a_named_error(tmp_path, ffmpeg_exe):
+    # libvmaf segfaults on a side under 18 pixels; the error must name the size and the way out.
+    tiny = tmp_path / "tiny.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=64x16:d=0.4", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    str(tiny)], check=True)
+    with pytest.raises(FfmpegError, match=r"at least 18x18.*got 64x16.*--mode predict"):
+        vr.measure_fr(tiny, tiny)
 
 
 def test_ffmpeg_without_libvmaf_or_missing_is_named(tmp_path):
