@@ -80,17 +80,18 @@ def main() -> None:
         print(f"left out: {c.id} ({c.kind}): no CRF from {c.crfs[0]} keeps VMAF "
               f"{c.required:.1f} against the master (best {c.vm.max():.1f})")
     # one fixed CRF is swept over the ladder's own span (SVT-AV1's runs to 63)
-    report(cs, scorer, a.plot, range(min(levels), max(levels) + 1))
+    report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec)
 
 
-def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
+def policies(scorer, crfs: range = range(15, 52),
+             codec: str = "libx264") -> tuple[dict, dict]:
     """The policies of the tables (name -> policy) and the swept ones (name -> points)."""
     cal = scorer.calibration()
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
-    rule = scorer.predictor()
+    rule = scorer.predictor(codec)
     table = {
         "auto (default)": cat.auto_rule(),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
@@ -122,8 +123,9 @@ def policies(scorer, crfs: range = range(15, 52)) -> tuple[dict, dict]:
     return table, sweeps
 
 
-def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52)) -> None:
-    table, sweeps = policies(scorer, crfs)
+def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
+           codec: str = "libx264") -> None:
+    table, sweeps = policies(scorer, crfs, codec)
     by = cat.groups(cs)
     print(f"\n{len(cs)} inputs: " + ", ".join(f"{k} {len(v)}" for k, v in by.items()))
     fixed95 = cat.cheapest_fixed(cs, 0.95, crfs)
@@ -168,15 +170,14 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52)) -> 
         print(f"plot: {plot}")
 
 
-
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
     with the ladders' ``codec``, against the replay of the same policy on the catalog's
     ladders (interpolated between their levels)."""
-    table, _ = policies(scorer)
+    table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
-    if codec == "libx264" and any(k.startswith("predict") for k in table):
+    if any(k.startswith("predict") for k in table):  # the model has a rule for this codec
         replay["predict"] = next(p for k, p in table.items() if k.startswith("predict"))
     by = cat.groups(cs)
     chosen, i = [], 0

@@ -274,11 +274,18 @@ class Scorer:
         """Median fall of a clean source's score by its VMAF-``vmaf`` CRF, if calibrated."""
         return calibrated_drop(self._calibration_file(), vmaf)
 
-    def predictor(self):
-        """The model's ``predict`` mode rule (:class:`.predict.Predictor`), or None."""
+    def predictor(self, encoder: str = "libx264"):
+        """The model's ``predict`` mode rule for ``encoder`` (:class:`.predict.Predictor`),
+        or None."""
         from . import predict
 
-        return predict.load(self.model.source)
+        return predict.load(self.model.source, encoder)
+
+    def predict_encoders(self) -> list[str]:
+        """The encoders the model has a ``predict`` rule for."""
+        from . import predict
+
+        return predict.encoders(self.model.source)
 
 
 def read_calibration(model_dir: str | os.PathLike) -> dict:
@@ -797,17 +804,21 @@ def pick_predict(ladder: Ladder) -> Pick:
     bitrate and the model's scores; the model's fitted rule (:mod:`.predict`) turns them and
     the input's stream into a CRF, ``margin`` below the highest it estimates keeps what the
     input had. The pick itself is not encoded: its size and score are read off the probes."""
-    rule = ladder.scorer.predictor() if hasattr(ladder.scorer, "predictor") else None
+    encoder = ladder.settings.encoder
+    has = getattr(ladder.scorer, "predictor", None)
+    rule = has(encoder) if has else None
     if rule is None:
+        fitted = ladder.scorer.predict_encoders() if has else []
+        if fitted:
+            raise LadderArgumentError(message(
+                "cpllm-ladder --mode predict", "an --encoder the model has a rule for ("
+                + ", ".join(fitted) + "; each is fitted on its encoder's CRF scale)", encoder,
+                f"use --mode auto (or vmaf) with {encoder}, or fit a rule for it with python "
+                f"-m cpllm_plugin.training.picker --codec {encoder}"))
         raise LadderArgumentError(message(
-            "cpllm-ladder --mode predict", "a model with a fitted predict.json",
+            "cpllm-ladder --mode predict", "a model with a fitted predict rule",
             f"model {ladder.scorer.id} without one", "use --mode auto, or fit one with "
             "python -m cpllm_plugin.training.picker"))
-    if rule.encoder != ladder.settings.encoder:
-        raise LadderArgumentError(message(
-            "cpllm-ladder --mode predict", f"--encoder {rule.encoder} (its rule is fitted on "
-            f"{rule.encoder}'s CRF scale)", ladder.settings.encoder,
-            "use --mode auto (or vmaf) with this encoder"))
     from cpllm_plugin.video import probe as probe_video
 
     from . import predict

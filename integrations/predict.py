@@ -4,8 +4,9 @@ One or two probe encodes give the encoder's bitrate on the input's samples and t
 score there. From them and the input's own stream, a linear rule fitted on a catalog of
 training sources (``cpllm_plugin.training.picker``; never on dev) predicts the highest CRF
 that keeps what the input had against its clean master, and the pick stays ``margin`` CRF
-below it. The rule ships in the model directory as ``predict.json`` (plain JSON), because
-some of its inputs are that model's scores and all are one encoder's CRF scale.
+below it. The rule ships in the model directory as plain JSON, one file per encoder
+(:func:`rule_file`: ``predict.json`` for libx264), because some of its inputs are that
+model's scores and all are that encoder's CRF scale.
 
 What each feature reads (:func:`features`):
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from cpllm_plugin.errors import ModelFileError, message
 
-PREDICT_FILE = "predict.json"
+PREDICT_FILE = "predict.json"  # libx264's; another encoder's is predict-ENCODER.json
 FORMAT = "cpllm-predict/1"
 FEATURES = ("const", "reencoded", "noisy", "bits", "height", "drop_lo", "drop_hi")
 REENCODED_FROM = 20.0  # equivalent CRFs below this read as masters (feature 0)
@@ -99,6 +100,11 @@ class Predictor:
                 "margin": self.margin, "provenance": self.provenance}
 
 
+def rule_file(encoder: str = "libx264") -> str:
+    """The file name of ``encoder``'s rule in a model directory."""
+    return PREDICT_FILE if encoder == "libx264" else f"predict-{encoder}.json"
+
+
 def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
     def bad(expected: str, got: str) -> PredictFileError:
         return PredictFileError(message(str(path), expected, got, "rebuild it with "
@@ -120,9 +126,9 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
                      dict(d.get("provenance", {})))
 
 
-def load(model_dir: str | Path) -> Predictor | None:
-    """The model directory's rule, or None when it ships none."""
-    path = Path(model_dir) / PREDICT_FILE
+def load(model_dir: str | Path, encoder: str = "libx264") -> Predictor | None:
+    """The model directory's rule for ``encoder``, or None when it ships none."""
+    path = Path(model_dir) / rule_file(encoder)
     if not path.is_file():
         return None
     try:
@@ -131,12 +137,25 @@ def load(model_dir: str | Path) -> Predictor | None:
         raise PredictFileError(message(str(path), "readable JSON", str(e),
                                        "rebuild it with python -m "
                                        "cpllm_plugin.training.picker")) from e
-    return from_dict(data, path)
+    rule = from_dict(data, path)
+    if rule.encoder != encoder:
+        raise PredictFileError(message(str(path), f"a rule for {encoder}",
+                                       f"one for {rule.encoder}", "rebuild it with python -m "
+                                       "cpllm_plugin.training.picker --codec " + encoder))
+    return rule
+
+
+def encoders(model_dir: str | Path) -> list[str]:
+    """The encoders the model directory ships a rule for."""
+    d = Path(model_dir)
+    names = [] if not d.is_dir() else [p.name for p in d.glob("predict*.json")]
+    return sorted("libx264" if n == PREDICT_FILE else n[len("predict-"):-len(".json")]
+                  for n in names)
 
 
 def save(p: Predictor, model_dir: str | Path) -> Path:
     from cpllm_plugin.files import write_atomic
 
-    path = Path(model_dir) / PREDICT_FILE
+    path = Path(model_dir) / rule_file(p.encoder)
     write_atomic(path, json.dumps(p.to_dict(), indent=1) + "\n")
     return path

@@ -106,12 +106,13 @@ def margin_for(cs: Sequence[cat.Curve], est: np.ndarray, share: float) -> float:
 
 
 def fit(cs: Sequence[cat.Curve], share: float = SHARE,
-        probe_sets: Sequence[tuple[int, ...]] = PROBE_SETS) -> tuple[predict.Predictor,
-                                                                   list[dict]]:
+        probe_sets: Sequence[tuple[int, ...]] = PROBE_SETS,
+        encoder: str = "libx264") -> tuple[predict.Predictor, list[dict]]:
     """Choose the probe, features and ridge strength by grouped cross-validation (the least
     out-of-fold residual spread), refit on all of ``cs``, and set the margin from the
     out-of-fold estimates at ``share``; returns the rule and a row per candidate (its spread,
-    and its median cost at each share of :data:`JUDGED_AT`, averaged)."""
+    and its median cost at each share of :data:`JUDGED_AT`, averaged). ``encoder``: the
+    one whose ladders ``cs`` are."""
     y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
     folds = np.array([_fold(c.source) for c in cs])
     rows, best = [], None
@@ -139,7 +140,7 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                     best = (row, X)
     row, X = best
     w = _fit(X, y, row["lambda"])
-    rule = predict.Predictor("libx264", tuple(row["probes"]),
+    rule = predict.Predictor(encoder, tuple(row["probes"]),
                              dict(zip(row["features"], map(float, w), strict=True)),
                              row["margin"], {
                                  "fitted": time.strftime("%Y-%m-%d"),
@@ -186,9 +187,10 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID) -> tuple[dict, lis
     return {k: rows[0][k] for k in grid}, rows
 
 
-def read(catalog: Path, only: Sequence[str] | None = SOURCES) -> list[cat.Curve]:
-    """The training catalog's curves of the inputs made from ``only`` (None: all); refuses a
-    catalog that holds any dev source."""
+def read(catalog: Path, only: Sequence[str] | None = SOURCES,
+         codec: str = "libx264") -> list[cat.Curve]:
+    """The training catalog's ``codec`` curves of the inputs made from ``only`` (None: all);
+    refuses a catalog that holds any dev source."""
     from .corpus import read_split
 
     inputs = cat.with_noise(catalog)
@@ -199,7 +201,7 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES) -> list[cat.Curve]
             str(catalog), "a catalog of training sources (built with split='train')",
             f"one holding {', '.join(dev[:3])}", "build one with --build; a rule fitted on "
             "dev would be graded on its own answers"))
-    rows = cat.read_jsonl(catalog / cat.ladder_file("libx264"))
+    rows = cat.read_jsonl(catalog / cat.ladder_file(codec))
     if only is not None:  # a folder may hold more of the split than the rule is fitted on
         inputs = [i for i in inputs if i["source"] in set(only)]
     return [c for c in cat.curves(inputs, rows) if c.reachable]
@@ -249,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="Model directory to write predict.json into.")
     ap.add_argument("--share", type=float, default=SHARE,
                     help="Success share the margin is set for, out of fold.")
+    ap.add_argument("--codec", default="libx264",
+                    help="The encoder whose ladders the rule is fitted on (its file: "
+                    "predict.json for libx264, predict-CODEC.json for another).")
     ap.add_argument("--auto", action="store_true",
                     help="Fit auto mode's constants on every input of the catalog instead "
                     "(printed; integrations/ladder.py ships them).")
@@ -272,8 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), LEVELS,
-                      only=SOURCES, split="train")
-        rule, table = fit(read(a.catalog), a.share)
+                      only=SOURCES, split="train", codec=a.codec)
+        rule, table = fit(read(a.catalog, codec=a.codec), a.share, encoder=a.codec)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
     for r in table:

@@ -78,30 +78,46 @@ def test_predict_takes_no_target_and_no_full():
 
 
 class _Stub:
-    """A scorer with a rule of its own (or none) that fails if anything is scored."""
+    """A scorer with rules of its own (or none) that fails if anything is scored."""
 
     id = "stub"
 
-    def __init__(self, rule):
-        self.rule = rule
+    def __init__(self, *rules):
+        self.rules = {r.encoder: r for r in rules}
 
-    def predictor(self):
-        return self.rule
+    def predictor(self, encoder="libx264"):
+        return self.rules.get(encoder)
+
+    def predict_encoders(self):
+        return sorted(self.rules)
 
     def __call__(self, paths, key_frames):
         raise AssertionError("scored before the rule was checked")
 
 
-@pytest.mark.parametrize("rule, opts, match", [
-    (None, {}, "predict.json"),
-    (_rule(), {"encoder": "libx265"}, "fitted on libx264"),
+@pytest.mark.parametrize("rules, opts, match", [
+    ((), {}, "a fitted predict rule"),
+    ((_rule(),), {"encoder": "libx265"}, r"has a rule for \(libx264;.*--codec libx265"),
 ])
-def test_predict_needs_a_rule_for_its_encoder(tmp_path, rule, opts, match):
+def test_predict_needs_a_rule_for_its_encoder(tmp_path, rules, opts, match):
     job = lad.Job(SAMPLE, lad.PickOptions(mode="predict", no_cache=True, temp_dir=tmp_path,
-                                          **opts), scorer=_Stub(rule))
+                                          **opts), scorer=_Stub(*rules))
     with pytest.raises(lad.LadderArgumentError, match=match) as e:
         job.pick()
     assert "--mode auto" in str(e.value)
+
+
+def test_each_encoder_has_its_own_rule_file(tmp_path):
+    x264, x265 = _rule(), _rule(encoder="libx265")
+    assert predict.save(x264, tmp_path).name == "predict.json"
+    assert predict.save(x265, tmp_path).name == "predict-libx265.json"
+    assert predict.encoders(tmp_path) == ["libx264", "libx265"]
+    assert predict.load(tmp_path, "libx265") == x265 and predict.load(tmp_path) == x264
+    assert predict.load(tmp_path, "libsvtav1") is None
+    # A file under one encoder's name holding another's rule is refused, not used.
+    (tmp_path / "predict-libsvtav1.json").write_text(json.dumps(x265.to_dict()))
+    with pytest.raises(predict.PredictFileError, match="a rule for libsvtav1"):
+        predict.load(tmp_path, "libsvtav1")
 
 
 @pytest.mark.slow
