@@ -9,6 +9,8 @@ One command rebuilds it (the catalog resumes; 36 min on 2 cores, the fit seconds
 (the recipe's ``picker`` stage runs the same). ``--build`` makes the training catalog
 (:func:`cpllm_plugin.training.catalog.build` with ``split="train"``) from :data:`SOURCES`
 at :data:`LEVELS`: their masters, the uploads made from them and their degraded originals.
+``--codec libx265`` builds that encoder's ladders of the same inputs and fits its own rule
+(``predict-libx265.json``).
 
 What it fits (:mod:`cpllm_plugin.integrations.predict`): a ridge regression of each training
 input's highest CRF that keeps what it had against its clean master
@@ -19,7 +21,9 @@ master), by the least out-of-fold residual spread; the margin is the smallest th
 ``--share`` success out of fold, so it carries the rule's real error, not its fit to itself.
 
 ``--auto`` replays ``auto`` mode (:func:`~cpllm_plugin.training.catalog.auto_rule`) on every
-training input for each setting of :data:`AUTO_GRID` and prints the one :func:`fit_auto`
+input of a catalog of all training sources (``python bench/bench_catalog.py --split train
+--data data/catalog-train --levels 15,21,27,33,39,45,51 --build-only``, about 70 min on 2
+cores) for each setting of :data:`AUTO_GRID` and prints the one :func:`fit_auto`
 chooses: among the settings that keep the most inputs (one fewer counts as as many), the
 lowest median cost on the whole catalog, then on the uploads, then their mean cost.
 ``integrations/ladder.py`` ships that setting.
