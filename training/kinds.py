@@ -6,9 +6,11 @@ One command rebuilds it from a corpus built by ``cpllm-corpus``::
 
 Steps, each resumable (files under ``--work``, default ``CORPUS/kinds``):
 
-1. variants: every train source's original, libx264 (veryfast) at CRF 23, 35 and 45 and a
-   half-size copy (CRF 23), so the head holds up on degraded input; every dev source's
-   original and CRF 30 and 42 (preset medium; what ``bench/bench_kinds.py`` reports).
+1. variants: every train source's original (those of ``sources.jsonl`` and of
+   ``kind_sources.jsonl``, the real camera clips kept for this head only), libx264
+   (veryfast) at CRF 23, 35 and 45 and a half-size copy (CRF 23), so the head holds up on
+   degraded input; every dev source's original and CRF 30 and 42 (preset medium; what
+   ``bench/bench_kinds.py`` reports).
 2. features: :func:`cpllm_plugin.footage.video_features` of each video's key frames, the very
    function ``describe()`` calls, cached one ``.npy`` per video.
 3. fit: softmax regression with L2 on train sources only, class-balanced, on the main
@@ -104,6 +106,8 @@ def content_groups(sources: Sequence[str]) -> dict[str, str]:
                 if isinstance(r, Slideshow) else [r.image] if isinstance(r, Pan)
                 else [r.member] if isinstance(r, Clip) and "moviepy" not in r.package
                 else [])
+        if isinstance(r, Clip) and r.scene:  # takes of one scene in different files
+            keys.append("scene:" + r.scene)
         if isinstance(r, Degraded) and r.parent in parent:
             parent[root(s)] = root(r.parent)
             continue
@@ -116,8 +120,15 @@ def content_groups(sources: Sequence[str]) -> dict[str, str]:
 
 
 def plan(corpus: Path, work: Path, splits: Sequence[str] = ("train", "dev")) -> list[Video]:
-    """The videos of each split's sources (see the module's doc), with their kinds."""
-    rows = [r for r in read_manifest(corpus / "sources.jsonl") if r.original]
+    """The videos of each split's sources (see the module's doc), with their kinds: those of
+    ``sources.jsonl`` and, where the corpus has one, of the sources for this head only
+    (``kind_sources.jsonl``, :attr:`~.corpus.Clip.kinds_only`)."""
+    from .corpus import KIND_MANIFEST
+
+    rows = read_manifest(corpus / "sources.jsonl")
+    if (corpus / KIND_MANIFEST).is_file():
+        rows += read_manifest(corpus / KIND_MANIFEST)
+    rows = [r for r in rows if r.original]
     rows = [r for r in rows if r.split in splits]
     if not rows:
         raise KindsError(message(str(corpus / "sources.jsonl"), f"originals of {list(splits)}",

