@@ -161,15 +161,18 @@ def test_ladder_help_names_the_shipped_calibrated_drop():
     assert f"(cpllm-lite: {drop:.3f})" in " ".join(out.split())
 
 
-def test_shipped_predict_rule_was_fitted_on_training_sources():
-    """predict.json loads, is libx264's, and says it was fitted out of fold on a training
-    catalog at its share (training/picker.py refuses any catalog holding a dev source)."""
+def test_shipped_predict_rules_were_fitted_on_training_sources():
+    """Each encoder's rule (predict.json for libx264, predict-libx265.json) loads, is that
+    encoder's, and says it was fitted out of fold on a training catalog at its share
+    (training/picker.py refuses any catalog holding a dev source)."""
     from cpllm_plugin.integrations import predict
     from cpllm_plugin.training import picker
 
-    rule = predict.load(packaged("cpllm-lite"))
-    assert rule is not None and rule.encoder == "libx264" and rule.probes in picker.PROBE_SETS
-    assert set(rule.weights) <= set(predict.FEATURES) and "const" in rule.weights
-    assert 0 <= rule.margin <= 8
-    p = rule.provenance
-    assert p["inputs"] >= 60 and p["out_of_fold"]["success"] >= p["share"] - 1e-6
+    assert predict.encoders(packaged("cpllm-lite")) == list(picker.CODECS)
+    for codec in picker.CODECS:
+        rule = predict.load(packaged("cpllm-lite"), codec)
+        assert rule is not None and rule.encoder == codec and rule.probes in picker.PROBE_SETS
+        assert set(rule.weights) <= set(predict.FEATURES) and "const" in rule.weights
+        assert 0 <= rule.margin <= 8
+        p = rule.provenance
+        assert p["inputs"] >= 60 and p["out_of_fold"]["success"] >= p["share"] - 1e-6

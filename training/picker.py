@@ -62,6 +62,7 @@ SOURCES = ("ball", "anakreon", "janus_slides", "birds", "bbb_meadow", "bbb_flowe
            "slides_landscapes", "bikes", "carphone", "tree", "coin", "launch", "megamind",
            "blupi")
 SHARE = 0.85
+CODECS = ("libx264", "libx265")  # the encoders the shipped model has a rule for
 # Candidates are ranked by their out-of-fold residual spread (CRF), which every input informs;
 # their success and cost at one share hinge on the few inputs near the margin. The costs at
 # these shares are printed beside it.
@@ -221,12 +222,13 @@ MIN_INPUTS = 30  # fewer training inputs cannot rank candidates out of fold
 
 
 def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
-            share: float = SHARE, corpus: Path | None = None,
-            progress=True) -> tuple[predict.Predictor, list[dict]] | None:
-    """Build (or finish) the training catalog with ``model``'s scores, from :data:`SOURCES`
-    found in ``corpus`` (default: a corpus of its own under ``catalog``), fit the rule, and
-    write it into ``out`` when given. None, and nothing written, when the corpus holds too
-    few of :data:`SOURCES` to fit on (a test corpus, a user's own footage)."""
+            share: float = SHARE, corpus: Path | None = None, progress=True,
+            codec: str = "libx264") -> tuple[predict.Predictor, list[dict]] | None:
+    """Build (or finish) the training catalog's ``codec`` ladders with ``model``'s scores,
+    from :data:`SOURCES` found in ``corpus`` (default: a corpus of its own under
+    ``catalog``), fit the rule, and write it into ``out`` when given. None, and nothing
+    written, when the corpus holds too few of :data:`SOURCES` to fit on (a test corpus, a
+    user's own footage)."""
     only = SOURCES
     if corpus is not None:
         have = {i.source for i in read_manifest(Path(corpus) / "sources.jsonl")}
@@ -234,11 +236,11 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
         if not only:
             return None
     cat.build(catalog, _scorer(model), LEVELS, only=only, split="train", progress=progress,
-              corpus=corpus)
-    cs = read(catalog, only)
+              corpus=corpus, codec=codec)
+    cs = read(catalog, only, codec)
     if len(cs) < MIN_INPUTS:
         return None
-    rule, table = fit(cs, share)
+    rule, table = fit(cs, share, encoder=codec)
     if out is not None:
         predict.save(rule, out)
     return rule, table

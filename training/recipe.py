@@ -423,19 +423,24 @@ def stage_kinds(r: Recipe, say) -> dict:
 
 
 def stage_picker(r: Recipe, say) -> dict:
-    """``cpllm-ladder --mode predict``'s rule (``predict.json``) of the shipped model, fitted
-    on a catalog of training sources scored by it (training/picker.py)."""
-    from .picker import MIN_INPUTS, SOURCES, rebuild
+    """``cpllm-ladder --mode predict``'s rules (``predict.json``, ``predict-libx265.json``) of
+    the shipped model, each fitted on its encoder's ladders of a catalog of training sources
+    scored by it (training/picker.py)."""
+    from .picker import CODECS, MIN_INPUTS, SOURCES, rebuild
 
-    done = rebuild(r.data / "catalog-train", r.out, r.out, corpus=r.corpus, progress=say)
-    if done is None:  # a corpus without the catalog's training sources (tests, own footage)
-        why = (f"fewer than {MIN_INPUTS} catalog inputs from the {len(SOURCES)} training "
-               "sources of training/picker.py in this corpus")
-        say(f"picker: skipped: {why}")
-        return {"skipped": why}
-    rule = done[0]
-    return {"probes": list(rule.probes), "features": sorted(rule.weights),
-            "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold")}
+    res = {}
+    for codec in CODECS:
+        done = rebuild(r.data / "catalog-train", r.out, r.out, corpus=r.corpus, progress=say,
+                       codec=codec)
+        if done is None:  # a corpus without the catalog's training sources (tests, own footage)
+            why = (f"fewer than {MIN_INPUTS} catalog inputs from the {len(SOURCES)} training "
+                   "sources of training/picker.py in this corpus")
+            say(f"picker: skipped: {why}")
+            return {"skipped": why}
+        rule = done[0]
+        res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
+                      "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold")}
+    return res
 
 
 def stage_eval(r: Recipe, say) -> dict:

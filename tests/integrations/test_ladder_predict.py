@@ -121,16 +121,18 @@ def test_each_encoder_has_its_own_rule_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_runs_two_probes_and_no_vmaf(master_and_upload, tmp_path):
-    """The shipped rule on a lossless master and on a CRF 40 encode of it: its probe encodes
-    alone, no VMAF measured, and the earlier encode, whose own CRF caps what a re-encode can
-    keep, gets the higher CRF."""
+@pytest.mark.parametrize("encoder", ["libx264", "libx265"])
+def test_predict_runs_its_probe_and_no_vmaf(master_and_upload, tmp_path, encoder):
+    """Each shipped rule on a lossless master and on a CRF 40 encode of it: its probe encodes
+    alone, with its encoder, no VMAF measured, and the earlier encode, whose own CRF caps what
+    a re-encode can keep, gets the higher CRF."""
     master, upload = master_and_upload
     scorer = lad.Scorer()
-    opts = {"mode": "predict", "no_cache": True, "temp_dir": tmp_path}
+    opts = {"mode": "predict", "no_cache": True, "temp_dir": tmp_path, "encoder": encoder}
     on_master = lad.pick_file(master, lad.PickOptions(**opts), scorer)
     on_upload = lad.pick_file(upload, lad.PickOptions(**opts), scorer)
-    rule = scorer.predictor()
+    rule = scorer.predictor(encoder)
+    assert rule.encoder == encoder == on_master.encoder
     for p in (on_master, on_upload):
         assert p.encodes == len(rule.probes) and [q.crf for q in p.probes] == list(rule.probes)
         assert all(q.vmaf is None for q in p.probes) and p.vmaf is None
