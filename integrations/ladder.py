@@ -828,25 +828,25 @@ def pick_predict(ladder: Ladder) -> Pick:
     first, last = probes[0], probes[-1]
     kbps = ladder.input_kbps()
     ceq = None if kbps is None else predict.equivalent_crf(
-        {p.crf: p.kbps for p in probes}, kbps)
+        {p.crf: p.kbps for p in probes}, kbps, encoder)
     # The reference samples carry --vfilter's geometry: bits per pixel of what is coded.
     ref = probe_video(ladder.references()[0])
     bpp = first.kbps * 1000 / max(ref.width * ref.height * ref.fps, 1e-9)
     x = predict.features(ceq, ladder.input_noise(), bpp, ref.height, s0,
-                         [p.score for p in probes])
+                         [p.score for p in probes], encoder)
     est = rule.estimate(x)
     crf = rule.crf(x, *ladder.settings.search)
-    # Size in log along the probes' line (one probe: HALVING CRF per halving); the score
+    # Size in log along the probes' line (one probe: the encoder's CRF per halving); the score
     # linearly between two probes, else the probe's own.
     if last.crf > first.crf:
         t = (crf - first.crf) / (last.crf - first.crf)
         rate = math.exp(math.log(first.kbps) + t * (math.log(last.kbps) - math.log(first.kbps)))
         score = first.score + t * (last.score - first.score)
     else:
-        rate = first.kbps * 2 ** (-(crf - first.crf) / predict.HALVING)
+        rate = first.kbps * 2 ** (-(crf - first.crf) / predict.scale(encoder).halving)
         score = first.score
     size = int(first.predicted_size * rate / first.kbps)
-    why = ("input reads as a master" if ceq is None or ceq <= predict.REENCODED_FROM else
+    why = ("input reads as a master" if ceq is None or ceq <= predict.scale(encoder).start else
            f"input reads as CRF {ceq:.1f}")
     ladder.say(f"predict: {why}; estimate CRF {est:.1f}, margin {rule.margin:g}")
     target = Target(round(est, 2), None, None, s0,

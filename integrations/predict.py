@@ -11,8 +11,9 @@ model's scores and all are that encoder's CRF scale.
 What each feature reads (:func:`features`):
 
 - ``reencoded``: how far the input's equivalent CRF (its bitrate on the probes' line, or
-  with one probe on a line of :data:`HALVING` CRF per halving) lies above 20: an earlier
-  lossy encode's own CRF caps what a re-encode can keep.
+  with one probe on a line of a fixed CRF per halving) lies above the CRF where masters end
+  (both per encoder, :data:`SCALES`): an earlier lossy encode's own CRF caps what a re-encode
+  can keep.
 - ``noisy``: luma noise above 4, which a re-encode smooths away and a viewer never missed.
 - ``bits``: log2 bits per pixel at the first probe: content that costs bits hides loss.
 - ``height``: log2 of the coded height: small pictures show loss at lower CRFs.
@@ -33,7 +34,7 @@ from cpllm_plugin.errors import ModelFileError, message
 PREDICT_FILE = "predict.json"  # libx264's; another encoder's is predict-ENCODER.json
 FORMAT = "cpllm-predict/1"
 FEATURES = ("const", "reencoded", "noisy", "bits", "height", "drop_lo", "drop_hi")
-REENCODED_FROM = 20.0  # equivalent CRFs below this read as masters (feature 0)
+REENCODED_FROM = 20.0  # libx264: equivalent CRFs below this read as masters (feature 0)
 # A tiny earlier encode's bitrate can read as CRF 100+ on a line extrapolated far past the
 # probes; no CRF above the encoder's usual top says more.
 REENCODED_CAP = 51.0
@@ -41,13 +42,35 @@ NOISY_FROM = 4.0
 HALVING = 6.0  # CRF per halving of libx264's bitrate: the line through a single probe
 
 
+@dataclass(frozen=True)
+class Scale:
+    """An encoder's CRF scale as the features read it."""
+
+    halving: float  # CRF per halving of the bitrate: the line through one probe
+    start: float  # equivalent CRFs below this read as masters
+    cap: float  # the encoder's usual top: no equivalent CRF above it says more
+
+
+# x264's is the rule of thumb its rule was fitted with, and x265 shares it. SVT-AV1's CRF runs
+# to 63 and halves the bitrate about twice as slowly near its probes, and its masters cross
+# VMAF 95 higher, both measured on the training catalog's ladders (medians; docs/ladder.md).
+SCALES = {"libx264": Scale(HALVING, REENCODED_FROM, REENCODED_CAP),
+          "libx265": Scale(HALVING, REENCODED_FROM, REENCODED_CAP),
+          "libsvtav1": Scale(13.0, 39.0, 63.0)}
+
+
+def scale(encoder: str) -> Scale:
+    return SCALES.get(encoder, SCALES["libx264"])
+
+
 class PredictFileError(ModelFileError):
     """A model directory's ``predict.json`` is unreadable or malformed."""
 
 
-def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
+def equivalent_crf(rates: dict[int, float], input_rate: float,
+                   encoder: str = "libx264") -> float | None:
     """The CRF whose bitrate matches the input's: on the line through two or more probes
-    (``{crf: rate}``), or through one probe at :data:`HALVING` CRF per halving."""
+    (``{crf: rate}``), or through one probe at ``encoder``'s CRF per halving."""
     from .ladder import equivalent_crf as through
 
     if len(rates) >= 2:
@@ -55,16 +78,18 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     (crf, rate), = rates.items()
     if rate <= 0 or input_rate <= 0:
         return None
-    return crf + HALVING * math.log2(rate / input_rate)
+    return crf + scale(encoder).halving * math.log2(rate / input_rate)
 
 
 def features(equivalent: float | None, noise: float, bits_per_pixel: float, height: int,
-             source_score: float, scores: Sequence[float]) -> dict[str, float]:
+             source_score: float, scores: Sequence[float],
+             encoder: str = "libx264") -> dict[str, float]:
     """Every feature of :data:`FEATURES` for one input; ``scores``: the model's score at each
     probe, lowest CRF first (``equivalent`` None: unknown, e.g. a ``--vfilter`` makes the
     bitrates incomparable; the input then reads as a master)."""
-    e = REENCODED_FROM if equivalent is None else min(equivalent, REENCODED_CAP)
-    return {"const": 1.0, "reencoded": max(e - REENCODED_FROM, 0.0),
+    sc = scale(encoder)
+    e = sc.start if equivalent is None else min(equivalent, sc.cap)
+    return {"const": 1.0, "reencoded": max(e - sc.start, 0.0),
             "noisy": max(noise - NOISY_FROM, 0.0),
             "bits": math.log2(max(bits_per_pixel, 1e-6)), "height": math.log2(max(height, 1)),
             "drop_lo": scores[0] - source_score, "drop_hi": scores[-1] - source_score}

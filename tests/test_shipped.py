@@ -171,7 +171,8 @@ def test_shipped_predict_rules_were_fitted_on_training_sources():
     assert predict.encoders(packaged("cpllm-lite")) == list(picker.CODECS)
     for codec in picker.CODECS:
         rule = predict.load(packaged("cpllm-lite"), codec)
-        assert rule is not None and rule.encoder == codec and rule.probes in picker.PROBE_SETS
+        assert rule is not None and rule.encoder == codec
+        assert rule.probes in picker.PROBE_SETS_OF.get(codec, picker.PROBE_SETS)
         assert set(rule.weights) <= set(predict.FEATURES) and "const" in rule.weights
         assert 0 <= rule.margin <= 8
         p = rule.provenance

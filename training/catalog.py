@@ -561,25 +561,28 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     return policy
 
 
-def predict_features(c: Curve, probes: Sequence[int]) -> dict[str, float]:
-    """:func:`cpllm_plugin.integrations.predict.features` of an input, read off its ladder
-    as ``predict`` mode reads its probes (whole-input encodes: the catalog's inputs are as
-    short as one sample)."""
+def predict_features(c: Curve, probes: Sequence[int],
+                     encoder: str = "libx264") -> dict[str, float]:
+    """:func:`cpllm_plugin.integrations.predict.features` of an input, read off its
+    ``encoder`` ladder as ``predict`` mode reads its probes (whole-input encodes: the
+    catalog's inputs are as short as one sample)."""
     from cpllm_plugin.integrations import predict
 
     rates = {p: float(c.bytes[c.at(p)]) for p in probes}
-    e = predict.equivalent_crf(rates, float(c.info["bytes"]))
+    e = predict.equivalent_crf(rates, float(c.info["bytes"]), encoder)
     pixels = c.info["width"] * c.info["height"] * max(int(c.info["frames"]), 1)
     return predict.features(e, float(c.info["noise"]), rates[probes[0]] * 8 / pixels,
                             int(c.info["height"]), c.s0,
-                            [float(c.score[c.at(p)]) for p in probes])
+                            [float(c.score[c.at(p)]) for p in probes], encoder)
 
 
 def predict_rule(p, margin: float | None = None) -> Policy:
     """``cpllm-ladder --mode predict`` replayed with the rule ``p``
-    (:class:`~cpllm_plugin.integrations.predict.Predictor`); ``margin`` overrides its own."""
+    (:class:`~cpllm_plugin.integrations.predict.Predictor`) on its encoder's ladders;
+    ``margin`` overrides its own."""
     def policy(c: Curve) -> int | None:
-        return p.crf(predict_features(c, p.probes), int(c.crfs[0]), int(c.crfs[-1]), margin)
+        return p.crf(predict_features(c, p.probes, p.encoder), int(c.crfs[0]),
+                     int(c.crfs[-1]), margin)
 
     return policy
 

@@ -52,6 +52,11 @@ from .manifest import read_manifest
 # The CRFs tried lie near the range's usual answers.
 PROBE_SETS = ((27,), (31,), (33,), (35,), (39,))
 LEVELS = (15, 21, 27, 33, 39, 45, 51)  # 6 CRF apart: half the dev catalog's encodes
+# SVT-AV1's CRF runs to 63, its masters' VMAF-95 crossings about 19 above x264's on the training
+# catalog: its own ladder (the
+# dev catalog's SVT-AV1 levels) and probes.
+LEVELS_OF = {"libsvtav1": (20, 26, 32, 38, 44, 50, 56, 62)}
+PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,))}
 # Training sources of every kind: 28 masters of 540p and up (two uploads each) and 7 small
 # camera, CGI and game clips (masters only).
 SOURCES = ("ball", "anakreon", "janus_slides", "birds", "bbb_meadow", "bbb_flower",
@@ -111,18 +116,19 @@ def margin_for(cs: Sequence[cat.Curve], est: np.ndarray, share: float) -> float:
 
 
 def fit(cs: Sequence[cat.Curve], share: float = SHARE,
-        probe_sets: Sequence[tuple[int, ...]] = PROBE_SETS,
+        probe_sets: Sequence[tuple[int, ...]] | None = None,
         encoder: str = "libx264") -> tuple[predict.Predictor, list[dict]]:
     """Choose the probe, features and ridge strength by grouped cross-validation (the least
     out-of-fold residual spread), refit on all of ``cs``, and set the margin from the
     out-of-fold estimates at ``share``; returns the rule and a row per candidate (its spread,
     and its median cost at each share of :data:`JUDGED_AT`, averaged). ``encoder``: the
     one whose ladders ``cs`` are."""
+    probe_sets = probe_sets or PROBE_SETS_OF.get(encoder, PROBE_SETS)
     y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
     folds = np.array([_fold(c.source) for c in cs])
     rows, best = [], None
     for probes in probe_sets:
-        x = [cat.predict_features(c, probes) for c in cs]
+        x = [cat.predict_features(c, probes, encoder) for c in cs]
         for names in SETS:
             if "drop_hi" in names and len(probes) < 2:
                 continue
@@ -235,8 +241,8 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
         only = tuple(s for s in SOURCES if s in have)
         if not only:
             return None
-    cat.build(catalog, _scorer(model), LEVELS, only=only, split="train", progress=progress,
-              corpus=corpus, codec=codec)
+    cat.build(catalog, _scorer(model), LEVELS_OF.get(codec, LEVELS), only=only, split="train",
+              progress=progress, corpus=corpus, codec=codec)
     cs = read(catalog, only, codec)
     if len(cs) < MIN_INPUTS:
         return None
@@ -282,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         if a.build:
-            cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), LEVELS,
-                      only=SOURCES, split="train", codec=a.codec)
+            cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL),
+                      LEVELS_OF.get(a.codec, LEVELS), only=SOURCES, split="train",
+                      codec=a.codec)
         rule, table = fit(read(a.catalog, codec=a.codec), a.share, encoder=a.codec)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None

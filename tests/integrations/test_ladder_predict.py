@@ -163,3 +163,15 @@ def test_predict_on_the_command_line(tmp_path):
     probes = rows[:-1]  # from the cache the second time: no encode, the same probe
     assert pick["encodes"] == 0 and probes and all(
         r["type"] == "probe" and r["from_cache"] and "vmaf" not in r for r in probes)
+
+
+def test_each_encoder_reads_on_its_own_crf_scale():
+    # One probe: x264 halves its bitrate every 6 CRF, SVT-AV1 (CRF to 63) more slowly.
+    x264, svt = predict.scale("libx264"), predict.scale("libsvtav1")
+    assert predict.equivalent_crf({35: 400.0}, 800.0) == pytest.approx(35 - x264.halving)
+    assert predict.equivalent_crf({50: 400.0}, 800.0, "libsvtav1") == pytest.approx(
+        50 - svt.halving)
+    # The same equivalent CRF is well past x264's masters and short of SVT-AV1's.
+    assert predict.features(36.0, 1, 0.1, 720, 4, [4], "libx264")["reencoded"] > 0
+    assert predict.features(36.0, 1, 0.1, 720, 4, [4], "libsvtav1")["reencoded"] == 0
+    assert predict.scale("libvpx-vp9") == x264  # no scale of its own: x264's
