@@ -805,10 +805,10 @@ def pick_predict(ladder: Ladder) -> Pick:
     the input's stream into a CRF, ``margin`` below the highest it estimates keeps what the
     input had. The pick itself is not encoded: its size and score are read off the probes."""
     encoder = ladder.settings.encoder
-    has = getattr(ladder.scorer, "predictor", None)
-    rule = has(encoder) if has else None
+    rule_of = getattr(ladder.scorer, "predictor", None)  # a stand-in scorer may have none
+    rule = rule_of(encoder) if rule_of else None
     if rule is None:
-        fitted = ladder.scorer.predict_encoders() if has else []
+        fitted = ladder.scorer.predict_encoders() if rule_of else []
         if fitted:
             raise LadderArgumentError(message(
                 "cpllm-ladder --mode predict", "an --encoder the model has a rule for ("

@@ -533,14 +533,12 @@ def score_linear(calibration: dict[float, float], level: float, margin: float,
 
 
 def auto_rule(gap: float | None = None, step: float | None = None,
-              floor: float | None = None, noisy: float | None = None,
-              noise: bool = True) -> Policy:
+              floor: float | None = None, noisy: float | None = None) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, and the search again at the lowered level.
     ``gap``, ``step``, ``floor``, ``noisy``: override the shipped constants (sweeps, the
-    fit; ``noisy`` sets a noise rule, which ships off); ``noise=False`` ignores the input's
-    noise whatever ``noisy`` says."""
+    fit; ``noisy`` sets a noise rule, which ships off)."""
     from cpllm_plugin.integrations import ladder as lad
 
     over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),
@@ -553,7 +551,7 @@ def auto_rule(gap: float | None = None, step: float | None = None,
         ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
                                  float(c.info["bytes"]))
         level = lad.auto_level(None if ceq is None else ceq - ref,
-                               c.info.get("noise") if noise else None, c95 is not None, **over)
+                               c.info.get("noise"), c95 is not None, **over)
         if level == lad.AUTO_LEVEL:
             return c95
         return highest_meeting(c.crfs, c.vi, level)

@@ -52,11 +52,15 @@ from .manifest import read_manifest
 # The CRFs tried lie near the range's usual answers.
 PROBE_SETS = ((27,), (31,), (33,), (35,), (39,))
 LEVELS = (15, 21, 27, 33, 39, 45, 51)  # 6 CRF apart: half the dev catalog's encodes
-# SVT-AV1's CRF runs to 63, its masters' VMAF-95 crossings about 19 above x264's on the training
-# catalog: its own ladder (the
-# dev catalog's SVT-AV1 levels) and probes.
+# SVT-AV1's CRF runs to 63 and its masters cross VMAF 95 about 19 CRF above x264's on the
+# training catalog: its own ladder (the dev catalog's SVT-AV1 levels) and probes.
 LEVELS_OF = {"libsvtav1": (20, 26, 32, 38, 44, 50, 56, 62)}
 PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,))}
+
+
+def levels(codec: str) -> tuple[int, ...]:
+    """The CRFs of ``codec``'s training ladders."""
+    return LEVELS_OF.get(codec, LEVELS)
 # Training sources of every kind: 28 masters of 540p and up (two uploads each) and 7 small
 # camera, CGI and game clips (masters only).
 SOURCES = ("ball", "anakreon", "janus_slides", "birds", "bbb_meadow", "bbb_flower",
@@ -186,8 +190,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID) -> tuple[dict, lis
     rows = []
     for values in itertools.product(*grid.values()):
         s = dict(zip(grid, values, strict=True))
-        pol = cat.auto_rule(s["gap"], s["step"], s["floor"], s["noisy"],
-                            noise=s["noisy"] is not None)
+        pol = cat.auto_rule(s["gap"], s["step"], s["floor"], s["noisy"])
         whole, up = cat.judge("", pol, cs), cat.judge("", pol, ups)
         rows.append({**s, "kept": round(whole.success * len(cs)), "success": whole.success,
                      "median": whole.median, "uploads_success": up.success,
@@ -241,7 +244,7 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
         only = tuple(s for s in SOURCES if s in have)
         if not only:
             return None
-    cat.build(catalog, _scorer(model), LEVELS_OF.get(codec, LEVELS), only=only, split="train",
+    cat.build(catalog, _scorer(model), levels(codec), only=only, split="train",
               progress=progress, corpus=corpus, codec=codec)
     cs = read(catalog, only, codec)
     if len(cs) < MIN_INPUTS:
@@ -288,9 +291,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         if a.build:
-            cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL),
-                      LEVELS_OF.get(a.codec, LEVELS), only=SOURCES, split="train",
-                      codec=a.codec)
+            cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), levels(a.codec),
+                      only=SOURCES, split="train", codec=a.codec)
         rule, table = fit(read(a.catalog, codec=a.codec), a.share, encoder=a.codec)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
