@@ -270,17 +270,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="The encoder whose ladders the rule is fitted on (its file: "
                     "predict.json for libx264, predict-CODEC.json for another).")
     ap.add_argument("--auto", action="store_true",
-                    help="Fit auto mode's constants on every input of the catalog instead "
-                    "(printed; integrations/ladder.py ships them).")
+                    help="Fit auto mode's constants on every input of the catalog with "
+                    "--codec ladders instead (printed; integrations/ladder.py ships the "
+                    "libx264 fit).")
     a = ap.parse_args(argv)
     if a.auto:
         try:
-            cs = read(a.catalog, only=None)
+            cs = read(a.catalog, only=None, codec=a.codec)
         except CpllmError as e:
             raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
         best, rows = fit_auto(cs)
         top = rows[:10]
-        print(f"{len(cs)} inputs from {len({c.source for c in cs})} training sources; "
+        print(f"{a.codec}: {len(cs)} inputs from {len({c.source for c in cs})} training sources; "
               "the ten best settings (success, median cost; uploads: success, median, mean):")
         for r in top:
             print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} noise "
