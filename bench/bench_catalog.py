@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
+    ap.add_argument("--guard", type=float, metavar="D",
+                    help="With --real: also run auto with --guard D.")
+    ap.add_argument("--real-ids", metavar="ID,ID",
+                    help="With --real: these inputs (catalog ids) instead of one per kind.")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
                     "mode and compare its picks with the replayed ones.")
@@ -82,7 +86,8 @@ def main() -> None:
     # one fixed CRF is swept over the ladder's own span (SVT-AV1's runs to 63)
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
-        real_tool(cs, scorer, a.real, a.codec)
+        real_tool(cs, scorer, a.real, a.codec, a.guard,
+                  a.real_ids.split(",") if a.real_ids else None)
 
 
 def policies(scorer, crfs: range = range(15, 52),
@@ -103,6 +108,9 @@ def policies(scorer, crfs: range = range(15, 52),
         "auto, noise rule": [("off (shipped)", cat.auto_rule())]
                             + [(f"from noise {n:g}", cat.auto_rule(noisy=n))
                                for n in (3, 4, 5, 6, 7, 8, 10)],
+        "auto, model guard (--guard D)": [("off (shipped)", cat.auto_rule())]
+                                         + [(f"{d:g}", cat.auto_rule(guard=d))
+                                            for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
         "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],
@@ -170,7 +178,8 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
         print(f"plot: {plot}")
 
 
-def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
+def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
+              guard: float | None = None, ids: list[str] | None = None) -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
     with the ladders' ``codec``, against the replay of the same policy on the catalog's
     ladders (interpolated between their levels)."""
@@ -179,9 +188,16 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
               "score": next(p for k, p in table.items() if k.startswith("score"))}
     if any(k.startswith("predict") for k in table):  # the model has a rule for this codec
         replay["predict"] = next(p for k, p in table.items() if k.startswith("predict"))
+    if guard is not None:
+        replay[f"auto --guard {guard:g}"] = cat.auto_rule(guard=guard)
     by = cat.groups(cs)
     chosen, i = [], 0
     kinds = [g for g in cat.GROUPS if g in by]
+    if ids:
+        chosen = [c for c in cs if c.id in ids]
+        missing = sorted(set(ids) - {c.id for c in chosen})
+        if missing:
+            raise SystemExit(f"bench_catalog.py --real-ids: not in the report: {missing}")
     while len(chosen) < min(n, len(cs)):
         g = by[kinds[i % len(kinds)]]
         c = g[(i // len(kinds)) % len(g)]
@@ -189,7 +205,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
             chosen.append(c)
         i += 1
     print(f"\nreal tool against the replay, {len(chosen)} inputs:")
-    print(f"{'input':34} {'mode':8} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
+    print(f"{'input':34} {'mode':18} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
           f"{'success (real)':>14}")
     diffs = []
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
@@ -202,7 +218,8 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
             try:
                 # No cache: each mode pays for its own probes, so the times compare.
                 p = lad.pick_file(c.info["path"], lad.PickOptions(
-                    mode=mode, no_cache=True, encoder=codec), scorer)
+                    mode=mode.split()[0], no_cache=True, encoder=codec,
+                    guard=guard if "--guard" in mode else None), scorer)
                 crf, enc = p.crf, p.encodes
                 encodes[mode].append(enc)
             except lad.NoCrfMeetsTargetError:
@@ -212,7 +229,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264") -> None:
             if crf is not None and sim is not None:
                 diffs.append(crf - sim)
             ok = "-" if crf is None else str(c.success(crf))
-            print(f"{c.id[:34]:34} {mode:8} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
+            print(f"{c.id[:34]:34} {mode:18} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
                   f"{time.perf_counter() - t0:>6.1f} {ok:>14}")
         t0 = time.perf_counter()
         try:

@@ -96,6 +96,9 @@ def pick_options(f):
                      help="Pool frame scores over key frames and samples."),
         click.option("--max-probes", type=click.IntRange(2, 40), default=lad.MAX_PROBES,
                      show_default=True, help="Most probe encodes of the search."),
+        click.option("--guard", type=float, metavar="D", help="--mode auto: never pick "
+                     "above the CRF where the model's score falls D below its score of the "
+                     "input (0.175 kept every dev input, for more bits: docs/ladder.md)."),
         click.option("--vmaf", is_flag=True, help="Also measure VMAF of each probe against "
                      "the source (full reference, side by side)."),
         click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout."),
@@ -293,7 +296,7 @@ def _scene_picks(run: Run, threshold, min_shot):
     job.say(f"{len(shots)} shot(s)")
     picks = sc.pick_scenes(job.source, shots, job.settings, job.scorer, job.min_score,
                            job.max_drop, o.pool, job.cache, o.ffmpeg, o.vmaf, job.say,
-                           o.max_probes, job.mode, job.vmaf_level)
+                           o.max_probes, job.mode, job.vmaf_level, o.guard)
     for p in picks:
         run.emit(p.to_dict())
     return picks

@@ -40,7 +40,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -724,6 +724,13 @@ AUTO_FLOOR = 85.0  # never below this: what still shows of the master must be ke
 AUTO_NOISE: float | None = None  # luma noise (stream.sigma, 8-bit units) where an input is noisy
 AUTO_NOISE_STEP = 2.5  # VMAF the level gives up per unit of noise beyond AUTO_NOISE
 AUTO_NOISE_FLOOR = 75.0
+# The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
+# keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
+# fall of its score below its score of the input, and the pick then never goes above the CRF
+# where that fall reaches D. Off by default: fitted on the training catalog it looked free (0.175
+# capped 11 of 78 masters), but the model's scores of training sources are in-sample, and on
+# dev it capped 11 of 26 masters, a third more bits on them (docs/ladder.md).
+AUTO_GUARD: float | None = None
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -759,13 +766,16 @@ def auto_level(gap: float | None, noise: float | None = None, reached: bool = Tr
     return level
 
 
-def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
+def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
+              guard: float | None = AUTO_GUARD) -> Pick:
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
     matches a re-encode well above that crossing), the search again at the lower
     :func:`auto_level` (also for a noisy input, :meth:`Ladder.input_noise`, when
     :data:`AUTO_NOISE` is set); when no CRF in the range reaches VMAF
-    95 against the input, the search again at :data:`AUTO_FLOOR`."""
+    95 against the input, the search again at :data:`AUTO_FLOOR`. ``guard``: cap the pick
+    where the model's score falls this far below its score of the input
+    (:func:`guard_crf`; None: no cap)."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -793,10 +803,39 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False) 
         why = f"input reads as noisy (luma noise {sigma:.1f}; the master is under it)"
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
-    if level == AUTO_LEVEL:
-        return _result(ladder, target, c95, full)
-    return _search(ladder, target, max_probes + 2, full, "widen --crf-range, or use "
-                   "--mode vmaf --min-vmaf V with a lower V")
+    crf = c95 if level == AUTO_LEVEL else _find(
+        ladder, target, max_probes + 2, full,
+        "widen --crf-range, or use --mode vmaf --min-vmaf V with a lower V")
+    capped = guard_crf(ladder, s0, crf, full, guard)
+    if capped is not None and capped < crf:
+        ladder.say(f"auto: the model's score falls {guard:g} below the input's above "
+                   f"CRF {capped}; pick capped there")
+        target = replace(target, rule=f"{target.rule}; capped at CRF {capped}, where the "
+                         f"model's score falls {guard:g} below the input's")
+        crf = capped
+    return _result(ladder, target, crf, full)
+
+
+GUARD_PROBES = 3  # probes the guard may add: the VMAF search's probes are scored already
+
+
+def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
+              guard: float | None) -> int | None:
+    """The highest CRF whose model score stays within ``guard`` of the input's own ``s0``,
+    when the pick ``crf`` does not; None when ``crf`` does, when no CRF does, or with no
+    guard. Searched from ``crf`` down on the score's monotone fit, so the probes already made
+    count."""
+    if guard is None:
+        return None
+    floor = s0 - guard
+    if full:
+        return best_passing(ladder.values("score"), floor)
+    held = best_passing(ladder.values("score"), floor)
+    if held is not None and held >= crf:
+        return None
+    # ``search`` counts every probe made so far against its budget.
+    made = sum(not p.from_cache for p in ladder.probes.values())
+    return ladder.search(floor, made + GUARD_PROBES, start=crf, measure="score")
 
 
 def pick_predict(ladder: Ladder) -> Pick:
@@ -858,11 +897,13 @@ def pick_predict(ladder: Ladder) -> Pick:
 
 def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
              max_drop: float | None = None, vmaf_level: float = DEFAULT_VMAF,
-             max_probes: int = MAX_PROBES, full: bool = False) -> Pick:
+             max_probes: int = MAX_PROBES, full: bool = False,
+             guard: float | None = None) -> Pick:
     """The pick of ``mode`` (one of :data:`MODES`) on ``ladder``: the one dispatch that
-    ``cpllm-ladder pick``, ``encode`` and ``scenes`` share."""
+    ``cpllm-ladder pick``, ``encode`` and ``scenes`` share. ``guard``: ``auto``'s model
+    guard (None: :data:`AUTO_GUARD`)."""
     if mode == "auto":
-        return pick_auto(ladder, max_probes, full)
+        return pick_auto(ladder, max_probes, full, AUTO_GUARD if guard is None else guard)
     if mode == "vmaf":
         return pick_vmaf(ladder, vmaf_level, max_probes, full)
     if mode == "predict":
@@ -879,6 +920,12 @@ def _source_score(ladder: Ladder) -> float:
 
 
 def _search(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: str) -> Pick:
+    return _result(ladder, target, _find(ladder, target, max_probes, full, hint), full)
+
+
+def _find(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: str) -> int:
+    """The highest CRF that meets ``target`` (searched, or read off the full ladder); a
+    named error with ``hint`` when none does."""
     ladder.say(f"source score {target.source_score:.3f}; target {target.measure} "
                f"{target.value:.3f} ({target.rule})")
     if full:
@@ -894,7 +941,7 @@ def _search(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: s
             f"({target.rule})", f"none; the best CRF tried is {best.crf} with "
             f"{target.measure} {values[best.crf]:.3f} (source score "
             f"{target.source_score:.3f})", hint), best, target.value, target.source_score)
-    return _result(ladder, target, crf, full)
+    return crf
 
 
 def _result(ladder: Ladder, target: Target, crf: int, full: bool) -> Pick:
@@ -944,6 +991,8 @@ class PickOptions(Settings):
         samples, sample_seconds, key_frames: the sample plan (see :func:`plan_samples`).
         pool: how frame scores pool: ``mean``, ``p10`` or ``min``.
         max_probes: most probe encodes of the search.
+        guard: ``auto`` only: never pick above the CRF where the model's score falls this
+            far below its score of the input (:func:`guard_crf`; None: no such cap).
         vmaf: also measure VMAF of every probe against the input (always on in ``vmaf`` mode).
         full: probe every level instead of searching.
         model, backend: the scoring model and its backend.
@@ -962,6 +1011,7 @@ class PickOptions(Settings):
     key_frames: int | None = None
     pool: str = "mean"
     max_probes: int = MAX_PROBES
+    guard: float | None = None
     vmaf: bool = False
     full: bool = False
     model: str = DEFAULT_MODEL
@@ -1029,6 +1079,14 @@ class Job:
                 "--min-score" if o.min_score is not None else "--min-vmaf",
                 "use --mode vmaf --min-vmaf V or --mode score --min-score S for a target "
                 "of your own"))
+        if o.guard is not None and self.mode != "auto":
+            raise LadderArgumentError(message(
+                where, "--guard with --mode auto (it caps auto's VMAF pick by the model)",
+                f"--guard with --mode {self.mode}", "drop --guard, or use --mode auto"))
+        if o.guard is not None and not 0 < o.guard <= 4:
+            raise LadderArgumentError(message(
+                f"{where} --guard", "a fall of the model's score in (0, 4] on its 1-5 scale",
+                f"{o.guard:g}", "try --guard 0.175"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
                 where, "--full with a searching mode", "--mode predict (it reads its "
@@ -1078,7 +1136,7 @@ class Job:
         with self.ladder() as ladder:
             try:
                 return run_mode(ladder, self.mode, self.min_score, self.max_drop,
-                                self.vmaf_level, o.max_probes, o.full)
+                                self.vmaf_level, o.max_probes, o.full, o.guard)
             finally:
                 for p in ladder.probes.values():  # in the order they were made
                     if on_probe:

@@ -264,7 +264,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 cache: str | os.PathLike | None = None, ffmpeg: str | None = None,
                 vmaf: bool = False, progress: Progress | None = None,
                 max_probes: int = MAX_PROBES, mode: str = "score",
-                vmaf_level: float = DEFAULT_VMAF) -> list[ScenePick]:
+                vmaf_level: float = DEFAULT_VMAF,
+                guard: float | None = None) -> list[ScenePick]:
     """Pick a CRF for each shot: its own ladder, with samples inside the shot.
 
     Args:
@@ -275,7 +276,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
         min_score, max_drop: the score target (:class:`~.ladder.Target`), resolved per
             shot against the shot's own source score (``mode="score"``).
         mode: one of :data:`~.ladder.MODES` (:func:`~.ladder.run_mode`); ``auto`` and
-            ``predict`` read the input's bitrate and noise inside the shot's samples.
+            ``predict`` read the input's bitrate and noise inside the shot's samples;
+            ``guard`` is ``auto``'s model guard (:func:`~.ladder.guard_crf`).
         progress: called with one line per step, prefixed ``shot i/n:``.
 
     Returns:
@@ -301,7 +303,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                     progress=lambda line, tag=tag: say(f"{tag}: {line}")) as ladder:
             say(f"{tag}: {shot.start:.2f}-{shot.end:.2f} s, {shot.frames} frames")
             try:
-                p = run_mode(ladder, mode, min_score, max_drop, vmaf_level, max_probes)
+                p = run_mode(ladder, mode, min_score, max_drop, vmaf_level, max_probes,
+                             guard=guard)
             except NoCrfMeetsTargetError as err:
                 low = ladder.probes[min(ladder.probes)]
                 s0, _ = ladder.source_score()

@@ -532,31 +532,57 @@ def score_linear(calibration: dict[float, float], level: float, margin: float,
     return policy
 
 
+_SHIPPED = object()  # auto_rule's guard when not overridden: the shipped AUTO_GUARD
+
+
 def auto_rule(gap: float | None = None, step: float | None = None,
-              floor: float | None = None, noisy: float | None = None) -> Policy:
+              floor: float | None = None, noisy: float | None = None,
+              guard: float | None | object = _SHIPPED) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
-    log-bitrate line through the ladder near it, and the search again at the lowered level.
-    ``gap``, ``step``, ``floor``, ``noisy``: override the shipped constants (sweeps, the
-    fit; ``noisy`` sets a noise rule, which ships off)."""
+    log-bitrate line through the ladder near it, the search again at the lowered level, and
+    the model's guard (the pick no higher than where the model's score falls ``guard`` below
+    its score of the input). ``gap``, ``step``, ``floor``, ``noisy``, ``guard``: override the
+    shipped constants (sweeps, the fit; ``noisy`` sets a noise rule, which ships off;
+    ``guard=None`` turns the guard off)."""
     from cpllm_plugin.integrations import ladder as lad
 
     over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),
                               ("noisy", noisy)) if v is not None}
+    fall = lad.AUTO_GUARD if guard is _SHIPPED else guard
 
     def policy(c: Curve) -> int | None:
-        c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
-        ref = c95 if c95 is not None else int(c.crfs[0])
-        near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
-        ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
-                                 float(c.info["bytes"]))
-        level = lad.auto_level(None if ceq is None else ceq - ref,
-                               c.info.get("noise"), c95 is not None, **over)
-        if level == lad.AUTO_LEVEL:
-            return c95
-        return highest_meeting(c.crfs, c.vi, level)
+        crf = level_pick(c, over)
+        return crf if crf is None else guarded(c, crf, fall)
 
     return policy
+
+
+def level_pick(c: Curve, over: dict | None = None) -> int | None:
+    """``auto``'s pick before the guard: the highest CRF at its level of VMAF against the
+    input (``over``: :func:`~cpllm_plugin.integrations.ladder.auto_level`'s constants)."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
+    ref = c95 if c95 is not None else int(c.crfs[0])
+    near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
+    ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
+                             float(c.info["bytes"]))
+    level = lad.auto_level(None if ceq is None else ceq - ref,
+                           c.info.get("noise"), c95 is not None, **(over or {}))
+    if level == lad.AUTO_LEVEL:
+        return c95
+    return highest_meeting(c.crfs, c.vi, level)
+
+
+def guarded(c: Curve, crf: int, fall: float | None) -> int:
+    """``crf`` capped at the highest CRF whose model score stays within ``fall`` of the
+    input's own (:func:`~cpllm_plugin.integrations.ladder.guard_crf`; None: no cap, and none
+    when no CRF stays within it)."""
+    if fall is None:
+        return crf
+    held = highest_meeting(c.crfs, c.score, c.s0 - fall)
+    return crf if held is None else min(crf, held)
 
 
 def predict_features(c: Curve, probes: Sequence[int],

@@ -104,3 +104,47 @@ def test_fit_auto_finds_the_setting_that_keeps_every_input_at_the_least_cost():
     later = next(r for r in rows if (r["gap"], r["step"], r["floor"]) == (4.5, 1.0, 85.0))
     assert sooner["uploads_success"] < 1.0
     assert later["uploads_success"] == 1.0 and later["uploads_median"] > 1.0
+
+
+def _guard_catalog():
+    """Masters that keep VMAF 95 against themselves at CRF 20 and whose model score never
+    falls; and uploads that read as masters (VMAF 95 against themselves up to CRF 30) but keep
+    what they had against their master only up to CRF 28, where the model's score starts to
+    fall 0.1 a CRF below its score of the upload. Only the model's guard saves the uploads."""
+    inputs, rows = [], []
+    for i in range(20):
+        src = f"s{i}"
+        for id_, kind, t in ((src, "master", 100.0), (f"{src}~soft", "soft", 90.0)):
+            need = min(95.0, t - 5.0)
+            up = kind != "master"
+            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
+                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
+                           "bytes": _size(3), "codec": "h264", "noise": 1.0})
+            rows += [{"id": id_, "crf": c, "bytes": _size(c),
+                      "vmaf_master": need - (c - (28 if up else 20)),
+                      "vmaf_input": 100.0 - (c - 15) / 3 if up else 100.0 - (c - 15),
+                      "frame_scores": [4.0 - (0.1 * max(c - 27, 0) if up else 0.0)]}
+                     for c in LEVELS]
+    return cat.curves(inputs, rows)
+
+
+def test_auto_rule_guard_caps_the_pick_where_the_score_falls():
+    up = next(c for c in _guard_catalog() if c.id == "s0~soft")
+    assert cat.auto_rule(guard=None)(up) == 30  # VMAF 95 against the upload
+    assert cat.auto_rule(guard=0.15)(up) == 28  # the score has fallen 0.1 at 28, 0.2 at 29
+    assert cat.auto_rule(guard=0.05)(up) == 27
+    assert not up.success(30) and up.success(28)
+
+
+def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
+    cs = _guard_catalog()
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "noisy": (None,),
+            "guard": (None, 0.05, 0.15)}
+    best, rows = picker.fit_auto(cs, grid)
+    assert best["guard"] == 0.15 and rows[0]["met"]
+    by = {r["guard"]: r for r in rows}
+    assert by[None]["uploads_success"] == 0.0 and not by[None]["met"]
+    assert by[0.05]["met"] and by[0.05]["uploads_median"] > by[0.15]["uploads_median"] == 1.0
+    # Goals no setting reaches: the most inputs kept, then the least cost.
+    best, rows = picker.fit_auto(cs, grid, {"whole": 1.01})
+    assert best["guard"] == 0.15 and not rows[0]["met"]
