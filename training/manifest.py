@@ -93,6 +93,14 @@ def resolve(manifest: str | Path, item: Item) -> Path:
     return p if p.is_absolute() else Path(manifest).parent / p
 
 
+def fold_of(source: str, folds: int) -> int:
+    """The fold (0 .. ``folds`` - 1) a source falls in, fixed by its name: every video of a
+    source, and every tool that splits by source, lands in the same one."""
+    import hashlib
+
+    return int(hashlib.sha256(source.encode()).hexdigest(), 16) % folds
+
+
 def read_manifest(path: str | Path) -> list[Item]:
     """Read a JSONL manifest; unknown keys are ignored with a warning."""
     path = Path(path)

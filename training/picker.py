@@ -33,7 +33,6 @@ the uploads, then their mean cost (when none reaches them, the most inputs kept 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.integrations import predict
 
 from . import catalog as cat
-from .manifest import read_manifest
+from .manifest import fold_of, read_manifest
 
 # One probe: the mode must take at most half the time of a VMAF search, which probes about
 # three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
@@ -99,7 +98,7 @@ def _fit(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
 
 
 def _fold(source: str) -> int:
-    return int(hashlib.sha256(source.encode()).hexdigest(), 16) % FOLDS
+    return fold_of(source, FOLDS)
 
 
 def outcome(cs: Sequence[cat.Curve], est: np.ndarray, margin: float) -> tuple[float, float]:

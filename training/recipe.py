@@ -39,7 +39,7 @@ from ..configs import DEFAULT_MODEL, PACKAGED_DIR
 from ..console import progress_printer, run_command
 from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
-from .manifest import CRF_LEVELS, Item, read_manifest, write_manifest
+from .manifest import CRF_LEVELS, Item, fold_of, read_manifest, write_manifest
 
 STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "kinds", "picker",
           "codecs", "eval")
@@ -100,6 +100,11 @@ class Recipe:
             ImageNet labels (``ModelConfig.facts_prompt``); measured, not shipped
             (docs/experiments.md, "Facts in the describe prompt"). Its text stage keeps its
             own state.
+        hold_out: ``(k, n)``: train without the training sources of fold k of n
+            (:func:`~.manifest.fold_of`), so the model's scores of those sources are out of
+            sample, as on new footage: what the ladder's pickers are fitted on when they read
+            the model's score. Its run folder is its own, and ``ship`` must write elsewhere
+            than the package.
     """
 
     data: Path = Path("data/recipe")
@@ -133,8 +138,19 @@ class Recipe:
     schedule: str = "constant"
     seed: int = 0
     facts: bool = False
+    hold_out: tuple[int, int] | None = None
 
     def __post_init__(self):
+        if self.hold_out is not None:
+            k, n = self.hold_out
+            if not (n >= 2 and 0 <= k < n):
+                raise RecipeError(message("Recipe hold_out", "fold K of N with 0 <= K < N, "
+                                          "N >= 2", f"{k}/{n}", "e.g. --hold-out 0/2"))
+            if Path(self.out).resolve() == Path(PACKAGED).resolve():
+                raise RecipeError(message(
+                    "Recipe hold_out", "an --out of its own (a model trained without some "
+                    "sources must not replace the shipped one)", str(self.out),
+                    "pass --out data/fold0/model"))
         unknown = [c for c in self.train_codecs if c not in self.dev_codecs]
         if unknown:
             raise RecipeError(message("Recipe", f"train_codecs among dev_codecs "
@@ -160,7 +176,8 @@ class Recipe:
         # Another training set is another run: never resume one from the other.
         codecs = "".join(f"-{c}" for c in self.train_codecs)
         place = "" if self.placement == "grid" else f"-{self.placement}"
-        return self.data / f"run-{self.low_input}{place}-b{self.frozen_blocks}{codecs}"
+        held = "" if self.hold_out is None else "-without-{}of{}".format(*self.hold_out)
+        return self.data / f"run-{self.low_input}{place}-b{self.frozen_blocks}{codecs}{held}"
 
     @property
     def text_dir(self) -> Path:
@@ -169,9 +186,14 @@ class Recipe:
 
     def rows(self, manifest: Path, train: bool = True) -> list[Item]:
         """The rows the cache and training use: originals, libx264 variants, and on the
-        training split the variants of ``train_codecs``."""
+        training split the variants of ``train_codecs``, less the sources ``hold_out``
+        leaves out."""
         codecs = {"libx264", *(self.train_codecs if train else ())}
-        return [i for i in read_manifest(manifest) if i.original or i.codec in codecs]
+        keep = [i for i in read_manifest(manifest) if i.original or i.codec in codecs]
+        if train and self.hold_out is not None:
+            k, n = self.hold_out
+            keep = [i for i in keep if fold_of(i.source, n) != k]
+        return keep
 
 
 # --- bookkeeping ---------------------------------------------------------------------------
@@ -568,6 +590,17 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
     return out
 
 
+def _fold_flag(ctx, param, value):
+    """``K/N`` of ``--hold-out`` as ``(k, n)``."""
+    if value is None:
+        return None
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected K/N such as 0/2, got {value!r}") from None
+    return k, n
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--data", type=click.Path(path_type=Path), default=Path("data/recipe"),
               help="Data folder (corpus, ladders, caches, runs).")
@@ -615,10 +648,13 @@ def run(r: Recipe, stages: tuple[str, ...] = STAGES,
 @click.option("--facts", is_flag=True,
               help="The describe prompt also states the frames' format and the frozen "
               "encoder's ImageNet labels (measured, not shipped; its own text state).")
+@click.option("--hold-out", callback=_fold_flag, metavar="K/N",
+              help="Train without the training sources of fold K of N (their scores then "
+              "out of sample, for fitting the ladder's pickers); needs an --out of its own.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_minutes,
          text_steps, text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs,
-         order_margin, schedule, seed, train_codecs, facts, jobs):
+         order_margin, schedule, seed, train_codecs, facts, hold_out, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, placement=placement,
                frozen_blocks=frozen_blocks,
@@ -627,6 +663,7 @@ def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_mi
                train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
                order_margin=order_margin, schedule=schedule, seed=seed, facts=facts,
+               hold_out=hold_out,
                train_codecs=(tuple(c for c in train_codecs if c != "libx264")
                              if train_codecs else Recipe.train_codecs))
     run_command(lambda: run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES),
