@@ -292,6 +292,87 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     return with_noise(data), read_jsonl(data / ladder_file(codec))
 
 
+def scores_file(model_id: str) -> str:
+    """The file :func:`rescore` writes for a model (its id, made safe for a file name)."""
+    return "scores-" + "".join(ch if ch.isalnum() or ch in "-_." else "_"
+                               for ch in model_id) + ".jsonl"
+
+
+def rescore(data: str | os.PathLike, scorer, codec: str = "libx264",
+            keep: Callable[[str], bool] | None = None, jobs: int = 2,
+            ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True) -> Path:
+    """Score a built catalog's inputs and their ``codec`` ladders again with another model,
+    keeping every measured size and VMAF: each rung is encoded again (the same settings, one
+    thread) and scored only, which costs the encodes but none of the VMAF runs. ``keep``: the
+    sources to rescore (by the input's ``source``; None: all). Writes (and resumes)
+    :func:`scores_file` of ``scorer.id`` in ``data``: one row per input (``crf`` None) and per
+    rung, ``{"id", "codec", "crf", "frame_scores"}``; :func:`with_scores` reads it."""
+    from cpllm_plugin.console import progress_printer
+    from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
+
+    from .variants import encode
+
+    say = progress_printer(progress)
+    data = Path(data)
+    ffmpeg = find_ffmpeg(ffmpeg)
+    inputs = [i for i in read_jsonl(data / "inputs.jsonl") if keep is None or keep(i["source"])]
+    ids = {i["id"] for i in inputs}
+    rows = [r for r in read_jsonl(data / ladder_file(codec)) if r["id"] in ids]
+    path = data / scores_file(scorer.id)
+    book = _Rows(path, lambda r: (r["id"], r["codec"], r["crf"]))
+    work = data / "work" / "rescore"
+    work.mkdir(parents=True, exist_ok=True)
+    by_id = {i["id"]: i for i in inputs}
+
+    def first(inp: dict) -> None:
+        scores = scorer([inp["path"]], [KEY_FRAMES])[0]
+        book.add({"id": inp["id"], "codec": None, "crf": None,
+                  "frame_scores": [float(v) for v in scores]})
+
+    def rung(row: dict) -> None:
+        out = work / f"{row['id']}_{codec}_crf{row['crf']}.mp4"
+        encode(by_id[row["id"]]["path"], out, row["crf"], codec, ffmpeg=ffmpeg, threads=1)
+        try:
+            scores = scorer([str(out)], [KEY_FRAMES])[0]
+            book.add({"id": row["id"], "codec": codec, "crf": row["crf"],
+                      "frame_scores": [float(v) for v in scores]})
+        finally:
+            out.unlink(missing_ok=True)
+
+    todo = ([(first, i) for i in inputs if (i["id"], None, None) not in book.done]
+            + [(rung, r) for r in rows if (r["id"], codec, r["crf"]) not in book.done])
+    say(f"rescore with {scorer.id}: {len(inputs)} inputs, {len(todo)} of "
+        f"{len(inputs) + len(rows)} to score")
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda t: t[0](t[1]), todo))
+    return path
+
+
+def with_scores(inputs: Sequence[dict], rows: Sequence[dict], files: Sequence[Path],
+                codec: str = "libx264") -> tuple[list[dict], list[dict]]:
+    """``inputs`` and their ``codec`` ladder ``rows`` with the frame scores of :func:`rescore`
+    files (one per model: each fold's model scores its own fold's inputs), and only those
+    inputs whose every score is there: a rule fitted on them reads no score of another
+    model."""
+    got: dict[tuple, list[float]] = {}
+    for f in files:
+        for r in read_jsonl(Path(f)):
+            if r["codec"] in (None, codec):
+                got[(r["id"], r["codec"], r["crf"])] = r["frame_scores"]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["id"], []).append(r)
+    ins, out = [], []
+    for i in inputs:
+        rs = by.get(i["id"], [])
+        keys = [(i["id"], None, None)] + [(i["id"], codec, r["crf"]) for r in rs]
+        if not rs or any(k not in got for k in keys):
+            continue
+        ins.append({**i, "frame_scores": got[keys[0]]})
+        out += [{**r, "frame_scores": got[k]} for r, k in zip(rs, keys[1:], strict=True)]
+    return ins, out
+
+
 def with_noise(data: str | os.PathLike) -> list[dict]:
     """The catalog's inputs, each with its luma ``noise`` (what ``predict`` mode reads, and
     ``auto``'s noise rule when one is set); inputs

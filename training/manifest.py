@@ -95,10 +95,12 @@ def resolve(manifest: str | Path, item: Item) -> Path:
 
 def fold_of(source: str, folds: int) -> int:
     """The fold (0 .. ``folds`` - 1) a source falls in, fixed by its name: every video of a
-    source, and every tool that splits by source, lands in the same one."""
+    source, its degraded originals (``parent__kind``) with it, and every tool that splits by
+    source puts it in the same one."""
     import hashlib
 
-    return int(hashlib.sha256(source.encode()).hexdigest(), 16) % folds
+    root = source.split("__")[0]
+    return int(hashlib.sha256(root.encode()).hexdigest(), 16) % folds
 
 
 def read_manifest(path: str | Path) -> list[Item]:

@@ -230,9 +230,10 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
 
 
 def read(catalog: Path, only: Sequence[str] | None = SOURCES,
-         codec: str = "libx264") -> list[cat.Curve]:
+         codec: str = "libx264", scores: Sequence[Path] = ()) -> list[cat.Curve]:
     """The training catalog's ``codec`` curves of the inputs made from ``only`` (None: all);
-    refuses a catalog that holds any dev source."""
+    refuses a catalog that holds any dev source. ``scores``: :func:`~.catalog.rescore` files
+    whose model scores replace the catalog's (the inputs they lack are left out)."""
     from .corpus import read_split
 
     inputs = cat.with_noise(catalog)
@@ -246,6 +247,8 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES,
     rows = cat.read_jsonl(catalog / cat.ladder_file(codec))
     if only is not None:  # a folder may hold more of the split than the rule is fitted on
         inputs = [i for i in inputs if i["source"] in set(only)]
+    if scores:
+        inputs, rows = cat.with_scores(inputs, rows, scores, codec)
     return [c for c in cat.curves(inputs, rows) if c.reachable]
 
 
@@ -297,6 +300,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--codec", default="libx264",
                     help="The encoder whose ladders the rule is fitted on (its file: "
                     "predict.json for libx264, predict-CODEC.json for another).")
+    ap.add_argument("--rescore", metavar="MODEL",
+                    help="Score the catalog's inputs and ladders again with MODEL (sizes and "
+                    "VMAF kept; with --fold, only that fold's sources) and exit.")
+    ap.add_argument("--fold", metavar="K/N",
+                    help="With --rescore: the sources of fold K of N (the fold a model "
+                    "trained with cpllm-recipe --hold-out K/N never saw).")
+    ap.add_argument("--scores", type=Path, action="append", default=[],
+                    help="A --rescore file whose scores the fit reads instead of the "
+                    "catalog's (repeatable: one per fold's model).")
     ap.add_argument("--guard", action="store_true",
                     help="With --auto: search the model's guard too (cpllm-ladder --guard).")
     ap.add_argument("--auto", action="store_true",
@@ -304,9 +316,29 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "--codec ladders instead (printed; integrations/ladder.py ships the "
                     "libx264 fit).")
     a = ap.parse_args(argv)
+    if a.rescore:
+        fold = None
+        if a.fold:
+            try:
+                fold = tuple(int(v) for v in a.fold.split("/"))
+                if len(fold) != 2 or not 0 <= fold[0] < fold[1]:
+                    raise ValueError
+            except ValueError:
+                raise SystemExit(f"cpllm_plugin.training.picker: --fold expected K/N such "
+                                 f"as 0/2, got {a.fold!r}") from None
+
+        def keep(source: str) -> bool:
+            return fold is None or fold_of(source, fold[1]) == fold[0]
+
+        try:
+            path = cat.rescore(a.catalog, _scorer(a.rescore), a.codec, keep)
+        except CpllmError as e:
+            raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
+        print(f"wrote {path}")
+        return
     if a.auto:
         try:
-            cs = read(a.catalog, only=None, codec=a.codec)
+            cs = read(a.catalog, only=None, codec=a.codec, scores=a.scores)
         except CpllmError as e:
             raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
         best, rows = fit_auto(cs, {**AUTO_GRID, "guard": AUTO_GUARDS} if a.guard else AUTO_GRID)
@@ -330,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), levels(a.codec),
                       only=SOURCES, split="train", codec=a.codec)
-        rule, table = fit(read(a.catalog, codec=a.codec), a.share, encoder=a.codec)
+        rule, table = fit(read(a.catalog, codec=a.codec, scores=a.scores), a.share,
+                          encoder=a.codec)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
     for r in table:

@@ -103,3 +103,54 @@ def test_upload_plan_covers_every_kind_from_big_masters_only():
             assert p["spec"]["codec"] == "lib" + p["kind"]
             assert 30 <= p["spec"]["crf"] <= 40
     assert all(not math.isnan(p["spec"]["crf"]) for p in plan)
+
+
+class _BytesScorer:
+    """A stand-in model: log2 of a file's bytes per frame, so an encode at a higher CRF
+    scores lower and the input itself highest."""
+
+    id = "stub/log2 bytes"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, paths, key_frames):
+        from pathlib import Path
+
+        from cpllm_plugin.video import probe
+
+        self.calls += len(paths)
+        return [np.full(k, math.log2(Path(p).stat().st_size / probe(p).frame_count))
+                for p, k in zip(paths, key_frames, strict=True)]
+
+
+def test_rescore_scores_the_ladders_again_and_keeps_sizes_and_vmaf(tmp_path):
+    """Another model's scores for a built catalog, of the kept sources only, without any
+    VMAF run; a rule reads them in place of the catalog's, and only for inputs they cover."""
+    import json
+
+    from media import pan_frames, write_video
+
+    inputs, rows = [], []
+    for src in ("a", "b"):
+        path = write_video(tmp_path / f"{src}.mp4", pan_frames(24, 72, 128), crf=10)
+        inputs.append({**_input(src, "master", 100.0, 9.9), "source": src, "path": str(path)})
+        rows += _ladder(src, lambda c: 100 - (c - 15), lambda c: 100 - (c - 15),
+                        lambda c: 9.9)
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(i) + "\n" for i in inputs))
+    (tmp_path / "ladder.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer = _BytesScorer()
+    path = cat.rescore(tmp_path, scorer, keep=lambda s: s == "a", progress=False)
+    assert path.name == "scores-stub_log2_bytes.jsonl"
+    got = cat.read_jsonl(path)
+    assert len(got) == 1 + len(cat.LEVELS) and {r["id"] for r in got} == {"a"}
+    assert not list((tmp_path / "work" / "rescore").iterdir())  # encodes removed
+    ins, rs = cat.with_scores(inputs, rows, [path])
+    assert [i["id"] for i in ins] == ["a"] and len(rs) == len(cat.LEVELS)
+    (c,) = cat.curves(ins, rs)
+    assert np.all(np.diff(c.score[:: 6]) < 0) and c.s0 > c.score[0]  # the new model's
+    assert c.vm[0] == 100 and c.bytes[0] == pytest.approx(1000.0)  # the catalog's own
+    # A second run finds everything done and scores nothing.
+    calls = scorer.calls
+    cat.rescore(tmp_path, scorer, keep=lambda s: s == "a", progress=False)
+    assert scorer.calls == calls
