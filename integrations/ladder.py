@@ -727,9 +727,10 @@ AUTO_NOISE_FLOOR = 75.0
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
-# where that fall reaches D. Off by default: fitted on the training catalog it looked free (0.175
-# capped 11 of 78 masters), but the model's scores of training sources are in-sample, and on
-# dev it capped 11 of 26 masters, a third more bits on them (docs/ladder.md).
+# where that fall reaches D. Off by default, an open trade: fitted on out-of-sample scores of the
+# training catalog (models trained without half the sources) 0.175 is the one setting that
+# reaches the success goals, but it caps 18 of 78 training masters and 11 of 26 dev masters,
+# a seventh to a third more bits on them (docs/ladder.md).
 AUTO_GUARD: float | None = None
 
 

@@ -176,7 +176,8 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
 AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.75, 1.0),
              "floor": (85.0, 88.0, 90.0, 92.0), "noisy": (None, 5.0, 6.0, 7.0, 8.0, 10.0)}
 # The model's guard (the fall of its score below the input's where the pick stops; None: none),
-# searched only with --guard: the model's scores of training sources are in-sample (it was
+# searched only with --guard, and fitted fairly only with --scores from models trained without
+# the sources they score: the shipped model's scores of training sources are in-sample (it was
 # trained on their variants), so a rule on them looks better here than on new footage.
 AUTO_GUARDS = (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
 # The success the default must reach (issue 36's goals 1-3): on the whole catalog, on the
