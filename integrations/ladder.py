@@ -829,9 +829,9 @@ def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
     if guard is None:
         return None
     floor = s0 - guard
-    if full:
-        return best_passing(ladder.values("score"), floor)
     held = best_passing(ladder.values("score"), floor)
+    if full:
+        return held
     if held is not None and held >= crf:
         return None
     # ``search`` counts every probe made so far against its budget.

@@ -103,6 +103,18 @@ def fold_of(source: str, folds: int) -> int:
     return int(hashlib.sha256(root.encode()).hexdigest(), 16) % folds
 
 
+def parse_fold(value: str | tuple[int, int]) -> tuple[int, int]:
+    """Fold K of N, from ``"K/N"`` or ``(k, n)``; ValueError unless 0 <= K < N and N >= 2."""
+    try:
+        k, n = (int(v) for v in (value.split("/") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        k = n = None
+    if k is None or not (n >= 2 and 0 <= k < n):
+        raise ValueError(f"expected fold K/N with 0 <= K < N and N >= 2, such as 0/2, "
+                         f"got {value!r}")
+    return k, n
+
+
 def read_manifest(path: str | Path) -> list[Item]:
     """Read a JSONL manifest; unknown keys are ignored with a warning."""
     path = Path(path)

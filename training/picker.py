@@ -45,7 +45,7 @@ from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.integrations import predict
 
 from . import catalog as cat
-from .manifest import fold_of, read_manifest
+from .manifest import fold_of, parse_fold, read_manifest
 
 # One probe: the mode must take at most half the time of a VMAF search, which probes about
 # three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
@@ -318,15 +318,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "libx264 fit).")
     a = ap.parse_args(argv)
     if a.rescore:
-        fold = None
-        if a.fold:
-            try:
-                fold = tuple(int(v) for v in a.fold.split("/"))
-                if len(fold) != 2 or not 0 <= fold[0] < fold[1]:
-                    raise ValueError
-            except ValueError:
-                raise SystemExit(f"cpllm_plugin.training.picker: --fold expected K/N such "
-                                 f"as 0/2, got {a.fold!r}") from None
+        try:
+            fold = parse_fold(a.fold) if a.fold else None
+        except ValueError as e:
+            raise SystemExit(f"cpllm_plugin.training.picker: --fold: {e}") from None
 
         def keep(source: str) -> bool:
             return fold is None or fold_of(source, fold[1]) == fold[0]

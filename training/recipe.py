@@ -39,7 +39,7 @@ from ..configs import DEFAULT_MODEL, PACKAGED_DIR
 from ..console import progress_printer, run_command
 from ..errors import CpllmError, message
 from ..preprocess import LOW_INPUTS, PLACEMENTS
-from .manifest import CRF_LEVELS, Item, fold_of, read_manifest, write_manifest
+from .manifest import CRF_LEVELS, Item, fold_of, parse_fold, read_manifest, write_manifest
 
 STAGES = ("corpus", "ladder", "describe", "cache", "train", "text", "ship", "kinds", "picker",
           "codecs", "eval")
@@ -142,10 +142,12 @@ class Recipe:
 
     def __post_init__(self):
         if self.hold_out is not None:
-            k, n = self.hold_out
-            if not (n >= 2 and 0 <= k < n):
+            try:
+                self.hold_out = parse_fold(self.hold_out)
+            except ValueError as e:
                 raise RecipeError(message("Recipe hold_out", "fold K of N with 0 <= K < N, "
-                                          "N >= 2", f"{k}/{n}", "e.g. --hold-out 0/2"))
+                                          "N >= 2", repr(self.hold_out), "e.g. --hold-out 0/2")
+                                  ) from e
             if Path(self.out).resolve() == Path(PACKAGED).resolve():
                 raise RecipeError(message(
                     "Recipe hold_out", "an --out of its own (a model trained without some "
@@ -595,10 +597,9 @@ def _fold_flag(ctx, param, value):
     if value is None:
         return None
     try:
-        k, n = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise click.BadParameter(f"expected K/N such as 0/2, got {value!r}") from None
-    return k, n
+        return parse_fold(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
