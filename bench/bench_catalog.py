@@ -45,7 +45,8 @@ def main() -> None:
                     help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
     ap.add_argument("--guard", type=float, metavar="D",
-                    help="With --real: also run auto with --guard D.")
+                    help="With --real: also run auto with --guard D (0: without the "
+                    "model's guard).")
     ap.add_argument("--real-ids", metavar="ID,ID",
                     help="With --real: these inputs (catalog ids) instead of one per kind.")
     ap.add_argument("--real", type=int, default=0, metavar="N",
@@ -98,7 +99,8 @@ def policies(scorer, crfs: range = range(15, 52),
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
     rule = scorer.predictor(codec)
     table = {
-        "auto (default)": cat.auto_rule(),
+        f"auto (default, guard {lad.AUTO_GUARD:g})": cat.auto_rule(),
+        "auto --guard 0 (no model guard)": cat.auto_rule(guard=None),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
         **({f"predict (margin {rule.margin:g})": cat.predict_rule(rule)} if rule else {}),
         f"score (min-score {s95:.3f}, max-drop {drop:.3f})": cat.score_rule(s95, drop),
@@ -108,8 +110,9 @@ def policies(scorer, crfs: range = range(15, 52),
         "auto, noise rule": [("off (shipped)", cat.auto_rule())]
                             + [(f"from noise {n:g}", cat.auto_rule(noisy=n))
                                for n in (3, 4, 5, 6, 7, 8, 10)],
-        "auto, model guard (--guard D)": [("off (shipped)", cat.auto_rule())]
-                                         + [(f"{d:g}", cat.auto_rule(guard=d))
+        "auto, model guard (--guard D)": [("0 (off)", cat.auto_rule(guard=None))]
+                                         + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
+                                                         else ""), cat.auto_rule(guard=d))
                                             for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
         "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))

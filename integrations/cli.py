@@ -98,7 +98,7 @@ def pick_options(f):
                      show_default=True, help="Most probe encodes of the search."),
         click.option("--guard", type=float, metavar="D", help="--mode auto: never pick "
                      "above the CRF where the model's score falls D below its score of the "
-                     "input (0.175 kept every dev input, for more bits: docs/ladder.md)."),
+                     f"input (default {lad.AUTO_GUARD:g}; 0 turns the cap off)."),
         click.option("--vmaf", is_flag=True, help="Also measure VMAF of each probe against "
                      "the source (full reference, side by side)."),
         click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout."),

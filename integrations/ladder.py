@@ -716,8 +716,8 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
 # (docs/ladder.md, "Catalog benchmark against the clean master").
 AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 4.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
-AUTO_STEP = 0.5  # VMAF the level gives up per CRF beyond AUTO_GAP
-AUTO_FLOOR = 85.0  # never below this: what still shows of the master must be kept
+AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
+AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be kept
 # A noise rule (lower the level of an input whose luma noise is high: the master is under the
 # noise) is in the fit's grid; the fit leaves it off, because grainy masters read as noisy as
 # the noisy copies and would lose their grain (docs/ladder.md). None: off.
@@ -727,11 +727,11 @@ AUTO_NOISE_FLOOR = 75.0
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
-# where that fall reaches D. Off by default, an open trade: fitted on out-of-sample scores of the
-# training catalog (models trained without half the sources) 0.175 is the one setting that
-# reaches the success goals, but it caps 18 of 78 training masters and 11 of 26 dev masters,
-# a seventh to a third more bits on them (docs/ladder.md).
-AUTO_GUARD: float | None = None
+# where that fall reaches D. On by default: fitted with the constants above on out-of-sample
+# scores of the training catalog (models trained without half its sources), it is the one
+# setting that keeps the goals' share of inputs; its price is more bits on the clean masters
+# the model judges harsher than VMAF does (docs/ladder.md). 0 or None: off.
+AUTO_GUARD: float | None = 0.175
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -776,7 +776,7 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     :data:`AUTO_NOISE` is set); when no CRF in the range reaches VMAF
     95 against the input, the search again at :data:`AUTO_FLOOR`. ``guard``: cap the pick
     where the model's score falls this far below its score of the input
-    (:func:`guard_crf`; None: no cap)."""
+    (:func:`guard_crf`; None or 0: no cap)."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -824,9 +824,9 @@ def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
               guard: float | None) -> int | None:
     """The highest CRF whose model score stays within ``guard`` of the input's own ``s0``,
     when the pick ``crf`` does not; None when ``crf`` does, when no CRF does, or with no
-    guard. Searched from ``crf`` down on the score's monotone fit, so the probes already made
-    count."""
-    if guard is None:
+    guard (None or 0). Searched from ``crf`` down on the score's monotone fit, so the probes
+    already made count."""
+    if not guard:
         return None
     floor = s0 - guard
     held = best_passing(ladder.values("score"), floor)
@@ -902,7 +902,7 @@ def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
              guard: float | None = None) -> Pick:
     """The pick of ``mode`` (one of :data:`MODES`) on ``ladder``: the one dispatch that
     ``cpllm-ladder pick``, ``encode`` and ``scenes`` share. ``guard``: ``auto``'s model
-    guard (None: :data:`AUTO_GUARD`)."""
+    guard (None: :data:`AUTO_GUARD`; 0: off)."""
     if mode == "auto":
         return pick_auto(ladder, max_probes, full, AUTO_GUARD if guard is None else guard)
     if mode == "vmaf":
@@ -993,7 +993,8 @@ class PickOptions(Settings):
         pool: how frame scores pool: ``mean``, ``p10`` or ``min``.
         max_probes: most probe encodes of the search.
         guard: ``auto`` only: never pick above the CRF where the model's score falls this
-            far below its score of the input (:func:`guard_crf`; None: no such cap).
+            far below its score of the input (:func:`guard_crf`; None: :data:`AUTO_GUARD`;
+            0: no such cap).
         vmaf: also measure VMAF of every probe against the input (always on in ``vmaf`` mode).
         full: probe every level instead of searching.
         model, backend: the scoring model and its backend.
@@ -1084,10 +1085,11 @@ class Job:
             raise LadderArgumentError(message(
                 where, "--guard with --mode auto (it caps auto's VMAF pick by the model)",
                 f"--guard with --mode {self.mode}", "drop --guard, or use --mode auto"))
-        if o.guard is not None and not 0 < o.guard <= 4:
+        if o.guard is not None and not 0 <= o.guard <= 4:
             raise LadderArgumentError(message(
-                f"{where} --guard", "a fall of the model's score in (0, 4] on its 1-5 scale",
-                f"{o.guard:g}", "try --guard 0.175"))
+                f"{where} --guard", "a fall of the model's score in [0, 4] on its 1-5 scale "
+                "(0 turns the guard off)", f"{o.guard:g}",
+                f"drop --guard for the default {AUTO_GUARD:g}, or pass --guard 0 to turn it off"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
                 where, "--full with a searching mode", "--mode predict (it reads its "

@@ -659,8 +659,8 @@ def level_pick(c: Curve, over: dict | None = None) -> int | None:
 def guarded(c: Curve, crf: int, fall: float | None) -> int:
     """``crf`` capped at the highest CRF whose model score stays within ``fall`` of the
     input's own (:func:`~cpllm_plugin.integrations.ladder.guard_crf`; None: no cap, and none
-    when no CRF stays within it)."""
-    if fall is None:
+    when no CRF stays within it; 0 is none too)."""
+    if not fall:
         return crf
     held = highest_meeting(c.crfs, c.score, c.s0 - fall)
     return crf if held is None else min(crf, held)

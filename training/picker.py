@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,12 +175,13 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
 # re-encoded, the VMAF given up per CRF beyond it, the lowest level, and the luma noise where an
 # input reads as noisy (None: no noise rule).
 AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.75, 1.0),
-             "floor": (85.0, 88.0, 90.0, 92.0), "noisy": (None, 5.0, 6.0, 7.0, 8.0, 10.0)}
-# The model's guard (the fall of its score below the input's where the pick stops; None: none),
-# searched only with --guard, and fitted fairly only with --scores from models trained without
-# the sources they score: the shipped model's scores of training sources are in-sample (it was
-# trained on their variants), so a rule on them looks better here than on new footage.
-AUTO_GUARDS = (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)
+             "floor": (85.0, 88.0, 90.0, 92.0), "noisy": (None, 5.0, 6.0, 7.0, 8.0, 10.0),
+             # The model's guard: the fall of its score below the input's where the pick stops
+             # (None: none). Fitted fairly only with --scores from models trained without the
+             # sources they score: the shipped model's scores of training sources are in-sample
+             # (it was trained on their variants), so the guard looks cheaper on them than on
+             # new footage.
+             "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)}
 # The success the default must reach (issue 36's goals 1-3): on the whole catalog, on the
 # uploads, on the masters. Among the settings that reach all three, the cheapest wins.
 AUTO_GOALS = {"whole": 0.95, "uploads": 0.90, "masters": 0.95}
@@ -262,14 +264,12 @@ def _scorer(model):
 MIN_INPUTS = 30  # fewer training inputs cannot rank candidates out of fold
 
 
-def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
-            share: float = SHARE, corpus: Path | None = None, progress=True,
-            codec: str = "libx264") -> tuple[predict.Predictor, list[dict]] | None:
+def build_catalog(catalog: Path, model: str | Path, corpus: Path | None = None,
+                  progress=True, codec: str = "libx264") -> tuple[str, ...] | None:
     """Build (or finish) the training catalog's ``codec`` ladders with ``model``'s scores,
     from :data:`SOURCES` found in ``corpus`` (default: a corpus of its own under
-    ``catalog``), fit the rule, and write it into ``out`` when given. None, and nothing
-    written, when the corpus holds too few of :data:`SOURCES` to fit on (a test corpus, a
-    user's own footage)."""
+    ``catalog``); returns the sources a rule is fitted on. None, and nothing built, when
+    the corpus holds too few of them to fit on (a test corpus, a user's own footage)."""
     only = SOURCES
     if corpus is not None:
         have = {i.source for i in read_manifest(Path(corpus) / "sources.jsonl")}
@@ -278,13 +278,30 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
             return None
     cat.build(catalog, _scorer(model), levels(codec), only=only, split="train",
               progress=progress, corpus=corpus, codec=codec)
-    cs = read(catalog, only, codec)
-    if len(cs) < MIN_INPUTS:
-        return None
-    rule, table = fit(cs, share, encoder=codec)
+    return only if len(read(catalog, only, codec)) >= MIN_INPUTS else None
+
+
+def fit_rule(catalog: Path, only: Sequence[str], out: Path | None = None,
+             share: float = SHARE, codec: str = "libx264",
+             scores: Sequence[Path] = ()) -> tuple[predict.Predictor, list[dict]]:
+    """Fit ``codec``'s rule on a built catalog (``scores``: :func:`~.catalog.rescore` files
+    of held-out models, whose scores it reads instead of the catalog's) and write it into
+    ``out`` when given."""
+    rule, table = fit(read(catalog, only, codec, scores), share, encoder=codec)
+    if scores:  # the model's scores the rule read were out of sample
+        rule.provenance["scores"] = [Path(f).name for f in scores]
     if out is not None:
         predict.save(rule, out)
     return rule, table
+
+
+def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
+            share: float = SHARE, corpus: Path | None = None, progress=True,
+            codec: str = "libx264") -> tuple[predict.Predictor, list[dict]] | None:
+    """:func:`build_catalog`, then :func:`fit_rule` on the model's own scores; None when
+    the corpus holds too few of :data:`SOURCES`."""
+    only = build_catalog(catalog, model, corpus, progress, codec)
+    return None if only is None else fit_rule(catalog, only, out, share, codec)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -310,8 +327,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--scores", type=Path, action="append", default=[],
                     help="A --rescore file whose scores the fit reads instead of the "
                     "catalog's (repeatable: one per fold's model).")
-    ap.add_argument("--guard", action="store_true",
-                    help="With --auto: search the model's guard too (cpllm-ladder --guard).")
     ap.add_argument("--auto", action="store_true",
                     help="Fit auto mode's constants on every input of the catalog with "
                     "--codec ladders instead (printed; integrations/ladder.py ships the "
@@ -337,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             cs = read(a.catalog, only=None, codec=a.codec, scores=a.scores)
         except CpllmError as e:
             raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
-        best, rows = fit_auto(cs, {**AUTO_GRID, "guard": AUTO_GUARDS} if a.guard else AUTO_GRID)
+        if not a.scores:
+            print("note: the guard is fitted on the model's own scores of the sources it was "
+                  "trained on; pass --scores (one file per held-out fold, see --rescore) for "
+                  "out-of-sample scores", file=sys.stderr)
+        best, rows = fit_auto(cs)
         top = rows[:10]
         goals = "reach" if top[0]["met"] else "none reaches"
         print(f"{a.codec}: {len(cs)} inputs from {len({c.source for c in cs})} training "
@@ -358,8 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), levels(a.codec),
                       only=SOURCES, split="train", codec=a.codec)
-        rule, table = fit(read(a.catalog, codec=a.codec, scores=a.scores), a.share,
-                          encoder=a.codec)
+        rule, table = fit_rule(a.catalog, SOURCES, None, a.share, a.codec, a.scores)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
     for r in table:

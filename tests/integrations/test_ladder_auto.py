@@ -115,27 +115,27 @@ class CappedBytesScorer:
 def test_guard_caps_auto_where_the_model_sees_the_input_lose(tmp_path):
     """VMAF against the input allows CRF p; the stand-in model's score falls more than the
     guard below its score of the input from about p - 4 up, so ``--guard`` caps auto's pick
-    below p, says so, and keeps the model's score within the guard; without it (the
-    default) auto keeps the VMAF-95 pick on this clean clip."""
+    below p, says so, and keeps the model's score within the guard (the default's); with
+    ``--guard 0`` auto keeps the VMAF-95 pick on this clean clip."""
     opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
     vmaf = lad.pick_file(SAMPLE, lad.PickOptions(mode="vmaf", **opts), CappedBytesScorer(99.0))
     at = vmaf.probes[[p.crf for p in vmaf.probes].index(vmaf.crf)]
     fps = lad.inspect(SAMPLE).fps
     cap = math.log2(at.kbps * 1000 / 8 / fps) + 1.0  # the encode 6 CRF below p scores the cap
     scorer = CappedBytesScorer(cap)
-    auto = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", guard=0.175, **opts), scorer)
-    assert auto.source_score == pytest.approx(cap)
+    auto = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", **opts), scorer)
+    assert lad.AUTO_GUARD == 0.175 and auto.source_score == pytest.approx(cap)
     assert auto.crf < vmaf.crf and "capped at CRF" in auto.target.rule, auto.target.rule
     assert auto.score >= cap - 0.175
     assert vmaf.crf - 7 <= auto.crf <= vmaf.crf - 3
-    free = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", **opts), scorer)
-    assert lad.AUTO_GUARD is None and free.crf == vmaf.crf and "capped" not in free.target.rule
+    free = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", guard=0, **opts), scorer)
+    assert free.crf == vmaf.crf and "capped" not in free.target.rule
 
 
 def test_guard_is_for_auto_and_a_fall_on_the_score_scale():
     for kw, what in (({"mode": "vmaf", "guard": 0.2}, "--mode vmaf"),
                      ({"guard": 0.2, "min_score": 4.0}, "--mode score"),
-                     ({"mode": "auto", "guard": 0.0}, "in \\(0, 4\\]"),
-                     ({"mode": "auto", "guard": 5.0}, "in \\(0, 4\\]")):
+                     ({"mode": "auto", "guard": -0.1}, "in \\[0, 4\\]"),
+                     ({"mode": "auto", "guard": 5.0}, "in \\[0, 4\\]")):
         with pytest.raises(lad.LadderArgumentError, match=what):
             lad.Job(SAMPLE, lad.PickOptions(**kw), scorer=object())
