@@ -105,6 +105,10 @@ class Recipe:
             sample, as on new footage: what the ladder's pickers are fitted on when they read
             the model's score. Its run folder is its own, and ``ship`` must write elsewhere
             than the package.
+        folds: the picker stage fits ``predict``'s rules on out-of-sample scores: this many
+            models, each trained without one fold of the training sources (``cache``,
+            ``train`` and ``ship`` of its own, under ``data/fold-K-of-N``), score their own
+            fold of the training catalog again (0: the shipped model's own, in-sample scores).
     """
 
     data: Path = Path("data/recipe")
@@ -139,6 +143,7 @@ class Recipe:
     seed: int = 0
     facts: bool = False
     hold_out: tuple[int, int] | None = None
+    folds: int = 2
 
     def __post_init__(self):
         if self.hold_out is not None:
@@ -153,6 +158,9 @@ class Recipe:
                     "Recipe hold_out", "an --out of its own (a model trained without some "
                     "sources must not replace the shipped one)", str(self.out),
                     "pass --out data/fold0/model"))
+        if self.folds == 1 or self.folds < 0:
+            raise RecipeError(message("Recipe folds", "0 (in-sample scores) or 2 and more",
+                                      str(self.folds), "use --folds 2"))
         unknown = [c for c in self.train_codecs if c not in self.dev_codecs]
         if unknown:
             raise RecipeError(message("Recipe", f"train_codecs among dev_codecs "
@@ -449,22 +457,50 @@ def stage_kinds(r: Recipe, say) -> dict:
 def stage_picker(r: Recipe, say) -> dict:
     """``cpllm-ladder --mode predict``'s rules (``predict.json``, ``predict-libx265.json``) of
     the shipped model, each fitted on its encoder's ladders of a catalog of training sources
-    scored by it (training/picker.py)."""
-    from .picker import CODECS, MIN_INPUTS, SOURCES, rebuild
+    (training/picker.py), on the scores of :attr:`Recipe.folds` held-out models."""
+    from .picker import CODECS, MIN_INPUTS, SOURCES, build_catalog, fit_rule
 
-    res = {}
+    catalog = r.data / "catalog-train"
+    only = {}
     for codec in CODECS:
-        done = rebuild(r.data / "catalog-train", r.out, r.out, corpus=r.corpus, progress=say,
-                       codec=codec)
-        if done is None:  # a corpus without the catalog's training sources (tests, own footage)
+        only[codec] = build_catalog(catalog, r.out, r.corpus, say, codec)
+        if only[codec] is None:  # a corpus without the catalog's sources (tests, own footage)
             why = (f"fewer than {MIN_INPUTS} catalog inputs from the {len(SOURCES)} training "
                    "sources of training/picker.py in this corpus")
             say(f"picker: skipped: {why}")
             return {"skipped": why}
-        rule = done[0]
+    scores = fold_scores(r, catalog, CODECS, say) if r.folds else []
+    res = {}
+    for codec in CODECS:
+        rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores)
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
-                      "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold")}
+                      "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
+                      "scores": rule.provenance.get("scores", "in-sample")}
     return res
+
+
+def fold_scores(r: Recipe, catalog: Path, codecs: tuple[str, ...], say) -> list[Path]:
+    """The training catalog's ``codecs`` ladders scored out of sample: for each of
+    :attr:`Recipe.folds` folds, a model trained without that fold's sources scores that
+    fold's inputs and rungs (both resume). Returns the score files, one per model."""
+    from .catalog import rescore
+    from .picker import _scorer
+
+    if r.hold_out is not None:
+        raise RecipeError(message("recipe stage picker", "the whole training split (its "
+                                  "folds are held out in turn)", f"--hold-out {r.hold_out}",
+                                  "drop --stage picker from a --hold-out run"))
+    files = []
+    for k in range(r.folds):
+        sub = dataclasses.replace(r, hold_out=(k, r.folds),
+                                  out=r.data / f"fold-{k}-of-{r.folds}")
+        say(f"picker: fold {k} of {r.folds}: a model without its sources")
+        run(sub, ("cache", "train", "ship"), say)
+        for codec in codecs:
+            f = rescore(catalog, _scorer(sub.out), codec,
+                        lambda source, k=k: fold_of(source, r.folds) == k, progress=say)
+        files.append(f)
+    return files
 
 
 def stage_eval(r: Recipe, say) -> dict:
@@ -652,10 +688,14 @@ def _fold_flag(ctx, param, value):
 @click.option("--hold-out", callback=_fold_flag, metavar="K/N",
               help="Train without the training sources of fold K of N (their scores then "
               "out of sample, for fitting the ladder's pickers); needs an --out of its own.")
+@click.option("--folds", type=click.IntRange(0), default=Recipe.folds,
+              help="Models trained without one fold of the training sources each, whose "
+              "scores the picker stage fits predict's rules on (0: the shipped model's own, "
+              "in-sample scores).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=2, help="ffmpeg processes.")
 def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_minutes,
          text_steps, text_minutes, train_seconds, vmaf_subsample, dev_every, cross_pairs,
-         order_margin, schedule, seed, train_codecs, facts, hold_out, jobs):
+         order_margin, schedule, seed, train_codecs, facts, hold_out, folds, jobs):
     """Rebuild the shipped cpllm-lite model: corpus, ladders, training, export, evaluation."""
     r = Recipe(data=data, out=out, low_input=low_input, placement=placement,
                frozen_blocks=frozen_blocks,
@@ -664,7 +704,7 @@ def main(data, out, stages, low_input, placement, frozen_blocks, steps, train_mi
                train_seconds=train_seconds or None,
                vmaf_subsample=vmaf_subsample, dev_every=dev_every, cross_pairs=cross_pairs,
                order_margin=order_margin, schedule=schedule, seed=seed, facts=facts,
-               hold_out=hold_out,
+               hold_out=hold_out, folds=folds,
                train_codecs=(tuple(c for c in train_codecs if c != "libx264")
                              if train_codecs else Recipe.train_codecs))
     run_command(lambda: run(r, tuple(s for s in STAGES if s in stages) if stages else STAGES),

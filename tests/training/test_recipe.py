@@ -1,5 +1,7 @@
 """The recipe's calibration: VMAF anchors and the source drop the ladder's defaults read."""
 
+from pathlib import Path
+
 import pytest
 
 from cpllm_plugin.training.recipe import source_drops, vmaf_anchors
@@ -57,3 +59,54 @@ def test_hold_out_trains_without_one_fold_of_sources(tmp_path, monkeypatch):
     assert seen == [(0, 2)]
     res = CliRunner().invoke(rc.main, ["--data", str(tmp_path), "--hold-out", "half"])
     assert res.exit_code == 2 and "K/N" in res.output
+
+
+def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypatch):
+    """The picker stage trains one model per fold without that fold's sources (never over
+    the package), has each rescore its own fold of the catalog for every codec, and fits
+    every codec's rule on those files; ``folds=0`` fits on the model's own scores."""
+    from cpllm_plugin.training import catalog as cat
+    from cpllm_plugin.training import picker
+    from cpllm_plugin.training import recipe as rc
+
+    subs, rescored, fitted = [], [], {}
+    monkeypatch.setattr(picker, "build_catalog", lambda *a, **k: ("s0", "s1"))
+    monkeypatch.setattr(picker, "_scorer", lambda model: model)
+    monkeypatch.setattr(rc, "run", lambda r, stages, say=None: subs.append((r, stages)))
+
+    def rescore(catalog, model, codec, keep, progress=None):
+        rescored.append((model, codec, [s for s in ("a", "b", "c", "d") if keep(s)]))
+        return tmp_path / f"scores-{Path(model).name}.jsonl"
+
+    class Rule:
+        probes, weights, margin = (35,), {"const": 1.0}, 2.0
+
+        def __init__(self, scores):
+            self.provenance = {"scores": [f.name for f in scores]} if scores else {}
+
+    def fit_rule(catalog, only, out, share=0.85, codec="libx264", scores=()):
+        fitted[codec] = list(scores)
+        return Rule(scores), []
+
+    monkeypatch.setattr(cat, "rescore", rescore)
+    monkeypatch.setattr(picker, "fit_rule", fit_rule)
+    r = rc.Recipe(data=tmp_path, out=tmp_path / "model")
+    res = rc.stage_picker(r, lambda m: None)
+    assert [(s.hold_out, st) for s, st in subs] == [((0, 2), ("cache", "train", "ship")),
+                                                     ((1, 2), ("cache", "train", "ship"))]
+    assert all(s.out != r.out and s.out.parent == tmp_path for s, _ in subs)
+    # each fold's model scores its own fold's sources only, for both codecs
+    assert [(m.name, c) for m, c, _ in rescored] == [
+        ("fold-0-of-2", "libx264"), ("fold-0-of-2", "libx265"),
+        ("fold-1-of-2", "libx264"), ("fold-1-of-2", "libx265")]
+    folds = [set(s) for _, c, s in rescored if c == "libx264"]
+    assert folds[0].isdisjoint(folds[1]) and folds[0] | folds[1] == {"a", "b", "c", "d"}
+    files = [tmp_path / "scores-fold-0-of-2.jsonl", tmp_path / "scores-fold-1-of-2.jsonl"]
+    assert fitted == {"libx264": files, "libx265": files}
+    assert res["libx264"]["scores"] == [f.name for f in files]
+    subs.clear()
+    res = rc.stage_picker(rc.Recipe(data=tmp_path, out=tmp_path / "model", folds=0),
+                          lambda m: None)
+    assert subs == [] and fitted["libx264"] == [] and res["libx264"]["scores"] == "in-sample"
+    with pytest.raises(rc.RecipeError, match="2 and more"):
+        rc.Recipe(data=tmp_path, folds=1)
