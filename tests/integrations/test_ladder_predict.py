@@ -175,3 +175,32 @@ def test_each_encoder_reads_on_its_own_crf_scale():
     assert predict.features(36.0, 1, 0.1, 720, 4, [4], "libx264")["reencoded"] > 0
     assert predict.features(36.0, 1, 0.1, 720, 4, [4], "libsvtav1")["reencoded"] == 0
     assert predict.scale("libvpx-vp9") == x264  # no scale of its own: x264's
+
+
+@pytest.mark.slow
+def test_input_noise_is_read_off_the_reference_samples(master_and_upload, ffmpeg_exe, tmp_path):
+    """``predict`` reads the input's noise off the reference samples it cuts for its probes
+    (the input's own frames) instead of decoding the input again: it agrees with decoding the
+    input at the same windows, a noisy copy reads noisier, and with ``--vfilter`` (filtered
+    references) the input itself is read."""
+    import subprocess
+
+    from cpllm_plugin.integrations.stream import noise
+
+    master, _ = master_and_upload
+    noisy = tmp_path / "noisy.mkv"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(master),
+                    "-vf", "noise=alls=16:allf=t", "-c:v", "libx264", "-qp", "0", "-preset",
+                    "ultrafast", str(noisy)], check=True)
+    read = {}
+    for name, path in (("master", master), ("noisy", noisy)):
+        with lad.Ladder(path, lad.Settings(), scorer=None, workdir=tmp_path) as ladder:
+            windows = [(s.start, s.duration) for s in ladder.samples]
+            read[name] = ladder.input_noise()
+            assert ladder._refs is not None  # read off the references, cut here
+            assert read[name] == pytest.approx(noise(path, windows), rel=0.1, abs=0.1)
+    assert read["noisy"] > read["master"] + 2
+    with lad.Ladder(noisy, lad.Settings(vfilter="scale=iw/2:-2"), scorer=None,
+                    workdir=tmp_path) as ladder:
+        windows = [(s.start, s.duration) for s in ladder.samples]
+        assert ladder.input_noise() == noise(noisy, windows) and ladder._refs is None
