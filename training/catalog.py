@@ -660,10 +660,14 @@ def guarded(c: Curve, crf: int, fall: float | None) -> int:
     """``crf`` capped at the highest CRF whose model score stays within ``fall`` of the
     input's own (:func:`~cpllm_plugin.integrations.ladder.guard_crf`; None: no cap, and none
     when no CRF stays within it; 0 is none too)."""
-    if not fall:
-        return crf
-    held = highest_meeting(c.crfs, c.score, c.s0 - fall)
+    held = guard_held(c, fall)
     return crf if held is None else min(crf, held)
+
+
+def guard_held(c: Curve, fall: float | None) -> int | None:
+    """The highest CRF whose model score stays within ``fall`` of the input's own (None with
+    no guard, or when none does): where :func:`guarded` caps any pick of ``c``."""
+    return highest_meeting(c.crfs, c.score, c.s0 - fall) if fall else None
 
 
 def predict_features(c: Curve, probes: Sequence[int],

@@ -203,8 +203,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     guards = grid.get("guard", (None,))
     groups = {"whole": list(cs), "uploads": [c for c in cs if c.kind != "master"],
               "masters": [c for c in cs if c.kind == "master"]}
-    held = {g: {c.id: cat.highest_meeting(c.crfs, c.score, c.s0 - g) for c in cs}
-            for g in guards if g is not None}
+    held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in guards}
     rows = []
     for values in itertools.product(*(grid[k] for k in levels)):
         s = dict(zip(levels, values, strict=True))
@@ -212,10 +211,9 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
                                   ("floor", s["floor"]), ("noisy", s["noisy"]))}
         base = {c.id: cat.level_pick(c, over) for c in cs}  # the guard only caps these
         for g in guards:
-            def pol(c, g=g, base=base):
-                k = base[c.id]
-                h = None if g is None or k is None else held[g][c.id]
-                return k if h is None else min(k, h)
+            def pol(c, g=g, base=base):  # cat.guarded, with the cap read once per input
+                k, h = base[c.id], held[g][c.id]
+                return k if k is None or h is None else min(k, h)
             r = {name: cat.judge("", pol, group) for name, group in groups.items() if group}
             rows.append({**s, "guard": g, "kept": round(r["whole"].success * len(cs)),
                          "met": all(r[k].success >= v - 1e-9 for k, v in goals.items()
@@ -268,8 +266,8 @@ def build_catalog(catalog: Path, model: str | Path, corpus: Path | None = None,
                   progress=True, codec: str = "libx264") -> tuple[str, ...] | None:
     """Build (or finish) the training catalog's ``codec`` ladders with ``model``'s scores,
     from :data:`SOURCES` found in ``corpus`` (default: a corpus of its own under
-    ``catalog``); returns the sources a rule is fitted on. None, and nothing built, when
-    the corpus holds too few of them to fit on (a test corpus, a user's own footage)."""
+    ``catalog``); returns the sources a rule is fitted on. None when the corpus holds too
+    few of them to fit on (a test corpus, a user's own footage)."""
     only = SOURCES
     if corpus is not None:
         have = {i.source for i in read_manifest(Path(corpus) / "sources.jsonl")}

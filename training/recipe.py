@@ -460,6 +460,10 @@ def stage_picker(r: Recipe, say) -> dict:
     (training/picker.py), on the scores of :attr:`Recipe.folds` held-out models."""
     from .picker import CODECS, MIN_INPUTS, SOURCES, build_catalog, fit_rule
 
+    if r.folds and r.hold_out is not None:
+        raise RecipeError(message("recipe stage picker", "the whole training split (its "
+                                  "folds are held out in turn)", f"--hold-out {r.hold_out}",
+                                  "drop --stage picker from a --hold-out run"))
     catalog = r.data / "catalog-train"
     only = {}
     for codec in CODECS:
@@ -486,20 +490,17 @@ def fold_scores(r: Recipe, catalog: Path, codecs: tuple[str, ...], say) -> list[
     from .catalog import rescore
     from .picker import _scorer
 
-    if r.hold_out is not None:
-        raise RecipeError(message("recipe stage picker", "the whole training split (its "
-                                  "folds are held out in turn)", f"--hold-out {r.hold_out}",
-                                  "drop --stage picker from a --hold-out run"))
     files = []
     for k in range(r.folds):
         sub = dataclasses.replace(r, hold_out=(k, r.folds),
                                   out=r.data / f"fold-{k}-of-{r.folds}")
         say(f"picker: fold {k} of {r.folds}: a model without its sources")
         run(sub, ("cache", "train", "ship"), say)
-        for codec in codecs:
-            f = rescore(catalog, _scorer(sub.out), codec,
-                        lambda source, k=k: fold_of(source, r.folds) == k, progress=say)
-        files.append(f)
+        scorer = _scorer(sub.out)
+        for codec in codecs:  # one file per model, every codec's rows in it
+            path = rescore(catalog, scorer, codec,
+                           lambda source, k=k: fold_of(source, r.folds) == k, progress=say)
+        files.append(path)
     return files
 
 
