@@ -162,13 +162,13 @@ def test_ladder_help_names_the_shipped_calibrated_drop():
 
 
 def test_shipped_predict_rules_were_fitted_on_training_sources():
-    """Each encoder's rule (predict.json for libx264, predict-libx265.json) loads, is that
+    """Each encoder's rule (predict.json for libx264, predict-ENCODER.json) loads, is that
     encoder's, and says it was fitted out of fold on a training catalog at its share
     (training/picker.py refuses any catalog holding a dev source)."""
     from cpllm_plugin.integrations import predict
     from cpllm_plugin.training import picker
 
-    assert predict.encoders(packaged("cpllm-lite")) == list(picker.CODECS)
+    assert predict.encoders(packaged("cpllm-lite")) == sorted(picker.CODECS)
     for codec in picker.CODECS:
         rule = predict.load(packaged("cpllm-lite"), codec)
         assert rule is not None and rule.encoder == codec

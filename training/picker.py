@@ -9,8 +9,8 @@ One command rebuilds it (the catalog resumes; 36 min on 2 cores, the fit seconds
 (the recipe's ``picker`` stage runs the same). ``--build`` makes the training catalog
 (:func:`cpllm_plugin.training.catalog.build` with ``split="train"``) from :data:`SOURCES`
 at :data:`LEVELS`: their masters, the uploads made from them and their degraded originals.
-``--codec libx265`` builds that encoder's ladders of the same inputs and fits its own rule
-(``predict-libx265.json``).
+``--codec libx265`` (or ``libsvtav1``, at its own :func:`levels`) builds that encoder's
+ladders of the same inputs and fits its own rule (``predict-libx265.json``).
 
 What it fits (:mod:`cpllm_plugin.integrations.predict`): a ridge regression of each training
 input's highest CRF that keeps what it had against its clean master
@@ -54,9 +54,10 @@ from .manifest import fold_of, parse_fold, read_manifest
 PROBE_SETS = ((27,), (31,), (33,), (35,), (39,))
 LEVELS = (15, 21, 27, 33, 39, 45, 51)  # 6 CRF apart: half the dev catalog's encodes
 # SVT-AV1's CRF runs to 63 and its masters cross VMAF 95 about 19 CRF above x264's on the
-# training catalog: its own ladder (the dev catalog's SVT-AV1 levels) and probes.
+# training catalog: its own ladder (the dev catalog's SVT-AV1 levels) and probes, up to its
+# top rung (a probe there encodes fastest, and the fit chose the highest one offered).
 LEVELS_OF = {"libsvtav1": (20, 26, 32, 38, 44, 50, 56, 62)}
-PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,))}
+PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,), (59,), (62,))}
 
 
 def levels(codec: str) -> tuple[int, ...]:
@@ -72,7 +73,7 @@ SOURCES = ("ball", "anakreon", "janus_slides", "birds", "bbb_meadow", "bbb_flowe
            "slides_landscapes", "bikes", "carphone", "tree", "coin", "launch", "megamind",
            "blupi")
 SHARE = 0.85
-CODECS = ("libx264", "libx265")  # the encoders the shipped model has a rule for
+CODECS = ("libx264", "libx265", "libsvtav1")  # the encoders the shipped model has a rule for
 # Candidates are ranked by their out-of-fold residual spread (CRF), which every input informs;
 # their success and cost at one share hinge on the few inputs near the margin. The costs at
 # these shares are printed beside it.

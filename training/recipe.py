@@ -455,9 +455,10 @@ def stage_kinds(r: Recipe, say) -> dict:
 
 
 def stage_picker(r: Recipe, say) -> dict:
-    """``cpllm-ladder --mode predict``'s rules (``predict.json``, ``predict-libx265.json``) of
-    the shipped model, each fitted on its encoder's ladders of a catalog of training sources
-    (training/picker.py), on the scores of :attr:`Recipe.folds` held-out models."""
+    """``cpllm-ladder --mode predict``'s rules of the shipped model (``predict.json``,
+    ``predict-libx265.json``, ``predict-libsvtav1.json``), each fitted on its encoder's
+    ladders of a catalog of training sources (training/picker.py), on the scores of
+    :attr:`Recipe.folds` held-out models."""
     from .picker import CODECS, MIN_INPUTS, SOURCES, build_catalog, fit_rule
 
     if r.folds and r.hold_out is not None:
