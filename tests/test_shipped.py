@@ -174,6 +174,7 @@ def test_shipped_predict_rules_were_fitted_on_training_sources():
         assert rule is not None and rule.encoder == codec
         assert rule.probes in picker.PROBE_SETS_OF.get(codec, picker.PROBE_SETS)
         assert set(rule.weights) <= set(predict.FEATURES) and "const" in rule.weights
-        assert 0 <= rule.margin <= 8
+        # more than one and a half halvings of the bitrate below its estimate: a broken fit
+        assert 0 <= rule.margin <= 1.5 * predict.scale(codec).halving
         p = rule.provenance
         assert p["inputs"] >= 60 and p["out_of_fold"]["success"] >= p["share"] - 1e-6
