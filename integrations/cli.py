@@ -58,9 +58,11 @@ def pick_options(f):
     opts = [
         click.option("--mode", type=click.Choice(lad.MODES), help="auto: VMAF against the "
                      "input at a level set by how the input was made (95 for a master, "
-                     "lower for an earlier lossy encode); vmaf: VMAF against the input at "
+                     "lower for an earlier lossy encode), capped where the model sees the encode "
+                     "lose what the input had (--guard); vmaf: VMAF against the input at "
                      "--min-vmaf (ab-av1's crf-search); predict: no reference and no VMAF "
-                     "runs, a CRF predicted from one probe and the input's stream (libx264); "
+                     "runs, a CRF predicted from one probe and the input's stream (libx264, "
+                     "libx265, libsvtav1: the encoders the model has a rule for); "
                      "score: the model's predicted score against a target, no reference. "
                      "Default: score with --min-score or --max-drop, vmaf with --min-vmaf, "
                      "else auto."),
