@@ -50,8 +50,9 @@ from .manifest import fold_of, parse_fold, read_manifest
 
 # One probe: the mode must take at most half the time of a VMAF search, which probes about
 # three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
-# The CRFs tried lie near the range's usual answers.
-PROBE_SETS = ((27,), (31,), (33,), (35,), (39,))
+# The CRFs tried lie near the range's usual answers and above them, up to the top rung (the
+# fit chose the highest one offered while they stopped at 39).
+PROBE_SETS = ((27,), (31,), (33,), (35,), (39,), (41,), (43,), (45,), (48,), (51,))
 LEVELS = (15, 21, 27, 33, 39, 45, 51)  # 6 CRF apart: half the dev catalog's encodes
 # SVT-AV1's CRF runs to 63 and its masters cross VMAF 95 about 19 CRF above x264's on the
 # training catalog: its own ladder (the dev catalog's SVT-AV1 levels) and probes, up to its
