@@ -10,7 +10,7 @@ One command rebuilds it (the catalog resumes; 36 min on 2 cores, the fit seconds
 (:func:`cpllm_plugin.training.catalog.build` with ``split="train"``) from :data:`SOURCES`
 at :data:`LEVELS`: their masters, the uploads made from them and their degraded originals.
 ``--codec libx265`` (or ``libsvtav1``, at its own :func:`levels`) builds that encoder's
-ladders of the same inputs and fits its own rule (``predict-libx265.json``).
+ladders of the same inputs and fits its own rule (``predict-CODEC.json``).
 
 What it fits (:mod:`cpllm_plugin.integrations.predict`): a ridge regression of each training
 input's highest CRF that keeps what it had against its clean master

@@ -134,10 +134,10 @@ def test_predict_runs_its_probe_and_no_vmaf(master_and_upload, tmp_path, encoder
     on_upload = lad.pick_file(upload, lad.PickOptions(**opts), scorer)
     rule = scorer.predictor(encoder)
     assert rule.encoder == encoder == on_master.encoder
+    lo, hi = lad.PickOptions(encoder=encoder).settings().search
     for p in (on_master, on_upload):
         assert p.encodes == len(rule.probes) and [q.crf for q in p.probes] == list(rule.probes)
         assert all(q.vmaf is None for q in p.probes) and p.vmaf is None
-        lo, hi = lad.PickOptions(encoder=encoder).settings().search
         assert p.target.measure == "crf" and lo <= p.crf <= hi
         # The pick's bitrate is read off the probe: more bits below its CRF, fewer above.
         first = p.probes[0]
