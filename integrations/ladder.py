@@ -39,7 +39,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -463,6 +463,7 @@ class Ladder:
         self._dir: Path | None = None
         self._refs: list[Path] | None = None
         self._s0: tuple[float, list[float]] | None = None
+        self._s0_future: Future | None = None
 
     # working folder -----------------------------------------------------------------------
 
@@ -473,6 +474,10 @@ class Ladder:
         self.close()
 
     def close(self) -> None:
+        if self._s0_future is not None:
+            # It reads the reference samples, which are about to go.
+            wait([self._s0_future])
+            self._s0_future = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -589,10 +594,27 @@ class Ladder:
     def _frame_scores(self, paths: list[Path]) -> list[np.ndarray]:
         return self.scorer([str(p) for p in paths], [s.key_frames for s in self.samples])
 
+    def start_source_score(self) -> None:
+        """Score the reference samples in the background, so the model works while the
+        first probe encodes (on a short input the two take about as long);
+        :meth:`source_score` then waits for it."""
+        if self._s0 is None and self._s0_future is None:
+            self.references()  # cut here: the probes need them too
+            ex = ThreadPoolExecutor(1, thread_name_prefix="cpllm-source-score")
+            self._s0_future = ex.submit(self._score_source)
+            ex.shutdown(wait=False)
+
     def source_score(self) -> tuple[float, list[float]]:
         """Pooled score of the reference samples (the source as the encode would see it)."""
-        if self._s0 is not None:
-            return self._s0
+        if self._s0 is None:
+            if self._s0_future is not None:
+                future, self._s0_future = self._s0_future, None
+                self._s0 = future.result()
+            else:
+                self._s0 = self._score_source()
+        return self._s0
+
+    def _score_source(self) -> tuple[float, list[float]]:
         cached = self._read(self._cache_file("source"))
         if cached is None:
             frames = [float(v) for f in self._frame_scores(self.references()) for v in f]
@@ -600,8 +622,7 @@ class Ladder:
         else:
             frames = cached["frame_scores"]
             self.say("source score from the cache")
-        self._s0 = (pool(np.array(frames), self.pool), frames)
-        return self._s0
+        return pool(np.array(frames), self.pool), frames
 
     def probe(self, crf: int) -> Probe:
         """Encode every sample at ``crf``, score (and measure) it; cached on disk."""
@@ -787,7 +808,7 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
-    s0 = _source_score(ladder)
+    ladder.start_source_score()
     if full:
         ladder.full()
         c95 = best_passing(ladder.values("vmaf"), AUTO_LEVEL)
@@ -810,6 +831,7 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     else:
         why = f"input reads as noisy (luma noise {sigma:.1f}; the master is under it)"
     ladder.say(f"auto: {why}; level {level:g}")
+    s0 = _source_score(ladder)
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     crf = c95 if level == AUTO_LEVEL else _find(
         ladder, target, max_probes + 2, full,
@@ -870,8 +892,9 @@ def pick_predict(ladder: Ladder) -> Pick:
 
     from . import predict
 
-    s0 = _source_score(ladder)
+    ladder.start_source_score()
     probes = [ladder.probe(c) for c in rule.probes]
+    s0 = _source_score(ladder)
     first, last = probes[0], probes[-1]
     kbps = ladder.input_kbps()
     ceq = None if kbps is None else predict.equivalent_crf(
