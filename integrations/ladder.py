@@ -595,9 +595,13 @@ class Ladder:
         return self.scorer([str(p) for p in paths], [s.key_frames for s in self.samples])
 
     def start_source_score(self) -> None:
-        """Score the reference samples in the background, so the model works while the
-        first probe encodes (on a short input the two take about as long);
-        :meth:`source_score` then waits for it."""
+        """Score the reference samples in the background while the first probe encodes,
+        when the probe's samples leave a core idle (a short input's one sample: there the
+        two take about as long); :meth:`source_score` then waits for it. With a sample per
+        core or more the probe keeps every core busy, and scoring beside it only slows both
+        (docs/ladder.md)."""
+        if len(self.samples) >= ff.cpus():
+            return
         if self._s0 is None and self._s0_future is None:
             self.references()  # cut here: the probes need them too
             ex = ThreadPoolExecutor(1, thread_name_prefix="cpllm-source-score")

@@ -177,7 +177,8 @@ class Slow(Bitrate):
         return super().__call__(paths, key_frames)
 
 
-def test_source_score_in_the_background_equals_the_one_in_line(small, tmp_path):
+def test_source_score_in_the_background_equals_the_one_in_line(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("CPLLM_CPUS", "2")  # one sample on two cores: a core to spare
     with lad.Ladder(small, FAST, Bitrate(), workdir=tmp_path / "w") as ladder:
         inline = ladder.source_score()
     with lad.Ladder(small, FAST, Slow(), workdir=tmp_path / "w") as ladder:
@@ -196,6 +197,13 @@ def test_source_score_in_the_background_equals_the_one_in_line(small, tmp_path):
         ladder.start_source_score()
     assert ladder.scorer.calls == 1
     assert not any((tmp_path / "w").iterdir())
+    # A sample per core: the probe keeps them busy, so the score waits until it is asked for.
+    monkeypatch.setenv("CPLLM_CPUS", "1")
+    with lad.Ladder(small, FAST, Slow(), workdir=tmp_path / "w") as ladder:
+        ladder.start_source_score()
+        time.sleep(0.5)
+        assert ladder.scorer.calls == 0
+        assert ladder.source_score() == inline
 
 
 def test_raw_references_hold_the_lossless_frames_and_fall_back_past_the_budget(
