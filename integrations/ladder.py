@@ -39,7 +39,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -463,7 +463,6 @@ class Ladder:
         self._dir: Path | None = None
         self._refs: list[Path] | None = None
         self._s0: tuple[float, list[float]] | None = None
-        self._s0_future: Future | None = None
 
     # working folder -----------------------------------------------------------------------
 
@@ -474,10 +473,6 @@ class Ladder:
         self.close()
 
     def close(self) -> None:
-        if self._s0_future is not None:
-            # It reads the reference samples, which are about to go.
-            wait([self._s0_future])
-            self._s0_future = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -594,31 +589,10 @@ class Ladder:
     def _frame_scores(self, paths: list[Path]) -> list[np.ndarray]:
         return self.scorer([str(p) for p in paths], [s.key_frames for s in self.samples])
 
-    def start_source_score(self) -> None:
-        """Score the reference samples in the background while the first probe encodes,
-        when the probe's samples leave a core idle (a short input's one sample: there the
-        two take about as long); :meth:`source_score` then waits for it. With a sample per
-        core or more the probe keeps every core busy, and scoring beside it only slows both
-        (docs/ladder.md)."""
-        if len(self.samples) >= ff.cpus():
-            return
-        if self._s0 is None and self._s0_future is None:
-            self.references()  # cut here: the probes need them too
-            ex = ThreadPoolExecutor(1, thread_name_prefix="cpllm-source-score")
-            self._s0_future = ex.submit(self._score_source)
-            ex.shutdown(wait=False)
-
     def source_score(self) -> tuple[float, list[float]]:
         """Pooled score of the reference samples (the source as the encode would see it)."""
-        if self._s0 is None:
-            if self._s0_future is not None:
-                future, self._s0_future = self._s0_future, None
-                self._s0 = future.result()
-            else:
-                self._s0 = self._score_source()
-        return self._s0
-
-    def _score_source(self) -> tuple[float, list[float]]:
+        if self._s0 is not None:
+            return self._s0
         cached = self._read(self._cache_file("source"))
         if cached is None:
             frames = [float(v) for f in self._frame_scores(self.references()) for v in f]
@@ -626,7 +600,8 @@ class Ladder:
         else:
             frames = cached["frame_scores"]
             self.say("source score from the cache")
-        return pool(np.array(frames), self.pool), frames
+        self._s0 = (pool(np.array(frames), self.pool), frames)
+        return self._s0
 
     def probe(self, crf: int) -> Probe:
         """Encode every sample at ``crf``, score (and measure) it; cached on disk."""
@@ -812,7 +787,7 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
-    ladder.start_source_score()
+    s0 = _source_score(ladder)
     if full:
         ladder.full()
         c95 = best_passing(ladder.values("vmaf"), AUTO_LEVEL)
@@ -835,7 +810,6 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     else:
         why = f"input reads as noisy (luma noise {sigma:.1f}; the master is under it)"
     ladder.say(f"auto: {why}; level {level:g}")
-    s0 = _source_score(ladder)
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     crf = c95 if level == AUTO_LEVEL else _find(
         ladder, target, max_probes + 2, full,
@@ -896,9 +870,8 @@ def pick_predict(ladder: Ladder) -> Pick:
 
     from . import predict
 
-    ladder.start_source_score()
-    probes = [ladder.probe(c) for c in rule.probes]
     s0 = _source_score(ladder)
+    probes = [ladder.probe(c) for c in rule.probes]
     first, last = probes[0], probes[-1]
     kbps = ladder.input_kbps()
     ceq = None if kbps is None else predict.equivalent_crf(

@@ -162,50 +162,6 @@ def test_pick_on_real_encodes_matches_exhaustive_and_counts_encodes(small, tmp_p
     assert not any((tmp_path / "w").iterdir())  # working folders removed
 
 
-class Slow(Bitrate):
-    """Scores like :class:`Bitrate` after a pause, and fails on request: the source score
-    runs in the background while the first probe encodes."""
-
-    def __init__(self, fail=False):
-        super().__init__()
-        self.fail = fail
-
-    def __call__(self, paths, key_frames):
-        time.sleep(0.3)
-        if self.fail and any(Path(p).name.startswith("ref") for p in paths):
-            raise RuntimeError("scorer broke")
-        return super().__call__(paths, key_frames)
-
-
-def test_source_score_in_the_background_equals_the_one_in_line(small, tmp_path, monkeypatch):
-    monkeypatch.setenv("CPLLM_CPUS", "2")  # one sample on two cores: a core to spare
-    with lad.Ladder(small, FAST, Bitrate(), workdir=tmp_path / "w") as ladder:
-        inline = ladder.source_score()
-    with lad.Ladder(small, FAST, Slow(), workdir=tmp_path / "w") as ladder:
-        ladder.start_source_score()
-        ladder.start_source_score()  # once only
-        ladder.probe(30)
-        assert ladder.source_score() == inline
-        assert ladder.scorer.calls == 2  # the source once, the probe once
-    # Its error reaches the caller; a ladder closed before the score is read waits for it,
-    # so the working folder goes only once nothing reads it.
-    with lad.Ladder(small, FAST, Slow(fail=True), workdir=tmp_path / "w") as ladder:
-        ladder.start_source_score()
-        with pytest.raises(RuntimeError, match="scorer broke"):
-            ladder.source_score()
-    with lad.Ladder(small, FAST, Slow(), workdir=tmp_path / "w") as ladder:
-        ladder.start_source_score()
-    assert ladder.scorer.calls == 1
-    assert not any((tmp_path / "w").iterdir())
-    # A sample per core: the probe keeps them busy, so the score waits until it is asked for.
-    monkeypatch.setenv("CPLLM_CPUS", "1")
-    with lad.Ladder(small, FAST, Slow(), workdir=tmp_path / "w") as ladder:
-        ladder.start_source_score()
-        time.sleep(0.5)
-        assert ladder.scorer.calls == 0
-        assert ladder.source_score() == inline
-
-
 def test_raw_references_hold_the_lossless_frames_and_fall_back_past_the_budget(
         small, tmp_path, monkeypatch):
     import av
