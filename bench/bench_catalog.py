@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
                     "mode and compare its picks with the replayed ones.")
+    ap.add_argument("--rounds", type=int, default=1, metavar="R",
+                    help="With --real: run every mode R times on each input, in a turning "
+                    "order, and time each by its median (picks come from the first round).")
     a = ap.parse_args()
     print(json.dumps(describe()))
     scorer = lad.Scorer(a.model)
@@ -88,7 +91,7 @@ def main() -> None:
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
-                  a.real_ids.split(",") if a.real_ids else None)
+                  a.real_ids.split(",") if a.real_ids else None, a.rounds)
 
 
 def policies(scorer, crfs: range = range(15, 52),
@@ -182,7 +185,8 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
 
 
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
-              guard: float | None = None, ids: list[str] | None = None) -> None:
+              guard: float | None = None, ids: list[str] | None = None,
+              rounds: int = 1) -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
     with the ladders' ``codec``, against the replay of the same policy on the catalog's
     ladders (interpolated between their levels)."""
@@ -207,51 +211,61 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
         if c not in chosen:
             chosen.append(c)
         i += 1
-    print(f"\nreal tool against the replay, {len(chosen)} inputs:")
+    print(f"\nreal tool against the replay, {len(chosen)} inputs, {rounds} round(s):")
     print(f"{'input':34} {'mode':18} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
           f"{'success (real)':>14}")
-    diffs = []
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
     # nothing is the baseline a no-reference mode's time is held against.
-    times: dict[str, list[float]] = {m: [] for m in (*replay, "vmaf, no model")}
-    encodes: dict[str, list[int]] = {m: [] for m in replay}
-    for c in chosen:
-        for mode, pol in replay.items():
-            t0 = time.perf_counter()
-            try:
-                # No cache: each mode pays for its own probes, so the times compare.
-                p = lad.pick_file(c.info["path"], lad.PickOptions(
-                    mode=mode.split()[0], no_cache=True, encoder=codec,
-                    guard=guard if "--guard" in mode else None), scorer)
-                crf, enc = p.crf, p.encodes
-                encodes[mode].append(enc)
-            except lad.NoCrfMeetsTargetError:
-                crf, enc = None, None
-            times[mode].append(time.perf_counter() - t0)
-            sim = pol(c)
-            if crf is not None and sim is not None:
-                diffs.append(crf - sim)
-            ok = "-" if crf is None else str(c.success(crf))
-            print(f"{c.id[:34]:34} {mode:18} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
-                  f"{time.perf_counter() - t0:>6.1f} {ok:>14}")
-        t0 = time.perf_counter()
-        try:
-            encodes.setdefault("vmaf, no model", []).append(lad.pick_file(
-                c.info["path"], lad.PickOptions(mode="vmaf", no_cache=True, encoder=codec),
-                NoScore()).encodes)
-        except lad.NoCrfMeetsTargetError:
-            pass
-        times["vmaf, no model"].append(time.perf_counter() - t0)
+    arms = [*replay, "vmaf, no model"]
+    times: dict[tuple[str, str], list[float]] = {}
+    encodes: dict[str, list[int]] = {m: [] for m in arms}
+    diffs = []
+    for r in range(rounds):
+        for n, c in enumerate(chosen):
+            # Each input's modes start one further along each round: the machine's drift
+            # and a mode's effect on the next (page cache, CPU clocks) fall on every mode.
+            k = (r + n) % len(arms) if rounds > 1 else 0
+            for mode in arms[k:] + arms[:k]:
+                t0 = time.perf_counter()
+                model = mode != "vmaf, no model"
+                try:
+                    # No cache: each mode pays for its own probes, so the times compare.
+                    p = lad.pick_file(c.info["path"], lad.PickOptions(
+                        mode=mode.split()[0].rstrip(","), no_cache=True, encoder=codec,
+                        guard=guard if "--guard" in mode else None),
+                        scorer if model else NoScore())
+                    crf, enc = p.crf, p.encodes
+                except lad.NoCrfMeetsTargetError:
+                    crf, enc = None, None
+                times.setdefault((mode, c.id), []).append(time.perf_counter() - t0)
+                if r:
+                    continue  # the picks are the same every round; one row each
+                if enc is not None:
+                    encodes[mode].append(enc)
+                if not model:
+                    continue
+                sim = replay[mode](c)
+                if crf is not None and sim is not None:
+                    diffs.append(crf - sim)
+                ok = "-" if crf is None else str(c.success(crf))
+                print(f"{c.id[:34]:34} {mode:18} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
+                      f"{times[mode, c.id][-1]:>6.1f} {ok:>14}")
     import numpy as np
 
-    base = np.sum(times["vmaf, no model"])
-    for mode in times:
-        print(f"{mode}: {np.mean(times[mode]):.1f} s a pick, "
+    # Per input the median over rounds, then summed over inputs: one slow round (the
+    # first inference of the process, a burst of other load) does not set the ratio.
+    med = {m: np.array([np.median(times[m, c.id]) for c in chosen]) for m in arms}
+    for mode in arms:
+        print(f"{mode}: {med[mode].mean():.1f} s a pick, "
               f"{np.mean(encodes[mode]) if encodes.get(mode) else float('nan'):.1f} encodes; "
-              f"time against vmaf {np.sum(times[mode]) / np.sum(times['vmaf']):.2f}, "
-              f"against vmaf without the model {np.sum(times[mode]) / base:.2f}")
+              f"time against vmaf {med[mode].sum() / med['vmaf'].sum():.2f}, "
+              f"against vmaf without the model {med[mode].sum() / med['vmaf, no model'].sum():.2f}")
+    if rounds > 1 and "predict" in arms:
+        ratios = [sum(times["predict", c.id][r] for c in chosen)
+                  / sum(times["vmaf, no model", c.id][r] for c in chosen) for r in range(rounds)]
+        print("predict against vmaf without the model, round by round: "
+              + ", ".join(f"{v:.2f}" for v in ratios))
     if diffs:
-
         d = np.abs(diffs)
         print(f"real - replay: within 1 CRF {np.mean(d <= 1):.0%}, within 2 "
               f"{np.mean(d <= 2):.0%}, mean |diff| {d.mean():.2f} over {len(d)} picks")
