@@ -177,8 +177,7 @@ def plan_samples(duration: float, count: int | None = None,
 
     The default count grows with length: 3 up to a minute, one more per 30 s after, at most
     10. When the windows would cover :data:`WHOLE_FRACTION` of the span, the whole span is
-    one sample, scored at the windows' density of key frames (``key_frames`` per ``seconds``;
-    at least ``key_frames``, at most the windows' total).
+    one sample (with as many key frames as the windows together).
     """
     lo, hi = window or (0.0, duration)
     span = hi - lo
@@ -191,10 +190,7 @@ def plan_samples(duration: float, count: int | None = None,
             "cpllm-ladder", f"an input of at least {min(seconds, 0.5):g} s",
             f"{span:.3f} s", "use a longer input, or --sample-seconds smaller"))
     if count * seconds >= WHOLE_FRACTION * span:
-        # The windows' density, not a denser one: on a 2 s input the model's two scorings
-        # are most of a predict pick, and 5 key frames pick as 8 did (docs/experiments.md).
-        dense = math.ceil(span * kf / seconds - 1e-9)
-        return [Sample(lo, span, min(kf * count, max(kf, dense)))]
+        return [Sample(lo, span, min(kf * count, max(kf, round(span * 4))))]
     step = span / count
     return [Sample(round(lo + (i + 0.5) * step - seconds / 2, 3), seconds, kf)
             for i in range(count)]

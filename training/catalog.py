@@ -43,10 +43,7 @@ import numpy as np
 from cpllm_plugin.errors import CpllmError, message
 
 LEVELS = (15, 19, 23, 27, 31, 35, 39, 43, 47, 51)  # every other paper level, 4 CRF apart
-# The ladders were scored at 8 key frames, what cpllm-ladder scored on a 2 s input until it
-# took the windows' density (5); replayed on 5 of the 8, auto and predict pick the same
-# (docs/experiments.md), so the built catalogs keep their scores.
-KEY_FRAMES = 8
+KEY_FRAMES = 8  # what cpllm-ladder scores on a 2 s input (one whole-input sample)
 MIN_SIDE = 540  # uploads are made from masters of 540p and up
 PER_SOURCE = 2  # upload kinds per master
 TRUTH_LEVEL, TRUTH_MARGIN = 95.0, 5.0
