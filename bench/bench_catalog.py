@@ -25,33 +25,24 @@ from cpllm_plugin.integrations import ffmpeg as ff  # noqa: E402
 from cpllm_plugin.integrations import ladder as lad  # noqa: E402
 from cpllm_plugin.training import catalog as cat  # noqa: E402
 
+MEASURE_FR = ff.measure_fr  # the ab-av1 arm swaps the ladder's measure and calls through this
+
 
 def abav1_measure(ref, dist, ffmpeg=None, threads=None, subsample=1, psnr=False):
     """VMAF as ab-av1's crf-search measures it by default (``--vmaf-scale auto``): both
-    pictures scaled with bicubic so that one side reaches 1920x1080 when the distorted one is
-    smaller than 1728x972, then libvmaf's 1080p model. The ladder itself compares at the
-    reference's own size, which costs less on small inputs; this prices the search a user
-    of ab-av1 actually waits for. Returns ``(vmaf, None)`` like ``ffmpeg.measure_fr``."""
-    import tempfile
-
-    from cpllm_plugin.integrations import ffmpeg as ff
+    pictures scaled so that one side reaches 1920x1080 when the distorted one is smaller than
+    1728x972, for libvmaf's 1080p model. The ladder compares at the reference's own size,
+    which costs less on small inputs; this prices the search a user of ab-av1 waits for."""
     from cpllm_plugin.video import probe
 
     info = probe(dist)
     w, h = info.width, info.height
-    scale = ""
-    if w < 1728 and h < 972:  # ab-av1's 1k-model rule; -2 keeps 4:2:0 sizes even
-        scale = ("scale=-2:1080" if h / 1080 > w / 1920 else "scale=1920:-2") + ":flags=bicubic,"
-    n = str(threads or ff.threads_per_job(1))
-    chain = f"format=yuv420p,{scale}settb=1/25,setpts=N"
-    with tempfile.TemporaryDirectory(prefix="bench-abav1-") as tmp:
-        log = Path(tmp) / "vmaf.json"
-        ff.run_ffmpeg([ff.find_ffmpeg(ffmpeg), "-nostdin", "-hide_banner", "-loglevel", "error",
-                       "-threads", n, "-i", str(dist), "-threads", n, "-i", str(ref),
-                       "-lavfi", f"[0:v]{chain}[d];[1:v]{chain}[r];[d][r]libvmaf=model="
-                       f"version={ff.VMAF_MODEL}:log_fmt=json:log_path={log}:n_threads={n}"
-                       ":shortest=1", "-f", "null", "-"], "bench_catalog: ab-av1's VMAF")
-        return ff._parse_vmaf(log, "bench_catalog: ab-av1's VMAF"), None
+    size = None
+    if w < 1728 and h < 972:  # ab-av1's rule for the 1k model; sizes kept even for 4:2:0
+        k = 1080 / h if h / 1080 > w / 1920 else 1920 / w
+        size = (2 * round(w * k / 2), 2 * round(h * k / 2))
+    return MEASURE_FR(ref, dist, ffmpeg, threads, subsample, psnr, size)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,7 +247,6 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
             for mode in arms[k:] + arms[:k]:
                 t0 = time.perf_counter()
                 model = not mode.startswith("vmaf,")
-                measure = ff.measure_fr
                 if mode == "vmaf, ab-av1's scale":
                     ff.measure_fr = abav1_measure  # one mode at a time: nothing else measures
                 try:
@@ -269,7 +259,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                 except lad.NoCrfMeetsTargetError:
                     crf, enc = None, None
                 finally:
-                    ff.measure_fr = measure
+                    ff.measure_fr = MEASURE_FR
                 times.setdefault((mode, c.id), []).append(time.perf_counter() - t0)
                 if r:
                     continue  # the picks are the same every round; one row each

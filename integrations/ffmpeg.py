@@ -420,7 +420,8 @@ def auto_subsample(frames: int) -> int:
 
 def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | None = None,
                threads: int | None = None, subsample: int | None = 1,
-               psnr: bool = True) -> tuple[float, float | None]:
+               psnr: bool = True, size: tuple[int, int] | None = None
+               ) -> tuple[float, float | None]:
     """Full-reference VMAF and PSNR of ``dist`` against ``ref``, in one ffmpeg pass.
 
     Both are compared at the reference's size (even-cropped): a smaller ``dist`` (a
@@ -433,6 +434,8 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
         threads: threads for decoding, filtering and libvmaf (default: every usable core).
         subsample: measure every n-th frame for VMAF (1: all; None: :func:`auto_subsample`).
         psnr: also measure PSNR (False: VMAF alone, as a VMAF-driven CRF search runs it).
+        size: compare at this even ``(width, height)`` instead of the reference's (ab-av1
+            upscales small pictures to 1080p for VMAF's 1080p model).
 
     Returns:
         ``(vmaf, psnr)``: VMAF v0.6.1 mean over frames (0-100) and PSNR in dB (capped at 100;
@@ -446,7 +449,7 @@ def measure_fr(ref: str | os.PathLike, dist: str | os.PathLike, ffmpeg: str | No
             raise VideoNotFoundError(message(where, "two video files", f"missing {p}",
                                              "check both paths"))
     _require_libvmaf(ffmpeg, where)
-    w, h = _even_size(ref)
+    w, h = size or _even_size(ref)
     if min(w, h) < VMAF_MIN_SIDE:  # libvmaf crashes (SIGSEGV) on smaller pictures
         raise FfmpegError(message(where, f"pictures of at least {VMAF_MIN_SIDE}x{VMAF_MIN_SIDE} "
                                   "(libvmaf's smallest)", f"{w}x{h}",

@@ -167,6 +167,8 @@ def test_measure_identical_file_is_perfect(source):
     vmaf, psnr = vr.measure_fr(source, source)
     assert vmaf > 97 and psnr == vr.PSNR_CAP
     assert vr.measure_fr(source, source, psnr=False) == (vmaf, None)  # VMAF alone, the same
+    upscaled = vr.measure_fr(source, source, psnr=False, size=(320, 192))[0]
+    assert upscaled > 97 and upscaled != vmaf  # compared at the asked size, not the source's
 
 
 def test_measure_odd_sized_source(tmp_path):
