@@ -100,6 +100,7 @@ def main() -> None:
         raise SystemExit(f"bench_catalog: no input of {a.data} has a ladder at every CRF of "
                          f"{','.join(map(str, levels))}; its ladders hold "
                          f"{','.join(map(str, measured)) or 'nothing'}: pass those as --levels")
+    inputs = with_fast_probes(inputs, scorer, a)
     cs = cat.curves(inputs, rows)
     lost = [c for c in cs if not c.reachable]
     cs = [c for c in cs if c.reachable]
@@ -111,6 +112,23 @@ def main() -> None:
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
                   a.real_ids.split(",") if a.real_ids else None, a.rounds)
+
+
+def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
+    """``inputs`` with their fast probes when the model's ``predict`` rule probes at a preset
+    of its own (measured here unless --report-only, as a ladder is)."""
+    rule = scorer.predictor(a.codec)
+    if rule is None or rule.preset is None:
+        return inputs
+    if not a.report_only:
+        cat.fast_probes(a.data, scorer, a.codec, rule.preset, rule.probes, jobs=a.jobs)
+    name = cat.probes_file(a.codec, rule.preset, scorer.id)
+    got = cat.with_probes(inputs, [a.data / name], a.codec, rule.preset)
+    if len(got) < len(inputs):
+        raise SystemExit(f"bench_catalog: {len(inputs) - len(got)} of {len(inputs)} inputs "
+                         f"lack predict's fast probes in {a.data / name}; run without "
+                         "--report-only to measure them")
+    return got
 
 
 def policies(scorer, crfs: range = range(15, 52),

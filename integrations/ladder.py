@@ -369,11 +369,13 @@ class Probe:
     seconds: float
     from_cache: bool = False
     vmaf: float | None = None
+    preset: str | None = None  # set when not the pick's own (``predict``'s fast probes)
 
     def to_dict(self) -> dict:
         d = {"type": "probe", **asdict(self)}
-        if d["vmaf"] is None:
-            del d["vmaf"]
+        for k in ("vmaf", "preset"):
+            if d[k] is None:
+                del d[k]
         return d
 
 
@@ -500,9 +502,9 @@ class Ladder:
             return None
         return self.cache / f"{kind}-{self._key(kind, *parts)}.json"
 
-    def _probe_key(self) -> tuple:
-        return (self.settings.encoder, self.settings.preset,
-                list(map(list, self.settings.options)))
+    def _probe_key(self, settings: Settings | None = None) -> tuple:
+        s = settings or self.settings
+        return (s.encoder, s.preset, list(map(list, s.options)))
 
     @staticmethod
     def _read(path: Path | None) -> dict | None:
@@ -603,11 +605,14 @@ class Ladder:
         self._s0 = (pool(np.array(frames), self.pool), frames)
         return self._s0
 
-    def probe(self, crf: int) -> Probe:
-        """Encode every sample at ``crf``, score (and measure) it; cached on disk."""
+    def probe(self, crf: int, preset: str | None = None) -> Probe:
+        """Encode every sample at ``crf``, score (and measure) it; cached on disk.
+        ``preset``: encode at this preset instead of the settings' (the probe then stands
+        for that preset alone: a ladder holds probes of one preset)."""
         if crf in self.probes:
             return self.probes[crf]
-        cfile = self._cache_file("probe", *self._probe_key(), crf)
+        settings = self.settings if preset is None else replace(self.settings, preset=preset)
+        cfile = self._cache_file("probe", *self._probe_key(settings), crf)
         cached = self._read(cfile)
         if cached is not None and (not self.vmaf or cached.get("vmaf") is not None):
             p = Probe(**{**cached, "from_cache": True})
@@ -624,7 +629,7 @@ class Ladder:
         outs = [self.dir / f"crf{crf}_{i}.mkv" for i in range(len(refs))]
 
         def one(i: int) -> tuple[list[float], float | None]:
-            self._encode(refs[i], outs[i], crf, threads)
+            self._encode(refs[i], outs[i], crf, threads, settings)
             scores = self.scorer([str(outs[i])], [self.samples[i].key_frames])[0]
             vm = ff.measure_fr(refs[i], outs[i], self.ffmpeg, threads, subsample=1,
                                psnr=False)[0] if self.vmaf else None
@@ -643,20 +648,22 @@ class Ladder:
         probe = Probe(crf, pool(np.array(frames), self.pool), frames, size,
                       round(size * 8 / secs / 1000, 1),
                       int(size / secs * self.source.duration),
-                      round(time.perf_counter() - t0, 2), False, vmaf)
+                      round(time.perf_counter() - t0, 2), False, vmaf, preset)
         for p in outs:
             p.unlink(missing_ok=True)
         self._write(cfile, {k: v for k, v in asdict(probe).items() if k != "from_cache"})
         self.probes[crf] = probe
-        extra = f", VMAF {vmaf:.2f}" if vmaf is not None else ""
+        extra = (f", VMAF {vmaf:.2f}" if vmaf is not None else "") + (
+            f", preset {preset}" if preset is not None else "")
         self.say(f"crf {crf}: score {probe.score:.3f}{extra}, {probe.kbps:g} kb/s "
                  f"({probe.seconds:.1f} s)")
         return probe
 
-    def _encode(self, ref: Path, out: Path, crf: int, threads: int) -> None:
+    def _encode(self, ref: Path, out: Path, crf: int, threads: int,
+                settings: Settings | None = None) -> None:
         # The reference sample is already filtered (Settings.chain) and cut to the video.
-        ff.run_ffmpeg(self.settings.command(self.ffmpeg, ref, out, crf, threads,
-                                            inputs=["-threads", str(threads)]),
+        ff.run_ffmpeg((settings or self.settings).command(self.ffmpeg, ref, out, crf, threads,
+                                                          inputs=["-threads", str(threads)]),
                       f"cpllm-ladder: encoding the probe at CRF {crf}")
 
     # the search ---------------------------------------------------------------------------
@@ -847,10 +854,12 @@ def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
 
 
 def pick_predict(ladder: Ladder) -> Pick:
-    """``predict`` mode: no reference and no VMAF. One or two probes give the encoder's
-    bitrate and the model's scores; the model's fitted rule (:mod:`.predict`) turns them and
-    the input's stream into a CRF, ``margin`` below the highest it estimates keeps what the
-    input had. The pick itself is not encoded: its size and score are read off the probes."""
+    """``predict`` mode: no reference and no VMAF. One or two probes (at the rule's own
+    preset, a fast one) give the encoder's bitrate and the model's scores; the model's fitted
+    rule (:mod:`.predict`) turns them and the input's stream into a CRF, ``margin`` below the
+    highest it estimates keeps what the input had. The pick itself is not encoded: its size
+    is read off the probes' bitrate line (scaled to the pick's preset by the rule), its score
+    off their scores."""
     encoder = ladder.settings.encoder
     rule_of = getattr(ladder.scorer, "predictor", None)  # a stand-in scorer may have none
     rule = rule_of(encoder) if rule_of else None
@@ -871,7 +880,7 @@ def pick_predict(ladder: Ladder) -> Pick:
     from . import predict
 
     s0 = _source_score(ladder)
-    probes = [ladder.probe(c) for c in rule.probes]
+    probes = [ladder.probe(c, rule.preset) for c in rule.probes]
     first, last = probes[0], probes[-1]
     kbps = ladder.input_kbps()
     ceq = None if kbps is None else predict.equivalent_crf(
@@ -883,14 +892,13 @@ def pick_predict(ladder: Ladder) -> Pick:
                          [p.score for p in probes], encoder)
     est = rule.estimate(x)
     crf = rule.crf(x, *ladder.settings.search)
-    # Size in log along the probes' line (one probe: the encoder's CRF per halving); the score
-    # linearly between two probes, else the probe's own.
+    # Size along the probes' line, scaled from their preset to the pick's; the score linearly
+    # between two probes, else the probe's own.
+    rate = predict.line_rate({p.crf: p.kbps for p in probes}, crf, encoder) * rule.rate_scale
     if last.crf > first.crf:
-        t = (crf - first.crf) / (last.crf - first.crf)
-        rate = math.exp(math.log(first.kbps) + t * (math.log(last.kbps) - math.log(first.kbps)))
-        score = first.score + t * (last.score - first.score)
+        score = first.score + (crf - first.crf) / (last.crf - first.crf) * (last.score
+                                                                            - first.score)
     else:
-        rate = first.kbps * 2 ** (-(crf - first.crf) / predict.scale(encoder).halving)
         score = first.score
     size = int(first.predicted_size * rate / first.kbps)
     why = ("input reads as a master" if ceq is None or ceq <= predict.scale(encoder).start else

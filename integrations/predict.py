@@ -81,6 +81,17 @@ def equivalent_crf(rates: dict[int, float], input_rate: float,
     return crf + scale(encoder).halving * math.log2(rate / input_rate)
 
 
+def line_rate(rates: dict[int, float], crf: float, encoder: str = "libx264") -> float:
+    """The bitrate at ``crf`` on the probes' line (``{crf: rate}``): in log through two
+    probes, or through one at ``encoder``'s CRF per halving."""
+    (lo, r_lo), *rest = sorted(rates.items())
+    if rest:
+        hi, r_hi = rest[-1]
+        t = (crf - lo) / (hi - lo)
+        return math.exp(math.log(r_lo) + t * (math.log(r_hi) - math.log(r_lo)))
+    return r_lo * 2 ** (-(crf - lo) / scale(encoder).halving)
+
+
 def features(equivalent: float | None, noise: float, bits_per_pixel: float, height: int,
              source_score: float, scores: Sequence[float],
              encoder: str = "libx264") -> dict[str, float]:
@@ -110,6 +121,12 @@ class Predictor:
     weights: dict[str, float]
     margin: float
     provenance: dict = field(default_factory=dict)
+    # The probes' own preset (None: the pick's). A fast one buys most of the mode's time back:
+    # the rule reads its probes as they were fitted, whatever preset the user's encode takes.
+    preset: str | None = None
+    # The pick's bitrate over the probe line's at the pick's CRF (a faster preset spends bits
+    # differently), fitted as the median on the training catalog's ladders at their preset.
+    rate_scale: float = 1.0
 
     def estimate(self, x: dict[str, float]) -> float:
         """The predicted highest CRF that keeps what the input had (before the margin)."""
@@ -120,9 +137,11 @@ class Predictor:
         return below(self.estimate(x), self.margin if margin is None else margin, lo, hi)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "encoder": self.encoder, "probes": list(self.probes),
-                "weights": dict(self.weights),
-                "margin": self.margin, "provenance": self.provenance}
+        d = {"format": FORMAT, "encoder": self.encoder, "probes": list(self.probes),
+             "weights": dict(self.weights), "margin": self.margin}
+        if self.preset is not None:
+            d |= {"preset": self.preset, "rate_scale": self.rate_scale}
+        return d | {"provenance": self.provenance}
 
 
 def rule_file(encoder: str = "libx264") -> str:
@@ -146,9 +165,14 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
     if not (isinstance(probes, list) and len(probes) in (1, 2)
             and all(isinstance(c, int) for c in probes) and probes == sorted(set(probes))):
         raise bad("one or two increasing probe CRFs", repr(probes))
+    preset, scale_ = d.get("preset"), d.get("rate_scale", 1.0)
+    if preset is not None and not (isinstance(preset, str) and preset):
+        raise bad("a preset name for the probes (or none)", repr(preset))
+    if not (isinstance(scale_, int | float) and scale_ > 0):
+        raise bad("a positive rate_scale", repr(scale_))
     return Predictor(str(d.get("encoder")), tuple(probes),
                      {k: float(v) for k, v in w.items()}, float(d.get("margin", 0.0)),
-                     dict(d.get("provenance", {})))
+                     dict(d.get("provenance", {})), preset, float(scale_))
 
 
 def load(model_dir: str | Path, encoder: str = "libx264") -> Predictor | None:

@@ -348,6 +348,68 @@ def rescore(data: str | os.PathLike, scorer, codec: str = "libx264",
     return path
 
 
+def probes_file(codec: str, preset: str, model_id: str) -> str:
+    """The file :func:`fast_probes` writes for an encoder, preset and model."""
+    return scores_file(f"probes-{codec}-{preset}-{model_id}")[len("scores-"):]
+
+
+def fast_probes(data: str | os.PathLike, scorer, codec: str, preset: str,
+                crfs: Sequence[int], keep: Callable[[str], bool] | None = None,
+                jobs: int = 2, ffmpeg: str | None = None,
+                progress: Callable[[str], None] | bool = True) -> Path:
+    """Encode every input of a built catalog at ``crfs`` with ``codec`` at ``preset`` (one
+    thread, as the ladders) and score each encode: the probes of a ``predict`` rule that
+    probes at a faster preset than the pick's. ``keep``: the sources to probe (None: all;
+    a fold's held-out model probes its own fold). Writes (and resumes) :func:`probes_file`
+    in ``data``: one row per (input, CRF), ``{"id", "codec", "preset", "crf", "bytes",
+    "frame_scores"}``; :func:`with_probes` reads it."""
+    from cpllm_plugin.console import progress_printer
+    from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
+
+    from .variants import encode
+
+    say = progress_printer(progress)
+    data = Path(data)
+    ffmpeg = find_ffmpeg(ffmpeg)
+    inputs = [i for i in read_jsonl(data / "inputs.jsonl") if keep is None or keep(i["source"])]
+    path = data / probes_file(codec, preset, scorer.id)
+    book = _Rows(path, lambda r: (r["id"], r["crf"]))
+    work = data / "work" / "probes"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def one(inp: dict, crf: int) -> None:
+        out = work / f"{inp['id']}_{codec}_{preset}_crf{crf}.mp4"
+        encode(inp["path"], out, crf, codec, preset=preset, ffmpeg=ffmpeg, threads=1)
+        try:
+            scores = scorer([str(out)], [KEY_FRAMES])[0]
+            book.add({"id": inp["id"], "codec": codec, "preset": preset, "crf": crf,
+                      "bytes": out.stat().st_size,
+                      "frame_scores": [float(v) for v in scores]})
+        finally:
+            out.unlink(missing_ok=True)
+
+    todo = [(i, c) for i in inputs for c in crfs if (i["id"], c) not in book.done]
+    say(f"probes {codec} {preset} with {scorer.id}: {len(inputs)} inputs, {len(todo)} of "
+        f"{len(inputs) * len(crfs)} to do")
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda t: one(*t), todo))
+    return path
+
+
+def with_probes(inputs: Sequence[dict], files: Sequence[Path], codec: str,
+                preset: str) -> list[dict]:
+    """``inputs``, each with ``probes``: ``{crf: (bytes, mean frame score)}`` of its
+    :func:`fast_probes` at ``preset`` (from any of ``files``); inputs with none are left out,
+    so a rule that reads them is never fitted or replayed on a missing probe."""
+    got: dict[str, dict[int, tuple[float, float]]] = {}
+    for f in files:
+        for r in read_jsonl(Path(f)):
+            if r["codec"] == codec and r["preset"] == preset:
+                got.setdefault(r["id"], {})[int(r["crf"])] = (
+                    float(r["bytes"]), float(np.mean(r["frame_scores"])))
+    return [{**i, "probes": got[i["id"]]} for i in inputs if i["id"] in got]
+
+
 def with_scores(inputs: Sequence[dict], rows: Sequence[dict], files: Sequence[Path],
                 codec: str = "libx264") -> tuple[list[dict], list[dict]]:
     """``inputs`` and their ``codec`` ladder ``rows`` with the frame scores of :func:`rescore`
@@ -670,28 +732,44 @@ def guard_held(c: Curve, fall: float | None) -> int | None:
     return highest_meeting(c.crfs, c.score, c.s0 - fall) if fall else None
 
 
-def predict_features(c: Curve, probes: Sequence[int],
-                     encoder: str = "libx264") -> dict[str, float]:
-    """:func:`cpllm_plugin.integrations.predict.features` of an input, read off its
-    ``encoder`` ladder as ``predict`` mode reads its probes (whole-input encodes: the
-    catalog's inputs are as short as one sample)."""
+def probe_reads(c: Curve, probes: Sequence[int],
+                fast: bool = False) -> tuple[dict[int, float], list[float]]:
+    """``({crf: bytes}, [score])`` of an input's probes: off its ladder (whole-input encodes:
+    the catalog's inputs are as short as one sample), or with ``fast`` off its
+    :func:`fast_probes` (:func:`with_probes`)."""
+    if not fast:
+        return ({p: float(c.bytes[c.at(p)]) for p in probes},
+                [float(c.score[c.at(p)]) for p in probes])
+    got = c.info.get("probes", {})
+    if any(p not in got for p in probes):
+        raise CatalogError(message(
+            f"catalog input {c.id}", f"fast probes at CRF {list(probes)}",
+            f"those at {sorted(got)}", "measure them with python -m "
+            "cpllm_plugin.training.picker --probes MODEL (or catalog.fast_probes)"))
+    return {p: got[p][0] for p in probes}, [got[p][1] for p in probes]
+
+
+def predict_features(c: Curve, probes: Sequence[int], encoder: str = "libx264",
+                     fast: bool = False) -> dict[str, float]:
+    """:func:`cpllm_plugin.integrations.predict.features` of an input, as ``predict`` mode
+    reads its probes (:func:`probe_reads`)."""
     from cpllm_plugin.integrations import predict
 
-    rates = {p: float(c.bytes[c.at(p)]) for p in probes}
+    rates, scores = probe_reads(c, probes, fast)
     e = predict.equivalent_crf(rates, float(c.info["bytes"]), encoder)
     pixels = c.info["width"] * c.info["height"] * max(int(c.info["frames"]), 1)
     return predict.features(e, float(c.info["noise"]), rates[probes[0]] * 8 / pixels,
-                            int(c.info["height"]), c.s0,
-                            [float(c.score[c.at(p)]) for p in probes], encoder)
+                            int(c.info["height"]), c.s0, scores, encoder)
 
 
 def predict_rule(p, margin: float | None = None) -> Policy:
     """``cpllm-ladder --mode predict`` replayed with the rule ``p``
-    (:class:`~cpllm_plugin.integrations.predict.Predictor`) on its encoder's ladders;
-    ``margin`` overrides its own."""
+    (:class:`~cpllm_plugin.integrations.predict.Predictor`) on its encoder's ladders (and,
+    for a rule with its own preset, the inputs' :func:`fast_probes`); ``margin`` overrides
+    its own."""
     def policy(c: Curve) -> int | None:
-        return p.crf(predict_features(c, p.probes, p.encoder), int(c.crfs[0]),
-                     int(c.crfs[-1]), margin)
+        return p.crf(predict_features(c, p.probes, p.encoder, p.preset is not None),
+                     int(c.crfs[0]), int(c.crfs[-1]), margin)
 
     return policy
 

@@ -61,6 +61,15 @@ LEVELS_OF = {"libsvtav1": (20, 26, 32, 38, 44, 50, 56, 62)}
 PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,), (59,), (62,))}
 
 
+# The probes' own preset: on a short input the probe's encode is half of ``predict``'s time,
+# and these presets halve it while the rule reads them as well out of fold (x264's veryfast
+# and x265's veryfast read worse: docs/experiments.md, "A faster preset for predict's
+# probe"); x265 keeps its own. The probes are measured at the preset
+# (:func:`~.catalog.fast_probes`) at the CRFs of FAST_PROBE_SETS only.
+PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
+FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
+
+
 def levels(codec: str) -> tuple[int, ...]:
     """The CRFs of ``codec``'s training ladders."""
     return LEVELS_OF.get(codec, LEVELS)
@@ -124,18 +133,22 @@ def margin_for(cs: Sequence[cat.Curve], est: np.ndarray, share: float) -> float:
 
 def fit(cs: Sequence[cat.Curve], share: float = SHARE,
         probe_sets: Sequence[tuple[int, ...]] | None = None,
-        encoder: str = "libx264") -> tuple[predict.Predictor, list[dict]]:
+        encoder: str = "libx264", preset: str | None = None) -> tuple[predict.Predictor,
+                                                                     list[dict]]:
     """Choose the probe, features and ridge strength by grouped cross-validation (the least
     out-of-fold residual spread), refit on all of ``cs``, and set the margin from the
     out-of-fold estimates at ``share``; returns the rule and a row per candidate (its spread,
     and its median cost at each share of :data:`JUDGED_AT`, averaged). ``encoder``: the
-    one whose ladders ``cs`` are."""
-    probe_sets = probe_sets or PROBE_SETS_OF.get(encoder, PROBE_SETS)
+    one whose ladders ``cs`` are; ``preset``: the probes' own (read off the inputs'
+    :func:`~.catalog.fast_probes`; None: the ladders' rungs)."""
+    fast = preset is not None
+    probe_sets = probe_sets or (FAST_PROBE_SETS.get(encoder, ((43,),)) if fast else
+                                PROBE_SETS_OF.get(encoder, PROBE_SETS))
     y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
     folds = np.array([_fold(c.source) for c in cs])
     rows, best = [], None
     for probes in probe_sets:
-        x = [cat.predict_features(c, probes, encoder) for c in cs]
+        x = [cat.predict_features(c, probes, encoder, fast) for c in cs]
         for names in SETS:
             if "drop_hi" in names and len(probes) < 2:
                 continue
@@ -169,8 +182,21 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                  "out_of_fold": {k: round(row[k], 4) for k in
                                                  ("oof_sd", "success", "median_cost",
                                                   "judged")},
-                             })
+                             }, preset,
+                             rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0)
     return rule, rows
+
+
+def rate_scale(cs: Sequence[cat.Curve], probes: tuple[int, ...], crfs: np.ndarray,
+               encoder: str) -> float:
+    """The median, over ``cs``, of the ladder's bitrate at ``crfs`` (each input's answer)
+    over the fast probes' line there, as ``predict`` mode draws it: how a pick's size
+    estimate turns from the probes' preset to the ladders'."""
+    ratios = []
+    for c, crf in zip(cs, crfs, strict=True):
+        rates, _ = cat.probe_reads(c, probes, fast=True)
+        ratios.append(float(c.bytes[c.at(crf)]) / predict.line_rate(rates, float(crf), encoder))
+    return round(float(np.median(ratios)), 4)
 
 
 # auto's constants: the gap (CRF above the VMAF-95 crossing) where an input starts to read as
@@ -232,11 +258,26 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     return {k: rows[0][k] for k in grid}, rows
 
 
+def probe_files(catalog: Path, codec: str, preset: str,
+                scores: Sequence[Path] = ()) -> list[Path]:
+    """The catalog's :func:`~.catalog.fast_probes` files of ``codec`` at ``preset``: of the
+    models of the ``scores`` files when given (their out-of-sample scores), else of all."""
+    stem = cat.probes_file(codec, preset, "").removesuffix(".jsonl")
+    files = sorted(Path(catalog).glob(f"{stem}*.jsonl"))
+    if scores:
+        models = {Path(f).name.removeprefix("scores-") for f in scores}
+        files = [f for f in files if f.name.removeprefix(stem) in models]
+    return files
+
+
 def read(catalog: Path, only: Sequence[str] | None = SOURCES,
-         codec: str = "libx264", scores: Sequence[Path] = ()) -> list[cat.Curve]:
+         codec: str = "libx264", scores: Sequence[Path] = (),
+         preset: str | None = None) -> list[cat.Curve]:
     """The training catalog's ``codec`` curves of the inputs made from ``only`` (None: all);
     refuses a catalog that holds any dev source. ``scores``: :func:`~.catalog.rescore` files
-    whose model scores replace the catalog's (the inputs they lack are left out)."""
+    whose model scores replace the catalog's (the inputs they lack are left out).
+    ``preset``: with every input's fast probes at it (:func:`probe_files` of the same
+    models; the inputs without are left out)."""
     from .corpus import read_split
 
     inputs = cat.with_noise(catalog)
@@ -252,6 +293,14 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES,
         inputs = [i for i in inputs if i["source"] in set(only)]
     if scores:
         inputs, rows = cat.with_scores(inputs, rows, scores, codec)
+    if preset is not None:
+        files = probe_files(catalog, codec, preset, scores)
+        if not files:
+            raise cat.CatalogError(message(
+                str(catalog), f"{codec} probes at preset {preset} "
+                f"({cat.probes_file(codec, preset, 'MODEL')})", "none",
+                f"measure them with --probes MODEL --probe-preset {preset}"))
+        inputs = cat.with_probes(inputs, files, codec, preset)
     return [c for c in cat.curves(inputs, rows) if c.reachable]
 
 
@@ -259,6 +308,19 @@ def _scorer(model):
     from cpllm_plugin.integrations.ladder import Scorer
 
     return Scorer(str(model))
+
+
+def measure_probes(catalog: Path, model, codec: str, preset: str | None = None,
+                   keep=None, progress=True) -> Path | None:
+    """The catalog's fast probes of ``codec`` (at ``preset``, default
+    :data:`PROBE_PRESETS`'; none for an encoder without one) scored by ``model`` (a model
+    directory or a loaded scorer), of the sources ``keep`` takes (None: all)."""
+    preset = preset or PROBE_PRESETS.get(codec)
+    if preset is None:
+        return None
+    scorer = _scorer(model) if isinstance(model, str | Path) else model
+    crfs = sorted({c for ps in FAST_PROBE_SETS.get(codec, ((43,),)) for c in ps})
+    return cat.fast_probes(catalog, scorer, codec, preset, crfs, keep, progress=progress)
 
 
 MIN_INPUTS = 30  # fewer training inputs cannot rank candidates out of fold
@@ -283,11 +345,14 @@ def build_catalog(catalog: Path, model: str | Path, corpus: Path | None = None,
 
 def fit_rule(catalog: Path, only: Sequence[str], out: Path | None = None,
              share: float = SHARE, codec: str = "libx264",
-             scores: Sequence[Path] = ()) -> tuple[predict.Predictor, list[dict]]:
+             scores: Sequence[Path] = (),
+             preset: str | None = None) -> tuple[predict.Predictor, list[dict]]:
     """Fit ``codec``'s rule on a built catalog (``scores``: :func:`~.catalog.rescore` files
-    of held-out models, whose scores it reads instead of the catalog's) and write it into
+    of held-out models, whose scores it reads instead of the catalog's; ``preset``: the
+    probes' own, read off the catalog's fast probes of the same models) and write it into
     ``out`` when given."""
-    rule, table = fit(read(catalog, only, codec, scores), share, encoder=codec)
+    rule, table = fit(read(catalog, only, codec, scores, preset), share, encoder=codec,
+                      preset=preset)
     if scores:  # the model's scores the rule read were out of sample
         rule.provenance["scores"] = [Path(f).name for f in scores]
     if out is not None:
@@ -327,12 +392,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--scores", type=Path, action="append", default=[],
                     help="A --rescore file whose scores the fit reads instead of the "
                     "catalog's (repeatable: one per fold's model).")
+    ap.add_argument("--probe-preset", metavar="P",
+                    help="The probes' own preset (default: PROBE_PRESETS' for --codec; "
+                    "'none': the ladders' own, read off their rungs).")
+    ap.add_argument("--probes", metavar="MODEL",
+                    help="Measure the catalog's fast probes (--codec at --probe-preset, at "
+                    "the CRFs of FAST_PROBE_SETS) with MODEL's scores (with --fold, only "
+                    "that fold's sources) and exit.")
     ap.add_argument("--auto", action="store_true",
                     help="Fit auto mode's constants on every input of the catalog with "
                     "--codec ladders instead (printed; integrations/ladder.py ships the "
                     "libx264 fit).")
     a = ap.parse_args(argv)
-    if a.rescore:
+    preset = (PROBE_PRESETS.get(a.codec) if a.probe_preset is None else
+              None if a.probe_preset == "none" else a.probe_preset)
+    if a.rescore or a.probes:
         try:
             fold = parse_fold(a.fold) if a.fold else None
         except ValueError as e:
@@ -342,7 +416,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             return fold is None or fold_of(source, fold[1]) == fold[0]
 
         try:
-            path = cat.rescore(a.catalog, _scorer(a.rescore), a.codec, keep)
+            if a.probes:
+                if preset is None:
+                    raise SystemExit("cpllm_plugin.training.picker: --probes needs a "
+                                     "--probe-preset other than 'none'")
+                path = measure_probes(a.catalog, a.probes, a.codec, preset, keep)
+                if path is None:
+                    raise SystemExit(f"cpllm_plugin.training.picker: {a.codec} has no probe "
+                                     "preset of its own: pass --probe-preset P")
+            else:
+                path = cat.rescore(a.catalog, _scorer(a.rescore), a.codec, keep)
         except CpllmError as e:
             raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
         print(f"wrote {path}")
@@ -377,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), levels(a.codec),
                       only=SOURCES, split="train", codec=a.codec)
-        rule, table = fit_rule(a.catalog, SOURCES, None, a.share, a.codec, a.scores)
+        rule, table = fit_rule(a.catalog, SOURCES, None, a.share, a.codec, a.scores, preset)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
     for r in table:

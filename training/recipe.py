@@ -459,7 +459,15 @@ def stage_picker(r: Recipe, say) -> dict:
     ``predict-libx265.json``, ``predict-libsvtav1.json``), each fitted on its encoder's
     ladders of a catalog of training sources (training/picker.py), on the scores of
     :attr:`Recipe.folds` held-out models."""
-    from .picker import CODECS, MIN_INPUTS, SOURCES, build_catalog, fit_rule
+    from .picker import (
+        CODECS,
+        MIN_INPUTS,
+        PROBE_PRESETS,
+        SOURCES,
+        build_catalog,
+        fit_rule,
+        measure_probes,
+    )
 
     if r.folds and r.hold_out is not None:
         raise RecipeError(message("recipe stage picker", "the whole training split (its "
@@ -474,10 +482,16 @@ def stage_picker(r: Recipe, say) -> dict:
                    "sources of training/picker.py in this corpus")
             say(f"picker: skipped: {why}")
             return {"skipped": why}
-    scores = fold_scores(r, catalog, CODECS, say) if r.folds else []
+    if r.folds:
+        scores = fold_scores(r, catalog, CODECS, say)
+    else:  # the shipped model's own scores; its fast probes too
+        scores = []
+        for codec in CODECS:
+            measure_probes(catalog, r.out, codec, progress=say)
     res = {}
     for codec in CODECS:
-        rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores)
+        rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
+                           preset=PROBE_PRESETS.get(codec))
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
                       "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
                       "scores": rule.provenance.get("scores", "in-sample")}
@@ -487,9 +501,10 @@ def stage_picker(r: Recipe, say) -> dict:
 def fold_scores(r: Recipe, catalog: Path, codecs: tuple[str, ...], say) -> list[Path]:
     """The training catalog's ``codecs`` ladders scored out of sample: for each of
     :attr:`Recipe.folds` folds, a model trained without that fold's sources scores that
-    fold's inputs and rungs (both resume). Returns the score files, one per model."""
+    fold's inputs and rungs, and measures their fast probes (all resume). Returns the score
+    files, one per model."""
     from .catalog import rescore
-    from .picker import _scorer
+    from .picker import _scorer, measure_probes
 
     files = []
     for k in range(r.folds):
@@ -499,8 +514,11 @@ def fold_scores(r: Recipe, catalog: Path, codecs: tuple[str, ...], say) -> list[
         run(sub, ("cache", "train", "ship"), say)
         scorer = _scorer(sub.out)
         for codec in codecs:  # one file per model, every codec's rows in it
-            path = rescore(catalog, scorer, codec,
-                           lambda source, k=k: fold_of(source, r.folds) == k, progress=say)
+            def mine(source: str, k=k) -> bool:
+                return fold_of(source, r.folds) == k
+
+            path = rescore(catalog, scorer, codec, mine, progress=say)
+            measure_probes(catalog, scorer, codec, keep=mine, progress=say)
         files.append(path)
     return files
 

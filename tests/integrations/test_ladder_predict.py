@@ -209,3 +209,47 @@ def test_input_noise_is_read_off_the_reference_samples(master_and_upload, ffmpeg
                     workdir=tmp_path) as ladder:
         windows = [(s.start, s.duration) for s in ladder.samples]
         assert ladder.input_noise() == noise(noisy, windows) and ladder._refs is None
+
+
+def test_a_rule_with_a_probe_preset_round_trips_and_is_checked(tmp_path):
+    r = predict.Predictor("libx264", (43,), {"const": 30.0}, 3.0, {}, "veryfast", 1.25)
+    predict.save(r, tmp_path)
+    assert predict.load(tmp_path) == r
+    assert "preset" not in _rule().to_dict()  # probes at the pick's own preset
+    for bad, match in (({"preset": 7}, "preset name"), ({"rate_scale": 0}, "rate_scale")):
+        (tmp_path / predict.PREDICT_FILE).write_text(json.dumps({**r.to_dict(), **bad}))
+        with pytest.raises(predict.PredictFileError, match=match):
+            predict.load(tmp_path)
+
+
+def test_line_rate_follows_the_probes_line():
+    assert predict.line_rate({30: 800.0}, 24.0) == pytest.approx(1600.0)
+    assert predict.line_rate({30: 800.0, 40: 200.0}, 35.0) == pytest.approx(400.0)
+    assert predict.line_rate({50: 400.0}, 50 - 13.0, "libsvtav1") == pytest.approx(800.0)
+
+
+class _Flat:
+    """A scorer that scores every frame 3."""
+
+    id = "flat"
+
+    def __call__(self, paths, key_frames):
+        import numpy as np
+
+        return [np.full(k, 3.0) for k in key_frames]
+
+
+def test_a_probe_at_its_own_preset_is_encoded_and_cached_apart(tmp_path):
+    """``predict``'s probes run at the rule's preset whatever the pick's is: encoded at it
+    (another size), marked with it, and cached apart from a probe at the pick's preset."""
+    opts = lad.PickOptions(mode="predict", cache=tmp_path / "c", temp_dir=tmp_path)
+    with lad.Job(SAMPLE, opts, scorer=_Flat()).ladder() as ladder:
+        own = ladder.probe(35, "ultrafast")
+    with lad.Job(SAMPLE, opts, scorer=_Flat()).ladder() as ladder:
+        pick = ladder.probe(35)
+    assert own.preset == "ultrafast" and pick.preset is None and not pick.from_cache
+    assert own.bytes != pick.bytes
+    assert own.to_dict()["preset"] == "ultrafast" and "preset" not in pick.to_dict()
+    with lad.Job(SAMPLE, opts, scorer=_Flat()).ladder() as ladder:
+        again = ladder.probe(35, "ultrafast")
+    assert again.from_cache and again.bytes == own.bytes and again.preset == "ultrafast"

@@ -154,3 +154,44 @@ def test_rescore_scores_the_ladders_again_and_keeps_sizes_and_vmaf(tmp_path):
     calls = scorer.calls
     cat.rescore(tmp_path, scorer, keep=lambda s: s == "a", progress=False)
     assert scorer.calls == calls
+
+
+def test_fast_probes_encode_at_their_preset_and_resume(tmp_path):
+    """A rule's probes at a faster preset than the ladders': each kept input encoded at that
+    preset and scored, its size kept; a rule reads them beside the ladder, and an input
+    without one is left out, never read off the ladder instead."""
+    import json
+
+    from media import pan_frames, write_video
+
+    inputs = []
+    for src in ("a", "b"):
+        path = write_video(tmp_path / f"{src}.mp4", pan_frames(24, 128, 96), crf=10)
+        inputs.append({**_input(src, "master", 100.0, 9.9), "source": src, "path": str(path)})
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(i) + "\n" for i in inputs))
+    scorer = _BytesScorer()
+    sizes = {}
+    for preset in ("ultrafast", "medium"):
+        path = cat.fast_probes(tmp_path, scorer, "libx264", preset, (35,),
+                               keep=lambda s: s == "a", progress=False)
+        assert path.name == f"probes-libx264-{preset}-stub_log2_bytes.jsonl"
+        (row,) = cat.read_jsonl(path)
+        assert (row["id"], row["crf"], row["preset"]) == ("a", 35, preset)
+        sizes[preset] = row["bytes"]
+    assert sizes["ultrafast"] != sizes["medium"]  # really encoded at each preset
+    assert not list((tmp_path / "work" / "probes").iterdir())
+    calls = scorer.calls
+    cat.fast_probes(tmp_path, scorer, "libx264", "ultrafast", (35,), keep=lambda s: s == "a",
+                    progress=False)
+    assert scorer.calls == calls  # resumed: nothing to do
+    files = [tmp_path / "probes-libx264-ultrafast-stub_log2_bytes.jsonl"]
+    (a,) = cat.with_probes(inputs, files, "libx264", "ultrafast")
+    assert a["id"] == "a" and a["probes"][35][0] == sizes["ultrafast"]
+    assert cat.with_probes(inputs, files, "libx264", "medium") == []
+    rows = _ladder("a", lambda c: 100 - (c - 15), lambda c: 100 - (c - 15), lambda c: 4.0)
+    (c,) = cat.curves([a], rows)
+    assert cat.probe_reads(c, (35,), fast=True) == ({35: a["probes"][35][0]},
+                                                    [a["probes"][35][1]])
+    assert cat.probe_reads(c, (35,))[0] == {35: pytest.approx(1000.0 * 2 ** (-20 / 6))}
+    with pytest.raises(cat.CatalogError, match="fast probes at CRF"):
+        cat.probe_reads(c, (43,), fast=True)

@@ -148,3 +148,22 @@ def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
     # Goals no setting reaches: the most inputs kept, then the least cost.
     best, rows = picker.fit_auto(cs, grid, {"whole": 1.01})
     assert best["guard"] == 0.15 and not rows[0]["met"]
+
+
+def test_fit_reads_fast_probes_and_scales_their_rate(curves):
+    """A rule fitted on probes at a preset of its own reads them, not the ladder's rungs at
+    the same CRF, and carries how the pick's bitrate relates to its probe's line."""
+    for c in curves:  # a fast preset spends 20% more bits at the same CRF than the ladders
+        c.info["probes"] = {43: (float(c.bytes[c.at(43)]) * 1.2, float(c.score[c.at(43)]))}
+    rule, table = picker.fit(curves, share=0.9, encoder="libx264", preset="veryfast")
+    assert rule.preset == "veryfast" and rule.probes == (43,)
+    assert {tuple(r["probes"]) for r in table} == {(43,)}
+    assert rule.rate_scale == pytest.approx(1 / 1.2, rel=1e-3)
+    r = cat.judge("predict", cat.predict_rule(rule), curves)
+    assert r.success >= 0.9
+    assert predict.from_dict(rule.to_dict()) == rule
+    # The same CRF read off the ladders gives another equivalent CRF, so the rule is not
+    # replayed on them: an input without its fast probe is refused.
+    del curves[0].info["probes"]
+    with pytest.raises(cat.CatalogError, match="fast probes"):
+        cat.predict_rule(rule)(curves[0])

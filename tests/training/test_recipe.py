@@ -84,11 +84,20 @@ def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypat
         def __init__(self, scores):
             self.provenance = {"scores": [f.name for f in scores]} if scores else {}
 
-    def fit_rule(catalog, only, out, share=0.85, codec="libx264", scores=()):
+    def fit_rule(catalog, only, out, share=0.85, codec="libx264", scores=(), preset=None):
         fitted[codec] = list(scores)
+        presets[codec] = preset
         return Rule(scores), []
 
+    probed, presets = [], {}
+
+    def fast_probes(catalog, model, codec, preset, crfs, keep=None, progress=None):
+        probed.append((Path(str(model)).name, codec, preset, tuple(crfs),
+                       [s for s in ("a", "b", "c", "d") if keep is None or keep(s)]))
+        return tmp_path / "probes.jsonl"
+
     monkeypatch.setattr(cat, "rescore", rescore)
+    monkeypatch.setattr(cat, "fast_probes", fast_probes)
     monkeypatch.setattr(picker, "fit_rule", fit_rule)
     r = rc.Recipe(data=tmp_path, out=tmp_path / "model")
     res = rc.stage_picker(r, lambda m: None)
@@ -103,9 +112,17 @@ def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypat
     files = [tmp_path / "scores-fold-0-of-2.jsonl", tmp_path / "scores-fold-1-of-2.jsonl"]
     assert fitted == {c: files for c in picker.CODECS}
     assert res["libx264"]["scores"] == [f.name for f in files]
+    # ... and measures that fold's fast probes at each codec's probe preset, which the fit reads
+    assert presets == {c: picker.PROBE_PRESETS.get(c) for c in picker.CODECS}
+    fast = [c for c in picker.CODECS if c in picker.PROBE_PRESETS]
+    assert fast and [(m, c, p) for m, c, p, _, _ in probed] == [
+        (f"fold-{k}-of-2", c, picker.PROBE_PRESETS[c]) for k in (0, 1) for c in fast]
+    assert [set(s) for _, c, _, _, s in probed if c == "libx264"] == folds
     subs.clear()
+    probed.clear()
     res = rc.stage_picker(rc.Recipe(data=tmp_path, out=tmp_path / "model", folds=0),
                           lambda m: None)
     assert subs == [] and fitted["libx264"] == [] and res["libx264"]["scores"] == "in-sample"
+    assert [(m, c) for m, c, _, _, _ in probed] == [("model", c) for c in fast]
     with pytest.raises(rc.RecipeError, match="2 and more"):
         rc.Recipe(data=tmp_path, folds=1)
