@@ -418,12 +418,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             if a.probes:
                 if preset is None:
-                    raise SystemExit("cpllm_plugin.training.picker: --probes needs a "
-                                     "--probe-preset other than 'none'")
+                    raise SystemExit(f"cpllm_plugin.training.picker: --probes: {a.codec}'s "
+                                     "rule probes at the ladders' own preset (none in "
+                                     "PROBE_PRESETS, or --probe-preset none), read off "
+                                     "their rungs; pass --probe-preset P to measure probes "
+                                     "at P")
                 path = measure_probes(a.catalog, a.probes, a.codec, preset, keep)
-                if path is None:
-                    raise SystemExit(f"cpllm_plugin.training.picker: {a.codec} has no probe "
-                                     "preset of its own: pass --probe-preset P")
             else:
                 path = cat.rescore(a.catalog, _scorer(a.rescore), a.codec, keep)
         except CpllmError as e:
