@@ -198,6 +198,8 @@ def _table(run: Run, result: lad.Pick) -> None:
     for p in result.probes:
         mark = "  <- pick" if p.crf == result.crf else ""
         cached = " (cache)" if p.from_cache else ""
+        if p.preset is not None:  # predict's probe, at the rule's preset, not the encode's
+            cached += f" (preset {p.preset})"
         click.echo(f"{p.crf:>4} {p.score:>7.3f}"
                    + (f" {p.vmaf:>6.2f}" if vm and p.vmaf is not None else
                       (f" {'':>6}" if vm else ""))

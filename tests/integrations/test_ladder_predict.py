@@ -160,6 +160,8 @@ def test_predict_on_the_command_line(tmp_path):
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     assert "not encoded" in out.output and "no reference" in out.output
+    # The probe ran at the rule's own preset, not the encode's, and the table says so.
+    assert f"(preset {lad.Scorer().predictor().preset})" in out.output
     rows = [json.loads(x) for x in CliRunner().invoke(main, [*args, "--json"]).output.split("\n")
             if x.strip()]
     pick = rows[-1]
