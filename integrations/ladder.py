@@ -502,8 +502,8 @@ class Ladder:
             return None
         return self.cache / f"{kind}-{self._key(kind, *parts)}.json"
 
-    def _probe_key(self, settings: Settings | None = None) -> tuple:
-        s = settings or self.settings
+    @staticmethod
+    def _probe_key(s: Settings) -> tuple:
         return (s.encoder, s.preset, list(map(list, s.options)))
 
     @staticmethod
@@ -895,11 +895,8 @@ def pick_predict(ladder: Ladder) -> Pick:
     # Size along the probes' line, scaled from their preset to the pick's; the score linearly
     # between two probes, else the probe's own.
     rate = predict.line_rate({p.crf: p.kbps for p in probes}, crf, encoder) * rule.rate_scale
-    if last.crf > first.crf:
-        score = first.score + (crf - first.crf) / (last.crf - first.crf) * (last.score
-                                                                            - first.score)
-    else:
-        score = first.score
+    t = (crf - first.crf) / (last.crf - first.crf) if last.crf > first.crf else 0.0
+    score = first.score + t * (last.score - first.score)
     size = int(first.predicted_size * rate / first.kbps)
     why = ("input reads as a master" if ceq is None or ceq <= predict.scale(encoder).start else
            f"input reads as CRF {ceq:.1f}")

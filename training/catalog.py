@@ -292,6 +292,19 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     return with_noise(data), read_jsonl(data / ladder_file(codec))
 
 
+def _scored_encode(src: str, out: Path, crf: int, codec: str, scorer, ffmpeg: str,
+                   preset: str | None = None) -> tuple[int, list[float]]:
+    """Encode ``src`` at ``crf`` (one thread, as the ladders), score the encode and delete it:
+    ``(bytes, frame scores)``, what :func:`rescore` and :func:`fast_probes` keep of a rung."""
+    from .variants import encode
+
+    encode(src, out, crf, codec, preset=preset, ffmpeg=ffmpeg, threads=1)
+    try:
+        return out.stat().st_size, [float(v) for v in scorer([str(out)], [KEY_FRAMES])[0]]
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def scores_file(model_id: str) -> str:
     """The file :func:`rescore` writes for a model (its id, made safe for a file name)."""
     return "scores-" + "".join(ch if ch.isalnum() or ch in "-_." else "_"
@@ -309,8 +322,6 @@ def rescore(data: str | os.PathLike, scorer, codec: str = "libx264",
     rung, ``{"id", "codec", "crf", "frame_scores"}``; :func:`with_scores` reads it."""
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
-
-    from .variants import encode
 
     say = progress_printer(progress)
     data = Path(data)
@@ -330,14 +341,10 @@ def rescore(data: str | os.PathLike, scorer, codec: str = "libx264",
                   "frame_scores": [float(v) for v in scores]})
 
     def rung(row: dict) -> None:
-        out = work / f"{row['id']}_{codec}_crf{row['crf']}.mp4"
-        encode(by_id[row["id"]]["path"], out, row["crf"], codec, ffmpeg=ffmpeg, threads=1)
-        try:
-            scores = scorer([str(out)], [KEY_FRAMES])[0]
-            book.add({"id": row["id"], "codec": codec, "crf": row["crf"],
-                      "frame_scores": [float(v) for v in scores]})
-        finally:
-            out.unlink(missing_ok=True)
+        _, scores = _scored_encode(by_id[row["id"]]["path"],
+                                   work / f"{row['id']}_{codec}_crf{row['crf']}.mp4",
+                                   row["crf"], codec, scorer, ffmpeg)
+        book.add({"id": row["id"], "codec": codec, "crf": row["crf"], "frame_scores": scores})
 
     todo = ([(first, i) for i in inputs if (i["id"], None, None) not in book.done]
             + [(rung, r) for r in rows if (r["id"], codec, r["crf"]) not in book.done])
@@ -366,8 +373,6 @@ def fast_probes(data: str | os.PathLike, scorer, codec: str, preset: str,
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
 
-    from .variants import encode
-
     say = progress_printer(progress)
     data = Path(data)
     ffmpeg = find_ffmpeg(ffmpeg)
@@ -378,15 +383,10 @@ def fast_probes(data: str | os.PathLike, scorer, codec: str, preset: str,
     work.mkdir(parents=True, exist_ok=True)
 
     def one(inp: dict, crf: int) -> None:
-        out = work / f"{inp['id']}_{codec}_{preset}_crf{crf}.mp4"
-        encode(inp["path"], out, crf, codec, preset=preset, ffmpeg=ffmpeg, threads=1)
-        try:
-            scores = scorer([str(out)], [KEY_FRAMES])[0]
-            book.add({"id": inp["id"], "codec": codec, "preset": preset, "crf": crf,
-                      "bytes": out.stat().st_size,
-                      "frame_scores": [float(v) for v in scores]})
-        finally:
-            out.unlink(missing_ok=True)
+        size, scores = _scored_encode(inp["path"], work / f"{inp['id']}_{codec}_{preset}_crf"
+                                      f"{crf}.mp4", crf, codec, scorer, ffmpeg, preset)
+        book.add({"id": inp["id"], "codec": codec, "preset": preset, "crf": crf,
+                  "bytes": size, "frame_scores": scores})
 
     todo = [(i, c) for i in inputs for c in crfs if (i["id"], c) not in book.done]
     say(f"probes {codec} {preset} with {scorer.id}: {len(inputs)} inputs, {len(todo)} of "

@@ -70,6 +70,11 @@ PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
 FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 
+def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
+    """The probe sets fitted at a probe preset of its own (another encoder: x264's)."""
+    return FAST_PROBE_SETS.get(codec, FAST_PROBE_SETS["libx264"])
+
+
 def levels(codec: str) -> tuple[int, ...]:
     """The CRFs of ``codec``'s training ladders."""
     return LEVELS_OF.get(codec, LEVELS)
@@ -142,7 +147,7 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
     one whose ladders ``cs`` are; ``preset``: the probes' own (read off the inputs'
     :func:`~.catalog.fast_probes`; None: the ladders' rungs)."""
     fast = preset is not None
-    probe_sets = probe_sets or (FAST_PROBE_SETS.get(encoder, ((43,),)) if fast else
+    probe_sets = probe_sets or (fast_probe_sets(encoder) if fast else
                                 PROBE_SETS_OF.get(encoder, PROBE_SETS))
     y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
     folds = np.array([_fold(c.source) for c in cs])
@@ -310,16 +315,15 @@ def _scorer(model):
     return Scorer(str(model))
 
 
-def measure_probes(catalog: Path, model, codec: str, preset: str | None = None,
+def measure_probes(catalog: Path, scorer, codec: str, preset: str | None = None,
                    keep=None, progress=True) -> Path | None:
     """The catalog's fast probes of ``codec`` (at ``preset``, default
-    :data:`PROBE_PRESETS`'; none for an encoder without one) scored by ``model`` (a model
-    directory or a loaded scorer), of the sources ``keep`` takes (None: all)."""
+    :data:`PROBE_PRESETS`'; none for an encoder without one) scored by ``scorer``, of the
+    sources ``keep`` takes (None: all)."""
     preset = preset or PROBE_PRESETS.get(codec)
     if preset is None:
         return None
-    scorer = _scorer(model) if isinstance(model, str | Path) else model
-    crfs = sorted({c for ps in FAST_PROBE_SETS.get(codec, ((43,),)) for c in ps})
+    crfs = sorted({c for ps in fast_probe_sets(codec) for c in ps})
     return cat.fast_probes(catalog, scorer, codec, preset, crfs, keep, progress=progress)
 
 
@@ -423,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      "PROBE_PRESETS, or --probe-preset none), read off "
                                      "their rungs; pass --probe-preset P to measure probes "
                                      "at P")
-                path = measure_probes(a.catalog, a.probes, a.codec, preset, keep)
+                path = measure_probes(a.catalog, _scorer(a.probes), a.codec, preset, keep)
             else:
                 path = cat.rescore(a.catalog, _scorer(a.rescore), a.codec, keep)
         except CpllmError as e:

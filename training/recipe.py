@@ -464,6 +464,7 @@ def stage_picker(r: Recipe, say) -> dict:
         MIN_INPUTS,
         PROBE_PRESETS,
         SOURCES,
+        _scorer,
         build_catalog,
         fit_rule,
         measure_probes,
@@ -487,7 +488,7 @@ def stage_picker(r: Recipe, say) -> dict:
     else:  # the shipped model's own scores; its fast probes too
         scores = []
         for codec in CODECS:
-            measure_probes(catalog, r.out, codec, progress=say)
+            measure_probes(catalog, _scorer(r.out), codec, progress=say)
     res = {}
     for codec in CODECS:
         rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
