@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -171,6 +172,10 @@ def policies(scorer, crfs: range = range(15, 52),
     if rule:
         sweeps["predict, margin"] = [(f"{m:g}", cat.predict_rule(rule, m))
                                      for m in (-1, 0, 1, 2, 3, 4, 5, 6, 8)]
+    if rule and rule.preset is not None:  # fast probes keep their frame scores
+        sweeps["predict, key frames a sample"] = [
+            (f"{k or cat.KEY_FRAMES}" + (" (shipped)" if k == rule.key_frames else ""),
+             cat.predict_rule(replace(rule, key_frames=k))) for k in (None, 6, 5, 4, 3, 2)]
     return table, sweeps
 
 

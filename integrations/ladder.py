@@ -908,6 +908,16 @@ def pick_predict(ladder: Ladder) -> Pick:
                 sorted(ladder.probes.values(), key=lambda q: q.crf))
 
 
+def predict_samples(samples: list[Sample], scorer, encoder: str) -> list[Sample]:
+    """``samples`` with at most the key frames ``predict``'s rule for ``encoder`` reads per
+    sample (unchanged for a rule, or a stand-in scorer, that names none)."""
+    rule_of = getattr(scorer, "predictor", None)
+    rule = rule_of(encoder) if rule_of else None
+    if rule is None or rule.key_frames is None:
+        return samples
+    return [replace(s, key_frames=min(s.key_frames, rule.key_frames)) for s in samples]
+
+
 def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
              max_drop: float | None = None, vmaf_level: float = DEFAULT_VMAF,
              max_probes: int = MAX_PROBES, full: bool = False,
@@ -1140,6 +1150,8 @@ class Job:
         o = self.options
         samples = samples or plan_samples(self.source.duration, o.samples, o.sample_seconds,
                                           o.key_frames)
+        if self.mode == "predict" and o.key_frames is None:
+            samples = predict_samples(samples, self.scorer, self.settings.encoder)
         return Ladder(self.source, self.settings, self.scorer, samples, o.pool, self.cache,
                       o.ffmpeg, o.vmaf or self.mode not in NO_REFERENCE, self.say,
                       o.temp_dir)

@@ -127,6 +127,10 @@ class Predictor:
     # The pick's bitrate over the probe line's at the pick's CRF (a faster preset spends bits
     # differently), fitted as the median on the training catalog's ladders at their preset.
     rate_scale: float = 1.0
+    # Key frames per sample its scores are read at (None: the sample plan's). On a short
+    # input the plan scores 4 a second, and the input's and the probe's scorings are most of
+    # the pick's time; the rule's drops are means, so fewer frames only add a little noise.
+    key_frames: int | None = None
 
     def estimate(self, x: dict[str, float]) -> float:
         """The predicted highest CRF that keeps what the input had (before the margin)."""
@@ -141,6 +145,8 @@ class Predictor:
              "weights": dict(self.weights), "margin": self.margin}
         if self.preset is not None:
             d |= {"preset": self.preset, "rate_scale": self.rate_scale}
+        if self.key_frames is not None:
+            d["key_frames"] = self.key_frames
         return d | {"provenance": self.provenance}
 
 
@@ -170,9 +176,13 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
         raise bad("a preset name for the probes (or none)", repr(preset))
     if not (isinstance(scale_, int | float) and scale_ > 0):
         raise bad("a positive rate_scale", repr(scale_))
+    key_frames = d.get("key_frames")
+    if key_frames is not None and not (type(key_frames) is int and key_frames >= 1):
+        raise bad("key_frames: a whole number of key frames per sample, at least 1 (or none)",
+                  repr(key_frames))
     return Predictor(str(d.get("encoder")), tuple(probes),
                      {k: float(v) for k, v in w.items()}, float(d.get("margin", 0.0)),
-                     dict(d.get("provenance", {})), preset, float(scale_))
+                     dict(d.get("provenance", {})), preset, float(scale_), key_frames)
 
 
 def load(model_dir: str | Path, encoder: str = "libx264") -> Predictor | None:

@@ -396,17 +396,29 @@ def fast_probes(data: str | os.PathLike, scorer, codec: str, preset: str,
     return path
 
 
+def mean_at(frames, key_frames: int | None = None) -> float:
+    """The mean of ``frames`` (one input's scores at :data:`KEY_FRAMES`, or an already pooled
+    score), or of the ``key_frames`` of them spread as the tool spreads its key frames:
+    what a scoring at fewer key frames reads, to a frame or two."""
+    from cpllm_plugin.preprocess import key_frame_indices
+
+    f = np.atleast_1d(np.asarray(frames, dtype=np.float64))
+    if key_frames is not None:
+        f = f[key_frame_indices(len(f), key_frames)]
+    return float(f.mean())
+
+
 def with_probes(inputs: Sequence[dict], files: Sequence[Path], codec: str,
                 preset: str) -> list[dict]:
-    """``inputs``, each with ``probes``: ``{crf: (bytes, mean frame score)}`` of its
+    """``inputs``, each with ``probes``: ``{crf: (bytes, frame scores)}`` of its
     :func:`fast_probes` at ``preset`` (from any of ``files``); inputs with none are left out,
     so a rule that reads them is never fitted or replayed on a missing probe."""
-    got: dict[str, dict[int, tuple[float, float]]] = {}
+    got: dict[str, dict[int, tuple[float, list[float]]]] = {}
     for f in files:
         for r in read_jsonl(Path(f)):
             if r["codec"] == codec and r["preset"] == preset:
                 got.setdefault(r["id"], {})[int(r["crf"])] = (
-                    float(r["bytes"]), float(np.mean(r["frame_scores"])))
+                    float(r["bytes"]), [float(v) for v in r["frame_scores"]])
     return [{**i, "probes": got[i["id"]]} for i in inputs if i["id"] in got]
 
 
@@ -732,12 +744,18 @@ def guard_held(c: Curve, fall: float | None) -> int | None:
     return highest_meeting(c.crfs, c.score, c.s0 - fall) if fall else None
 
 
-def probe_reads(c: Curve, probes: Sequence[int],
-                fast: bool = False) -> tuple[dict[int, float], list[float]]:
+def probe_reads(c: Curve, probes: Sequence[int], fast: bool = False,
+                key_frames: int | None = None) -> tuple[dict[int, float], list[float]]:
     """``({crf: bytes}, [score])`` of an input's probes: off its ladder (whole-input encodes:
     the catalog's inputs are as short as one sample), or with ``fast`` off its
-    :func:`fast_probes` (:func:`with_probes`)."""
+    :func:`fast_probes` (:func:`with_probes`); scores at ``key_frames`` (:func:`mean_at`;
+    fast probes only: the ladder's scores are pooled)."""
     if not fast:
+        if key_frames is not None:
+            raise CatalogError(message(
+                f"catalog input {c.id}", "probes with their frame scores for a rule read at "
+                f"{key_frames} key frames", "the ladder's pooled scores",
+                "fit that rule with probes at a preset of its own (--probe-preset)"))
         return ({p: float(c.bytes[c.at(p)]) for p in probes},
                 [float(c.score[c.at(p)]) for p in probes])
     got = c.info.get("probes", {})
@@ -746,20 +764,21 @@ def probe_reads(c: Curve, probes: Sequence[int],
             f"catalog input {c.id}", f"fast probes at CRF {list(probes)}",
             f"those at {sorted(got)}", "measure them with python -m "
             "cpllm_plugin.training.picker --probes MODEL (or catalog.fast_probes)"))
-    return {p: got[p][0] for p in probes}, [got[p][1] for p in probes]
+    return {p: got[p][0] for p in probes}, [mean_at(got[p][1], key_frames) for p in probes]
 
 
 def predict_features(c: Curve, probes: Sequence[int], encoder: str = "libx264",
-                     fast: bool = False) -> dict[str, float]:
+                     fast: bool = False, key_frames: int | None = None) -> dict[str, float]:
     """:func:`cpllm_plugin.integrations.predict.features` of an input, as ``predict`` mode
-    reads its probes (:func:`probe_reads`)."""
+    reads its probes (:func:`probe_reads`) and the input, at ``key_frames``."""
     from cpllm_plugin.integrations import predict
 
-    rates, scores = probe_reads(c, probes, fast)
+    rates, scores = probe_reads(c, probes, fast, key_frames)
+    s0 = c.s0 if key_frames is None else mean_at(c.info["frame_scores"], key_frames)
     e = predict.equivalent_crf(rates, float(c.info["bytes"]), encoder)
     pixels = c.info["width"] * c.info["height"] * max(int(c.info["frames"]), 1)
     return predict.features(e, float(c.info["noise"]), rates[probes[0]] * 8 / pixels,
-                            int(c.info["height"]), c.s0, scores, encoder)
+                            int(c.info["height"]), s0, scores, encoder)
 
 
 def predict_rule(p, margin: float | None = None) -> Policy:
@@ -768,7 +787,8 @@ def predict_rule(p, margin: float | None = None) -> Policy:
     for a rule with its own preset, the inputs' :func:`fast_probes`); ``margin`` overrides
     its own."""
     def policy(c: Curve) -> int | None:
-        return p.crf(predict_features(c, p.probes, p.encoder, p.preset is not None),
+        return p.crf(predict_features(c, p.probes, p.encoder, p.preset is not None,
+                                      p.key_frames),
                      int(c.crfs[0]), int(c.crfs[-1]), margin)
 
     return policy

@@ -70,6 +70,12 @@ PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
 FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 
+# Key frames a sample that a rule with a probe preset reads (its probes keep their frame
+# scores): the paper's M. On a 2 s input the plan scores 8, and the two scorings are most of
+# ``predict``'s time (docs/experiments.md, "Fewer key frames for predict").
+PREDICT_KEY_FRAMES = 5
+
+
 def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
     """The probe sets fitted at a probe preset of its own (another encoder: x264's)."""
     return FAST_PROBE_SETS.get(codec, FAST_PROBE_SETS["libx264"])
@@ -138,14 +144,16 @@ def margin_for(cs: Sequence[cat.Curve], est: np.ndarray, share: float) -> float:
 
 def fit(cs: Sequence[cat.Curve], share: float = SHARE,
         probe_sets: Sequence[tuple[int, ...]] | None = None,
-        encoder: str = "libx264", preset: str | None = None) -> tuple[predict.Predictor,
-                                                                     list[dict]]:
+        encoder: str = "libx264", preset: str | None = None,
+        key_frames: int | None = None) -> tuple[predict.Predictor, list[dict]]:
     """Choose the probe, features and ridge strength by grouped cross-validation (the least
     out-of-fold residual spread), refit on all of ``cs``, and set the margin from the
     out-of-fold estimates at ``share``; returns the rule and a row per candidate (its spread,
     and its median cost at each share of :data:`JUDGED_AT`, averaged). ``encoder``: the
     one whose ladders ``cs`` are; ``preset``: the probes' own (read off the inputs'
-    :func:`~.catalog.fast_probes`; None: the ladders' rungs)."""
+    :func:`~.catalog.fast_probes`; None: the ladders' rungs); ``key_frames``: the key frames
+    per sample the rule reads the input's and its probes' scores at (None: all of the
+    catalog's, :data:`~.catalog.KEY_FRAMES`)."""
     fast = preset is not None
     probe_sets = probe_sets or (fast_probe_sets(encoder) if fast else
                                 PROBE_SETS_OF.get(encoder, PROBE_SETS))
@@ -153,7 +161,7 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
     folds = np.array([_fold(c.source) for c in cs])
     rows, best = [], None
     for probes in probe_sets:
-        x = [cat.predict_features(c, probes, encoder, fast) for c in cs]
+        x = [cat.predict_features(c, probes, encoder, fast, key_frames) for c in cs]
         for names in SETS:
             if "drop_hi" in names and len(probes) < 2:
                 continue
@@ -188,7 +196,8 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                                  ("oof_sd", "success", "median_cost",
                                                   "judged")},
                              }, preset,
-                             rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0)
+                             rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0,
+                             key_frames)
     return rule, rows
 
 
@@ -349,14 +358,14 @@ def build_catalog(catalog: Path, model: str | Path, corpus: Path | None = None,
 
 def fit_rule(catalog: Path, only: Sequence[str], out: Path | None = None,
              share: float = SHARE, codec: str = "libx264",
-             scores: Sequence[Path] = (),
-             preset: str | None = None) -> tuple[predict.Predictor, list[dict]]:
+             scores: Sequence[Path] = (), preset: str | None = None,
+             key_frames: int | None = None) -> tuple[predict.Predictor, list[dict]]:
     """Fit ``codec``'s rule on a built catalog (``scores``: :func:`~.catalog.rescore` files
     of held-out models, whose scores it reads instead of the catalog's; ``preset``: the
     probes' own, read off the catalog's fast probes of the same models) and write it into
     ``out`` when given."""
     rule, table = fit(read(catalog, only, codec, scores, preset), share, encoder=codec,
-                      preset=preset)
+                      preset=preset, key_frames=key_frames)
     if scores:  # the model's scores the rule read were out of sample
         rule.provenance["scores"] = [Path(f).name for f in scores]
     if out is not None:
@@ -399,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--probe-preset", metavar="P",
                     help="The probes' own preset (default: PROBE_PRESETS' for --codec; "
                     "'none': the ladders' own, read off their rungs).")
+    ap.add_argument("--key-frames", type=int, metavar="M",
+                    help="Key frames a sample the rule reads its scores at (default: "
+                    f"{PREDICT_KEY_FRAMES} with a probe preset; 0: all the catalog scored).")
     ap.add_argument("--probes", metavar="MODEL",
                     help="Measure the catalog's fast probes (--codec at --probe-preset, at "
                     "the CRFs of FAST_PROBE_SETS) with MODEL's scores (with --fold, only "
@@ -410,6 +422,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     preset = (PROBE_PRESETS.get(a.codec) if a.probe_preset is None else
               None if a.probe_preset == "none" else a.probe_preset)
+    if a.key_frames is not None and a.key_frames < 0:
+        raise SystemExit(f"cpllm_plugin.training.picker: --key-frames: expected a number of "
+                         f"key frames (0: all), got {a.key_frames}")
+    key_frames = (None if preset is None else PREDICT_KEY_FRAMES) if a.key_frames is None \
+        else a.key_frames or None
     if a.rescore or a.probes:
         try:
             fold = parse_fold(a.fold) if a.fold else None
@@ -464,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if a.build:
             cat.build(a.catalog, _scorer(a.model or a.out or DEFAULT_MODEL), levels(a.codec),
                       only=SOURCES, split="train", codec=a.codec)
-        rule, table = fit_rule(a.catalog, SOURCES, None, a.share, a.codec, a.scores, preset)
+        rule, table = fit_rule(a.catalog, SOURCES, None, a.share, a.codec, a.scores, preset,
+                               key_frames)
     except CpllmError as e:
         raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
     for r in table:

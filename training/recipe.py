@@ -462,6 +462,7 @@ def stage_picker(r: Recipe, say) -> dict:
     from .picker import (
         CODECS,
         MIN_INPUTS,
+        PREDICT_KEY_FRAMES,
         PROBE_PRESETS,
         SOURCES,
         _scorer,
@@ -491,8 +492,9 @@ def stage_picker(r: Recipe, say) -> dict:
             measure_probes(catalog, _scorer(r.out), codec, progress=say)
     res = {}
     for codec in CODECS:
+        preset = PROBE_PRESETS.get(codec)
         rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
-                           preset=PROBE_PRESETS.get(codec))
+                           preset=preset, key_frames=preset and PREDICT_KEY_FRAMES)
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
                       "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
                       "scores": rule.provenance.get("scores", "in-sample")}

@@ -4,6 +4,7 @@ on an earlier encode of it."""
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,8 @@ def test_predict_runs_its_probe_and_no_vmaf(master_and_upload, tmp_path, encoder
         assert p.target.measure == "crf" and lo <= p.crf <= hi
         # The pick's bitrate is read off the probe: more bits below its CRF, fewer above.
         first = p.probes[0]
+        # a 2 s input: one sample of 8 key frames by the plan, or the rule's fewer
+        assert len(first.frame_scores) == min(rule.key_frames or 8, 8)
         assert (p.predicted_kbps > first.kbps) == (p.crf < first.crf)
     # x264's CRF 40 reads as an earlier encode on every encoder's own CRF scale
     seen = re.search(r"reads as CRF ([\d.]+)", on_upload.target.rule)
@@ -218,7 +221,12 @@ def test_a_rule_with_a_probe_preset_round_trips_and_is_checked(tmp_path):
     predict.save(r, tmp_path)
     assert predict.load(tmp_path) == r
     assert "preset" not in _rule().to_dict()  # probes at the pick's own preset
-    for bad, match in (({"preset": 7}, "preset name"), ({"rate_scale": 0}, "rate_scale")):
+    r = replace(r, key_frames=5)
+    predict.save(r, tmp_path)
+    assert predict.load(tmp_path) == r and predict.load(tmp_path).key_frames == 5
+    assert "key_frames" not in _rule().to_dict()  # the sample plan's
+    for bad, match in (({"preset": 7}, "preset name"), ({"rate_scale": 0}, "rate_scale"),
+                       ({"key_frames": 0}, "key_frames"), ({"key_frames": 2.5}, "key_frames")):
         (tmp_path / predict.PREDICT_FILE).write_text(json.dumps({**r.to_dict(), **bad}))
         with pytest.raises(predict.PredictFileError, match=match):
             predict.load(tmp_path)
@@ -239,6 +247,39 @@ class _Flat:
         import numpy as np
 
         return [np.full(k, 3.0) for k in key_frames]
+
+
+class _Recording(_Flat):
+    """A flat scorer with a ``predict`` rule read at 3 key frames, which notes the key
+    frames of every call."""
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, paths, key_frames):
+        self.asked += list(key_frames)
+        return super().__call__(paths, key_frames)
+
+    def predictor(self, encoder="libx264"):
+        return predict.Predictor(encoder, (43,), {"const": 30.0, "drop_lo": 1.0}, 2.0, {},
+                                 "ultrafast", 1.0, 3)
+
+
+def test_predict_scores_the_key_frames_its_rule_reads(tmp_path):
+    """On the real sample (4 s: one whole-input sample, 15 key frames by the plan),
+    ``predict`` scores the input and its probe at the 3 key frames its rule reads; another
+    mode, or --key-frames given, keeps the plan."""
+    opts = {"no_cache": True, "temp_dir": tmp_path}
+    scorer = _Recording()
+    pick = lad.pick_file(SAMPLE, lad.PickOptions(mode="predict", **opts), scorer)
+    assert scorer.asked == [3, 3] and len(pick.probes[0].frame_scores) == 3
+    assert pick.crf == 28  # 30 + a drop of 0, less the margin of 2
+    for mode, kf, plan in (("score", None, 15), ("predict", 4, 12)):
+        target = {"min_score": 3.0} if mode == "score" else {}
+        job = lad.Job(SAMPLE, lad.PickOptions(mode=mode, key_frames=kf, **target, **opts),
+                      scorer)
+        with job.ladder() as ladder:
+            assert [s.key_frames for s in ladder.samples] == [plan]
 
 
 def test_a_probe_at_its_own_preset_is_encoded_and_cached_apart(tmp_path):

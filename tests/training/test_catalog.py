@@ -191,7 +191,27 @@ def test_fast_probes_encode_at_their_preset_and_resume(tmp_path):
     rows = _ladder("a", lambda c: 100 - (c - 15), lambda c: 100 - (c - 15), lambda c: 4.0)
     (c,) = cat.curves([a], rows)
     assert cat.probe_reads(c, (35,), fast=True) == ({35: a["probes"][35][0]},
-                                                    [a["probes"][35][1]])
+                                                    [np.mean(a["probes"][35][1])])
     assert cat.probe_reads(c, (35,))[0] == {35: pytest.approx(1000.0 * 2 ** (-20 / 6))}
     with pytest.raises(cat.CatalogError, match="fast probes at CRF"):
         cat.probe_reads(c, (43,), fast=True)
+
+
+def test_a_rule_reads_its_scores_at_its_key_frames():
+    """A rule read at fewer key frames than the catalog scored reads those the tool would
+    score, spread over the input as the tool spreads them, for the input and its fast probe
+    alike; the ladder's rungs keep only pooled scores, so such a rule is refused there."""
+    frames = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert cat.mean_at(frames) == cat.mean_at(frames, 8) == cat.mean_at(frames, 20) == 4.5
+    assert cat.mean_at(frames, 5) == pytest.approx(np.mean([1, 3, 5, 6, 8]))  # 0,2,4,5,7
+    assert cat.mean_at(frames, 1) == 5.0 and cat.mean_at(3.25, 5) == 3.25
+    inp = {**_input("a", "master", 100.0, 0.0), "frame_scores": [4.0] * 4 + [3.0] * 4,
+           "noise": 1.0, "probes": {43: (500.0, [3.5] * 4 + [1.5] * 4)}}
+    rows = _ladder("a", lambda c: 100 - (c - 15), lambda c: 100 - (c - 15), lambda c: 4.0)
+    (c,) = cat.curves([inp], rows)
+    assert cat.predict_features(c, (43,), fast=True)["drop_lo"] == pytest.approx(2.5 - 3.5)
+    # 3 of 8 are frames 1, 4 and 6: 4, 3, 3 of the input and 3.5, 1.5, 1.5 of the probe
+    x = cat.predict_features(c, (43,), fast=True, key_frames=3)
+    assert x["drop_lo"] == pytest.approx(np.mean([3.5, 1.5, 1.5]) - np.mean([4, 3, 3]))
+    with pytest.raises(cat.CatalogError, match="3 key frames"):
+        cat.predict_features(c, (43,), key_frames=3)

@@ -167,3 +167,24 @@ def test_fit_reads_fast_probes_and_scales_their_rate(curves):
     del curves[0].info["probes"]
     with pytest.raises(cat.CatalogError, match="fast probes"):
         cat.predict_rule(rule)(curves[0])
+
+
+def test_fit_reads_scores_at_its_key_frames(curves):
+    """A rule fitted at fewer key frames reads the input's and the probe's scores at those
+    (spread as the tool spreads them) and says so in its file: here frames 1 and 3 of each
+    probe's 4 hold the drop that tells the answer, frames 0 and 2 noise."""
+    rng = np.random.default_rng(0)
+    for c in curves:
+        drop = (cat.cheapest_success_crf(c) - 30.0) / 10.0
+        junk = rng.normal(0.0, 2.0, 2)
+        c.info["probes"] = {43: (float(c.bytes[c.at(43)]),
+                                 [junk[0], 4.0 + drop, junk[1], 4.0 + drop])}
+    rule, table = picker.fit(curves, share=0.9, preset="veryfast", key_frames=2)
+    assert rule.key_frames == 2 and predict.from_dict(rule.to_dict()) == rule
+    assert min(r["oof_sd"] for r in table) < 0.1
+    for c in curves:
+        x = cat.predict_features(c, rule.probes, fast=True, key_frames=2)
+        assert x["drop_lo"] == pytest.approx((cat.cheapest_success_crf(c) - 30.0) / 10.0)
+        assert rule.estimate(x) == pytest.approx(cat.cheapest_success_crf(c), abs=0.3)
+        every = cat.predict_features(c, rule.probes, fast=True)["drop_lo"]
+        assert abs(every - x["drop_lo"]) > 1e-3  # all four frames read the noise too

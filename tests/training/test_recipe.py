@@ -84,12 +84,14 @@ def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypat
         def __init__(self, scores):
             self.provenance = {"scores": [f.name for f in scores]} if scores else {}
 
-    def fit_rule(catalog, only, out, share=0.85, codec="libx264", scores=(), preset=None):
+    def fit_rule(catalog, only, out, share=0.85, codec="libx264", scores=(), preset=None,
+                 key_frames=None):
         fitted[codec] = list(scores)
         presets[codec] = preset
+        read_at[codec] = key_frames
         return Rule(scores), []
 
-    probed, presets = [], {}
+    probed, presets, read_at = [], {}, {}
 
     def fast_probes(catalog, model, codec, preset, crfs, keep=None, progress=None):
         probed.append((Path(str(model)).name, codec, preset, tuple(crfs),
@@ -114,6 +116,9 @@ def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypat
     assert res["libx264"]["scores"] == [f.name for f in files]
     # ... and measures that fold's fast probes at each codec's probe preset, which the fit reads
     assert presets == {c: picker.PROBE_PRESETS.get(c) for c in picker.CODECS}
+    # ... at the paper's M key frames a sample (pooled rungs: the catalog's)
+    assert read_at == {c: picker.PREDICT_KEY_FRAMES if c in picker.PROBE_PRESETS else None
+                       for c in picker.CODECS}
     fast = [c for c in picker.CODECS if c in picker.PROBE_PRESETS]
     assert fast and [(m, c, p) for m, c, p, _, _ in probed] == [
         (f"fold-{k}-of-2", c, picker.PROBE_PRESETS[c]) for k in (0, 1) for c in fast]
