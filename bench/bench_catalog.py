@@ -235,8 +235,12 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
     table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
-    if any(k.startswith("predict") for k in table):  # the model has a rule for this codec
-        replay["predict"] = next(p for k, p in table.items() if k.startswith("predict"))
+    rule = scorer.predictor(codec)
+    if rule is not None:
+        replay["predict"] = cat.predict_rule(rule)
+        if rule.key_frames is not None:  # its key frames against the plan's, A/B
+            replay["predict, plan's key frames"] = cat.predict_rule(
+                replace(rule, key_frames=None))
     if guard is not None:
         replay[f"auto --guard {guard:g}"] = cat.auto_rule(guard=guard)
     by = cat.groups(cs)
@@ -254,7 +258,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
             chosen.append(c)
         i += 1
     print(f"\nreal tool against the replay, {len(chosen)} inputs, {rounds} round(s):")
-    print(f"{'input':34} {'mode':18} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
+    print(f"{'input':34} {'mode':27} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
           f"{'success (real)':>14}")
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
     # nothing is the baseline a no-reference mode's time is held against.
@@ -274,9 +278,11 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                     ff.measure_fr = abav1_measure  # one mode at a time: nothing else measures
                 try:
                     # No cache: each mode pays for its own probes, so the times compare.
+                    # --key-frames given (the plan's default) keeps predict off its rule's
                     p = lad.pick_file(c.info["path"], lad.PickOptions(
                         mode=mode.split()[0].rstrip(","), no_cache=True, encoder=codec,
-                        guard=guard if "--guard" in mode else None),
+                        guard=guard if "--guard" in mode else None,
+                        key_frames=lad.KEY_FRAMES if "plan's key frames" in mode else None),
                         scorer if model else NoScore())
                     crf, enc = p.crf, p.encodes
                 except lad.NoCrfMeetsTargetError:
@@ -294,7 +300,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                 if crf is not None and sim is not None:
                     diffs.append(crf - sim)
                 ok = "-" if crf is None else str(c.success(crf))
-                print(f"{c.id[:34]:34} {mode:18} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
+                print(f"{c.id[:34]:34} {mode:27} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
                       f"{times[mode, c.id][-1]:>6.1f} {ok:>14}")
     import numpy as np
 
@@ -308,10 +314,10 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
               f"time against vmaf {med[mode].sum() / med['vmaf'].sum():.2f}, "
               f"against vmaf without the model {med[mode].sum() / med['vmaf, no model'].sum():.2f}"
               f", against it at ab-av1's VMAF scale {abav1:.2f}")
-    if rounds > 1 and "predict" in arms:
-        ratios = [sum(times["predict", c.id][r] for c in chosen)
+    for mode in (m for m in arms if rounds > 1 and m.startswith("predict")):
+        ratios = [sum(times[mode, c.id][r] for c in chosen)
                   / sum(times["vmaf, no model", c.id][r] for c in chosen) for r in range(rounds)]
-        print("predict against vmaf without the model, round by round: "
+        print(f"{mode} against vmaf without the model, round by round: "
               + ", ".join(f"{v:.2f}" for v in ratios))
     if diffs:
         d = np.abs(diffs)

@@ -70,10 +70,11 @@ PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
 FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 
-# Key frames a sample that a rule with a probe preset reads (its probes keep their frame
-# scores): the paper's M. On a 2 s input the plan scores 8, and the two scorings are most of
-# ``predict``'s time (docs/experiments.md, "Fewer key frames for predict").
-PREDICT_KEY_FRAMES = 5
+# Key frames a sample that a rule reads (only a rule with a probe preset can: its probes keep
+# their frame scores): the paper's M. On a 2 s input the plan scores 8, and the two scorings
+# are most of ``predict``'s time (docs/experiments.md, "Fewer key frames for predict").
+# SVT-AV1's rule keeps the plan until its dev ladders are measured again to check it.
+PREDICT_KEY_FRAMES = {"libx264": 5}
 
 
 def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
@@ -409,8 +410,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="The probes' own preset (default: PROBE_PRESETS' for --codec; "
                     "'none': the ladders' own, read off their rungs).")
     ap.add_argument("--key-frames", type=int, metavar="M",
-                    help="Key frames a sample the rule reads its scores at (default: "
-                    f"{PREDICT_KEY_FRAMES} with a probe preset; 0: all the catalog scored).")
+                    help="Key frames a sample the rule reads its scores at, with a probe "
+                    f"preset (default: PREDICT_KEY_FRAMES' for --codec, {PREDICT_KEY_FRAMES}; "
+                    "0: all the catalog scored).")
     ap.add_argument("--probes", metavar="MODEL",
                     help="Measure the catalog's fast probes (--codec at --probe-preset, at "
                     "the CRFs of FAST_PROBE_SETS) with MODEL's scores (with --fold, only "
@@ -425,8 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.key_frames is not None and a.key_frames < 0:
         raise SystemExit(f"cpllm_plugin.training.picker: --key-frames: expected a number of "
                          f"key frames (0: all), got {a.key_frames}")
-    key_frames = (None if preset is None else PREDICT_KEY_FRAMES) if a.key_frames is None \
-        else a.key_frames or None
+    key_frames = (None if preset is None else PREDICT_KEY_FRAMES.get(a.codec)) \
+        if a.key_frames is None else a.key_frames or None
     if a.rescore or a.probes:
         try:
             fold = parse_fold(a.fold) if a.fold else None

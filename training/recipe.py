@@ -494,7 +494,8 @@ def stage_picker(r: Recipe, say) -> dict:
     for codec in CODECS:
         preset = PROBE_PRESETS.get(codec)
         rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
-                           preset=preset, key_frames=preset and PREDICT_KEY_FRAMES)
+                           preset=preset,
+                           key_frames=PREDICT_KEY_FRAMES.get(codec) if preset else None)
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
                       "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
                       "scores": rule.provenance.get("scores", "in-sample")}
