@@ -47,6 +47,7 @@ from .ladder import (
     Source,
     inspect,
     plan_samples,
+    predict_samples,
     run_mode,
 )
 
@@ -298,6 +299,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 f"{shot.duration:.3f} s at {shot.start:.3f} s",
                 f"detect the shots with min_seconds >= {SHORTEST:g}"))
         samples = plan_samples(src.duration, window=window(shot, src.fps))
+        if mode == "predict":  # as for a whole input (Job.ladder): the rule's key frames
+            samples = predict_samples(samples, scorer, settings.encoder)
         with Ladder(src, settings, scorer, samples=samples, pool=pool, cache=cache,
                     ffmpeg=ffmpeg, vmaf=vmaf or mode not in NO_REFERENCE,
                     progress=lambda line, tag=tag: say(f"{tag}: {line}")) as ladder:

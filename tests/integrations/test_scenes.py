@@ -294,3 +294,33 @@ def test_cli_scenes_and_per_scene_encode(clips, tmp_path, monkeypatch):
 def zones_from(shots: list[dict]) -> str:
     return "/".join(f"{s['first_frame']},{s['first_frame'] + s['frames'] - 1},crf={s['crf']}"
                     for s in shots)
+
+
+class _RuledScorer:
+    """Flat frame scores, a ``predict`` rule read at 3 key frames, and a note of the key
+    frames of every call."""
+
+    id = "flat-ruled"
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, paths, key_frames):
+        self.asked += list(key_frames)
+        return [np.full(k, 3.0) for k in key_frames]
+
+    def predictor(self, encoder="libx264"):
+        from cpllm_plugin.integrations import predict
+
+        return predict.Predictor(encoder, (43,), {"const": 30.0}, 2.0, {}, "ultrafast", 1.0, 3)
+
+
+def test_predict_per_shot_scores_the_key_frames_its_rule_reads(clips, ffmpeg_exe, tmp_path):
+    """Per shot, as for a whole input, ``predict`` scores its rule's key frames, not the 8 the
+    plan gives each 2 s shot."""
+    shots = detect_shots(clips["two"], ffmpeg_exe)
+    scorer = _RuledScorer()
+    picks = pick_scenes(clips["two"], shots, FAST, scorer, 0.0, ffmpeg=ffmpeg_exe,
+                        mode="predict")
+    assert [p.crf for p in picks] == [28, 28] and all(p.met for p in picks)
+    assert scorer.asked == [3] * 4  # each shot: the input and its probe
