@@ -93,7 +93,9 @@ def pick_options(f):
         click.option("--sample-seconds", type=click.FloatRange(0.2, min_open=False),
                      help=f"Length of each sample (default {lad.SAMPLE_SECONDS:g} s)."),
         click.option("--key-frames", type=click.IntRange(1, 64),
-                     help=f"Key frames scored per sample (default {lad.KEY_FRAMES})."),
+                     help=f"Key frames scored per sample (default {lad.KEY_FRAMES}; an input "
+                     "short enough to be one sample: 4 a second; --mode predict: at most "
+                     "its rule's, 5 with libx264)."),
         click.option("--pool", type=click.Choice(lad.POOLS), default="mean", show_default=True,
                      help="Pool frame scores over key frames and samples."),
         click.option("--max-probes", type=click.IntRange(2, 40), default=lad.MAX_PROBES,
