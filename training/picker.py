@@ -77,6 +77,13 @@ FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 PREDICT_KEY_FRAMES = {"libx264": 5}
 
 
+def default_key_frames(codec: str, preset: str | None) -> int | None:
+    """The key frames a sample ``codec``'s rule reads unless told otherwise: those of
+    :data:`PREDICT_KEY_FRAMES` when it probes at a preset of its own, else all the catalog's
+    (None)."""
+    return PREDICT_KEY_FRAMES.get(codec) if preset is not None else None
+
+
 def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
     """The probe sets fitted at a probe preset of its own (another encoder: x264's)."""
     return FAST_PROBE_SETS.get(codec, FAST_PROBE_SETS["libx264"])
@@ -427,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.key_frames is not None and a.key_frames < 0:
         raise SystemExit(f"cpllm_plugin.training.picker: --key-frames: expected a number of "
                          f"key frames (0: all), got {a.key_frames}")
-    key_frames = (None if preset is None else PREDICT_KEY_FRAMES.get(a.codec)) \
-        if a.key_frames is None else a.key_frames or None
+    key_frames = default_key_frames(a.codec, preset) if a.key_frames is None \
+        else a.key_frames or None
     if a.rescore or a.probes:
         try:
             fold = parse_fold(a.fold) if a.fold else None
