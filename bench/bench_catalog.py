@@ -132,9 +132,11 @@ def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
     return got
 
 
-def policies(scorer, crfs: range = range(15, 52),
-             codec: str = "libx264") -> tuple[dict, dict]:
-    """The policies of the tables (name -> policy) and the swept ones (name -> points)."""
+def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
+             frames: bool = False) -> tuple[dict, dict]:
+    """The policies of the tables (name -> policy) and the swept ones (name -> points);
+    ``frames``: every input's probes keep their frame scores, so ``predict`` is swept over
+    the key frames it reads."""
     cal = scorer.calibration()
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
@@ -172,7 +174,7 @@ def policies(scorer, crfs: range = range(15, 52),
     if rule:
         sweeps["predict, margin"] = [(f"{m:g}", cat.predict_rule(rule, m))
                                      for m in (-1, 0, 1, 2, 3, 4, 5, 6, 8)]
-    if rule and rule.preset is not None:  # fast probes keep their frame scores
+    if rule and frames:
         sweeps["predict, key frames a sample"] = [
             (f"{k or cat.KEY_FRAMES}" + (" (shipped)" if k == rule.key_frames else ""),
              cat.predict_rule(replace(rule, key_frames=k))) for k in (None, 6, 5, 4, 3, 2)]
@@ -181,7 +183,11 @@ def policies(scorer, crfs: range = range(15, 52),
 
 def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
            codec: str = "libx264") -> None:
-    table, sweeps = policies(scorer, crfs, codec)
+    rule = scorer.predictor(codec)
+    # fast probes keep their frame scores; off the ladder, only its measured rungs do
+    frames = rule is not None and (rule.preset is not None or all(
+        set(rule.probes) <= set(c.rungs) for c in cs))
+    table, sweeps = policies(scorer, crfs, codec, frames)
     by = cat.groups(cs)
     print(f"\n{len(cs)} inputs: " + ", ".join(f"{k} {len(v)}" for k, v in by.items()))
     fixed95 = cat.cheapest_fixed(cs, 0.95, crfs)

@@ -35,7 +35,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +481,7 @@ class Curve:
     vi: np.ndarray  # ... against the input
     score: np.ndarray  # the model's score of the encode
     bytes: np.ndarray
+    rungs: dict = field(default_factory=dict)  # measured CRF -> that encode's frame scores
 
     @property
     def required(self) -> float:
@@ -531,7 +532,8 @@ def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
         size = np.exp(np.interp(crfs, lv, [math.log(max(r["bytes"], 1)) for r in rs]))
         out.append(Curve(inp["id"], inp["kind"], inp["source"], float(inp["vmaf_master"]),
                          float(np.mean(inp["frame_scores"])), inp, crfs,
-                         lin("vmaf_master"), lin("vmaf_input"), score, size))
+                         lin("vmaf_master"), lin("vmaf_input"), score, size,
+                         {int(r["crf"]): r["frame_scores"] for r in rs}))
     return out
 
 
@@ -748,16 +750,20 @@ def probe_reads(c: Curve, probes: Sequence[int], fast: bool = False,
                 key_frames: int | None = None) -> tuple[dict[int, float], list[float]]:
     """``({crf: bytes}, [score])`` of an input's probes: off its ladder (whole-input encodes:
     the catalog's inputs are as short as one sample), or with ``fast`` off its
-    :func:`fast_probes` (:func:`with_probes`); scores at ``key_frames`` (:func:`mean_at`;
-    fast probes only: the ladder's scores are pooled)."""
+    :func:`fast_probes` (:func:`with_probes`); scores at ``key_frames`` (:func:`mean_at`),
+    which off the ladder needs each probe on a measured rung (between rungs the score is
+    interpolated from pooled means)."""
     if not fast:
-        if key_frames is not None:
+        if key_frames is not None and any(p not in c.rungs for p in probes):
             raise CatalogError(message(
-                f"catalog input {c.id}", "probes with their frame scores for a rule read at "
-                f"{key_frames} key frames", "the ladder's pooled scores",
-                "fit that rule with probes at a preset of its own (--probe-preset)"))
+                f"catalog input {c.id}", f"probes at CRF {list(probes)} on measured rungs, "
+                f"for a rule read at {key_frames} key frames",
+                f"rungs at {sorted(c.rungs)}", "build the ladders with those CRFs among "
+                "--levels, or fit that rule with probes at a preset of its own "
+                "(--probe-preset)"))
         return ({p: float(c.bytes[c.at(p)]) for p in probes},
-                [float(c.score[c.at(p)]) for p in probes])
+                [float(c.score[c.at(p)]) if key_frames is None
+                 else mean_at(c.rungs[p], key_frames) for p in probes])
     got = c.info.get("probes", {})
     if any(p not in got for p in probes):
         raise CatalogError(message(

@@ -70,10 +70,11 @@ PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
 FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 
-# Key frames a sample that a rule reads (only a rule with a probe preset can: its probes keep
-# their frame scores): the paper's M. On a 2 s input the plan scores 8, and the two scorings
-# are most of ``predict``'s time (docs/experiments.md, "Fewer key frames for predict").
-# SVT-AV1's rule keeps the plan until its dev ladders are measured again to check it.
+# Key frames a sample that a rule reads: the paper's M. On a 2 s input the plan scores 8, and
+# the two scorings are most of ``predict``'s time (docs/experiments.md, "Fewer key frames for
+# predict"). A fit reads them off fast probes, which keep their frame scores; off the ladder
+# only a measured rung keeps them, and the training ladders' rungs are 6 CRF apart, so a rule
+# that reads the rungs (x265's) is fitted at all of the catalog's.
 PREDICT_KEY_FRAMES = {"libx264": 5}
 
 

@@ -200,7 +200,8 @@ def test_fast_probes_encode_at_their_preset_and_resume(tmp_path):
 def test_a_rule_reads_its_scores_at_its_key_frames():
     """A rule read at fewer key frames than the catalog scored reads those the tool would
     score, spread over the input as the tool spreads them, for the input and its fast probe
-    alike; the ladder's rungs keep only pooled scores, so such a rule is refused there."""
+    alike. Off the ladder, a measured rung keeps its frames and is read so too; between rungs
+    the score is interpolated from pooled means, so a probe there is refused."""
     frames = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     assert cat.mean_at(frames) == cat.mean_at(frames, 8) == cat.mean_at(frames, 20) == 4.5
     assert cat.mean_at(frames, 5) == pytest.approx(np.mean([1, 3, 5, 6, 8]))  # 0,2,4,5,7
@@ -213,5 +214,13 @@ def test_a_rule_reads_its_scores_at_its_key_frames():
     # 3 of 8 are frames 1, 4 and 6: 4, 3, 3 of the input and 3.5, 1.5, 1.5 of the probe
     x = cat.predict_features(c, (43,), fast=True, key_frames=3)
     assert x["drop_lo"] == pytest.approx(np.mean([3.5, 1.5, 1.5]) - np.mean([4, 3, 3]))
-    with pytest.raises(cat.CatalogError, match="3 key frames"):
-        cat.predict_features(c, (43,), key_frames=3)
+    rows = [{**r, "frame_scores": [3.0] * 4 + [1.0] * 4} if r["crf"] == 43 else r
+            for r in rows]
+    (c,) = cat.curves([inp], rows)
+    assert cat.predict_features(c, (43,))["drop_lo"] == pytest.approx(2.0 - 3.5)
+    x = cat.predict_features(c, (43,), key_frames=3)  # the rung's frames 1, 4, 6: 3, 1, 1
+    assert x["drop_lo"] == pytest.approx(np.mean([3, 1, 1]) - np.mean([4, 3, 3]))
+    assert cat.probe_reads(c, (43,), key_frames=8) == cat.probe_reads(c, (43,))
+    with pytest.raises(cat.CatalogError, match="3 key frames") as e:
+        cat.predict_features(c, (41,), key_frames=3)  # between rungs 39 and 43
+    assert "rungs at [15, 19" in str(e.value) and "--levels" in str(e.value)
