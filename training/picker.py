@@ -72,17 +72,16 @@ FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 # Key frames a sample that a rule reads: the paper's M. On a 2 s input the plan scores 8, and
 # the two scorings are most of ``predict``'s time (docs/experiments.md, "Fewer key frames for
-# predict"). A fit reads them off fast probes, which keep their frame scores; off the ladder
-# only a measured rung keeps them, and the training ladders' rungs are 6 CRF apart, so a rule
-# that reads the rungs (x265's) is fitted at all of the catalog's.
-PREDICT_KEY_FRAMES = {"libx264": 5}
+# predict"). A fit reads them off fast probes, which keep their frame scores; a rule that reads
+# the ladders' rungs (x265's) is fitted on their pooled scores (the training ladders' rungs
+# lie 6 CRF apart, and between them only a pooled score is known) and reads M at run time.
+PREDICT_KEY_FRAMES = {"libx264": 5, "libx265": 5, "libsvtav1": 5}
 
 
-def default_key_frames(codec: str, preset: str | None) -> int | None:
-    """The key frames a sample ``codec``'s rule reads unless told otherwise: those of
-    :data:`PREDICT_KEY_FRAMES` when it probes at a preset of its own, else all the catalog's
-    (None)."""
-    return PREDICT_KEY_FRAMES.get(codec) if preset is not None else None
+def default_key_frames(codec: str) -> int | None:
+    """The key frames a sample ``codec``'s rule reads unless told otherwise (None: all the
+    catalog's, :data:`~.catalog.KEY_FRAMES`)."""
+    return PREDICT_KEY_FRAMES.get(codec)
 
 
 def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
@@ -162,15 +161,17 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
     one whose ladders ``cs`` are; ``preset``: the probes' own (read off the inputs'
     :func:`~.catalog.fast_probes`; None: the ladders' rungs); ``key_frames``: the key frames
     per sample the rule reads the input's and its probes' scores at (None: all of the
-    catalog's, :data:`~.catalog.KEY_FRAMES`)."""
+    catalog's, :data:`~.catalog.KEY_FRAMES`), fitted at those off fast probes and at all
+    the catalog's off the rungs."""
     fast = preset is not None
+    read_at = key_frames if fast else None
     probe_sets = probe_sets or (fast_probe_sets(encoder) if fast else
                                 PROBE_SETS_OF.get(encoder, PROBE_SETS))
     y = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
     folds = np.array([_fold(c.source) for c in cs])
     rows, best = [], None
     for probes in probe_sets:
-        x = [cat.predict_features(c, probes, encoder, fast, key_frames) for c in cs]
+        x = [cat.predict_features(c, probes, encoder, fast, read_at) for c in cs]
         for names in SETS:
             if "drop_hi" in names and len(probes) < 2:
                 continue
@@ -204,6 +205,9 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                  "out_of_fold": {k: round(row[k], 4) for k in
                                                  ("oof_sd", "success", "median_cost",
                                                   "judged")},
+                                 **({"key_frames": f"{key_frames} a sample; fitted on the "
+                                     "ladders' pooled scores (all their key frames)"}
+                                    if key_frames and read_at is None else {}),
                              }, preset,
                              rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0,
                              key_frames)
@@ -418,8 +422,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="The probes' own preset (default: PROBE_PRESETS' for --codec; "
                     "'none': the ladders' own, read off their rungs).")
     ap.add_argument("--key-frames", type=int, metavar="M",
-                    help="Key frames a sample the rule reads its scores at, with a probe "
-                    f"preset (default: PREDICT_KEY_FRAMES' for --codec, {PREDICT_KEY_FRAMES}; "
+                    help="Key frames a sample the rule reads its scores at: fitted at them "
+                    "with a probe preset, at all the catalog's off the ladders' rungs "
+                    f"(default: PREDICT_KEY_FRAMES' for --codec, {PREDICT_KEY_FRAMES}; "
                     "0: all the catalog scored).")
     ap.add_argument("--probes", metavar="MODEL",
                     help="Measure the catalog's fast probes (--codec at --probe-preset, at "
@@ -435,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.key_frames is not None and a.key_frames < 0:
         raise SystemExit(f"cpllm_plugin.training.picker: --key-frames: expected a number of "
                          f"key frames (0: all), got {a.key_frames}")
-    key_frames = default_key_frames(a.codec, preset) if a.key_frames is None \
+    key_frames = default_key_frames(a.codec) if a.key_frames is None \
         else a.key_frames or None
     if a.rescore or a.probes:
         try:

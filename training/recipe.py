@@ -494,7 +494,7 @@ def stage_picker(r: Recipe, say) -> dict:
     for codec in CODECS:
         preset = PROBE_PRESETS.get(codec)
         rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
-                           preset=preset, key_frames=default_key_frames(codec, preset))
+                           preset=preset, key_frames=default_key_frames(codec))
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
                       "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
                       "scores": rule.provenance.get("scores", "in-sample")}

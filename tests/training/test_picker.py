@@ -188,3 +188,10 @@ def test_fit_reads_scores_at_its_key_frames(curves):
         assert rule.estimate(x) == pytest.approx(cat.cheapest_success_crf(c), abs=0.3)
         every = cat.predict_features(c, rule.probes, fast=True)["drop_lo"]
         assert abs(every - x["drop_lo"]) > 1e-3  # all four frames read the noise too
+    # Off the ladders' rungs (no probe preset) the fit reads their pooled scores, which is
+    # all it has between rungs, and the rule still names the key frames it reads at run time.
+    pooled, _ = picker.fit(curves, share=0.9, key_frames=2)
+    plain, _ = picker.fit(curves, share=0.9)
+    assert pooled.key_frames == 2 and plain.key_frames is None
+    assert pooled.weights == plain.weights and pooled.probes == plain.probes
+    assert "pooled" in pooled.provenance["key_frames"] and "key_frames" not in plain.provenance

@@ -116,9 +116,8 @@ def test_picker_stage_fits_predict_on_held_out_models_scores(tmp_path, monkeypat
     assert res["libx264"]["scores"] == [f.name for f in files]
     # ... and measures that fold's fast probes at each codec's probe preset, which the fit reads
     assert presets == {c: picker.PROBE_PRESETS.get(c) for c in picker.CODECS}
-    # ... at the key frames each rule reads (pooled rungs: the catalog's)
-    assert read_at == {c: picker.PREDICT_KEY_FRAMES.get(c) if c in picker.PROBE_PRESETS
-                       else None for c in picker.CODECS}
+    # ... at the key frames each rule reads
+    assert read_at == {c: picker.PREDICT_KEY_FRAMES.get(c) for c in picker.CODECS}
     assert read_at["libx264"] == 5
     fast = [c for c in picker.CODECS if c in picker.PROBE_PRESETS]
     assert fast and [(m, c, p) for m, c, p, _, _ in probed] == [
