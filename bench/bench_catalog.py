@@ -184,9 +184,8 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
 def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
            codec: str = "libx264") -> None:
     rule = scorer.predictor(codec)
-    # fast probes keep their frame scores; off the ladder, only its measured rungs do
-    frames = rule is not None and (rule.preset is not None or all(
-        set(rule.probes) <= set(c.rungs) for c in cs))
+    frames = rule is not None and all(cat.frames_kept(c, rule.probes, rule.preset is not None)
+                                      for c in cs)
     table, sweeps = policies(scorer, crfs, codec, frames)
     by = cat.groups(cs)
     print(f"\n{len(cs)} inputs: " + ", ".join(f"{k} {len(v)}" for k, v in by.items()))

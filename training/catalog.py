@@ -746,15 +746,21 @@ def guard_held(c: Curve, fall: float | None) -> int | None:
     return highest_meeting(c.crfs, c.score, c.s0 - fall) if fall else None
 
 
+def frames_kept(c: Curve, probes: Sequence[int], fast: bool = False) -> bool:
+    """Whether :func:`probe_reads` can read ``c``'s ``probes`` at fewer key frames: fast
+    probes keep their frame scores; off the ladder only its measured rungs do (between them
+    the score is interpolated from pooled means)."""
+    return fast or all(p in c.rungs for p in probes)
+
+
 def probe_reads(c: Curve, probes: Sequence[int], fast: bool = False,
                 key_frames: int | None = None) -> tuple[dict[int, float], list[float]]:
     """``({crf: bytes}, [score])`` of an input's probes: off its ladder (whole-input encodes:
     the catalog's inputs are as short as one sample), or with ``fast`` off its
-    :func:`fast_probes` (:func:`with_probes`); scores at ``key_frames`` (:func:`mean_at`),
-    which off the ladder needs each probe on a measured rung (between rungs the score is
-    interpolated from pooled means)."""
+    :func:`fast_probes` (:func:`with_probes`); scores at ``key_frames`` (:func:`mean_at`;
+    off the ladder only where :func:`frames_kept`)."""
     if not fast:
-        if key_frames is not None and any(p not in c.rungs for p in probes):
+        if key_frames is not None and not frames_kept(c, probes):
             raise CatalogError(message(
                 f"catalog input {c.id}", f"probes at CRF {list(probes)} on measured rungs, "
                 f"for a rule read at {key_frames} key frames",

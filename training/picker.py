@@ -78,12 +78,6 @@ FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 PREDICT_KEY_FRAMES = {"libx264": 5, "libx265": 5, "libsvtav1": 5}
 
 
-def default_key_frames(codec: str) -> int | None:
-    """The key frames a sample ``codec``'s rule reads unless told otherwise (None: all the
-    catalog's, :data:`~.catalog.KEY_FRAMES`)."""
-    return PREDICT_KEY_FRAMES.get(codec)
-
-
 def fast_probe_sets(codec: str) -> tuple[tuple[int, ...], ...]:
     """The probe sets fitted at a probe preset of its own (another encoder: x264's)."""
     return FAST_PROBE_SETS.get(codec, FAST_PROBE_SETS["libx264"])
@@ -440,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.key_frames is not None and a.key_frames < 0:
         raise SystemExit(f"cpllm_plugin.training.picker: --key-frames: expected a number of "
                          f"key frames (0: all), got {a.key_frames}")
-    key_frames = default_key_frames(a.codec) if a.key_frames is None \
+    key_frames = PREDICT_KEY_FRAMES.get(a.codec) if a.key_frames is None \
         else a.key_frames or None
     if a.rescore or a.probes:
         try:

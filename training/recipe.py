@@ -462,11 +462,11 @@ def stage_picker(r: Recipe, say) -> dict:
     from .picker import (
         CODECS,
         MIN_INPUTS,
+        PREDICT_KEY_FRAMES,
         PROBE_PRESETS,
         SOURCES,
         _scorer,
         build_catalog,
-        default_key_frames,
         fit_rule,
         measure_probes,
     )
@@ -494,7 +494,7 @@ def stage_picker(r: Recipe, say) -> dict:
     for codec in CODECS:
         preset = PROBE_PRESETS.get(codec)
         rule, _ = fit_rule(catalog, only[codec], r.out, codec=codec, scores=scores,
-                           preset=preset, key_frames=default_key_frames(codec))
+                           preset=preset, key_frames=PREDICT_KEY_FRAMES.get(codec))
         res[codec] = {"probes": list(rule.probes), "features": sorted(rule.weights),
                       "margin": rule.margin, "out_of_fold": rule.provenance.get("out_of_fold"),
                       "scores": rule.provenance.get("scores", "in-sample")}
