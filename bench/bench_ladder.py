@@ -2,23 +2,23 @@
 
 Three parts (all by default):
 
-``speed``: a 10 s 1080p clip made from the dev split's 1080p originals (five 2 s shots).
-``pick`` runs once without cache; then a VMAF-driven search over the same CRFs and the same
-samples (the same reference cuts and encodes, measured with libvmaf on every frame, as
-ab-av1 and Av1an's target quality do) runs in the same process. Printed as a ratio, since
-the shared machines drift by 25% in absolute speed.
+``speed``: a 10 s 1080p clip made from the corpus' 1080p originals (five 2 s shots). The
+default mode (``auto``) runs without cache; then, at the CRFs it probed, a VMAF-driven
+search on the same samples (A: what the model adds) and ffmpeg + libvmaf on the whole clip
+(B: ab-av1's way on an input shorter than its samples), in turning rounds in one process.
+Printed as ratios, since the shared machines drift by 25% in absolute speed.
 
 ``predict``: on the same clip, ``--mode predict`` (no reference) against the VMAF-95
 search as ab-av1 runs it (no model), each on its own probes; goal: half the time or less.
 
-``dev``: every clean dev original (no ``reference``) is picked at the default target (the
-model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
+``dev``: every clean dev original (no ``reference``) is picked by ``--mode score`` at its
+default target (the model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
 ladder of 20 levels (VMAF measured by ``cpllm-recipe``'s ladder stage, interpolated
 between levels). Goal: within 2 CRF on at least 80% of the sources. Beside it, the share
 one fixed CRF reaches (the median crossing of the other sources): what a picker must beat.
 
-Needs ``data/recipe/ladder-dev/manifest.jsonl`` and the corpus
-(``cpllm-recipe --stage corpus --stage ladder`` rebuilds both).
+``speed`` and ``predict`` need the corpus (``cpllm-recipe --stage corpus``); ``dev`` also needs
+``data/recipe/ladder-dev/manifest.jsonl`` (``--stage ladder``).
 
     python bench/bench_ladder.py [--part speed|predict|dev] [--data data/recipe]
 """
@@ -156,48 +156,62 @@ class NoScore:
         return [np.zeros(k) for k in key_frames]
 
 
-def part_speed(data: Path, scorer: lad.Scorer, target: float) -> None:
+def part_speed(data: Path, scorer: lad.Scorer, runs: int = 3) -> None:
+    """The default mode (``auto``) against VMAF-driven searches at the same CRFs, on the same
+    10 s clip: one untimed run of each first (the clip's pages, ffmpeg's and the model's first
+    call), then ``runs`` timed rounds in turn; the median of each ratio."""
     with tempfile.TemporaryDirectory(prefix="bench-ladder-") as tmp:
         clip = _ten_second_clip(data, Path(tmp) / "ten.mp4")
         src = lad.inspect(clip)
-        print(f"\n## speed: {src.width}x{src.height}, {src.duration:.1f} s, {src.fps:g} fps")
-        t0 = time.perf_counter()
-        with lad.Ladder(src, lad.Settings(), scorer) as ladder:
-            result = lad.pick(ladder, target, lad_max_drop())
+        print(f"\n## speed: {src.width}x{src.height}, {src.duration:.1f} s, {src.fps:g} fps, "
+              f"--mode {lad.DEFAULT_MODE}")
+        exe = ff.find_ffmpeg()
+
+        def default() -> tuple[lad.Pick, list[lad.Sample], float]:
+            t0 = time.perf_counter()
+            with lad.Ladder(src, lad.Settings(), scorer, vmaf=True) as ladder:
+                result = lad.run_mode(ladder, lad.DEFAULT_MODE)
+                return result, ladder.samples, time.perf_counter() - t0
+
+        def same(samples: list[lad.Sample], crfs: list[int]) -> tuple[dict, float]:
+            # A: the same engine, samples and CRFs, measuring VMAF and scoring nothing: what
+            # the model adds to a VMAF search.
+            t0 = time.perf_counter()
+            with lad.Ladder(src, lad.Settings(), NoScore(), samples=samples, vmaf=True) as b:
+                return {c: b.probe(c).vmaf for c in crfs}, time.perf_counter() - t0
+
+        def whole(crfs: list[int]) -> tuple[dict, float]:
+            # B: ffmpeg + libvmaf on the whole clip at each CRF, as ab-av1 runs an input
+            # shorter than its 20 s samples.
+            t0, out = time.perf_counter(), {}
+            for c in crfs:
+                enc = Path(tmp) / f"whole{c}.mkv"
+                subprocess.run(lad.Settings().command(exe, clip, enc, c, ff.cpus(),
+                                                      inputs=["-threads", str(ff.cpus())],
+                                                      fps_mode=None), check=True)
+                out[c] = ff.measure_fr(clip, enc, exe, ff.cpus(), subsample=1, psnr=False)[0]
+                enc.unlink()
+            return out, time.perf_counter() - t0
+
+        result, samples, _ = default()
+        crfs = [p.crf for p in result.probes]
+        same(samples, crfs), whole(crfs)
+        ra, rb = [], []
+        for i in range(runs):
+            result, samples, t_pick = default()
             crfs = [p.crf for p in result.probes]
-            samples = ladder.samples
-        t_pick = time.perf_counter() - t0
-
-        # A: the VMAF-driven search in the same engine, on the same samples and CRFs,
-        # measuring VMAF on every frame instead of predicting a score.
-        t0 = time.perf_counter()
-        with lad.Ladder(src, lad.Settings(), NoScore(), samples=samples, vmaf=True) as base:
-            vmafs = {c: base.probe(c).vmaf for c in crfs}
-        t_same = time.perf_counter() - t0
-
-        # B: ffmpeg + libvmaf directly, as ab-av1 runs it on an input shorter than its 20 s
-        # samples: the whole clip encoded at each CRF and measured on every frame.
-        t0 = time.perf_counter()
-        exe, n = ff.find_ffmpeg(), str(ff.cpus())
-        whole = {}
-        for c in crfs:
-            out = Path(tmp) / f"whole{c}.mkv"
-            subprocess.run(lad.Settings().command(exe, clip, out, c, ff.cpus(),
-                                                  inputs=["-threads", n], fps_mode=None),
-                           check=True)
-            whole[c] = ff.measure_fr(clip, out, exe, ff.cpus(), subsample=1, psnr=False)[0]
-        t_whole = time.perf_counter() - t0
-
+            (va, t_a), (vb, t_b) = same(samples, crfs), whole(crfs)
+            ra.append(t_pick / t_a)
+            rb.append(t_pick / t_b)
+            print(f"run {i + 1}: {lad.DEFAULT_MODE}: CRF {result.crf} ({result.encodes} "
+                  f"encodes, CRFs {crfs}) in {t_pick:.1f} s; A. VMAF search, same samples "
+                  f"and CRFs: {t_a:.1f} s (VMAF at the pick {va[result.crf]:.2f}); "
+                  f"B. ffmpeg + libvmaf on the whole clip: {t_b:.1f} s (VMAF at the pick "
+                  f"{vb[result.crf]:.2f}); ratios {t_pick / t_a:.2f}, {t_pick / t_b:.2f}")
         print(f"samples: {len(samples)} x {samples[0].duration:g} s, "
               f"{samples[0].key_frames} key frames each")
-        print(f"pick: CRF {result.crf} (score {result.score:.3f}, {result.encodes} encodes) "
-              f"in {t_pick:.1f} s")
-        print(f"A. VMAF search, same samples and CRFs {crfs}: {t_same:.1f} s "
-              f"(VMAF at the pick {vmafs[result.crf]:.2f}); ratio {t_pick / t_same:.2f}")
-        print(f"B. ffmpeg + libvmaf on the whole clip at the same CRFs: {t_whole:.1f} s "
-              f"(VMAF at the pick {whole[result.crf]:.2f}); ratio {t_pick / t_whole:.2f}")
-        print("goal: ratio <= 0.5")
-
+        print(f"{lad.DEFAULT_MODE} against A: median ratio {np.median(ra):.2f}; against B: "
+              f"{np.median(rb):.2f} over {runs} runs")
 
 
 def part_predict(data: Path, scorer: lad.Scorer, runs: int = 3) -> None:
@@ -243,7 +257,7 @@ def main() -> None:
     print(f"model {scorer.id}: default --max-drop {lad_max_drop():.3f}")
     target = lad.vmaf_to_score(lad.DEFAULT_VMAF, scorer.calibration())
     if a.part in ("speed", "all"):
-        part_speed(a.data, scorer, target)
+        part_speed(a.data, scorer)
     if a.part in ("predict", "all"):
         part_predict(a.data, scorer)
     if a.part in ("dev", "all"):
