@@ -12,10 +12,11 @@ Printed as ratios, since the shared machines drift by 25% in absolute speed.
 search as ab-av1 runs it (no model), each on its own probes; goal: half the time or less.
 
 ``dev``: every clean dev original (no ``reference``) is picked by ``--mode score`` at its
-default target (the model's score at VMAF 95) and compared with the CRF where VMAF crosses 95 on its libx264
-ladder of 20 levels (VMAF measured by ``cpllm-recipe``'s ladder stage, interpolated
-between levels). Goal: within 2 CRF on at least 80% of the sources. Beside it, the share
-one fixed CRF reaches (the median crossing of the other sources): what a picker must beat.
+default target (the model's score at VMAF 95) and compared with the CRF where VMAF crosses
+95 on its libx264 ladder of 20 levels (VMAF measured by ``cpllm-recipe``'s ladder stage,
+interpolated between levels). Goal: within 2 CRF on at least 80% of the sources. Beside
+it, the share one fixed CRF reaches (the median crossing of the other sources): what a
+picker must beat.
 
 ``speed`` and ``predict`` need the corpus (``cpllm-recipe --stage corpus``); ``dev`` also needs
 ``data/recipe/ladder-dev/manifest.jsonl`` (``--stage ladder``).
