@@ -1,6 +1,7 @@
 """The README and docs link to each other by file and heading; a moved section or a renamed
 heading must not leave a reader at a dead link."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -15,14 +16,19 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache
+def prose(path: Path) -> str:
+    """The file without its code blocks, whose ``#`` lines are comments, not headings."""
+    return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+
+
+@functools.cache
 def anchors(path: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
-    return {slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    return {slug(h) for h in re.findall(r"^#+ (.*)$", prose(path), re.M)}
 
 
 def links(path: Path) -> list[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
-    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", prose(path)) if "://" not in t]
 
 
 def test_slug_matches_github():

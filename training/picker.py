@@ -201,7 +201,7 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                                   "judged")},
                                  **({"key_frames": f"{key_frames} a sample; fitted on the "
                                      "ladders' pooled scores (all their key frames)"}
-                                    if key_frames and read_at is None else {}),
+                                    if key_frames and not fast else {}),
                              }, preset,
                              rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0,
                              key_frames)
