@@ -203,19 +203,21 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                      "ladders' pooled scores (all their key frames)"}
                                     if key_frames and not fast else {}),
                              }, preset,
-                             rate_scale(cs, tuple(row["probes"]), y, encoder) if fast else 1.0,
+                             rate_scale(cs, tuple(row["probes"]), y, encoder, fast),
                              key_frames)
     return rule, rows
 
 
 def rate_scale(cs: Sequence[cat.Curve], probes: tuple[int, ...], crfs: np.ndarray,
-               encoder: str) -> float:
+               encoder: str, fast: bool = True) -> float:
     """The median, over ``cs``, of the ladder's bitrate at ``crfs`` (each input's answer)
-    over the fast probes' line there, as ``predict`` mode draws it: how a pick's size
-    estimate turns from the probes' preset to the ladders'."""
+    over the probes' line there (``fast``: the fast probes', else the rungs'), as
+    ``predict`` mode draws it: how a pick's size estimate turns from the probes' line to
+    the ladders' bitrate. A line through one probe at a fixed CRF per halving overshoots
+    below it, whatever the probes' preset."""
     ratios = []
     for c, crf in zip(cs, crfs, strict=True):
-        rates, _ = cat.probe_reads(c, probes, fast=True)
+        rates, _ = cat.probe_reads(c, probes, fast=fast)
         ratios.append(float(c.bytes[c.at(crf)]) / predict.line_rate(rates, float(crf), encoder))
     return round(float(np.median(ratios)), 4)
 

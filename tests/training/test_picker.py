@@ -169,6 +169,25 @@ def test_fit_reads_fast_probes_and_scales_their_rate(curves):
         cat.predict_rule(rule)(curves[0])
 
 
+def test_fit_scales_a_rung_read_probes_line_to_the_ladders_bitrate():
+    """A rule that reads its probe off the ladders' rungs also carries how the pick's bitrate
+    relates to the probe's line: there the bitrate halves every 5 CRF, not the line's 6, so
+    the line undershoots below the probe and the pick's size needs scaling up."""
+    inputs, rows = [], []
+    for i, e in enumerate(np.linspace(24, 40, 20)):
+        a, b = _curve_pair(i, float(round(e)))
+        inputs += a
+        rows += [r | {"bytes": 1e5 * 2 ** (-(r["crf"] - 15) / 5)} for r in b]
+    curves = cat.curves(inputs, rows)
+    rule, _ = picker.fit(curves, share=0.9)
+    assert rule.preset is None
+    want = np.median([float(c.bytes[c.at(y)]) / predict.line_rate(
+        {p: float(c.bytes[c.at(p)]) for p in rule.probes}, float(y))
+        for c in curves for y in [cat.cheapest_success_crf(c)]])
+    assert want > 1.1 and rule.rate_scale == pytest.approx(want, rel=1e-3)
+    assert predict.from_dict(rule.to_dict()) == rule  # kept in the file without a preset
+
+
 def test_fit_reads_scores_at_its_key_frames(curves):
     """A rule fitted at fewer key frames reads the input's and the probe's scores at those
     (spread as the tool spreads them) and says so in its file: here frames 1 and 3 of each
