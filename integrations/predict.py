@@ -125,8 +125,8 @@ class Predictor:
     # the rule reads its probes as they were fitted, whatever preset the user's encode takes.
     preset: str | None = None
     # The pick's bitrate over the probe line's at the pick's CRF (a faster preset spends bits
-    # differently, and the line's fixed slope overshoots below the probe), fitted as the
-    # median on the training catalog's ladders at their preset.
+    # differently, and the line's fixed slope is not the ladders' own), fitted as the median
+    # on the training catalog's ladders at their preset.
     rate_scale: float = 1.0
     # Key frames per sample its scores are read at (None: the sample plan's). On a short
     # input the plan scores 4 a second, and the input's and the probe's scorings are most of
@@ -146,7 +146,7 @@ class Predictor:
              "weights": dict(self.weights), "margin": self.margin}
         if self.preset is not None:
             d["preset"] = self.preset
-        if self.preset is not None or self.rate_scale != 1.0:
+        if self.rate_scale != 1.0:
             d["rate_scale"] = self.rate_scale
         if self.key_frames is not None:
             d["key_frames"] = self.key_frames

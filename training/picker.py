@@ -209,12 +209,12 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
 
 
 def rate_scale(cs: Sequence[cat.Curve], probes: tuple[int, ...], crfs: np.ndarray,
-               encoder: str, fast: bool = True) -> float:
+               encoder: str, fast: bool) -> float:
     """The median, over ``cs``, of the ladder's bitrate at ``crfs`` (each input's answer)
     over the probes' line there (``fast``: the fast probes', else the rungs'), as
     ``predict`` mode draws it: how a pick's size estimate turns from the probes' line to
-    the ladders' bitrate. A line through one probe at a fixed CRF per halving overshoots
-    below it, whatever the probes' preset."""
+    the ladders' bitrate. A line through one probe at a fixed CRF per halving misses the
+    ladders' own slope below it, whatever the probes' preset."""
     ratios = []
     for c, crf in zip(cs, crfs, strict=True):
         rates, _ = cat.probe_reads(c, probes, fast=fast)
