@@ -221,6 +221,11 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
                   f"fixed CRF as often, {f.name[10:]}: {f.success:.0%} / {f.cost:.2f} / "
                   f"{f.median:.2f} (predict's bits against it: mean {r.cost / f.cost:.2f}, "
                   f"median {r.median / f.median:.2f})")
+    if rule is not None:  # predict does not encode its pick: how close is the size it reports
+        e = cat.size_errors(cat.predict_sizes(rule, cs))
+        print(f"  predict's reported size over the encode's at its pick: median "
+              f"{e['median']:.2f}, 10-90% {e['p10']:.2f}-{e['p90']:.2f}, within 30% on "
+              f"{e['within_30']:.0%}")
     for share in (0.8, 0.9, 0.95):
         f = cat.cheapest_fixed(cs, share, crfs)
         print(f"  cheapest fixed CRF at {share:.0%} success: "

@@ -211,7 +211,7 @@ def _table(run: Run, result: lad.Pick) -> None:
     score = f"score {result.score:.3f}{vmaf}"
     if result.crf not in {p.crf for p in result.probes}:
         # predict mode encodes its probe only: say what the numbers are of.
-        score = "not encoded: size from the probe's bitrate line, score the probe's"
+        score = "not encoded: size estimated from the probe, score the probe's"
     click.echo(f"pick: CRF {result.crf}  {score}  "
                f"~{result.predicted_kbps:g} kb/s, predicted {_size(result.predicted_size)} "
                f"({result.encodes} encodes)")

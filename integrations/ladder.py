@@ -858,8 +858,8 @@ def pick_predict(ladder: Ladder) -> Pick:
     preset, a fast one) give the encoder's bitrate and the model's scores; the model's fitted
     rule (:mod:`.predict`) turns them and the input's stream into a CRF, ``margin`` below the
     highest it estimates keeps what the input had. The pick itself is not encoded: its size
-    is read off the probes' bitrate line (scaled to the pick's preset by the rule), its score
-    off their scores."""
+    is the rule's estimate from the probe's bitrate and the input's features
+    (:meth:`.predict.Predictor.rate`), its score read off the probes' scores."""
     encoder = ladder.settings.encoder
     rule_of = getattr(ladder.scorer, "predictor", None)  # a stand-in scorer may have none
     rule = rule_of(encoder) if rule_of else None
@@ -892,9 +892,8 @@ def pick_predict(ladder: Ladder) -> Pick:
                          [p.score for p in probes], encoder)
     est = rule.estimate(x)
     crf = rule.crf(x, *ladder.settings.search)
-    # Size along the probes' line, scaled from their preset to the pick's; the score linearly
-    # between two probes, else the probe's own.
-    rate = predict.line_rate({p.crf: p.kbps for p in probes}, crf, encoder) * rule.rate_scale
+    # The score linearly between two probes, else the probe's own.
+    rate = rule.rate({p.crf: p.kbps for p in probes}, crf, x)
     t = (crf - first.crf) / (last.crf - first.crf) if last.crf > first.crf else 0.0
     score = first.score + t * (last.score - first.score)
     size = int(first.predicted_size * rate / first.kbps)

@@ -113,6 +113,26 @@ def below(estimate: float, margin: float, lo: int, hi: int) -> int:
 
 
 @dataclass(frozen=True)
+class Size:
+    """The pick's bitrate read off the first probe's, fitted on the training ladders:
+    ``log2(rate / probe's) = offset + (probe's CRF - crf) * sum(slope[f] * x[f])``. Below
+    its probe a noisy input's bitrate climbs much faster than a clean one's (the encoder
+    starts to keep the noise), which a line of a fixed CRF per halving misses by up to ten
+    times; ``offset`` carries a probe preset's own bitrate to the pick's."""
+
+    offset: float
+    slope: dict[str, float]  # keyed by FEATURES
+
+    def rate(self, probe_rate: float, probe_crf: float, crf: float,
+             x: dict[str, float]) -> float:
+        per_crf = sum(w * x[f] for f, w in self.slope.items())
+        return probe_rate * 2 ** (self.offset + (probe_crf - crf) * per_crf)
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "slope": dict(self.slope)}
+
+
+@dataclass(frozen=True)
 class Predictor:
     """A fitted rule: ``crf = sum(weights[f] * x[f]) - margin``."""
 
@@ -124,14 +144,15 @@ class Predictor:
     # The probes' own preset (None: the pick's). A fast one buys most of the mode's time back:
     # the rule reads its probes as they were fitted, whatever preset the user's encode takes.
     preset: str | None = None
-    # The pick's bitrate over the probe line's at the pick's CRF (a faster preset spends bits
-    # differently, and the line's fixed slope is not the ladders' own), fitted as the median
-    # on the training catalog's ladders at their preset.
+    # A rule fitted before size models: the pick's bitrate over the probe line's, the median
+    # on the training ladders. Read from such files; a fit now gives ``size`` instead.
     rate_scale: float = 1.0
     # Key frames per sample its scores are read at (None: the sample plan's). On a short
     # input the plan scores 4 a second, and the input's and the probe's scorings are most of
     # the pick's time; the rule's drops are means, so fewer frames only add a little noise.
     key_frames: int | None = None
+    # When fitted, the pick's size comes from it, not from the line and ``rate_scale``.
+    size: Size | None = None
 
     def estimate(self, x: dict[str, float]) -> float:
         """The predicted highest CRF that keeps what the input had (before the margin)."""
@@ -140,6 +161,15 @@ class Predictor:
     def crf(self, x: dict[str, float], lo: int, hi: int, margin: float | None = None) -> int:
         """The pick within ``lo..hi`` (``margin``: another than the fitted one)."""
         return below(self.estimate(x), self.margin if margin is None else margin, lo, hi)
+
+    def rate(self, rates: dict[int, float], crf: float, x: dict[str, float]) -> float:
+        """The pick's bitrate at ``crf`` from the probes' (``{crf: rate}``) and the input's
+        features ``x``: by :attr:`size` when fitted, else along the probes' line times
+        :attr:`rate_scale`."""
+        if self.size is None:
+            return line_rate(rates, crf, self.encoder) * self.rate_scale
+        lo = min(rates)
+        return self.size.rate(rates[lo], lo, crf, x)
 
     def to_dict(self) -> dict:
         d = {"format": FORMAT, "encoder": self.encoder, "probes": list(self.probes),
@@ -150,6 +180,8 @@ class Predictor:
             d["rate_scale"] = self.rate_scale
         if self.key_frames is not None:
             d["key_frames"] = self.key_frames
+        if self.size is not None:
+            d["size"] = self.size.to_dict()
         return d | {"provenance": self.provenance}
 
 
@@ -183,9 +215,18 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
     if key_frames is not None and not (type(key_frames) is int and key_frames >= 1):
         raise bad("key_frames: a whole number of key frames per sample, at least 1 (or none)",
                   repr(key_frames))
+    size = d.get("size")
+    if size is not None:
+        slope = size.get("slope") if isinstance(size, dict) else None
+        if not (isinstance(slope, dict) and set(slope) <= set(FEATURES)
+                and all(isinstance(v, int | float) for v in slope.values())
+                and isinstance(size.get("offset"), int | float)):
+            raise bad(f'size: {{"offset": a number, "slope": numbers keyed by {FEATURES}}} '
+                      "(or none)", repr(size)[:80])
+        size = Size(float(size["offset"]), {k: float(v) for k, v in slope.items()})
     return Predictor(str(d.get("encoder")), tuple(probes),
                      {k: float(v) for k, v in w.items()}, float(d.get("margin", 0.0)),
-                     dict(d.get("provenance", {})), preset, float(scale_), key_frames)
+                     dict(d.get("provenance", {})), preset, float(scale_), key_frames, size)
 
 
 def load(model_dir: str | Path, encoder: str = "libx264") -> Predictor | None:

@@ -806,6 +806,31 @@ def predict_rule(p, margin: float | None = None) -> Policy:
     return policy
 
 
+def size_errors(ratio: Sequence[float]) -> dict:
+    """How far reported sizes lie from the encodes' (``ratio``: reported over actual, one
+    per pick): the median ratio, the spread of its log2, the 10th and 90th percentiles and
+    the share within 30% either way."""
+    r = np.asarray(ratio, dtype=np.float64)
+    lr = np.log2(r)
+    return {"median": round(float(np.median(r)), 3), "log2_sd": round(float(np.std(lr)), 3),
+            "p10": round(float(np.percentile(r, 10)), 3),
+            "p90": round(float(np.percentile(r, 90)), 3),
+            "within_30": round(float(np.mean(np.abs(lr) <= np.log2(1.3))), 3)}
+
+
+def predict_sizes(p, cs: Sequence[Curve]) -> list[float]:
+    """``cpllm-ladder --mode predict``'s reported size at its pick over the ladder's size
+    there, for each of ``cs``, with the rule ``p`` (for :func:`size_errors`)."""
+    out = []
+    for c in cs:
+        fast = p.preset is not None
+        x = predict_features(c, p.probes, p.encoder, fast, p.key_frames)
+        crf = p.crf(x, int(c.crfs[0]), int(c.crfs[-1]))
+        rates, _ = probe_reads(c, p.probes, fast, p.key_frames)
+        out.append(p.rate(rates, float(crf), x) / float(c.bytes[c.at(crf)]))
+    return out
+
+
 def cheapest_success_crf(c: Curve) -> int:
     """The highest CRF of the ladder that keeps what the input had (what ``predict`` mode
     learns to predict)."""

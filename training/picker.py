@@ -19,6 +19,9 @@ and its stream. The probe's CRF, the feature set and the ridge strength are chos
 cross-validation grouped by source (an upload is never scored by a rule fitted on its own
 master), by the least out-of-fold residual spread; the margin is the smallest that reaches
 ``--share`` success out of fold, so it carries the rule's real error, not its fit to itself.
+Each rule also carries a size model (:func:`fit_size`): the pick's bitrate from its probe's,
+which ``predict`` reports without encoding the pick. ``--size --out MODEL`` fits only that
+for a rule already there, its weights and margin kept.
 
 ``--auto`` replays ``auto`` mode (:func:`~cpllm_plugin.training.catalog.auto_rule`) on every
 input of a catalog of all training sources (``python bench/bench_catalog.py --split train
@@ -37,6 +40,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,24 +206,68 @@ def fit(cs: Sequence[cat.Curve], share: float = SHARE,
                                  **({"key_frames": f"{key_frames} a sample; fitted on the "
                                      "ladders' pooled scores (all their key frames)"}
                                     if key_frames and not fast else {}),
-                             }, preset,
-                             rate_scale(cs, tuple(row["probes"]), y, encoder, fast),
-                             key_frames)
-    return rule, rows
+                             }, preset, key_frames=key_frames)
+    size, _ = fit_size(cs, rule)
+    return replace(rule, size=size), rows
 
 
-def rate_scale(cs: Sequence[cat.Curve], probes: tuple[int, ...], crfs: np.ndarray,
-               encoder: str, fast: bool) -> float:
-    """The median, over ``cs``, of the ladder's bitrate at ``crfs`` (each input's answer)
-    over the probes' line there (``fast``: the fast probes', else the rungs'), as
-    ``predict`` mode draws it: how a pick's size estimate turns from the probes' line to
-    the ladders' bitrate. A line through one probe at a fixed CRF per halving misses the
-    ladders' own slope below it, whatever the probes' preset."""
-    ratios = []
-    for c, crf in zip(cs, crfs, strict=True):
-        rates, _ = cat.probe_reads(c, probes, fast=fast)
-        ratios.append(float(c.bytes[c.at(crf)]) / predict.line_rate(rates, float(crf), encoder))
-    return round(float(np.median(ratios)), 4)
+# Candidate features of the size model's slope, smallest first (a tie goes to the smaller).
+SIZE_SETS = (("const",), ("const", "noisy"), ("const", "noisy", "reencoded"),
+             ("const", "noisy", "bits"), ("const", "noisy", "bits", "reencoded"))
+
+
+def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
+             ) -> tuple[predict.Size, list[dict]]:
+    """``rule``'s :class:`~cpllm_plugin.integrations.predict.Size`: least squares of each
+    measured rung's bitrate below the first probe against the probe's (as ``rule`` reads
+    it: off its fast probes when it has a preset), the slope's features chosen by grouped
+    cross-validation, judged where sizes are reported, at each input's answer
+    (:func:`~.catalog.cheapest_success_crf`), by the out-of-fold spread of the log error;
+    returns the size model and a row per candidate (:func:`~.catalog.size_errors` of its
+    out-of-fold estimates)."""
+    fast, p0 = rule.preset is not None, rule.probes[0]
+    # The features the size reads come off the stream and the probe's bitrate: the pooled
+    # scores do (a rule reading rungs may lack frame scores at its probe's CRF).
+    xs = [cat.predict_features(c, rule.probes, rule.encoder, fast) for c in cs]
+    base = [cat.probe_reads(c, rule.probes, fast)[0][p0] for c in cs]
+    fit_rows = [(i, p0 - crf, np.log2(float(c.bytes[c.at(crf)]) / base[i]))
+                for i, c in enumerate(cs) for crf in sorted(c.rungs) if crf < p0]
+    if len({i for i, *_ in fit_rows}) < MIN_INPUTS // 3:
+        raise cat.CatalogError(message(
+            f"{rule.encoder}'s size model", f"ladders with rungs below the probe at CRF {p0} "
+            f"on at least {MIN_INPUTS // 3} inputs", f"{len({i for i, *_ in fit_rows})}",
+            "build the catalog's ladders with lower --levels"))
+    who = np.array([i for i, *_ in fit_rows])
+    d = np.array([r[1] for r in fit_rows], dtype=np.float64)
+    t = np.array([r[2] for r in fit_rows])
+    folds = np.array([_fold(c.source) for c in cs])
+    answer = np.array([cat.cheapest_success_crf(c) for c in cs], dtype=np.float64)
+
+    def design(names, ids, dist):
+        return np.column_stack([np.ones(len(ids))] + [dist * np.array([xs[i][f] for i in ids])
+                                                      for f in names])
+
+    rows, best = [], None
+    everyone = np.arange(len(cs))
+    for names in SIZE_SETS:
+        est = np.empty(len(cs))
+        for k in range(FOLDS):
+            train, test = folds[who] != k, folds == k
+            if test.any():
+                w, *_ = np.linalg.lstsq(design(names, who[train], d[train]), t[train],
+                                        rcond=None)
+                est[test] = design(names, everyone[test], p0 - answer[test]) @ w
+        ratio = 2 ** est * np.array(base) / np.array([c.bytes[c.at(a)] for c, a in
+                                                      zip(cs, answer, strict=True)])
+        row = {"features": list(names), **cat.size_errors(ratio)}
+        rows.append(row)
+        if best is None or row["log2_sd"] < best["log2_sd"] - 1e-9:
+            best = row
+    names = tuple(best["features"])
+    w, *_ = np.linalg.lstsq(design(names, who, d), t, rcond=None)
+    return predict.Size(round(float(w[0]), 4),
+                        {f: round(float(v), 5) for f, v in zip(names, w[1:], strict=True)}), rows
+
 
 
 # auto's constants: the gap (CRF above the VMAF-95 crossing) where an input starts to read as
@@ -391,6 +439,38 @@ def rebuild(catalog: Path, model: str | Path, out: Path | None = None,
     return None if only is None else fit_rule(catalog, only, out, share, codec)
 
 
+def refit_size(catalog: Path, out: Path | None, codec: str, scores: Sequence[Path] = (),
+               preset: str | None = None) -> predict.Predictor:
+    """Fit the size model of the rule for ``codec`` in the model directory ``out`` on the
+    training catalog and write it back, its weights, margin and probes kept. ``preset``:
+    read the probes measured at it instead of the rule's own reads (for a rule that reads
+    the ladders' rungs, their own preset: a measured probe where the ladders have no rung
+    at its CRF)."""
+    rule = None if out is None else predict.load(out, codec)
+    if rule is None:
+        raise CpllmError(message("--size", f"--out, a model directory with a {codec} rule "
+                                 f"({predict.rule_file(codec)})", str(out),
+                                 "fit the rule first (without --size)"))
+    read_as = rule if preset is None else replace(rule, preset=preset)
+    cs = read(catalog, SOURCES, codec, scores, read_as.preset)
+    size, table = fit_size(cs, read_as)
+    for r in table:
+        print(f"size slope {'+'.join(r['features']):32} out of fold at the answers: median "
+              f"{r['median']:.2f}, log2 spread {r['log2_sd']:.3f}, 10-90% {r['p10']:.2f}-"
+              f"{r['p90']:.2f}, within 30% {r['within_30']:.0%}")
+    chosen = next(r for r in table if tuple(r["features"]) == tuple(size.slope))
+    rule = replace(rule, size=size, rate_scale=1.0, provenance={
+        **{k: v for k, v in rule.provenance.items() if k != "rate_scale"},
+        "size": f"fitted {time.strftime('%Y-%m-%d')} by --size on {len(cs)} inputs of "
+        f"{len({c.source for c in cs})} training sources"
+        f"{f', probes measured at preset {preset}' if preset else ''}; out of fold at each "
+        f"input's answer: median {chosen['median']:.2f} of the ladder's size, within 30% on "
+        f"{chosen['within_30']:.0%}, 10-90% {chosen['p10']:.2f}-{chosen['p90']:.2f}"})
+    print(json.dumps(rule.to_dict()["size"]))
+    print(f"wrote {predict.save(rule, out)}")
+    return rule
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--catalog", type=Path, required=True,
@@ -426,6 +506,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="Measure the catalog's fast probes (--codec at --probe-preset, at "
                     "the CRFs of FAST_PROBE_SETS) with MODEL's scores (with --fold, only "
                     "that fold's sources) and exit.")
+    ap.add_argument("--size", action="store_true",
+                    help="Fit only the size model of --out's rule for --codec (its weights "
+                    "kept) and write it back; with --probe-preset, reads the probes measured "
+                    "at that preset (for a rule that reads rungs: the ladders' own preset).")
     ap.add_argument("--auto", action="store_true",
                     help="Fit auto mode's constants on every input of the catalog with "
                     "--codec ladders instead (printed; integrations/ladder.py ships the "
@@ -461,6 +545,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         except CpllmError as e:
             raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
         print(f"wrote {path}")
+        return
+    if a.size:
+        try:
+            refit_size(a.catalog, a.out, a.codec, a.scores,
+                       preset if a.probe_preset is not None else None)
+        except CpllmError as e:
+            raise SystemExit(f"cpllm_plugin.training.picker: {e}") from None
         return
     if a.auto:
         try:

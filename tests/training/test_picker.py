@@ -1,9 +1,12 @@
 """predict mode's rule fitted on a synthetic training catalog with a known answer, and
 replayed as the catalog benchmark replays it."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from cpllm_plugin.errors import CpllmError
 from cpllm_plugin.integrations import predict
 from cpllm_plugin.training import catalog as cat
 from cpllm_plugin.training import picker
@@ -150,15 +153,17 @@ def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
     assert best["guard"] == 0.15 and not rows[0]["met"]
 
 
-def test_fit_reads_fast_probes_and_scales_their_rate(curves):
+def test_fit_reads_fast_probes_and_sizes_the_pick_from_them(curves):
     """A rule fitted on probes at a preset of its own reads them, not the ladder's rungs at
-    the same CRF, and carries how the pick's bitrate relates to its probe's line."""
+    the same CRF, and its size model carries the probe's bitrate to the ladders'."""
     for c in curves:  # a fast preset spends 20% more bits at the same CRF than the ladders
         c.info["probes"] = {43: (float(c.bytes[c.at(43)]) * 1.2, float(c.score[c.at(43)]))}
     rule, table = picker.fit(curves, share=0.9, encoder="libx264", preset="veryfast")
     assert rule.preset == "veryfast" and rule.probes == (43,)
     assert {tuple(r["probes"]) for r in table} == {(43,)}
-    assert rule.rate_scale == pytest.approx(1 / 1.2, rel=1e-3)
+    assert rule.size.offset == pytest.approx(-np.log2(1.2), abs=1e-3)
+    assert rule.size.slope["const"] == pytest.approx(1 / 6, abs=1e-3)
+    assert np.allclose(cat.predict_sizes(rule, curves), 1.0, atol=0.01)
     r = cat.judge("predict", cat.predict_rule(rule), curves)
     assert r.success >= 0.9
     assert predict.from_dict(rule.to_dict()) == rule
@@ -169,23 +174,46 @@ def test_fit_reads_fast_probes_and_scales_their_rate(curves):
         cat.predict_rule(rule)(curves[0])
 
 
-def test_fit_scales_a_rung_read_probes_line_to_the_ladders_bitrate():
-    """A rule that reads its probe off the ladders' rungs also carries how the pick's bitrate
-    relates to the probe's line: there the bitrate halves every 5 CRF, not the line's 6, so
-    the line undershoots below the probe and the pick's size needs scaling up."""
+def _noisy_catalog():
+    """Half the sources noisy (luma noise 10): their bitrate halves every 4 CRF, where the
+    clean ones' halves every 6, as an encoder starts to keep the noise."""
     inputs, rows = [], []
-    for i, e in enumerate(np.linspace(24, 40, 20)):
+    for i, e in enumerate(np.linspace(24, 40, 24)):
         a, b = _curve_pair(i, float(round(e)))
+        if i % 2:
+            a = [x | {"noise": 10.0} for x in a]
+            b = [r | {"bytes": 1e5 * 2 ** (-(r["crf"] - 15) / 4)} for r in b]
         inputs += a
-        rows += [r | {"bytes": 1e5 * 2 ** (-(r["crf"] - 15) / 5)} for r in b]
-    curves = cat.curves(inputs, rows)
+        rows += b
+    return cat.curves(inputs, rows)
+
+
+def test_size_model_learns_that_a_noisy_inputs_bitrate_climbs_faster():
+    """The pick's size off one probe: a line of a fixed CRF per halving reads a noisy
+    input's size several times too small below the probe; the fitted size model reads each
+    input's own slope from its noise."""
+    cs = _noisy_catalog()
+    rule, _ = picker.fit(cs, share=0.9)
+    assert "noisy" in rule.size.slope
+    got = cat.predict_sizes(rule, cs)
+    assert np.allclose(got, 1.0, atol=0.02)
+    line = cat.predict_sizes(replace(rule, size=None), cs)
+    assert min(line) < 0.7  # the old line reads the noisy inputs too small
+    e = cat.size_errors(got)
+    assert e["within_30"] == 1.0 and e["median"] == pytest.approx(1.0, abs=0.02)
+    size, table = picker.fit_size(cs, rule)
+    assert size == rule.size and table[0]["features"] == ["const"]
+    assert min(r["log2_sd"] for r in table) == pytest.approx(
+        next(r["log2_sd"] for r in table if tuple(r["features"]) == tuple(size.slope)))
+    assert table[0]["log2_sd"] > 0.3  # the slope without the noise misses
+
+
+def test_size_model_needs_rungs_below_the_probe(curves):
     rule, _ = picker.fit(curves, share=0.9)
-    assert rule.preset is None
-    want = np.median([float(c.bytes[c.at(y)]) / predict.line_rate(
-        {p: float(c.bytes[c.at(p)]) for p in rule.probes}, float(y))
-        for c in curves for y in [cat.cheapest_success_crf(c)]])
-    assert want > 1.1 and rule.rate_scale == pytest.approx(want, rel=1e-3)
-    assert predict.from_dict(rule.to_dict()) == rule  # kept in the file without a preset
+    high = [replace(c, rungs={k: v for k, v in c.rungs.items() if k >= rule.probes[0]})
+            for c in curves]
+    with pytest.raises(cat.CatalogError, match="rungs below the probe"):
+        picker.fit_size(high, rule)
 
 
 def test_fit_reads_scores_at_its_key_frames(curves):
@@ -214,3 +242,22 @@ def test_fit_reads_scores_at_its_key_frames(curves):
     assert pooled.key_frames == 2 and plain.key_frames is None
     assert pooled.weights == plain.weights and pooled.probes == plain.probes
     assert "pooled" in pooled.provenance["key_frames"] and "key_frames" not in plain.provenance
+
+
+def test_refit_size_keeps_a_shipped_rules_weights_and_adds_its_size(tmp_path, monkeypatch):
+    """``--size`` on a rule fitted before size models: its weights, margin and probes stay,
+    the size model replaces its rate_scale, and the file says where the size came from."""
+    cs = _noisy_catalog()
+    old = predict.Predictor("libx264", (43,), {"const": 25.0, "noisy": 0.5}, 2.0,
+                            {"fitted": "earlier", "rate_scale": "the median"}, None, 0.8)
+    predict.save(old, tmp_path)
+    monkeypatch.setattr(picker, "read", lambda *a, **k: cs)
+    new = picker.refit_size(tmp_path / "catalog", tmp_path, "libx264")
+    assert predict.load(tmp_path) == new
+    assert (new.weights, new.margin, new.probes, new.key_frames) == (
+        old.weights, old.margin, old.probes, old.key_frames)
+    assert new.rate_scale == 1.0 and "noisy" in new.size.slope
+    assert "rate_scale" not in new.provenance and "48 inputs of 24" in new.provenance["size"]
+    assert np.allclose(cat.predict_sizes(new, cs), 1.0, atol=0.02)
+    with pytest.raises(CpllmError, match="with a libx265 rule"):
+        picker.refit_size(tmp_path / "catalog", tmp_path, "libx265")
