@@ -68,17 +68,19 @@ PROBE_SETS_OF = {"libsvtav1": ((38,), (44,), (47,), (50,), (56,), (59,), (62,))}
 # The probes' own preset: on a short input the probe's encode is half of ``predict``'s time,
 # and these presets halve it while the rule reads them as well out of fold (x264's veryfast
 # and x265's veryfast read worse: docs/experiments.md, "A faster preset for predict's
-# probe"); x265 keeps its own. The probes are measured at the preset
-# (:func:`~.catalog.fast_probes`) at the CRFs of FAST_PROBE_SETS only.
-PROBE_PRESETS = {"libx264": "fast", "libsvtav1": "10"}
+# probe"); x265 keeps its default, its ladders' own, pinned so that a slower --preset
+# neither slows the probe nor moves the bitrate the rule reads. The probes are measured at
+# the preset (:func:`~.catalog.fast_probes`) at the CRFs of FAST_PROBE_SETS only.
+PROBE_PRESETS = {"libx264": "fast", "libx265": "fast", "libsvtav1": "10"}
 FAST_PROBE_SETS = {"libx264": ((43,),), "libsvtav1": ((62,),)}
 
 
 # Key frames a sample that a rule reads: the paper's M. On a 2 s input the plan scores 8, and
 # the two scorings are most of ``predict``'s time (docs/experiments.md, "Fewer key frames for
-# predict"). A fit reads them off fast probes, which keep their frame scores; a rule that reads
-# the ladders' rungs (x265's) is fitted on their pooled scores (the training ladders' rungs
-# lie 6 CRF apart, and between them only a pooled score is known) and reads M at run time.
+# predict"). A fit reads them off fast probes, which keep their frame scores; a rule that
+# reads the ladders' rungs (--probe-preset none) is fitted on their pooled scores (the
+# training ladders' rungs lie 6 CRF apart, and between them only a pooled score is known) and
+# reads M at run time.
 PREDICT_KEY_FRAMES = {"libx264": 5, "libx265": 5, "libsvtav1": 5}
 
 
