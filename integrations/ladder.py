@@ -727,14 +727,14 @@ def pick_vmaf(ladder: Ladder, level: float, max_probes: int = MAX_PROBES,
 # crossing is an earlier lossy encode, whose own artifacts a viewer never saw in the master,
 # so fidelity to them buys nothing: its level is lowered. The constants are fitted on the
 # training catalog (``python -m cpllm_plugin.training.picker --auto``), never on dev
-# (docs/ladder.md, "Catalog benchmark against the clean master").
+# (docs/benchmark.md).
 AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 4.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be kept
 # A noise rule (lower the level of an input whose luma noise is high: the master is under the
 # noise) is in the fit's grid; the fit leaves it off, because grainy masters read as noisy as
-# the noisy copies and would lose their grain (docs/ladder.md). None: off.
+# the noisy copies and would lose their grain (docs/benchmark.md). None: off.
 AUTO_NOISE: float | None = None  # luma noise (stream.sigma, 8-bit units) where an input is noisy
 AUTO_NOISE_STEP = 2.5  # VMAF the level gives up per unit of noise beyond AUTO_NOISE
 AUTO_NOISE_FLOOR = 75.0
@@ -744,7 +744,7 @@ AUTO_NOISE_FLOOR = 75.0
 # where that fall reaches D. On by default: fitted with the constants above on out-of-sample
 # scores of the training catalog (models trained without half its sources), it is the one
 # setting that keeps the goals' share of inputs; its price is more bits on the clean masters
-# the model judges harsher than VMAF does (docs/ladder.md). 0 or None: off.
+# the model judges harsher than VMAF does (docs/benchmark.md). 0 or None: off.
 AUTO_GUARD: float | None = 0.175
 
 
@@ -987,7 +987,7 @@ def default_cache() -> Path:
 MODES = ("auto", "vmaf", "predict", "score")
 # Modes that never run VMAF (their ladders measure it only when asked, with --vmaf).
 NO_REFERENCE = ("predict", "score")
-DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/ladder.md)
+DEFAULT_MODE = "auto"  # the catalog benchmark's winner (docs/benchmark.md)
 DEFAULT_MAX_DROP = 0.25  # the drop of a model without a calibrated one
 
 

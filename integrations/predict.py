@@ -53,7 +53,8 @@ class Scale:
 
 # x264's is the rule of thumb its rule was fitted with, and x265 shares it. SVT-AV1's CRF runs
 # to 63 and halves the bitrate about twice as slowly near its probes, and its masters cross
-# VMAF 95 higher, both measured on the training catalog's ladders (medians; docs/ladder.md).
+# VMAF 95 higher, both measured on the training catalog's ladders (medians;
+# docs/experiments.md, "predict for SVT-AV1").
 SCALES = {"libx264": Scale(HALVING, REENCODED_FROM, REENCODED_CAP),
           "libx265": Scale(HALVING, REENCODED_FROM, REENCODED_CAP),
           "libsvtav1": Scale(13.0, 39.0, 63.0)}

@@ -53,7 +53,8 @@ from . import catalog as cat
 from .manifest import fold_of, parse_fold, read_manifest
 
 # One probe: the mode must take at most half the time of a VMAF search, which probes about
-# three times (a second probe bought no out-of-fold accuracy worth its encode: docs/ladder.md).
+# three times (a second probe bought no out-of-fold accuracy worth its encode:
+# docs/experiments.md).
 # The CRFs tried lie near the range's usual answers and above them, up to the top rung (the
 # fit chose the highest one offered while they stopped at 39).
 PROBE_SETS = ((27,), (31,), (33,), (35,), (39,), (41,), (43,), (45,), (48,), (51,))
