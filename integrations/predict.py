@@ -123,14 +123,18 @@ class Size:
 
     offset: float
     slope: dict[str, float]  # keyed by FEATURES
+    # The slopes the training inputs had: an input far outside them (an abstract clip whose
+    # detail reads as noise 90) would otherwise get a size thousands of times too big.
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     def rate(self, probe_rate: float, probe_crf: float, crf: float,
              x: dict[str, float]) -> float:
-        per_crf = sum(w * x[f] for f, w in self.slope.items())
+        per_crf = min(max(sum(w * x[f] for f, w in self.slope.items()), self.bounds[0]),
+                      self.bounds[1])
         return probe_rate * 2 ** (self.offset + (probe_crf - crf) * per_crf)
 
     def to_dict(self) -> dict:
-        return {"offset": self.offset, "slope": dict(self.slope)}
+        return {"offset": self.offset, "slope": dict(self.slope), "bounds": list(self.bounds)}
 
 
 @dataclass(frozen=True)
@@ -219,12 +223,16 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
     size = d.get("size")
     if size is not None:
         slope = size.get("slope") if isinstance(size, dict) else None
+        lo_hi = size.get("bounds") if isinstance(size, dict) else None
         if not (isinstance(slope, dict) and set(slope) <= set(FEATURES)
                 and all(isinstance(v, int | float) for v in slope.values())
-                and isinstance(size.get("offset"), int | float)):
-            raise bad(f'size: {{"offset": a number, "slope": numbers keyed by {FEATURES}}} '
-                      "(or none)", repr(size)[:80])
-        size = Size(float(size["offset"]), {k: float(v) for k, v in slope.items()})
+                and isinstance(size.get("offset"), int | float)
+                and isinstance(lo_hi, list) and len(lo_hi) == 2
+                and all(isinstance(v, int | float) for v in lo_hi) and lo_hi[0] <= lo_hi[1]):
+            raise bad(f'size: {{"offset": a number, "slope": numbers keyed by {FEATURES}, '
+                      '"bounds": [lowest, highest]}} (or none)', repr(size)[:80])
+        size = Size(float(size["offset"]), {k: float(v) for k, v in slope.items()},
+                    (float(lo_hi[0]), float(lo_hi[1])))
     return Predictor(str(d.get("encoder")), tuple(probes),
                      {k: float(v) for k, v in w.items()}, float(d.get("margin", 0.0)),
                      dict(d.get("provenance", {})), preset, float(scale_), key_frames, size)

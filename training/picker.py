@@ -268,8 +268,10 @@ def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
             best = row
     names = tuple(best["features"])
     w, *_ = np.linalg.lstsq(design(names, who, d), t, rcond=None)
-    return predict.Size(round(float(w[0]), 4),
-                        {f: round(float(v), 5) for f, v in zip(names, w[1:], strict=True)}), rows
+    slope = {f: round(float(v), 5) for f, v in zip(names, w[1:], strict=True)}
+    seen = [sum(v * x[f] for f, v in slope.items()) for x in xs]
+    return predict.Size(round(float(w[0]), 4), slope,
+                        (round(min(seen), 5), round(max(seen), 5))), rows
 
 
 

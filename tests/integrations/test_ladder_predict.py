@@ -228,7 +228,11 @@ def test_a_rule_with_a_probe_preset_round_trips_and_is_checked(tmp_path):
     for bad, match in (({"preset": 7}, "preset name"), ({"rate_scale": 0}, "rate_scale"),
                        ({"key_frames": 0}, "key_frames"), ({"key_frames": 2.5}, "key_frames"),
                        ({"size": {"offset": 0.0}}, "size"),
-                       ({"size": {"offset": 0.0, "slope": {"loud": 1.0}}}, "size")):
+                       ({"size": {"offset": 0.0, "slope": {"loud": 1.0},
+                                  "bounds": [0.1, 0.2]}}, "size"),
+                       ({"size": {"offset": 0.0, "slope": {"const": 0.2}}}, "bounds"),
+                       ({"size": {"offset": 0.0, "slope": {"const": 0.2},
+                                  "bounds": [0.3, 0.1]}}, "bounds")):
         (tmp_path / predict.PREDICT_FILE).write_text(json.dumps({**r.to_dict(), **bad}))
         with pytest.raises(predict.PredictFileError, match=match):
             predict.load(tmp_path)
@@ -236,10 +240,14 @@ def test_a_rule_with_a_probe_preset_round_trips_and_is_checked(tmp_path):
 
 def test_a_rule_sizes_its_pick_by_its_size_model_else_by_the_line(tmp_path):
     x = {"const": 1.0, "noisy": 3.0}
-    size = predict.Size(-0.5, {"const": 0.15, "noisy": 0.05})
+    size = predict.Size(-0.5, {"const": 0.15, "noisy": 0.05}, (0.1, 0.4))
     r = predict.Predictor("libx264", (43,), {"const": 30.0}, 3.0, {}, "fast", 1.0, 5, size)
     # 13 CRF below the probe at 0.15 + 3 * 0.05 = 0.3 doublings a CRF, less half a doubling.
     assert r.rate({43: 100.0}, 30.0, x) == pytest.approx(100.0 * 2 ** (13 * 0.3 - 0.5))
+    # Noise far beyond any training input's (detail that reads as noise 90): the slope stops
+    # at the steepest the fit saw.
+    loud = {"const": 1.0, "noisy": 86.0}
+    assert r.rate({43: 100.0}, 30.0, loud) == pytest.approx(100.0 * 2 ** (13 * 0.4 - 0.5))
     predict.save(r, tmp_path)
     assert predict.load(tmp_path) == r
     old = replace(r, size=None, rate_scale=0.8)  # a rule fitted before size models

@@ -203,6 +203,8 @@ def test_size_model_learns_that_a_noisy_inputs_bitrate_climbs_faster():
     assert e["within_30"] == 1.0 and e["median"] == pytest.approx(1.0, abs=0.02)
     size, table = picker.fit_size(cs, rule)
     assert size == rule.size and table[0]["features"] == ["const"]
+    # The slopes seen bound it: the clean inputs' 1/6 doubling a CRF, the noisy ones' 1/4.
+    assert size.bounds == pytest.approx((1 / 6, 1 / 4), abs=1e-4)
     assert min(r["log2_sd"] for r in table) == pytest.approx(
         next(r["log2_sd"] for r in table if tuple(r["features"]) == tuple(size.slope)))
     assert table[0]["log2_sd"] > 0.3  # the slope without the noise misses
