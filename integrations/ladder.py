@@ -892,8 +892,8 @@ def pick_predict(ladder: Ladder) -> Pick:
                          [p.score for p in probes], encoder)
     est = rule.estimate(x)
     crf = rule.crf(x, *ladder.settings.search)
-    # The score linearly between two probes, else the probe's own.
     rate = rule.rate({p.crf: p.kbps for p in probes}, crf, x)
+    # The score linearly between two probes, else the probe's own.
     t = (crf - first.crf) / (last.crf - first.crf) if last.crf > first.crf else 0.0
     score = first.score + t * (last.score - first.score)
     size = int(first.predicted_size * rate / first.kbps)

@@ -274,7 +274,6 @@ def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
                         (round(min(seen), 5), round(max(seen), 5))), rows
 
 
-
 # auto's constants: the gap (CRF above the VMAF-95 crossing) where an input starts to read as
 # re-encoded, the VMAF given up per CRF beyond it, the lowest level, and the luma noise where an
 # input reads as noisy (None: no noise rule).
