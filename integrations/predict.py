@@ -230,7 +230,7 @@ def from_dict(d, path: Path = Path(PREDICT_FILE)) -> Predictor:
                 and isinstance(lo_hi, list) and len(lo_hi) == 2
                 and all(isinstance(v, int | float) for v in lo_hi) and lo_hi[0] <= lo_hi[1]):
             raise bad(f'size: {{"offset": a number, "slope": numbers keyed by {FEATURES}, '
-                      '"bounds": [lowest, highest]}} (or none)', repr(size)[:80])
+                      '"bounds": [lowest, highest]} (or none)', repr(size)[:80])
         size = Size(float(size["offset"]), {k: float(v) for k, v in slope.items()},
                     (float(lo_hi[0]), float(lo_hi[1])))
     return Predictor(str(d.get("encoder")), tuple(probes),

@@ -356,6 +356,10 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES,
     from .corpus import read_split
 
     inputs = cat.with_noise(catalog)
+    if not inputs:
+        raise cat.CatalogError(message(
+            str(catalog), "a training catalog (its inputs.jsonl)", "none there",
+            "build one with --build, or pass the folder it was built in"))
     split = read_split()
     dev = sorted({i["source"] for i in inputs if split.get(i["source"]) != "train"})
     if dev:
@@ -452,8 +456,9 @@ def refit_size(catalog: Path, out: Path | None, codec: str, scores: Sequence[Pat
     at its CRF)."""
     rule = None if out is None else predict.load(out, codec)
     if rule is None:
+        got = "no --out" if out is None else str(out)
         raise CpllmError(message("--size", f"--out, a model directory with a {codec} rule "
-                                 f"({predict.rule_file(codec)})", str(out),
+                                 f"({predict.rule_file(codec)})", got,
                                  "fit the rule first (without --size)"))
     read_as = rule if preset is None else replace(rule, preset=preset)
     cs = read(catalog, SOURCES, codec, scores, read_as.preset)

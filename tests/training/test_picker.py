@@ -263,3 +263,8 @@ def test_refit_size_keeps_a_shipped_rules_weights_and_adds_its_size(tmp_path, mo
     assert np.allclose(cat.predict_sizes(new, cs), 1.0, atol=0.02)
     with pytest.raises(CpllmError, match="with a libx265 rule"):
         picker.refit_size(tmp_path / "catalog", tmp_path, "libx265")
+
+
+def test_read_names_a_folder_that_holds_no_catalog(tmp_path):
+    with pytest.raises(cat.CatalogError, match=r"inputs\.jsonl.*--build"):
+        picker.read(tmp_path / "catalog-train")
