@@ -125,7 +125,7 @@ class Size:
     slope: dict[str, float]  # keyed by FEATURES
     # The slopes the training inputs had: an input far outside them (an abstract clip whose
     # detail reads as noise 90) would otherwise get a size thousands of times too big.
-    bounds: tuple[float, float] = (-math.inf, math.inf)
+    bounds: tuple[float, float]
 
     def rate(self, probe_rate: float, probe_crf: float, crf: float,
              x: dict[str, float]) -> float:

@@ -821,9 +821,8 @@ def size_errors(ratio: Sequence[float]) -> dict:
 def predict_sizes(p, cs: Sequence[Curve]) -> list[float]:
     """``cpllm-ladder --mode predict``'s reported size at its pick over the ladder's size
     there, for each of ``cs``, with the rule ``p`` (for :func:`size_errors`)."""
-    out = []
+    out, fast = [], p.preset is not None
     for c in cs:
-        fast = p.preset is not None
         x = predict_features(c, p.probes, p.encoder, fast, p.key_frames)
         crf = p.crf(x, int(c.crfs[0]), int(c.crfs[-1]))
         rates, _ = probe_reads(c, p.probes, fast, p.key_frames)

@@ -235,10 +235,11 @@ def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
     base = [cat.probe_reads(c, rule.probes, fast)[0][p0] for c in cs]
     fit_rows = [(i, p0 - crf, np.log2(float(c.bytes[c.at(crf)]) / base[i]))
                 for i, c in enumerate(cs) for crf in sorted(c.rungs) if crf < p0]
-    if len({i for i, *_ in fit_rows}) < MIN_INPUTS // 3:
+    below = len({i for i, *_ in fit_rows})
+    if below < MIN_INPUTS // 3:
         raise cat.CatalogError(message(
             f"{rule.encoder}'s size model", f"ladders with rungs below the probe at CRF {p0} "
-            f"on at least {MIN_INPUTS // 3} inputs", f"{len({i for i, *_ in fit_rows})}",
+            f"on at least {MIN_INPUTS // 3} inputs", str(below),
             "build the catalog's ladders with lower --levels"))
     who = np.array([i for i, *_ in fit_rows])
     d = np.array([r[1] for r in fit_rows], dtype=np.float64)
