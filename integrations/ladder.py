@@ -209,6 +209,7 @@ class Source:
     bit_depth: int
     pix_fmt: str
     hdr: bool
+    fields: str | None  # "top field first" or "bottom field first" for interlaced input
     identity: str  # size and a hash of sampled bytes: the content, not the name
 
 
@@ -224,18 +225,31 @@ def inspect(path: str | os.PathLike, where: str = "cpllm-ladder") -> Source:
         raise VideoDecodeError(message(where, "a video with a duration", f"{p}: none",
                                        "re-mux it: ffmpeg -i IN -c copy OUT.mkv"))
     return Source(p, size, float(info.duration), float(info.fps), info.width, info.height,
-                  info.bit_depth, info.pix_fmt, _is_hdr(p), identity(p))
+                  info.bit_depth, info.pix_fmt, *_hints(p), identity(p))
 
 
-def _is_hdr(path: Path) -> bool:
+# FFmpeg's AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
+_FIELDS = {2: "top field first", 3: "bottom field first", 4: "top field first",
+           5: "bottom field first"}
+
+
+def _hints(path: Path) -> tuple[bool, str | None]:
+    """Whether the input is HDR (PQ or HLG), and its field order when it is interlaced."""
     import av
 
     try:
         with av.open(str(path)) as c:
-            cc = c.streams.video[0].codec_context
-            return int(cc.color_trc or 0) in (16, 18)  # SMPTE ST 2084 (PQ), ARIB B67 (HLG)
-    except Exception:  # noqa: BLE001 - probe() already vetted the file; HDR is a hint
-        return False
+            stream = c.streams.video[0]
+            cc = stream.codec_context
+            hdr = int(cc.color_trc or 0) in (16, 18)  # SMPTE ST 2084 (PQ), ARIB B67 (HLG)
+            order = int(getattr(cc, "field_order", 0) or 0)
+            if order == 0:  # not in the headers (raw streams, some muxers): the first frame
+                frame = next(c.decode(stream), None)
+                if frame is not None and frame.interlaced_frame:
+                    order = 2 if frame.top_field_first else 3
+            return hdr, _FIELDS.get(order)
+    except Exception:  # noqa: BLE001 - probe() already vetted the file; these are hints
+        return False, None
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -933,11 +947,22 @@ def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
     return pick(ladder, min_score, max_drop, max_probes, full)
 
 
+# ffmpeg's deinterlacing filters: a --vfilter with one of them has dealt with the fields.
+_DEINTERLACERS = ("bwdif", "yadif", "w3fdif", "estdif", "nnedi", "kerndeint", "mcdeint")
+
+
 def _source_score(ladder: Ladder) -> float:
     if ladder.source.hdr:
         warnings.warn(f"{ladder.source.path.name} is HDR (PQ or HLG): the model was trained "
                       "on SDR 8-bit content, so its scores and the pick are rough",
                       stacklevel=3)
+    vfilter = ladder.settings.vfilter or ""
+    if ladder.source.fields and not any(d in vfilter for d in _DEINTERLACERS):
+        warnings.warn(f"{ladder.source.path.name} is interlaced ({ladder.source.fields}): "
+                      "the probes and the encode code its frames as progressive, so the combing "
+                      "of moving edges stays in the picture and the model scores it; "
+                      "deinterlace with --vfilter bwdif (or bwdif=send_field for one frame a "
+                      "field)", stacklevel=3)
     return ladder.source_score()[0]
 
 

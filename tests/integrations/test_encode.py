@@ -20,6 +20,7 @@ from cpllm_plugin.errors import EmptyInputError, NoVideoStreamError, VideoNotFou
 from cpllm_plugin.integrations import encode as enc
 from cpllm_plugin.integrations import ffmpeg as ff
 from cpllm_plugin.integrations import ladder as lad
+from cpllm_plugin.video import probe, read_key_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "sample.mp4"
@@ -229,6 +230,21 @@ def test_webm_takes_vp9_opus_and_webvtt(ffmpeg_exe, rich, tmp_path):
     enc.encode_file(src, out, lad.Settings("libvpx-vp9", preset="8"), 45)
     assert _streams(out) == [("video", "vp9"), ("audio", "opus"), ("subtitle", "webvtt")]
     assert len(_frames(out)) == FRAMES
+
+
+def test_rotated_phone_video_is_encoded_upright(ffmpeg_exe, rich, tmp_path):
+    # A phone's portrait clip: landscape pixels with a display matrix that turns them.
+    src = tmp_path / "portrait.mp4"
+    _run(ffmpeg_exe, "-display_rotation", "90", "-i", rich, "-map", "0:v", "-c", "copy", src)
+    shown = read_key_frames(src, 1).frames[0].mean(axis=2)  # as a player shows it
+    assert probe(src).rotation == 90 and shown.shape == (320, 180)
+    out = tmp_path / "out.mp4"
+    enc.encode_file(src, out, FAST, 20)
+    info = probe(out)
+    assert (info.width, info.height, info.rotation) == (180, 320, 0)
+    coded = read_key_frames(out, 1).frames[0].mean(axis=2)
+    # Turned the right way: far closer to the shown picture than to it upside down.
+    assert np.abs(coded - shown).mean() < 0.25 * np.abs(coded - shown[::-1, ::-1]).mean()
 
 
 def test_cover_picture_is_not_taken_for_the_video(ffmpeg_exe, rich, tmp_path):

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +302,24 @@ def test_ten_bit_input_keeps_its_depth_and_hdr_warns(ffmpeg_exe, tmp_path):
         with pytest.warns(UserWarning, match="HDR"):
             lad.pick(ladder, 3.0, max_probes=2)
     assert depths and set(depths) == {10}
+
+
+def test_interlaced_input_warns_unless_the_filter_deinterlaces(ffmpeg_exe, small, tmp_path):
+    # -vf interlace weaves frame pairs into top-field-first frames, coded as interlaced.
+    src = tmp_path / "interlaced.mp4"
+    subprocess.run([ffmpeg_exe, "-loglevel", "error", "-i", str(SAMPLE), "-t", "2", "-vf",
+                    "scale=320:180,interlace", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-flags", "+ildct+ilme", str(src)], check=True)
+    assert lad.inspect(small).fields is None
+    with lad.Ladder(src, FAST, Bitrate(), workdir=tmp_path / "w") as ladder:
+        assert ladder.source.fields == "top field first"
+        with pytest.warns(UserWarning, match=r"interlaced \(top field first\).*--vfilter bwdif"):
+            lad.pick(ladder, 3.0, max_probes=2)
+    deinterlaced = replace(FAST, vfilter="bwdif")
+    with lad.Ladder(src, deinterlaced, Bitrate(), workdir=tmp_path / "d") as ladder:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lad.pick(ladder, 3.0, max_probes=2)
 
 
 def test_variable_frame_rate_input(ffmpeg_exe, tmp_path):
