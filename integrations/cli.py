@@ -103,6 +103,9 @@ def pick_options(f):
         click.option("--guard", type=float, metavar="D", help="--mode auto: never pick "
                      "above the CRF where the model's score falls D below its score of the "
                      f"input (default {lad.AUTO_GUARD:g}; 0 turns the cap off)."),
+        click.option("--max-encoded-percent", type=click.FloatRange(0, min_open=True),
+                     metavar="P", help="Refuse a pick whose bitrate is more than P% of the "
+                     "input's (ab-av1's flag; exit 1, nothing encoded). Default: any."),
         click.option("--vmaf", is_flag=True, help="Also measure VMAF of each probe against "
                      "the source (full reference, side by side)."),
         click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout."),
@@ -212,9 +215,11 @@ def _table(run: Run, result: lad.Pick) -> None:
     if result.crf not in {p.crf for p in result.probes}:
         # predict mode encodes its probe only: say what the numbers are of.
         score = "not encoded: size estimated from the probe, score the probe's"
+    share = (f", {result.encoded_percent:g}% of the input's bitrate"
+             if result.encoded_percent is not None else "")
     click.echo(f"pick: CRF {result.crf}  {score}  "
-               f"~{result.predicted_kbps:g} kb/s, predicted {_size(result.predicted_size)} "
-               f"({result.encodes} encodes)")
+               f"~{result.predicted_kbps:g} kb/s{share}, predicted "
+               f"{_size(result.predicted_size)} ({result.encodes} encodes)")
 
 
 def _target(p) -> str:

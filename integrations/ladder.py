@@ -94,6 +94,15 @@ class NoCrfMeetsTargetError(LadderError, RuntimeError):
         self.source_score = source_score
 
 
+class PickTooLargeError(LadderError, RuntimeError):
+    """The pick would keep more than ``max_encoded_percent`` of the input's bitrate: the
+    re-encode would save too little to be worth its loss (``pick`` holds the pick)."""
+
+    def __init__(self, text: str, pick: Pick):
+        super().__init__(text)
+        self.pick = pick
+
+
 class OutputExistsError(LadderError, FileExistsError):
     """The output file exists and ``force`` was not given."""
 
@@ -410,6 +419,14 @@ class Pick:
     probes: list[Probe] = field(default_factory=list)
     vmaf: float | None = None
     exhaustive: bool = False
+    input_kbps: float | None = None  # the input's own video bitrate inside the samples
+
+    @property
+    def encoded_percent(self) -> float | None:
+        """The pick's bitrate as a percentage of the input's (ab-av1's encoded percent)."""
+        if not self.input_kbps:
+            return None
+        return round(100 * self.predicted_kbps / self.input_kbps, 1)
 
     def row(self, path: str | os.PathLike) -> dict:
         """The ``--json`` pick object with ``path`` and its probes embedded (``probes``: the
@@ -427,6 +444,9 @@ class Pick:
              "model": self.model, "encoder": self.encoder, "encoder_args": self.encoder_args}
         if self.vmaf is not None:
             d["vmaf"] = self.vmaf
+        if self.input_kbps:
+            d["input_kbps"] = self.input_kbps
+            d["encoded_percent"] = self.encoded_percent
         return d
 
 
@@ -556,12 +576,13 @@ class Ladder:
         self._refs = paths
         return paths
 
-    def input_kbps(self) -> float | None:
+    def input_kbps(self, filtered: bool = False) -> float | None:
         """The input's own bitrate inside the samples; None when ``vfilter`` makes the
-        probes' bitrate incomparable with it (a scale or crop changes what is coded)."""
+        probes' bitrate incomparable with it (a scale or crop changes what is coded), unless
+        ``filtered`` (for what a re-encode saves, not for how the input was made)."""
         from .stream import stats
 
-        if self.settings.vfilter:
+        if self.settings.vfilter and not filtered:
             return None
         return stats(self.source.path, [(s.start, s.duration) for s in self.samples]).kbps
 
@@ -1041,6 +1062,9 @@ class PickOptions(Settings):
         guard: ``auto`` only: never pick above the CRF where the model's score falls this
             far below its score of the input (:func:`guard_crf`; None: :data:`AUTO_GUARD`;
             0: no such cap).
+        max_encoded_percent: refuse a pick whose bitrate is more than this percentage of
+            the input's (:class:`PickTooLargeError`; ab-av1's ``--max-encoded-percent``;
+            None: any). Whole-input picks only.
         vmaf: also measure VMAF of every probe against the input (always on in ``vmaf`` mode).
         full: probe every level instead of searching.
         model, backend: the scoring model and its backend.
@@ -1060,6 +1084,7 @@ class PickOptions(Settings):
     pool: str = "mean"
     max_probes: int = MAX_PROBES
     guard: float | None = None
+    max_encoded_percent: float | None = None
     vmaf: bool = False
     full: bool = False
     model: str = DEFAULT_MODEL
@@ -1136,6 +1161,10 @@ class Job:
                 f"{where} --guard", "a fall of the model's score in [0, 4] on its 1-5 scale "
                 "(0 turns the guard off)", f"{o.guard:g}",
                 f"drop --guard for the default {AUTO_GUARD:g}, or pass --guard 0 to turn it off"))
+        if o.max_encoded_percent is not None and not o.max_encoded_percent > 0:
+            raise LadderArgumentError(message(
+                f"{where} --max-encoded-percent", "a percentage of the input's bitrate above 0",
+                f"{o.max_encoded_percent:g}", "pass e.g. --max-encoded-percent 80, or drop it"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
                 where, "--full with a searching mode", "--mode predict (it reads its "
@@ -1186,12 +1215,27 @@ class Job:
         o = self.options
         with self.ladder() as ladder:
             try:
-                return run_mode(ladder, self.mode, self.min_score, self.max_drop,
-                                self.vmaf_level, o.max_probes, o.full, o.guard)
+                result = run_mode(ladder, self.mode, self.min_score, self.max_drop,
+                                  self.vmaf_level, o.max_probes, o.full, o.guard)
+                result.input_kbps = ladder.input_kbps(filtered=True)
+                self._check_size(result)
+                return result
             finally:
                 for p in ladder.probes.values():  # in the order they were made
                     if on_probe:
                         on_probe(p)
+
+
+    def _check_size(self, result: Pick) -> None:
+        limit, percent = self.options.max_encoded_percent, result.encoded_percent
+        if limit is None or percent is None or percent <= limit:
+            return
+        raise PickTooLargeError(message(
+            self.where, f"a pick of at most {limit:g}% of the input's bitrate "
+            f"(--max-encoded-percent {limit:g})", f"CRF {result.crf} at {percent:g}% "
+            f"({result.predicted_kbps:g} kb/s against the input's {result.input_kbps:g})",
+            "the input is already about as small as this target allows: keep it as it is, "
+            "or raise --max-encoded-percent"), result)
 
 
 def pick_file(path: str | os.PathLike, options: PickOptions | None = None, scorer=None,
@@ -1204,6 +1248,8 @@ def pick_file(path: str | os.PathLike, options: PickOptions | None = None, score
 
     Raises:
         NoCrfMeetsTargetError: no CRF searched meets the target.
+        PickTooLargeError: the pick keeps more than ``max_encoded_percent`` of the input's
+            bitrate.
         LadderError: bad options or input (every error names what was expected).
     """
     return Job(path, options, scorer, progress).pick()

@@ -139,3 +139,32 @@ def test_guard_is_for_auto_and_a_fall_on_the_score_scale():
                      ({"mode": "auto", "guard": 5.0}, "in \\[0, 4\\]")):
         with pytest.raises(lad.LadderArgumentError, match=what):
             lad.Job(SAMPLE, lad.PickOptions(**kw), scorer=object())
+
+
+class _Flat:
+    """A stand-in scorer with one score for every picture: the VMAF search decides alone."""
+
+    id = "stub-flat"
+
+    def __call__(self, paths, key_frames):
+        return [[4.0] * k for k in key_frames]
+
+
+def test_max_encoded_percent_refuses_a_reencode_that_saves_nothing(master_and_upload, tmp_path):
+    """The VMAF-95 search against an earlier CRF 40 encode keeps its artifacts at a lower CRF,
+    so its pick costs more bits than the upload has; ab-av1's gate refuses it, and says so."""
+    master, upload = master_and_upload
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "mode": "vmaf"}
+    on_master = lad.pick_file(master, lad.PickOptions(**opts), _Flat())
+    assert on_master.encoded_percent < 10  # a lossless master: a re-encode saves nearly all
+    p = lad.pick_file(upload, lad.PickOptions(**opts), _Flat())
+    assert p.input_kbps > 0 and p.encoded_percent > 100
+    assert p.to_dict()["encoded_percent"] == p.encoded_percent
+    with pytest.raises(lad.PickTooLargeError, match=r"at most 80% of the input's bitrate") as e:
+        lad.pick_file(upload, lad.PickOptions(max_encoded_percent=80, **opts), _Flat())
+    assert e.value.pick.crf == p.crf and f"{p.encoded_percent:g}%" in str(e.value)
+    kept = lad.pick_file(upload, lad.PickOptions(max_encoded_percent=p.encoded_percent, **opts),
+                         _Flat())
+    assert kept.crf == p.crf
+    with pytest.raises(lad.LadderArgumentError, match="above 0"):
+        lad.Job(upload, lad.PickOptions(max_encoded_percent=0, **opts), _Flat())
