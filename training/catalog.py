@@ -511,6 +511,10 @@ class Curve:
     def cost(self, crf: int) -> float:
         return float(self.bytes[self.at(crf)] / self.cheapest)
 
+    def percent(self, crf: int) -> float:
+        """The encode's size as a percentage of the input's (ab-av1's encoded percent)."""
+        return float(100 * self.bytes[self.at(crf)] / self.info["bytes"])
+
 
 def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
     """Interpolate every input's measured levels to every integer CRF between them."""
@@ -547,7 +551,11 @@ def highest_meeting(crfs: np.ndarray, values: np.ndarray, target: float) -> int 
                         target - 1e-9)
 
 
-Policy = Callable[[Curve], "int | None"]
+# A policy's answer when it keeps the input as it is (no re-encode): what a viewer gets is
+# the input itself, which keeps what it had by definition, at the input's own size.
+KEEP = "keep"
+
+Policy = Callable[[Curve], "int | str | None"]
 
 
 @dataclass(frozen=True)
@@ -570,6 +578,9 @@ def judge(name: str, policy: Policy, cs: Sequence[Curve]) -> Result:
         if crf is None:
             wins.append(False)
             costs.append(c.cost(int(c.crfs[0])))
+        elif crf == KEEP:
+            wins.append(True)
+            costs.append(float(c.info["bytes"] / c.cheapest))
         else:
             wins.append(c.success(crf))
             costs.append(c.cost(crf))
@@ -587,6 +598,15 @@ def fixed(crf: int) -> Policy:
 def vmaf_search(level: float) -> Policy:
     """ab-av1's crf-search: the highest CRF whose VMAF against the input meets ``level``."""
     return lambda c: highest_meeting(c.crfs, c.vi, level)
+
+
+def keep_input(policy: Policy, percent: float) -> Policy:
+    """``policy``, but the input is kept as it is where the pick would cost more than
+    ``percent`` of its size (``cpllm-ladder --max-encoded-percent``, ab-av1's gate)."""
+    def gated(c: Curve) -> int | str | None:
+        crf = policy(c)
+        return KEEP if crf not in (None, KEEP) and c.percent(crf) > percent else crf
+    return gated
 
 
 def cheapest_fixed(cs: Sequence[Curve], share: float,

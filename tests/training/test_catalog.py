@@ -76,6 +76,21 @@ def test_policies_are_judged_against_the_master(catalog):
         (2 ** (5 / 6) + 2 ** (10 / 6)) / 2)
 
 
+def test_keeping_the_input_succeeds_at_the_inputs_own_size(catalog):
+    m, u = catalog["m"], catalog["u~x264_36"]
+    m.info["bytes"], u.info["bytes"] = 20000.0, 600.0  # a big master, a small upload
+    # The VMAF-95 search picks CRF 18 on the upload: 1000 * 2^(-1/2) = 707 bytes, 118% of it.
+    assert u.percent(18) == pytest.approx(100 * 1000 * 2 ** (-0.5) / 600)
+    gated = cat.judge("gated", cat.keep_input(cat.vmaf_search(95), 100), [m, u])
+    assert gated.picks == {"m": 20, "u~x264_36": cat.KEEP} and gated.success == 1.0
+    # Kept, the upload costs its own 600 bytes over the cheapest success (CRF 25).
+    cheapest = 1000 * 2 ** (-10 / 6)
+    assert gated.cost == pytest.approx((1.0 + 600 / cheapest) / 2)
+    assert cat.judge("", cat.keep_input(cat.vmaf_search(95), 120), [u]).picks == {
+        "u~x264_36": 18}  # under the gate: re-encoded as before
+    assert cat.judge("", cat.keep_input(lambda c: None, 50), [u]).success == 0
+
+
 def test_groups_split_masters_and_uploads(catalog):
     g = cat.groups(list(catalog.values()))
     assert [c.id for c in g["master"]] == ["m", "d"]
