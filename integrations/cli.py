@@ -310,6 +310,11 @@ def _scene_picks(run: Run, threshold, min_shot):
                            o.max_probes, job.mode, job.vmaf_level, o.guard)
     for p in picks:
         run.emit(p.to_dict())
+    if o.max_encoded_percent is not None:
+        from .stream import stats
+
+        kbps = sc.summary(picks, job.settings.encoder)["predicted_kbps"]
+        job.check_size(kbps, stats(job.source.path).kbps, f"{len(picks)} shot CRFs")
     return picks
 
 

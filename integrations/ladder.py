@@ -96,9 +96,10 @@ class NoCrfMeetsTargetError(LadderError, RuntimeError):
 
 class PickTooLargeError(LadderError, RuntimeError):
     """The pick would keep more than ``max_encoded_percent`` of the input's bitrate: the
-    re-encode would save too little to be worth its loss (``pick`` holds the pick)."""
+    re-encode would save too little to be worth its loss (``pick`` holds the pick; None for
+    per-scene picks)."""
 
-    def __init__(self, text: str, pick: Pick):
+    def __init__(self, text: str, pick: Pick | None = None):
         super().__init__(text)
         self.pick = pick
 
@@ -1064,7 +1065,7 @@ class PickOptions(Settings):
             0: no such cap).
         max_encoded_percent: refuse a pick whose bitrate is more than this percentage of
             the input's (:class:`PickTooLargeError`; ab-av1's ``--max-encoded-percent``;
-            None: any). Whole-input picks only.
+            None: any). Per-scene picks are judged together (the CLI's ``--per-scene``).
         vmaf: also measure VMAF of every probe against the input (always on in ``vmaf`` mode).
         full: probe every level instead of searching.
         model, backend: the scoring model and its backend.
@@ -1218,7 +1219,8 @@ class Job:
                 result = run_mode(ladder, self.mode, self.min_score, self.max_drop,
                                   self.vmaf_level, o.max_probes, o.full, o.guard)
                 result.input_kbps = ladder.input_kbps(filtered=True)
-                self._check_size(result)
+                self.check_size(result.predicted_kbps, result.input_kbps, f"CRF {result.crf}",
+                                result)
                 return result
             finally:
                 for p in ladder.probes.values():  # in the order they were made
@@ -1226,14 +1228,20 @@ class Job:
                         on_probe(p)
 
 
-    def _check_size(self, result: Pick) -> None:
-        limit, percent = self.options.max_encoded_percent, result.encoded_percent
-        if limit is None or percent is None or percent <= limit:
+    def check_size(self, kbps: float, input_kbps: float | None, what: str,
+                   result: Pick | None = None) -> None:
+        """Raise :class:`PickTooLargeError` when ``kbps`` (the pick's, ``what`` names it) is
+        over ``max_encoded_percent`` of ``input_kbps``."""
+        limit = self.options.max_encoded_percent
+        if limit is None or not input_kbps:
+            return
+        percent = round(100 * kbps / input_kbps, 1)
+        if percent <= limit:
             return
         raise PickTooLargeError(message(
             self.where, f"a pick of at most {limit:g}% of the input's bitrate "
-            f"(--max-encoded-percent {limit:g})", f"CRF {result.crf} at {percent:g}% "
-            f"({result.predicted_kbps:g} kb/s against the input's {result.input_kbps:g})",
+            f"(--max-encoded-percent {limit:g})", f"{what} at {percent:g}% "
+            f"({kbps:g} kb/s against the input's {input_kbps:g})",
             "the input is already about as small as this target allows: keep it as it is, "
             "or raise --max-encoded-percent"), result)
 

@@ -262,6 +262,7 @@ def test_cli_scenes_and_per_scene_encode(clips, tmp_path, monkeypatch):
 
     from cpllm_plugin.integrations import cli
     from cpllm_plugin.integrations import ladder as lad
+    from cpllm_plugin.integrations.stream import stats
 
     class Bytes:
         id = "stub-bytes"
@@ -289,6 +290,14 @@ def test_cli_scenes_and_per_scene_encode(clips, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert f"zones={rows[-1]['zones']}".encode() in out.read_bytes()
     assert probe(out).frame_count == probe(clips["two"]).frame_count
+    # --max-encoded-percent judges the shots' picks together, and encodes nothing over it.
+    share = 100 * rows[-1]["predicted_kbps"] / stats(clips["two"]).kbps
+    gated = tmp_path / "gated.mp4"
+    r = CliRunner().invoke(cli.main, ["encode", str(clips["two"]), "-o", str(gated),
+                                      "--per-scene", "--max-encoded-percent",
+                                      f"{share / 2:.2f}", *common])
+    assert r.exit_code == 1 and "PickTooLargeError" in r.stdout and "2 shot CRFs" in r.stdout
+    assert not gated.exists()
 
 
 def zones_from(shots: list[dict]) -> str:
