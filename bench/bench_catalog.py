@@ -141,13 +141,18 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
     rule = scorer.predictor(codec)
+    fmt = ff.get_encoder(codec).codec
+
+    def keep(policy, percent=lad.KEEP_PERCENT):  # the tool's keep: inputs in the format only
+        return cat.keep_input(policy, percent, fmt)
+
     table = {
-        f"auto (default, guard {lad.AUTO_GUARD:g})": cat.auto_rule(),
-        "auto --guard 0 (no model guard)": cat.auto_rule(guard=None),
+        f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
+        "auto --no-keep": cat.auto_rule(),
+        "auto --guard 0 (no model guard)": keep(cat.auto_rule(guard=None)),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
-        "auto, keep input over 100%": cat.keep_input(cat.auto_rule(), 100),
-        "VMAF-95, keep input over 80%": cat.keep_input(cat.vmaf_search(95), 80),
-        **({f"predict (margin {rule.margin:g})": cat.predict_rule(rule)} if rule else {}),
+        "VMAF-95, ab-av1's gate (80%)": keep(cat.vmaf_search(95), 80),
+        **({f"predict (margin {rule.margin:g})": keep(cat.predict_rule(rule))} if rule else {}),
         f"score (min-score {s95:.3f}, max-drop {drop:.3f})": cat.score_rule(s95, drop),
     }
     sweeps = {
@@ -159,10 +164,13 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
                                          + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
                                                          else ""), cat.auto_rule(guard=d))
                                             for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
-        "auto, keep the input over P% (--max-encoded-percent)": [
-            (f"{p:g}", cat.keep_input(cat.auto_rule(), p)) for p in (50, 70, 80, 90, 100, 120)],
+        "auto, keep the input over P% (100: shipped)": [
+            ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
+                                            for p in (50, 70, 80, 90, 100, 120)],
+        "auto, keep the input over P% in any format": [
+            (f"{p:g}", cat.keep_input(cat.auto_rule(), p)) for p in (80, 100)],
         "VMAF-95 search, keep the input over P%": [
-            (f"{p:g}", cat.keep_input(cat.vmaf_search(95), p)) for p in (50, 80, 100)],
+            (f"{p:g}", keep(cat.vmaf_search(95), p)) for p in (50, 80, 100)],
         "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],

@@ -103,6 +103,10 @@ def pick_options(f):
         click.option("--guard", type=float, metavar="D", help="--mode auto: never pick "
                      "above the CRF where the model's score falls D below its score of the "
                      f"input (default {lad.AUTO_GUARD:g}; 0 turns the cap off)."),
+        click.option("--keep/--no-keep", default=True, show_default=True,
+                     help="Where the pick needs more bits than the input has and the input is "
+                     "already in the encoder's format (no --vfilter, same --pix-fmt), keep "
+                     "the input: the pick says so and encode copies its video stream."),
         click.option("--max-encoded-percent", type=click.FloatRange(0, min_open=True),
                      metavar="P", help="Refuse a pick whose bitrate is more than P% of the "
                      "input's (ab-av1's flag; exit 1, nothing encoded). Default: any."),
@@ -220,6 +224,10 @@ def _table(run: Run, result: lad.Pick) -> None:
     click.echo(f"pick: CRF {result.crf}  {score}  "
                f"~{result.predicted_kbps:g} kb/s{share}, predicted "
                f"{_size(result.predicted_size)} ({result.encodes} encodes)")
+    if result.keep:
+        click.echo(f"keep: the input as it is ({run.source.codec}, {result.input_kbps:g} "
+                   f"kb/s): CRF {result.crf} needs more bits and keeps at most what it has; "
+                   "encode copies its video (--no-keep re-encodes)")
 
 
 def _target(p) -> str:
@@ -280,19 +288,23 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
 
     enc.check_output(Path(kw["input"]), output, force)  # before minutes of probing, not after
     run = Run(kw, "encode")
-    scenes = None
+    scenes, keep = None, False
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)
         scenes = [(p.shot.start, p.shot.end, p.crf) for p in picks]
     elif crf is None:
-        crf = _report(run, _pick(run, None)).crf
+        picked = _report(run, _pick(run, None))
+        crf = None if picked.keep else picked.crf
+        keep = picked.keep
     bar = None if kw["quiet"] else enc.progress_bar(sys.stderr)
     done = enc.encode_file(run.source.path, output, run.settings, crf, scenes=scenes,
-                           force=force, ffmpeg=kw["ffmpeg"], progress=bar, chunks=chunks)
+                           force=force, ffmpeg=kw["ffmpeg"], progress=bar, chunks=chunks,
+                           keep=keep)
     if run.as_json:
         run.emit(done.to_dict())
     else:
-        what = f"CRF {crf}" if crf is not None else f"{len(scenes)} scene CRFs"
+        what = (f"CRF {crf}" if crf is not None else "the input's video kept" if keep
+                else f"{len(scenes)} scene CRFs")
         click.echo(f"wrote {done.output} ({what}): {_size(done.bytes)}, {done.kbps:g} kb/s, "
                    f"{done.seconds:.1f} s")
 

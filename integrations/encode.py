@@ -55,12 +55,13 @@ class EncodeResult:
         output: the output file.
         bytes: its size.
         seconds: wall-clock time the encode took.
-        crf: the one CRF (None with per-scene CRFs).
+        crf: the one CRF (None with per-scene CRFs, or with the input's video kept).
         scenes: ``(start_s, end_s, crf)`` per scene (None with one CRF).
         encoder: the encoder name.
         encoder_args: the encoder's options as reported (no CRF, no thread cap).
         kbps: average bitrate of the whole file over the source's duration.
         duration: the source's duration in seconds.
+        kept: the input's video stream was copied, not encoded.
     """
 
     output: Path
@@ -72,13 +73,14 @@ class EncodeResult:
     encoder_args: list[str]
     kbps: float
     duration: float
+    kept: bool = False
 
     def to_dict(self) -> dict:
         return {"type": "encode", "output": str(self.output), "bytes": self.bytes,
                 "seconds": self.seconds, "crf": self.crf,
                 "scenes": [list(s) for s in self.scenes] if self.scenes else None,
                 "encoder": self.encoder, "encoder_args": self.encoder_args,
-                "kbps": self.kbps, "duration": self.duration}
+                "kbps": self.kbps, "duration": self.duration, "kept": self.kept}
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,13 @@ def _bounds(scenes, settings: Settings, st: _Streams, duration: float) -> list[i
 # --- the encode ---------------------------------------------------------------------------
 
 
+def _tag(settings: Settings) -> list[str]:
+    """The encoder's codec tag option (x265's hvc1, for Apple players), for a stream copy."""
+    video = ff.first_video_only(settings.args(0, None))
+    return [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
+            for a in video[j:j + 2]]
+
+
 def _temp(output: Path, tail: str) -> Path:
     """A hidden name beside OUTPUT (same folder: the final rename is atomic)."""
     return output.parent / f".{output.stem}.{secrets.token_hex(4)}.part{tail}"
@@ -313,7 +322,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
                 crf: int | None = None, *, scenes: Scenes | None = None,
                 force: bool = False, ffmpeg: str | None = None,
                 progress: Callable[[float, float], None] | None = None,
-                chunks: bool = False) -> EncodeResult:
+                chunks: bool = False, keep: bool = False) -> EncodeResult:
     """Encode ``source`` into ``output`` at one CRF or at a CRF per scene.
 
     Args:
@@ -331,6 +340,9 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
             for the encoders without CRF zones. Zones are one pass, but x264's rate control
             carries state across their edges, so a scene can end a little below the quality
             its probes measured; chunks are encoded as probed.
+        keep: copy the input's video stream instead of encoding it (``cpllm-ladder``'s
+            keep: a pick that needs more bits than the input has); neither ``crf`` nor
+            ``scenes`` then. The other streams are copied as always.
 
     Returns:
         The :class:`EncodeResult`.
@@ -347,7 +359,11 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     src = inspect(source, WHERE)
     out = Path(output)
     ff.get_encoder(settings.encoder, f"{WHERE} --encoder")  # fails before anything runs
-    if (crf is None) == (scenes is None):
+    if keep and (crf is not None or scenes is not None):
+        raise LadderArgumentError(message(
+            WHERE, "no CRF when the input's video is kept", "keep with a crf or scenes",
+            "pass keep=True alone, or a crf without keep"))
+    if not keep and (crf is None) == (scenes is None):
         raise LadderArgumentError(message(
             WHERE, "exactly one of crf (one CRF) and scenes (a CRF per scene)",
             "both" if scenes is not None else "neither", "pass --crf N or --scenes FILE"))
@@ -355,8 +371,8 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     kind = _kind(out)
     exe = ff.find_ffmpeg(ffmpeg)
     st = _streams(src.path)
-    if crf is not None:
-        crf = _check_crf(settings, crf)
+    if keep or crf is not None:
+        crf = None if keep else _check_crf(settings, crf)
         bounds = None
     else:
         bounds = _bounds(scenes, settings, st, src.duration)
@@ -372,7 +388,12 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
 
     def make(tmp: Path) -> None:
         nonlocal parts
-        if single:
+        if keep:
+            ff.run_ffmpeg([*head, "-i", str(src.path), "-map", f"0:{st.video}", *others,
+                           "-c:v:0", "copy", *_tag(settings), *tail, str(tmp)],
+                          f"{WHERE}: copying the input's video",
+                          _on_progress(progress, 0.0, src.duration))
+        elif single:
             if bounds is None:
                 use, level = settings, crf if crf is not None else scenes[0][2]
             else:  # x264 zones: one pass whose CRF changes at the scene cuts
@@ -399,17 +420,15 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
             names = _encode_chunks(exe, src.path, st, settings, scenes,
                                    bounds, parts, threads, progress, src.duration)
             (parts / "list.txt").write_text("".join(f"file '{n}'\n" for n in names))
-            video = ff.first_video_only(settings.args(0, None))
-            tag = [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
-                   for a in video[j:j + 2]]
+            tag = _tag(settings)
             shift = ["-itsoffset", f"{st.origin:.6f}"] if st.origin > 5e-4 else []
             # The video's tags come from the chunks (encoder); its language and title from
             # the source. (-map_metadata:s:v:0 would stop the default copy of the others'.)
-            keep = [a for k, v in st.tags.items() for a in ("-metadata:s:v:0", f"{k}={v}")]
-            keep += ["-disposition:v:0", "default"] if st.default else []
+            labels = [a for k, v in st.tags.items() for a in ("-metadata:s:v:0", f"{k}={v}")]
+            labels += ["-disposition:v:0", "default"] if st.default else []
             ff.run_ffmpeg([*head, *shift, "-f", "concat", "-safe", "0",
                            "-i", str(parts / "list.txt"), "-i", str(src.path),
-                           "-map", "0:v:0", *others, "-c:v:0", "copy", *tag, *keep,
+                           "-map", "0:v:0", *others, "-c:v:0", "copy", *tag, *labels,
                            str(tmp)], f"{WHERE}: joining {len(names)} scene chunks")
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ff.FfmpegError(message(WHERE, "ffmpeg to write the output",
@@ -425,7 +444,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
     size = out.stat().st_size
     return EncodeResult(out, size, round(time.perf_counter() - t0, 2), crf,
                         scenes if crf is None else None, settings.encoder, settings.public(),
-                        round(size * 8 / src.duration / 1000, 1), src.duration)
+                        round(size * 8 / src.duration / 1000, 1), src.duration, keep)
 
 
 def _encode_chunks(exe: str, src: Path, st: _Streams, settings: Settings, scenes: Scenes,

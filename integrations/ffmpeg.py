@@ -210,6 +210,8 @@ class Encoder:
             visually lossless for most content to clearly damaged.
         start: the ladder's first probe, near where this encoder meets VMAF 95 on typical
             1080p content (the search moves from there).
+        codec: the format it writes, as FFmpeg's decoders name it (an input already in it
+            can be kept as it is: ``cpllm-ladder``'s keep).
     """
 
     name: str
@@ -222,6 +224,7 @@ class Encoder:
     threads: tuple[str, ...] = ("-threads", "{n}")
     search: tuple[int, int] = (15, 51)
     start: int = 25
+    codec: str = ""
 
     def levels(self, count: int = 20) -> tuple[int, ...]:
         """``count`` levels spread evenly over :attr:`search` (libx264: the paper's 20)."""
@@ -243,22 +246,22 @@ ENCODERS: dict[str, Encoder] = {e.name: e for e in (
     # The paper's encoder and ladder. CRF above 51 is clamped to 51 on 8-bit video (CRF 53
     # gives the bytes of CRF 51; the sha256 shows it).
     Encoder("libx264", "-crf", "-preset", "medium", (0, 63), CRF_LEVELS, search=(15, 51),
-            start=24),
+            start=24, codec="h264"),
     # x265 "fast": libx264 medium's speed class ("medium" costs much more for a small gain).
     # pools=N sizes its thread pool (set by x265 itself otherwise); hvc1 is for Apple players.
     Encoder("libx265", "-crf", "-preset", "fast", (0, 51), (15, 23, 29, 35, 39, 43, 47, 51),
             extra=("-tag:v", "hvc1"), threads=("-x265-params", "pools={n}:log-level=error"),
-            search=(15, 51), start=26),
+            search=(15, 51), start=26, codec="hevc"),
     # SVT-AV1 preset 8: fast enough for 1-2 cores (the slower presets are not). lp=N caps its
     # threads ("level of parallelism"; it does not follow -threads).
     Encoder("libsvtav1", "-crf", "-preset", "8", (1, 63), (20, 32, 42, 50, 55, 59, 61, 63),
-            threads=("-svtav1-params", "lp={n}"), search=(20, 63), start=40),
+            threads=("-svtav1-params", "lp={n}"), search=(20, 63), start=40, codec="av1"),
     # libvpx-vp9: -b:v 0 makes -crf constant quality (else it is capped by a default
     # bitrate); -deadline good -cpu-used 4 is its usual fast two-pass-free setting, row-mt
     # lets its threads work on rows of one frame.
     Encoder("libvpx-vp9", "-crf", "-cpu-used", "4", (0, 63), (15, 27, 37, 45, 51, 55, 59, 63),
             extra=("-b:v", "0", "-deadline", "good", "-row-mt", "1"), search=(15, 63),
-            start=40),
+            start=40, codec="vp9"),
 )}
 
 

@@ -218,6 +218,7 @@ class Source:
     height: int
     bit_depth: int
     pix_fmt: str
+    codec: str  # FFmpeg's decoder name: h264, hevc, av1, ...
     hdr: bool
     fields: str | None  # "top field first" or "bottom field first" for interlaced input
     identity: str  # size and a hash of sampled bytes: the content, not the name
@@ -235,7 +236,7 @@ def inspect(path: str | os.PathLike, where: str = "cpllm-ladder") -> Source:
         raise VideoDecodeError(message(where, "a video with a duration", f"{p}: none",
                                        "re-mux it: ffmpeg -i IN -c copy OUT.mkv"))
     return Source(p, size, float(info.duration), float(info.fps), info.width, info.height,
-                  info.bit_depth, info.pix_fmt, *_hints(p), identity(p))
+                  info.bit_depth, info.pix_fmt, info.codec, *_hints(p), identity(p))
 
 
 # FFmpeg's AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
@@ -421,6 +422,7 @@ class Pick:
     vmaf: float | None = None
     exhaustive: bool = False
     input_kbps: float | None = None  # the input's own video bitrate inside the samples
+    keep: bool = False  # the input is worth more as it is: see Job.pick
 
     @property
     def encoded_percent(self) -> float | None:
@@ -448,6 +450,7 @@ class Pick:
         if self.input_kbps:
             d["input_kbps"] = self.input_kbps
             d["encoded_percent"] = self.encoded_percent
+        d["keep"] = self.keep
         return d
 
 
@@ -1063,6 +1066,11 @@ class PickOptions(Settings):
         guard: ``auto`` only: never pick above the CRF where the model's score falls this
             far below its score of the input (:func:`guard_crf`; None: :data:`AUTO_GUARD`;
             0: no such cap).
+        keep: mark the pick ``keep`` (and ``encode`` copies the input's video stream instead
+            of encoding it) where the pick needs more bits than the input has
+            (:data:`KEEP_PERCENT`) and the input is already in the encoder's format with the
+            output's pixel format and no ``vfilter``: such a re-encode keeps at most what the
+            input has, for more bits.
         max_encoded_percent: refuse a pick whose bitrate is more than this percentage of
             the input's (:class:`PickTooLargeError`; ab-av1's ``--max-encoded-percent``;
             None: any). Per-scene picks are judged together (the CLI's ``--per-scene``).
@@ -1085,6 +1093,7 @@ class PickOptions(Settings):
     pool: str = "mean"
     max_probes: int = MAX_PROBES
     guard: float | None = None
+    keep: bool = True
     max_encoded_percent: float | None = None
     vmaf: bool = False
     full: bool = False
@@ -1112,6 +1121,12 @@ class PickOptions(Settings):
         return Settings(self.encoder, self.preset, tuple(map(tuple, self.options)),
                         self.pix_fmt, self.vfilter,
                         tuple(self.crf_range) if self.crf_range else None)
+
+
+# A pick over this share of the input's bitrate is kept (PickOptions.keep): the re-encode
+# keeps at most what the input has, for more bits. Not fitted: it is where a re-encode stops
+# saving anything.
+KEEP_PERCENT = 100.0
 
 
 class Job:
@@ -1219,14 +1234,23 @@ class Job:
                 result = run_mode(ladder, self.mode, self.min_score, self.max_drop,
                                   self.vmaf_level, o.max_probes, o.full, o.guard)
                 result.input_kbps = ladder.input_kbps(filtered=True)
-                self.check_size(result.predicted_kbps, result.input_kbps, f"CRF {result.crf}",
-                                result)
+                result.keep = self.keepable() and (result.encoded_percent or 0) > KEEP_PERCENT
+                if not result.keep:  # a kept input re-encodes nothing: no size to refuse
+                    self.check_size(result.predicted_kbps, result.input_kbps,
+                                    f"CRF {result.crf}", result)
                 return result
             finally:
                 for p in ladder.probes.values():  # in the order they were made
                     if on_probe:
                         on_probe(p)
 
+
+    def keepable(self) -> bool:
+        """Whether the input could stand for the encode as it is: ``keep`` is on and the
+        input is in the encoder's format at the output's pixel format, unfiltered."""
+        st, src = self.settings, self.source
+        return (self.options.keep and not st.vfilter and src.codec == st.table.codec
+                and st.pix_fmt in (None, src.pix_fmt))
 
     def check_size(self, kbps: float, input_kbps: float | None, what: str,
                    result: Pick | None = None) -> None:

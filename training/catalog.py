@@ -600,12 +600,15 @@ def vmaf_search(level: float) -> Policy:
     return lambda c: highest_meeting(c.crfs, c.vi, level)
 
 
-def keep_input(policy: Policy, percent: float) -> Policy:
+def keep_input(policy: Policy, percent: float, codec: str | None = None) -> Policy:
     """``policy``, but the input is kept as it is where the pick would cost more than
-    ``percent`` of its size (``cpllm-ladder --max-encoded-percent``, ab-av1's gate)."""
+    ``percent`` of its size (``cpllm-ladder``'s keep, and ab-av1's gate); with ``codec``
+    (FFmpeg's name of the encoder's format, ``h264``), only an input already in it."""
     def gated(c: Curve) -> int | str | None:
         crf = policy(c)
-        return KEEP if crf not in (None, KEEP) and c.percent(crf) > percent else crf
+        if crf in (None, KEEP) or (codec is not None and c.info.get("codec") != codec):
+            return crf
+        return KEEP if c.percent(crf) > percent else crf
     return gated
 
 

@@ -154,7 +154,8 @@ def test_max_encoded_percent_refuses_a_reencode_that_saves_nothing(master_and_up
     """The VMAF-95 search against an earlier CRF 40 encode keeps its artifacts at a lower CRF,
     so its pick costs more bits than the upload has; ab-av1's gate refuses it, and says so."""
     master, upload = master_and_upload
-    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "mode": "vmaf"}
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "mode": "vmaf",
+            "keep": False}
     on_master = lad.pick_file(master, lad.PickOptions(**opts), _Flat())
     assert on_master.encoded_percent < 10  # a lossless master: a re-encode saves nearly all
     p = lad.pick_file(upload, lad.PickOptions(**opts), _Flat())
@@ -168,3 +169,51 @@ def test_max_encoded_percent_refuses_a_reencode_that_saves_nothing(master_and_up
     assert kept.crf == p.crf
     with pytest.raises(lad.LadderArgumentError, match="above 0"):
         lad.Job(upload, lad.PickOptions(max_encoded_percent=0, **opts), _Flat())
+
+
+def test_an_input_the_pick_would_outgrow_is_kept_where_it_is_the_encoders_format(
+        master_and_upload, tmp_path):
+    master, upload = master_and_upload  # an H.264 upload at CRF 40
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "mode": "vmaf"}
+    p = lad.pick_file(upload, lad.PickOptions(**opts), _Flat())
+    assert p.encoded_percent > lad.KEEP_PERCENT and p.keep and p.to_dict()["keep"] is True
+    # The gate has nothing to refuse: a kept input is not re-encoded.
+    assert lad.pick_file(upload, lad.PickOptions(max_encoded_percent=80, **opts), _Flat()).keep
+    assert not lad.pick_file(master, lad.PickOptions(**opts), _Flat()).keep
+    # Not kept: asked not to, another format, a filter, another pixel format.
+    for other in ({"keep": False}, {"encoder": "libx265", "preset": "ultrafast"},
+                  {"vfilter": "scale=320:-2"}, {"pix_fmt": "yuv444p"}):
+        r = lad.pick_file(upload, lad.PickOptions(**opts, **other), _Flat())
+        assert not r.keep and r.to_dict()["keep"] is False, other
+
+
+def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypatch):
+    import json
+
+    import av
+    from click.testing import CliRunner
+
+    from cpllm_plugin.integrations import cli
+
+    _, upload = master_and_upload
+    monkeypatch.setattr(lad, "Scorer", lambda model, backend: _Flat())
+    out = tmp_path / "out.mkv"
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(out), "--mode", "vmaf",
+                                      "--json", "-q", "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    pick, done = rows[-2], rows[-1]
+    assert pick["keep"] and done["kept"] and done["crf"] is None
+
+    def packets(path):
+        with av.open(str(path)) as c:
+            return [bytes(k) for k in c.demux(c.streams.video[0]) if k.size]
+
+    assert packets(out) == packets(upload)  # the same coded pictures, not a re-encode
+    again = tmp_path / "again.mkv"
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(again), "--mode", "vmaf",
+                                      "--json", "-q", "--no-keep",
+                                      "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    done = json.loads(r.stdout.splitlines()[-1])
+    assert not done["kept"] and done["crf"] == pick["crf"] and packets(again) != packets(upload)
