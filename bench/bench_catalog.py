@@ -132,6 +132,14 @@ def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
     return got
 
 
+def keeper(codec: str):
+    """The tool's keep as a wrapper of policies: an input already in ``codec``'s format is
+    kept where the pick would be bigger (every mode does it by default; a fixed CRF is
+    judged with it too, so that the comparison is of the CRFs alone)."""
+    fmt = ff.get_encoder(codec).codec
+    return lambda policy, percent=lad.KEEP_PERCENT: cat.keep_input(policy, percent, fmt)
+
+
 def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
              frames: bool = False) -> tuple[dict, dict]:
     """The policies of the tables (name -> policy) and the swept ones (name -> points);
@@ -141,11 +149,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
     rule = scorer.predictor(codec)
-    fmt = ff.get_encoder(codec).codec
-
-    def keep(policy, percent=lad.KEEP_PERCENT):  # the tool's keep: inputs in the format only
-        return cat.keep_input(policy, percent, fmt)
-
+    keep = keeper(codec)
     table = {
         f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
         "auto --no-keep": cat.auto_rule(),
@@ -171,7 +175,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
             (f"{p:g}", cat.keep_input(cat.auto_rule(), p)) for p in (80, 100)],
         "VMAF-95 search, keep the input over P%": [
             (f"{p:g}", keep(cat.vmaf_search(95), p)) for p in (50, 80, 100)],
-        "fixed CRF": [(f"{c}", cat.fixed(c)) for c in crfs],
+        "fixed CRF (keeping)": [(f"{c}", keep(cat.fixed(c))) for c in crfs],
         "VMAF search": [(f"{v:g}", cat.vmaf_search(v))
                         for v in (80, 84, 87, 89, 91, 92, 93, 94, 95, 96, 97, 98)],
         "score mode": [(f"VMAF {v:g}, drop x{k:g}",
@@ -186,7 +190,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
                                  for m in (4.6, 4.7, 4.8) for d in (0.01, 0.03, 0.06)],
     }
     if rule:
-        sweeps["predict, margin"] = [(f"{m:g}", cat.predict_rule(rule, m))
+        sweeps["predict, margin (keeping)"] = [(f"{m:g}", keep(cat.predict_rule(rule, m)))
                                      for m in (-1, 0, 1, 2, 3, 4, 5, 6, 8)]
     if rule and frames:
         sweeps["predict, key frames a sample"] = [
@@ -203,10 +207,11 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
     table, sweeps = policies(scorer, crfs, codec, frames)
     by = cat.groups(cs)
     print(f"\n{len(cs)} inputs: " + ", ".join(f"{k} {len(v)}" for k, v in by.items()))
-    fixed95 = cat.cheapest_fixed(cs, 0.95, crfs)
+    keep = keeper(codec)
+    fixed95 = cat.cheapest_fixed(cs, 0.95, crfs, keep)
     if fixed95 is not None:
         table = {f"fixed CRF (cheapest at 95%: {fixed95.name[10:]})":
-                 cat.fixed(int(fixed95.name.split()[-1])), **table}
+                 keep(cat.fixed(int(fixed95.name.split()[-1]))), **table}
     names = list(table)
     print("\nsuccess share / mean cost / median cost (cost: bits over the cheapest success "
           "on the input's ladder)")
@@ -229,7 +234,7 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
     pred = next((p for k, p in table.items() if k.startswith("predict")), None)
     if pred is not None:
         r = cat.judge("predict", pred, cs)
-        f = cat.cheapest_fixed(cs, r.success, crfs)
+        f = cat.cheapest_fixed(cs, r.success, crfs, keep)
         if f is not None:
             print(f"  predict: {r.success:.0%} / {r.cost:.2f} / {r.median:.2f}; the cheapest "
                   f"fixed CRF as often, {f.name[10:]}: {f.success:.0%} / {f.cost:.2f} / "
@@ -241,7 +246,7 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
               f"{e['median']:.2f}, 10-90% {e['p10']:.2f}-{e['p90']:.2f}, within 30% on "
               f"{e['within_30']:.0%}")
     for share in (0.8, 0.9, 0.95):
-        f = cat.cheapest_fixed(cs, share, crfs)
+        f = cat.cheapest_fixed(cs, share, crfs, keep)
         print(f"  cheapest fixed CRF at {share:.0%} success: "
               + (f"{f.name[10:]} ({f.success:.0%}, cost {f.cost:.2f}, median {f.median:.2f})"
                  if f else "none"))

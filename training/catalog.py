@@ -612,12 +612,13 @@ def keep_input(policy: Policy, percent: float, codec: str | None = None) -> Poli
     return gated
 
 
-def cheapest_fixed(cs: Sequence[Curve], share: float,
-                   crfs: Iterable[int] = range(15, 52)) -> Result | None:
-    """The fixed CRF with the fewest bits that succeeds on at least ``share`` of ``cs``."""
+def cheapest_fixed(cs: Sequence[Curve], share: float, crfs: Iterable[int] = range(15, 52),
+                   wrap: Callable[[Policy], Policy] | None = None) -> Result | None:
+    """The fixed CRF with the fewest bits that succeeds on at least ``share`` of ``cs``
+    (``wrap``: each fixed CRF as ``wrap`` changes it, e.g. :func:`keep_input`)."""
     best = None
     for crf in crfs:
-        r = judge(f"fixed CRF {crf}", fixed(crf), cs)
+        r = judge(f"fixed CRF {crf}", (wrap or (lambda q: q))(fixed(crf)), cs)
         if r.success >= share - 1e-9 and (best is None or r.cost < best.cost):
             best = r
     return best
