@@ -218,7 +218,7 @@ class Source:
     height: int
     bit_depth: int
     pix_fmt: str
-    codec: str  # FFmpeg's decoder name: h264, hevc, av1, ...
+    codec: str  # FFmpeg's codec name (not its decoder's): h264, hevc, av1, vp9, ...
     hdr: bool
     fields: str | None  # "top field first" or "bottom field first" for interlaced input
     identity: str  # size and a hash of sampled bytes: the content, not the name
@@ -236,7 +236,7 @@ def inspect(path: str | os.PathLike, where: str = "cpllm-ladder") -> Source:
         raise VideoDecodeError(message(where, "a video with a duration", f"{p}: none",
                                        "re-mux it: ffmpeg -i IN -c copy OUT.mkv"))
     return Source(p, size, float(info.duration), float(info.fps), info.width, info.height,
-                  info.bit_depth, info.pix_fmt, info.codec, *_hints(p), identity(p))
+                  info.bit_depth, info.pix_fmt, *_hints(p, info.codec), identity(p))
 
 
 # FFmpeg's AVFieldOrder: 0 unknown, 1 progressive, then the interlaced orders.
@@ -244,23 +244,25 @@ _FIELDS = {2: "top field first", 3: "bottom field first", 4: "top field first",
            5: "bottom field first"}
 
 
-def _hints(path: Path) -> tuple[bool, str | None]:
-    """Whether the input is HDR (PQ or HLG), and its field order when it is interlaced."""
+def _hints(path: Path, decoder: str) -> tuple[str, bool, str | None]:
+    """The input's codec (AV1 read by libdav1d is ``av1``), whether it is HDR (PQ or HLG),
+    and its field order when it is interlaced."""
     import av
 
     try:
         with av.open(str(path)) as c:
             stream = c.streams.video[0]
             cc = stream.codec_context
+            codec = cc.codec.canonical_name or decoder
             hdr = int(cc.color_trc or 0) in (16, 18)  # SMPTE ST 2084 (PQ), ARIB B67 (HLG)
             order = int(getattr(cc, "field_order", 0) or 0)
             if order == 0:  # not in the headers (raw streams, some muxers): the first frame
                 frame = next(c.decode(stream), None)
                 if frame is not None and frame.interlaced_frame:
                     order = 2 if frame.top_field_first else 3
-            return hdr, _FIELDS.get(order)
+            return codec, hdr, _FIELDS.get(order)
     except Exception:  # noqa: BLE001 - probe() already vetted the file; these are hints
-        return False, None
+        return decoder, False, None
 
 
 # --- scoring ------------------------------------------------------------------------------

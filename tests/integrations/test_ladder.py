@@ -304,6 +304,14 @@ def test_ten_bit_input_keeps_its_depth_and_hdr_warns(ffmpeg_exe, tmp_path):
     assert depths and set(depths) == {10}
 
 
+def test_source_names_the_codec_not_its_decoder(ffmpeg_exe, tmp_path):
+    # PyAV reads AV1 with libdav1d; keep compares the input's format with the encoder's.
+    av1 = _clip(ffmpeg_exe, tmp_path / "av1.mp4", "-c:v", "libsvtav1", "-preset", "12",
+                seconds=0.5, size="160x96")
+    assert lad.inspect(av1).codec == ff.get_encoder("libsvtav1").codec == "av1"
+    assert lad.inspect(SAMPLE).codec == ff.get_encoder("libx264").codec == "h264"
+
+
 def test_interlaced_input_warns_unless_the_filter_deinterlaces(ffmpeg_exe, small, tmp_path):
     # -vf interlace weaves frame pairs into top-field-first frames, coded as interlaced.
     src = tmp_path / "interlaced.mp4"
