@@ -288,7 +288,9 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
         i += 1
     print(f"\nreal tool against the replay, {len(chosen)} inputs, {rounds} round(s):")
     print(f"{'input':34} {'mode':27} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
-          f"{'success (real)':>14}")
+          f"{'success (real)':>14} {'keep: real/replay':>17}")
+    keep = keeper(codec)
+    kept = []
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
     # nothing is the baseline a no-reference mode's time is held against.
     arms = [*replay, "vmaf, no model", "vmaf, ab-av1's scale"]
@@ -313,9 +315,9 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                         guard=guard if "--guard" in mode else None,
                         key_frames=lad.KEY_FRAMES if "plan's key frames" in mode else None),
                         scorer if model else NoScore())
-                    crf, enc = p.crf, p.encodes
+                    crf, enc, held = p.crf, p.encodes, p.keep
                 except lad.NoCrfMeetsTargetError:
-                    crf, enc = None, None
+                    crf, enc, held = None, None, False
                 finally:
                     ff.measure_fr = MEASURE_FR
                 times.setdefault((mode, c.id), []).append(time.perf_counter() - t0)
@@ -329,8 +331,11 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                 if crf is not None and sim is not None:
                     diffs.append(crf - sim)
                 ok = "-" if crf is None else str(c.success(crf))
+                # The replay keeps on the ladder's whole-file size at the tool's own pick.
+                held_sim = crf is not None and keep(lambda _c, crf=crf: crf)(c) == cat.KEEP
+                kept.append(held == held_sim)
                 print(f"{c.id[:34]:34} {mode:27} {crf!s:>5} {sim!s:>6} {enc!s:>7} "
-                      f"{times[mode, c.id][-1]:>6.1f} {ok:>14}")
+                      f"{times[mode, c.id][-1]:>6.1f} {ok:>14} {held!s:>8}/{held_sim!s:<8}")
     import numpy as np
 
     # Per input the median over rounds, then summed over inputs: one slow round (the
@@ -348,6 +353,8 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                   / sum(times["vmaf, no model", c.id][r] for c in chosen) for r in range(rounds)]
         print(f"{mode} against vmaf without the model, round by round: "
               + ", ".join(f"{v:.2f}" for v in ratios))
+    if kept:
+        print(f"keep: the tool and the replay agree on {sum(kept)} of {len(kept)} picks")
     if diffs:
         d = np.abs(diffs)
         print(f"real - replay: within 1 CRF {np.mean(d <= 1):.0%}, within 2 "
