@@ -36,8 +36,6 @@ WHERE = "cpllm-ladder encode"
 
 # Subtitle formats that are text, so an MP4 or WebM output can take them converted.
 TEXT_SUBS = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"})
-# What each encoder of ENCODERS writes (WebM takes only VP8, VP9 and AV1).
-CODEC_OF = {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1", "libvpx-vp9": "vp9"}
 # Output containers by file extension; others are left to ffmpeg's own muxer rules.
 KINDS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm"}
 # Audio that ffmpeg's muxers refuse to copy into the container (checked with ffmpeg 9).
@@ -155,14 +153,15 @@ def _others(st: _Streams, kind: str, encoder: str, i: int) -> list[str]:
     encoding; warns for the streams it drops.
     """
     fix = "write a .mkv, which takes any stream"
-    if kind == "webm" and CODEC_OF.get(encoder) not in ("vp9", "av1"):
+    codec = ff.ENCODERS[encoder].codec  # WebM takes only VP8, VP9 and AV1
+    if kind == "webm" and codec not in ("vp9", "av1"):
         raise LadderArgumentError(message(
             WHERE, "VP9 or AV1 video for a WebM output", f"--encoder {encoder}",
             f"use --encoder libvpx-vp9 or libsvtav1, or {fix}"))
-    if kind == "mov" and CODEC_OF.get(encoder) in ("vp9", "av1"):
+    if kind == "mov" and codec in ("vp9", "av1"):
         raise LadderArgumentError(message(
             WHERE, "H.264 or HEVC video for a .mov output", f"--encoder {encoder}",
-            f"write a .mp4 (which takes {CODEC_OF[encoder].upper()}), or {fix}"))
+            f"write a .mp4 (which takes {codec.upper()}), or {fix}"))
     bad = [c for _, c in st.audio
            if (c not in WEBM_AUDIO if kind == "webm" else c in NO_AUDIO.get(kind, ()))]
     if bad:

@@ -406,6 +406,11 @@ class Probe:
         return d
 
 
+def encoded_percent(kbps: float, input_kbps: float | None) -> float | None:
+    """``kbps`` as a percentage of ``input_kbps`` (None when the input's is unknown)."""
+    return round(100 * kbps / input_kbps, 1) if input_kbps else None
+
+
 @dataclass
 class Pick:
     """The answer: the highest CRF meeting the target, and what it predicts."""
@@ -429,9 +434,7 @@ class Pick:
     @property
     def encoded_percent(self) -> float | None:
         """The pick's bitrate as a percentage of the input's (ab-av1's encoded percent)."""
-        if not self.input_kbps:
-            return None
-        return round(100 * self.predicted_kbps / self.input_kbps, 1)
+        return encoded_percent(self.predicted_kbps, self.input_kbps)
 
     def row(self, path: str | os.PathLike) -> dict:
         """The ``--json`` pick object with ``path`` and its probes embedded (``probes``: the
@@ -505,6 +508,7 @@ class Ladder:
         self._dir: Path | None = None
         self._refs: list[Path] | None = None
         self._s0: tuple[float, list[float]] | None = None
+        self._kbps: float | None = None
 
     # working folder -----------------------------------------------------------------------
 
@@ -590,7 +594,10 @@ class Ladder:
 
         if self.settings.vfilter and not filtered:
             return None
-        return stats(self.source.path, [(s.start, s.duration) for s in self.samples]).kbps
+        if self._kbps is None:  # read by the mode, and again for the pick's share of it
+            self._kbps = stats(self.source.path,
+                               [(s.start, s.duration) for s in self.samples]).kbps
+        return self._kbps
 
     def input_noise(self, frames: int = 6) -> float:
         """The input's luma noise inside the samples (:func:`.stream.noise`, ``frames`` spread
@@ -1246,7 +1253,6 @@ class Job:
                     if on_probe:
                         on_probe(p)
 
-
     def keepable(self) -> bool:
         """Whether the input could stand for the encode as it is: ``keep`` is on and the
         input is in the encoder's format at the output's pixel format, unfiltered."""
@@ -1259,10 +1265,8 @@ class Job:
         """Raise :class:`PickTooLargeError` when ``kbps`` (the pick's, ``what`` names it) is
         over ``max_encoded_percent`` of ``input_kbps``."""
         limit = self.options.max_encoded_percent
-        if limit is None or not input_kbps:
-            return
-        percent = round(100 * kbps / input_kbps, 1)
-        if percent <= limit:
+        percent = encoded_percent(kbps, input_kbps)
+        if limit is None or percent is None or percent <= limit:
             return
         raise PickTooLargeError(message(
             self.where, f"a pick of at most {limit:g}% of the input's bitrate "
