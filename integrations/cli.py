@@ -107,6 +107,10 @@ def pick_options(f):
                      help="Where the pick needs more bits than the input has and the input is "
                      "already in the encoder's format (no --vfilter, same --pix-fmt), keep "
                      "the input: the pick says so and encode copies its video stream."),
+        click.option("--keep-any-codec", is_flag=True,
+                     help="Keep an input in any codec the tool encodes (H.264, HEVC, AV1, "
+                     "VP9), not only the encoder's: for a catalog that serves what it "
+                     "stores."),
         click.option("--max-encoded-percent", type=click.FloatRange(0, min_open=True),
                      metavar="P", help="Refuse a pick whose bitrate is more than P% of the "
                      "input's (ab-av1's flag; exit 1, nothing encoded). Default: any."),

@@ -146,21 +146,24 @@ def _kind(output: Path) -> str:
     return KINDS.get(output.suffix.lower(), "other")
 
 
-def _others(st: _Streams, kind: str, encoder: str, i: int) -> list[str]:
+def _others(st: _Streams, kind: str, encoder: str, i: int,
+            kept: str | None = None) -> list[str]:
     """Maps and options for input ``i``'s audio, subtitles, covers, metadata and chapters.
+    ``kept``: the input's video codec when its stream is copied (``keep``), else None.
 
     Raises :class:`LadderArgumentError` for streams the container cannot hold, before any
     encoding; warns for the streams it drops.
     """
     fix = "write a .mkv, which takes any stream"
-    codec = ff.ENCODERS[encoder].codec  # WebM takes only VP8, VP9 and AV1
+    codec = kept or ff.ENCODERS[encoder].codec  # WebM takes only VP8, VP9 and AV1
+    video, other = ((f"the input's {codec} video, kept as it is", "--no-keep") if kept else
+                    (f"--encoder {encoder}", "--encoder libvpx-vp9 or libsvtav1"))
     if kind == "webm" and codec not in ("vp9", "av1"):
         raise LadderArgumentError(message(
-            WHERE, "VP9 or AV1 video for a WebM output", f"--encoder {encoder}",
-            f"use --encoder libvpx-vp9 or libsvtav1, or {fix}"))
+            WHERE, "VP9 or AV1 video for a WebM output", video, f"use {other}, or {fix}"))
     if kind == "mov" and codec in ("vp9", "av1"):
         raise LadderArgumentError(message(
-            WHERE, "H.264 or HEVC video for a .mov output", f"--encoder {encoder}",
+            WHERE, "H.264 or HEVC video for a .mov output", video,
             f"write a .mp4 (which takes {codec.upper()}), or {fix}"))
     bad = [c for _, c in st.audio
            if (c not in WEBM_AUDIO if kind == "webm" else c in NO_AUDIO.get(kind, ()))]
@@ -291,8 +294,14 @@ def _bounds(scenes, settings: Settings, st: _Streams, duration: float) -> list[i
 # --- the encode ---------------------------------------------------------------------------
 
 
-def _tag(settings: Settings) -> list[str]:
-    """The encoder's codec tag option (x265's hvc1, for Apple players), for a stream copy."""
+def _tag(settings: Settings, kept: str | None = None) -> list[str]:
+    """The encoder's codec tag option (x265's hvc1, for Apple players), for a stream copy;
+    ``kept``: the codec of a kept input's video, tagged as the encoder of that codec tags."""
+    if kept is not None and kept != settings.table.codec:
+        own = next((n for n, e in ff.ENCODERS.items() if e.codec == kept), None)
+        if own is None:
+            return []
+        settings = Settings(own)
     video = ff.first_video_only(settings.args(0, None))
     return [a for j in range(0, len(video) - 1, 2) if video[j] == "-tag:v:0"
             for a in video[j:j + 2]]
@@ -379,7 +388,8 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         if len(scenes) == 1:
             bounds = None  # one scene is one CRF
     single = bounds is None or (settings.encoder == "libx264" and not chunks)
-    others = _others(st, kind, settings.encoder, 0 if single else 1)
+    kept = src.codec if keep else None
+    others = _others(st, kind, settings.encoder, 0 if single else 1, kept)
     threads = ff.cpus()
     parts: Path | None = None
     head = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
@@ -389,7 +399,7 @@ def encode_file(source: str | os.PathLike, output: str | os.PathLike, settings: 
         nonlocal parts
         if keep:
             ff.run_ffmpeg([*head, "-i", str(src.path), "-map", f"0:{st.video}", *others,
-                           "-c:v:0", "copy", *_tag(settings), *tail, str(tmp)],
+                           "-c:v:0", "copy", *_tag(settings, kept), *tail, str(tmp)],
                           f"{WHERE}: copying the input's video",
                           _on_progress(progress, 0.0, src.duration))
         elif single:

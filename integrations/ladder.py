@@ -1080,6 +1080,10 @@ class PickOptions(Settings):
             (:data:`KEEP_PERCENT`) and the input is already in the encoder's format with the
             output's pixel format and no ``vfilter``: such a re-encode keeps at most what the
             input has, for more bits.
+        keep_any_codec: with ``keep``, an input in another of the codecs the tool encodes
+            (:data:`KEEP_CODECS`: H.264, HEVC, AV1, VP9) is kept too: for a catalog that
+            serves what it stores, where an earlier encode in another codec is already
+            smaller than any re-encode that keeps what it had.
         max_encoded_percent: refuse a pick whose bitrate is more than this percentage of
             the input's (:class:`PickTooLargeError`; ab-av1's ``--max-encoded-percent``;
             None: any). Per-scene picks are judged together (the CLI's ``--per-scene``).
@@ -1103,6 +1107,7 @@ class PickOptions(Settings):
     max_probes: int = MAX_PROBES
     guard: float | None = None
     keep: bool = True
+    keep_any_codec: bool = False
     max_encoded_percent: float | None = None
     vmaf: bool = False
     full: bool = False
@@ -1136,6 +1141,9 @@ class PickOptions(Settings):
 # keeps at most what the input has, for more bits. Not fitted: it is where a re-encode stops
 # saving anything.
 KEEP_PERCENT = 100.0
+# What ``keep_any_codec`` keeps: the codecs the tool itself encodes, which any player it
+# targets decodes (not MPEG-2, MPEG-4 Part 2 or MJPEG, however small).
+KEEP_CODECS = tuple(sorted({e.codec for e in ff.ENCODERS.values()}))
 
 
 class Job:
@@ -1190,6 +1198,10 @@ class Job:
             raise LadderArgumentError(message(
                 f"{where} --max-encoded-percent", "a percentage of the input's bitrate above 0",
                 f"{o.max_encoded_percent:g}", "pass e.g. --max-encoded-percent 80, or drop it"))
+        if o.keep_any_codec and not o.keep:
+            raise LadderArgumentError(message(
+                where, "--keep-any-codec with keep on (it widens what keep keeps)",
+                "--keep-any-codec with --no-keep", "drop one of them"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
                 where, "--full with a searching mode", "--mode predict (it reads its "
@@ -1255,9 +1267,11 @@ class Job:
 
     def keepable(self) -> bool:
         """Whether the input could stand for the encode as it is: ``keep`` is on and the
-        input is in the encoder's format at the output's pixel format, unfiltered."""
-        st, src = self.settings, self.source
-        return (self.options.keep and not st.vfilter and src.codec == st.table.codec
+        input is in the encoder's format (with ``keep_any_codec``: in one of
+        :data:`KEEP_CODECS`) at the output's pixel format, unfiltered."""
+        st, src, o = self.settings, self.source, self.options
+        codecs = KEEP_CODECS if o.keep_any_codec else (st.table.codec,)
+        return (o.keep and not st.vfilter and src.codec in codecs
                 and st.pix_fmt in (None, src.pix_fmt))
 
     def check_size(self, kbps: float, input_kbps: float | None, what: str,

@@ -33,7 +33,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -600,13 +600,17 @@ def vmaf_search(level: float) -> Policy:
     return lambda c: highest_meeting(c.crfs, c.vi, level)
 
 
-def keep_input(policy: Policy, percent: float, codec: str | None = None) -> Policy:
+def keep_input(policy: Policy, percent: float,
+               codec: str | Collection[str] | None = None) -> Policy:
     """``policy``, but the input is kept as it is where the pick would cost more than
     ``percent`` of its size (``cpllm-ladder``'s keep, and ab-av1's gate); with ``codec``
-    (FFmpeg's name of the encoder's format, ``h264``), only an input already in it."""
+    (FFmpeg's name of the encoder's format, ``h264``, or several: ``--keep-any-codec``),
+    only an input already in it."""
+    codecs = {codec} if isinstance(codec, str) else codec
+
     def gated(c: Curve) -> int | str | None:
         crf = policy(c)
-        if crf in (None, KEEP) or (codec is not None and c.info.get("codec") != codec):
+        if crf in (None, KEEP) or (codecs is not None and c.info.get("codec") not in codecs):
             return crf
         return KEEP if c.percent(crf) > percent else crf
     return gated

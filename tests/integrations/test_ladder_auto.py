@@ -185,6 +185,13 @@ def test_an_input_the_pick_would_outgrow_is_kept_where_it_is_the_encoders_format
                   {"vfilter": "scale=320:-2"}, {"pix_fmt": "yuv444p"}):
         r = lad.pick_file(upload, lad.PickOptions(**opts, **other), _Flat())
         assert not r.keep and r.to_dict()["keep"] is False, other
+    # A catalog that serves what it stores keeps the H.264 upload where x265 would outgrow it.
+    x265 = {"encoder": "libx265", "preset": "ultrafast"}
+    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265, keep_any_codec=True), _Flat())
+    assert r.encoded_percent > lad.KEEP_PERCENT and r.keep
+    assert "h264" in lad.KEEP_CODECS and "mpeg2video" not in lad.KEEP_CODECS
+    with pytest.raises(lad.LadderArgumentError, match="--keep-any-codec with --no-keep"):
+        lad.Job(upload, lad.PickOptions(keep=False, keep_any_codec=True, **opts), _Flat())
 
 
 def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypatch):
@@ -217,3 +224,15 @@ def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypa
     assert r.exit_code == 0, r.output
     done = json.loads(r.stdout.splitlines()[-1])
     assert not done["kept"] and done["crf"] == pick["crf"] and packets(again) != packets(upload)
+    # Kept in another codec than the encoder's: the container must take the input's.
+    x265 = ["-e", "libx265", "--preset", "ultrafast", "--keep-any-codec"]
+    webm = tmp_path / "out.webm"
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(webm), "--mode", "vmaf",
+                                      "-q", *x265, "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 1 and "VP9 or AV1 video for a WebM output" in r.output
+    assert "the input's h264 video, kept as it is" in r.output and not webm.exists()
+    mp4 = tmp_path / "out.mp4"
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(mp4), "--mode", "vmaf",
+                                      "--json", "-q", *x265, "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.splitlines()[-1])["kept"] and packets(mp4) == packets(upload)
