@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
                     "mode and compare its picks with the replayed ones.")
+    ap.add_argument("--keep-any-codec", action="store_true",
+                    help="With --real: the tool keeps an input in any codec it encodes, and "
+                    "the replay's keep column does the same.")
     ap.add_argument("--rounds", type=int, default=1, metavar="R",
                     help="With --real: run every mode R times on each input, in a turning "
                     "order, and time each by its median (picks come from the first round).")
@@ -112,7 +115,7 @@ def main() -> None:
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
-                  a.real_ids.split(",") if a.real_ids else None, a.rounds)
+                  a.real_ids.split(",") if a.real_ids else None, a.rounds, a.keep_any_codec)
 
 
 def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
@@ -132,11 +135,12 @@ def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
     return got
 
 
-def keeper(codec: str):
+def keeper(codec: str, any_codec: bool = False):
     """The tool's keep as a wrapper of policies: an input already in ``codec``'s format is
     kept where the pick would be bigger (every mode does it by default; a fixed CRF is
-    judged with it too, so that the comparison is of the CRFs alone)."""
-    fmt = ff.get_encoder(codec).codec
+    judged with it too, so that the comparison is of the CRFs alone); ``any_codec``: an
+    input in any of the tool's codecs (``--keep-any-codec``)."""
+    fmt = lad.KEEP_CODECS if any_codec else ff.get_encoder(codec).codec
     return lambda policy, percent=lad.KEEP_PERCENT: cat.keep_input(policy, percent, fmt)
 
 
@@ -259,10 +263,11 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
 
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
               guard: float | None = None, ids: list[str] | None = None,
-              rounds: int = 1) -> None:
+              rounds: int = 1, any_codec: bool = False) -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
     with the ladders' ``codec``, against the replay of the same policy on the catalog's
-    ladders (interpolated between their levels)."""
+    ladders (interpolated between their levels); ``any_codec``: both keep an input in any
+    of the tool's codecs."""
     table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
@@ -291,7 +296,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
     print(f"\nreal tool against the replay, {len(chosen)} inputs, {rounds} round(s):")
     print(f"{'input':34} {'mode':27} {'real':>5} {'replay':>6} {'encodes':>7} {'s':>6} "
           f"{'success (real)':>14} {'keep: real/replay':>17}")
-    keep = keeper(codec)
+    keep = keeper(codec, any_codec)
     kept = []
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
     # nothing is the baseline a no-reference mode's time is held against.
@@ -314,6 +319,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                     # --key-frames given (the plan's default) keeps predict off its rule's
                     p = lad.pick_file(c.info["path"], lad.PickOptions(
                         mode=mode.split()[0].rstrip(","), no_cache=True, encoder=codec,
+                        keep_any_codec=any_codec,
                         guard=guard if "--guard" in mode else None,
                         key_frames=lad.KEY_FRAMES if "plan's key frames" in mode else None),
                         scorer if model else NoScore())
