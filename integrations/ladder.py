@@ -1255,7 +1255,12 @@ class Job:
                 result = run_mode(ladder, self.mode, self.min_score, self.max_drop,
                                   self.vmaf_level, o.max_probes, o.full, o.guard)
                 result.input_kbps = ladder.input_kbps(filtered=True)
-                result.keep = self.keepable() and (result.encoded_percent or 0) > KEEP_PERCENT
+                bigger = (result.encoded_percent or 0) > KEEP_PERCENT
+                result.keep = self.keepable() and bigger
+                if bigger and not result.keep and self.keepable(any_codec=True):
+                    self.say(f"the input ({self.source.codec}) is smaller than CRF "
+                             f"{result.crf}'s re-encode but not in {self.settings.encoder}'s "
+                             "format, so it is re-encoded; --keep-any-codec would keep it")
                 if not result.keep:  # a kept input re-encodes nothing: no size to refuse
                     self.check_size(result.predicted_kbps, result.input_kbps,
                                     f"CRF {result.crf}", result)
@@ -1265,12 +1270,12 @@ class Job:
                     if on_probe:
                         on_probe(p)
 
-    def keepable(self) -> bool:
+    def keepable(self, any_codec: bool = False) -> bool:
         """Whether the input could stand for the encode as it is: ``keep`` is on and the
-        input is in the encoder's format (with ``keep_any_codec``: in one of
-        :data:`KEEP_CODECS`) at the output's pixel format, unfiltered."""
+        input is in the encoder's format (with ``keep_any_codec``, or ``any_codec``: in one
+        of :data:`KEEP_CODECS`) at the output's pixel format, unfiltered."""
         st, src, o = self.settings, self.source, self.options
-        codecs = KEEP_CODECS if o.keep_any_codec else (st.table.codec,)
+        codecs = KEEP_CODECS if o.keep_any_codec or any_codec else (st.table.codec,)
         return (o.keep and not st.vfilter and src.codec in codecs
                 and st.pix_fmt in (None, src.pix_fmt))
 

@@ -187,6 +187,9 @@ def test_an_input_the_pick_would_outgrow_is_kept_where_it_is_the_encoders_format
         assert not r.keep and r.to_dict()["keep"] is False, other
     # A catalog that serves what it stores keeps the H.264 upload where x265 would outgrow it.
     x265 = {"encoder": "libx265", "preset": "ultrafast"}
+    said = []
+    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265), _Flat(), progress=said.append)
+    assert not r.keep and "--keep-any-codec would keep it" in said[-1]  # the user is told
     r = lad.pick_file(upload, lad.PickOptions(**opts, **x265, keep_any_codec=True), _Flat())
     assert r.encoded_percent > lad.KEEP_PERCENT and r.keep
     assert "h264" in lad.KEEP_CODECS and "mpeg2video" not in lad.KEEP_CODECS
