@@ -548,7 +548,9 @@ class Ladder:
 
     @staticmethod
     def _probe_key(s: Settings) -> tuple:
-        return (s.encoder, s.preset, list(map(list, s.options)))
+        # "video packets": probes cached before their size was read from the packets (a
+        # file's size before) are encoded again, not mixed with the new ones.
+        return (s.encoder, s.preset, list(map(list, s.options)), "video packets")
 
     @staticmethod
     def _read(path: Path | None) -> dict | None:
@@ -691,7 +693,11 @@ class Ladder:
         if self.vmaf:
             vmaf = round(float(np.average([v for _, v in done],
                                           weights=[s.duration for s in self.samples])), 3)
-        size = sum(p.stat().st_size for p in outs)
+        from .stream import video_bytes
+
+        # The video's packets, as the input's bitrate is read (Ladder.input_kbps): keep and
+        # auto compare the two, and a file's size would count each sample's container too.
+        size = sum(video_bytes(p) for p in outs)
         secs = sum(s.duration for s in self.samples)
         probe = Probe(crf, pool(np.array(frames), self.pool), frames, size,
                       round(size * 8 / secs / 1000, 1),

@@ -62,6 +62,16 @@ def frame_qp(side_data) -> float | None:
     return None
 
 
+def video_bytes(path: str | os.PathLike) -> int:
+    """Bytes of ``path``'s first video stream: its packets, without the container or the
+    codec's global headers, as :func:`stats` counts the input's (a short low-bitrate probe
+    is otherwise several percent container: x265's headers alone are 2 kB a file)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(k.size for k in c.demux(c.streams.video[0]) if k.size)
+
+
 def stats(path: str | os.PathLike, windows: Sequence[tuple[float, float]] | None = None,
           quantiser: bool = False, max_frames: int = 600) -> StreamStats:
     """Read the bitrate of ``path``'s first video stream inside ``windows`` (``(start,

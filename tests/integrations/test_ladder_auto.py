@@ -239,3 +239,25 @@ def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypa
                                       "--json", "-q", *x265, "--cache", str(tmp_path / "cache")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["kept"] and packets(mp4) == packets(upload)
+
+
+def test_a_probe_reads_its_bitrate_as_the_inputs_is_read(master_and_upload, tmp_path,
+                                                         ffmpeg_exe):
+    """keep and auto hold a probe's bitrate against the input's, which is read from its video
+    packets; so is the probe's. A 2 s input is one sample, so its probe at a CRF codes the same
+    frames as an encode of the whole input: the same bits, not those plus a Matroska file's
+    container and x265's 2 kB of headers (half as much again here, when the file counted)."""
+    from cpllm_plugin.integrations.stream import video_bytes
+
+    master, _ = master_and_upload
+    opts = lad.PickOptions(encoder="libx265", preset="ultrafast", no_cache=True,
+                           temp_dir=tmp_path / "w")
+    with lad.Job(master, opts, _Flat()).ladder() as ladder:
+        assert len(ladder.samples) == 1
+        probe = ladder.probe(40)
+    out = tmp_path / "whole.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(master),
+                    *opts.settings().args(40, 1), str(out)], check=True)
+    whole = video_bytes(out)
+    assert whole < 0.9 * out.stat().st_size  # the file is a tenth container and headers
+    assert probe.bytes == pytest.approx(whole, rel=0.02)
