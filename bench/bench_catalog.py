@@ -153,12 +153,11 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
     rule = scorer.predictor(codec)
-    keep = keeper(codec)
+    keep, keep_any = keeper(codec), keeper(codec, any_codec=True)
     table = {
         f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
         "auto --no-keep": cat.auto_rule(),
-        "auto --keep-any-codec": cat.keep_input(cat.auto_rule(), lad.KEEP_PERCENT,
-                                                lad.KEEP_CODECS),
+        "auto --keep-any-codec": keep_any(cat.auto_rule()),
         "auto --guard 0 (no model guard)": keep(cat.auto_rule(guard=None)),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
         "VMAF-95, ab-av1's gate (80%)": keep(cat.vmaf_search(95), 80),
@@ -178,7 +177,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
             ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
                                             for p in (50, 70, 80, 90, 100, 120)],
         "auto, keep the input over P% in any codec the tool encodes (--keep-any-codec)": [
-            (f"{p:g}", cat.keep_input(cat.auto_rule(), p, lad.KEEP_CODECS)) for p in (80, 100)],
+            (f"{p:g}", keep_any(cat.auto_rule(), p)) for p in (80, 100)],
         "VMAF-95 search, keep the input over P%": [
             (f"{p:g}", keep(cat.vmaf_search(95), p)) for p in (50, 80, 100)],
         "fixed CRF (keeping)": [(f"{c}", keep(cat.fixed(c))) for c in crfs],
