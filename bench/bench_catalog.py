@@ -156,6 +156,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     keep, keep_any = keeper(codec), keeper(codec, any_codec=True)
     table = {
         f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
+        "auto, guard sparing no input": keep(cat.auto_rule(spare=None)),
         "auto --no-keep": cat.auto_rule(),
         "auto --keep-any-codec": keep_any(cat.auto_rule()),
         "auto --guard 0 (no model guard)": keep(cat.auto_rule(guard=None)),
@@ -173,6 +174,10 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
                                          + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
                                                          else ""), cat.auto_rule(guard=d))
                                             for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
+        "auto, the guard spares inputs S CRF below their VMAF-95 crossing": [
+            ("never", keep(cat.auto_rule(spare=None)))]
+            + [(f"{sp:g}" + (" (shipped)" if sp == lad.AUTO_SPARE else ""),
+                keep(cat.auto_rule(spare=sp))) for sp in (8, 10, 11, 12, 14, 16, 20)],
         "auto, keep the input over P% (100: shipped)": [
             ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
                                             for p in (50, 70, 80, 90, 100, 120)],

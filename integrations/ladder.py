@@ -797,9 +797,18 @@ AUTO_NOISE_FLOOR = 75.0
 # fall of its score below its score of the input, and the pick then never goes above the CRF
 # where that fall reaches D. On by default: fitted with the constants above on out-of-sample
 # scores of the training catalog (models trained without half its sources), it is the one
-# setting that keeps the goals' share of inputs; its price is more bits on the clean masters
-# the model judges harsher than VMAF does (docs/benchmark.md). 0 or None: off.
+# setting that keeps the goals' share of inputs; its price was more bits on the clean masters
+# the model judges harsher than VMAF does, which AUTO_SPARE takes back (docs/benchmark.md).
+# 0 or None: off.
 AUTO_GUARD: float | None = 0.175
+# The guard spares an input whose bitrate reads as an untouched master: one that the encoder
+# matches only at a CRF this far *below* its VMAF-95 crossing (about four times the bits of a
+# transparent re-encode). There VMAF against the input is VMAF against the master, so the search
+# is right and the guard could only add bits; the soft copies, the earlier encodes and the
+# degraded originals the guard is for read above it. Chosen on half the training catalog, one
+# CRF beyond the richest input the guard saves there (docs/benchmark.md). None: the guard
+# applies to every input.
+AUTO_SPARE: float | None = 12.0
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -844,7 +853,8 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     :data:`AUTO_NOISE` is set); when no CRF in the range reaches VMAF
     95 against the input, the search again at :data:`AUTO_FLOOR`. ``guard``: cap the pick
     where the model's score falls this far below its score of the input
-    (:func:`guard_crf`; None or 0: no cap)."""
+    (:func:`guard_crf`; None or 0: no cap), except on an input whose bitrate reads as an
+    untouched master (:func:`spared`)."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -875,6 +885,11 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     crf = c95 if level == AUTO_LEVEL else _find(
         ladder, target, max_probes + 2, full,
         "widen --crf-range, or use --mode vmaf --min-vmaf V with a lower V")
+    if guard and spared(gap, AUTO_SPARE):
+        ladder.say(f"auto: the input's bitrate is that of CRF {ceq:.1f}, {-gap:.1f} below the "
+                   "VMAF-95 crossing: an untouched master, which the model's guard spares")
+        target = replace(target, rule=f"{target.rule}; guard spared (a master's bitrate)")
+        guard = None
     capped = guard_crf(ladder, s0, crf, full, guard)
     if capped is not None and capped < crf:
         ladder.say(f"auto: the model's score falls {guard:g} below the input's above "
@@ -883,6 +898,13 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
                          f"model's score falls {guard:g} below the input's")
         crf = capped
     return _result(ladder, target, crf, full)
+
+
+def spared(gap: float | None, spare: float | None) -> bool:
+    """Whether ``auto``'s guard spares an input whose equivalent CRF lies ``gap`` CRF above
+    its VMAF-95 crossing (negative: below; None: unknown, never spared): ``spare`` CRF below
+    it or further (:data:`AUTO_SPARE`; None: never)."""
+    return gap is not None and spare is not None and gap <= -spare
 
 
 GUARD_PROBES = 3  # probes the guard may add: the VMAF search's probes are scored already

@@ -722,25 +722,45 @@ _SHIPPED = object()  # auto_rule's guard when not overridden: the shipped AUTO_G
 
 def auto_rule(gap: float | None = None, step: float | None = None,
               floor: float | None = None, noisy: float | None = None,
-              guard: float | None | object = _SHIPPED) -> Policy:
+              guard: float | None | object = _SHIPPED,
+              spare: float | None | object = _SHIPPED) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, the search again at the lowered level, and
     the model's guard (the pick no higher than where the model's score falls ``guard`` below
-    its score of the input). ``gap``, ``step``, ``floor``, ``noisy``, ``guard``: override the
-    shipped constants (sweeps, the fit; ``noisy`` sets a noise rule, which ships off;
-    ``guard=None`` turns the guard off)."""
+    its score of the input), which spares an input ``spare`` CRF or more below its crossing.
+    ``gap``, ``step``, ``floor``, ``noisy``, ``guard``, ``spare``: override the shipped
+    constants (sweeps, the fit; ``noisy`` sets a noise rule, which ships off; ``guard=None``
+    turns the guard off, ``spare=None`` has it spare no input)."""
     from cpllm_plugin.integrations import ladder as lad
 
     over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),
                               ("noisy", noisy)) if v is not None}
     fall = lad.AUTO_GUARD if guard is _SHIPPED else guard
+    spare = lad.AUTO_SPARE if spare is _SHIPPED else spare
 
     def policy(c: Curve) -> int | None:
         crf = level_pick(c, over)
-        return crf if crf is None else guarded(c, crf, fall)
+        if crf is None or lad.spared(input_gap(c)[1], spare):
+            return crf
+        return guarded(c, crf, fall)
 
     return policy
+
+
+def input_gap(c: Curve) -> tuple[int | None, float | None]:
+    """``(c95, gap)``: the VMAF-95 crossing against the input (None: no CRF of the ladder
+    reaches it) and how far above it the input's equivalent CRF lies, read off a log-bitrate
+    line through the ladder within 6 CRF of the crossing, where the search's probes sit (None:
+    no line), as :func:`~cpllm_plugin.integrations.ladder.pick_auto` reads it."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
+    ref = c95 if c95 is not None else int(c.crfs[0])
+    near = np.abs(c.crfs - ref) <= 6
+    ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
+                             float(c.info["bytes"]))
+    return c95, None if ceq is None else ceq - ref
 
 
 def level_pick(c: Curve, over: dict | None = None) -> int | None:
@@ -748,13 +768,8 @@ def level_pick(c: Curve, over: dict | None = None) -> int | None:
     input (``over``: :func:`~cpllm_plugin.integrations.ladder.auto_level`'s constants)."""
     from cpllm_plugin.integrations import ladder as lad
 
-    c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
-    ref = c95 if c95 is not None else int(c.crfs[0])
-    near = np.abs(c.crfs - ref) <= 6  # where the search's probes sit
-    ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
-                             float(c.info["bytes"]))
-    level = lad.auto_level(None if ceq is None else ceq - ref,
-                           c.info.get("noise"), c95 is not None, **(over or {}))
+    c95, gap = input_gap(c)
+    level = lad.auto_level(gap, c.info.get("noise"), c95 is not None, **(over or {}))
     if level == lad.AUTO_LEVEL:
         return c95
     return highest_meeting(c.crfs, c.vi, level)

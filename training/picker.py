@@ -29,7 +29,8 @@ input of a catalog of all training sources (``python bench/bench_catalog.py --sp
 cores) for each setting of :data:`AUTO_GRID` and prints the one :func:`fit_auto`
 chooses: among the settings that reach the success of :data:`AUTO_GOALS` on the whole
 catalog, its uploads and its masters, the lowest median cost on the whole catalog, then on
-the uploads, then their mean cost (when none reaches them, the most inputs kept first).
+the uploads, then their mean cost, then the masters' mean cost (when none reaches them, the
+most inputs kept first).
 ``integrations/ladder.py`` ships that setting.
 """
 
@@ -285,7 +286,10 @@ AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.7
              # sources they score: the shipped model's scores of training sources are in-sample
              # (it was trained on their variants), so the guard looks cheaper on them than on
              # new footage.
-             "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4)}
+             "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4),
+             # CRF below its VMAF-95 crossing where an input's bitrate reads as an untouched
+             # master, which the guard spares (None: it spares none).
+             "spare": (None, 8.0, 10.0, 11.0, 12.0, 14.0, 16.0)}
 # The success the default must reach (issue 36's goals 1-3): on the whole catalog, on the
 # uploads, on the masters. Among the settings that reach all three, the cheapest wins.
 AUTO_GOALS = {"whole": 0.95, "uploads": 0.90, "masters": 0.95}
@@ -303,34 +307,40 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     best first."""
     import itertools
 
-    levels = [k for k in grid if k != "guard"]
-    guards = grid.get("guard", (None,))
+    from cpllm_plugin.integrations import ladder as lad
+
+    levels = [k for k in grid if k not in ("guard", "spare")]
+    guards, spares = grid.get("guard", (None,)), grid.get("spare", (None,))
     groups = {"whole": list(cs), "uploads": [c for c in cs if c.kind != "master"],
               "masters": [c for c in cs if c.kind == "master"]}
     held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in guards}
+    gaps = {c.id: cat.input_gap(c)[1] for c in cs}
     rows = []
     for values in itertools.product(*(grid[k] for k in levels)):
         s = dict(zip(levels, values, strict=True))
         over = {k: v for k, v in (("at", s["gap"]), ("step", s["step"]),
                                   ("floor", s["floor"]), ("noisy", s["noisy"]))}
         base = {c.id: cat.level_pick(c, over) for c in cs}  # the guard only caps these
-        for g in guards:
-            def pol(c, g=g, base=base):  # cat.guarded, with the cap read once per input
+        for g, sp in itertools.product(guards, spares):
+            def pol(c, g=g, sp=sp, base=base):  # cat.auto_rule, each input's cap read once
                 k, h = base[c.id], held[g][c.id]
-                return k if k is None or h is None else min(k, h)
+                return k if k is None or h is None or lad.spared(gaps[c.id], sp) else min(k, h)
             r = {name: cat.judge("", pol, group) for name, group in groups.items() if group}
-            rows.append({**s, "guard": g, "kept": round(r["whole"].success * len(cs)),
+            rows.append({**s, "guard": g, "spare": sp,
+                         "kept": round(r["whole"].success * len(cs)),
                          "met": all(r[k].success >= v - 1e-9 for k, v in goals.items()
                                     if k in r),
                          "success": r["whole"].success, "median": r["whole"].median,
                          "uploads_success": r["uploads"].success if "uploads" in r else 1.0,
                          "uploads_median": r["uploads"].median if "uploads" in r else 1.0,
                          "uploads_mean": r["uploads"].cost if "uploads" in r else 1.0,
-                         "masters_success": r["masters"].success if "masters" in r else 1.0})
+                         "masters_success": r["masters"].success if "masters" in r else 1.0,
+                         "masters_mean": r["masters"].cost if "masters" in r else 1.0})
     most = max(r["kept"] for r in rows)
     met = any(r["met"] for r in rows)
     rows.sort(key=lambda r: (not r["met"] if met else r["kept"] < most - AUTO_TIE,
-                             r["median"], r["uploads_median"], r["uploads_mean"], -r["kept"]))
+                             r["median"], r["uploads_median"], r["uploads_mean"],
+                             r["masters_mean"], -r["kept"]))
     return {k: rows[0][k] for k in grid}, rows
 
 
@@ -583,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         for r in top:
             print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} noise "
-                  f"{off(r['noisy'])} guard {off(r.get('guard'))}: {r['success']:.1%} "
+                  f"{off(r['noisy'])} guard {off(r.get('guard'))} spare "
+                  f"{off(r.get('spare'))}: {r['success']:.1%} "
                   f"{r['median']:.2f}; {r['masters_success']:.0%}; "
                   f"{r['uploads_success']:.0%} {r['uploads_median']:.2f} "
                   f"{r['uploads_mean']:.2f}")

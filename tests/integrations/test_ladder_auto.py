@@ -112,24 +112,59 @@ class CappedBytesScorer:
                 for p, k in zip(paths, key_frames, strict=True)]
 
 
-def test_guard_caps_auto_where_the_model_sees_the_input_lose(tmp_path):
-    """VMAF against the input allows CRF p; the stand-in model's score falls more than the
-    guard below its score of the input from about p - 4 up, so ``--guard`` caps auto's pick
-    below p, says so, and keeps the model's score within the guard (the default's); with
-    ``--guard 0`` auto keeps the VMAF-95 pick on this clean clip."""
-    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
-    vmaf = lad.pick_file(SAMPLE, lad.PickOptions(mode="vmaf", **opts), CappedBytesScorer(99.0))
+def _capped_at_the_vmaf_pick(path, opts):
+    """The VMAF-95 pick on ``path`` and a stand-in scorer that falls more than the guard
+    below its score of ``path`` from about 4 CRF under that pick up."""
+    vmaf = lad.pick_file(path, lad.PickOptions(mode="vmaf", **opts), CappedBytesScorer(99.0))
     at = vmaf.probes[[p.crf for p in vmaf.probes].index(vmaf.crf)]
-    fps = lad.inspect(SAMPLE).fps
+    fps = lad.inspect(path).fps
     cap = math.log2(at.kbps * 1000 / 8 / fps) + 1.0  # the encode 6 CRF below p scores the cap
+    return vmaf, cap
+
+
+def test_guard_caps_auto_where_the_model_sees_the_input_lose(tmp_path, ffmpeg_exe):
+    """An input at about a transparent re-encode's bitrate (the sample at CRF 22: it reads as
+    a master by its level, but not as an untouched one): VMAF against it allows CRF p; the
+    stand-in model's score falls more than the guard below its score of the input from about
+    p - 4 up, so ``--guard`` caps auto's pick below p, says so, and keeps the model's score
+    within the guard (the default's); with ``--guard 0`` auto keeps the VMAF-95 pick."""
+    copy = tmp_path / "crf22.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(SAMPLE),
+                    "-an", "-c:v", "libx264", "-crf", "22", "-preset", "fast", str(copy)],
+                   check=True)
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    vmaf, cap = _capped_at_the_vmaf_pick(copy, opts)
     scorer = CappedBytesScorer(cap)
-    auto = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", **opts), scorer)
+    auto = lad.pick_file(copy, lad.PickOptions(mode="auto", **opts), scorer)
     assert lad.AUTO_GUARD == 0.175 and auto.source_score == pytest.approx(cap)
+    assert "master" in auto.target.rule and "spared" not in auto.target.rule
     assert auto.crf < vmaf.crf and "capped at CRF" in auto.target.rule, auto.target.rule
     assert auto.score >= cap - 0.175
     assert vmaf.crf - 7 <= auto.crf <= vmaf.crf - 3
-    free = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", guard=0, **opts), scorer)
+    free = lad.pick_file(copy, lad.PickOptions(mode="auto", guard=0, **opts), scorer)
     assert free.crf == vmaf.crf and "capped" not in free.target.rule
+
+
+def test_guard_spares_an_input_with_an_untouched_masters_bitrate(tmp_path, monkeypatch):
+    """The sample itself holds several times the bits of its transparent re-encode (its
+    equivalent CRF lies far below its VMAF-95 crossing): VMAF against it is VMAF against the
+    master, so auto keeps the VMAF-95 pick though the stand-in model's score falls as far as
+    on the copy above, and says why. Sparing nothing, the guard caps it as it would the copy."""
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    vmaf, cap = _capped_at_the_vmaf_pick(SAMPLE, opts)
+    scorer = CappedBytesScorer(cap)
+    auto = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", **opts), scorer)
+    assert lad.AUTO_SPARE == 12.0
+    assert auto.crf == vmaf.crf and "guard spared" in auto.target.rule, auto.target.rule
+    monkeypatch.setattr(lad, "AUTO_SPARE", None)
+    capped = lad.pick_file(SAMPLE, lad.PickOptions(mode="auto", **opts), scorer)
+    assert capped.crf < vmaf.crf and "capped at CRF" in capped.target.rule
+
+
+def test_spared_needs_a_known_bitrate_far_below_the_crossing():
+    assert lad.spared(-12.0, 12.0) and lad.spared(-20.0, 12.0)
+    assert not lad.spared(-11.9, 12.0) and not lad.spared(3.0, 12.0)
+    assert not lad.spared(None, 12.0) and not lad.spared(-30.0, None)
 
 
 def test_guard_is_for_auto_and_a_fall_on_the_score_scale():

@@ -134,8 +134,10 @@ def _guard_catalog():
 def test_auto_rule_guard_caps_the_pick_where_the_score_falls():
     up = next(c for c in _guard_catalog() if c.id == "s0~soft")
     assert cat.auto_rule(guard=None)(up) == 30  # VMAF 95 against the upload
-    assert cat.auto_rule(guard=0.15)(up) == 28  # the score has fallen 0.1 at 28, 0.2 at 29
-    assert cat.auto_rule(guard=0.05)(up) == 27
+    # These uploads carry a master's bitrate: the shipped guard spares them (see below).
+    assert cat.auto_rule(guard=0.15)(up) == 30
+    assert cat.auto_rule(guard=0.15, spare=None)(up) == 28  # fallen 0.1 at 28, 0.2 at 29
+    assert cat.auto_rule(guard=0.05, spare=None)(up) == 27
     assert not up.success(30) and up.success(28)
 
 
@@ -151,6 +153,52 @@ def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
     # Goals no setting reaches: the most inputs kept, then the least cost.
     best, rows = picker.fit_auto(cs, grid, {"whole": 1.01})
     assert best["guard"] == 0.15 and not rows[0]["met"]
+
+
+def _spare_catalog():
+    """Rich masters (the bitrate of CRF 3 against a VMAF-95 crossing at 20, so 17 CRF below
+    it) whose model score falls 0.1 a CRF from CRF 18 up though VMAF keeps them to 20; and
+    the soft uploads of :func:`_guard_catalog` at about a transparent re-encode's bitrate (CRF
+    25 against a crossing at 30). The guard must hold the uploads and spare the masters."""
+    inputs, rows = [], []
+    for i in range(20):
+        src = f"s{i}"
+        for id_, kind, t, size in ((src, "master", 100.0, _size(3)),
+                                   (f"{src}~soft", "soft", 90.0, _size(25))):
+            up = kind != "master"
+            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
+                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
+                           "bytes": size, "codec": "h264", "noise": 1.0})
+            rows += [{"id": id_, "crf": c, "bytes": _size(c),
+                      "vmaf_master": 85.0 - (c - 28) if up else 95.0 - (c - 20),
+                      "vmaf_input": 100.0 - (c - 15) / 3 if up else 100.0 - (c - 15),
+                      "frame_scores": [4.0 - 0.1 * max(c - 27 if up else c - 17, 0)]}
+                     for c in LEVELS]
+    return cat.curves(inputs, rows)
+
+
+def test_auto_rule_guard_spares_an_input_with_an_untouched_masters_bitrate():
+    cs = _spare_catalog()
+    master = next(c for c in cs if c.id == "s0")
+    up = next(c for c in cs if c.id == "s0~soft")
+    assert cat.input_gap(master) == (20, pytest.approx(-17.0, abs=1e-6))
+    assert cat.input_gap(up)[1] == pytest.approx(-5.0, abs=1e-6)
+    # The score, interpolated between the rungs at 15 and 21, has fallen 0.13 at 17, 0.2 at 18.
+    assert cat.auto_rule(guard=0.15, spare=None)(master) == 17 and master.cost(17) > 1.3
+    assert cat.auto_rule(guard=0.15, spare=12.0)(master) == 20 and master.cost(20) == 1.0
+    assert cat.auto_rule(guard=0.15, spare=12.0)(up) == 28 and up.success(28)
+    assert cat.auto_rule(guard=0.15, spare=4.0)(up) == 30 and not up.success(30)
+
+
+def test_fit_auto_spares_the_masters_and_not_the_uploads():
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "noisy": (None,),
+            "guard": (None, 0.15), "spare": (None, 4.0, 12.0)}
+    best, rows = picker.fit_auto(_spare_catalog(), grid)
+    assert (best["guard"], best["spare"]) == (0.15, 12.0) and rows[0]["met"]
+    assert rows[0]["median"] == pytest.approx(1.0) and rows[0]["masters_mean"] == 1.0
+    by = {(r["guard"], r["spare"]): r for r in rows}
+    assert by[(0.15, None)]["met"] and by[(0.15, None)]["masters_mean"] > 1.0
+    assert not by[(0.15, 4.0)]["met"] and by[(0.15, 4.0)]["uploads_success"] == 0.0
 
 
 def test_fit_reads_fast_probes_and_sizes_the_pick_from_them(curves):
