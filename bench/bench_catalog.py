@@ -174,10 +174,10 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
                                          + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
                                                          else ""), cat.auto_rule(guard=d))
                                             for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
-        "auto, the guard spares inputs S CRF below their VMAF-95 crossing": [
+        "auto, the guard spares inputs with S times the bits at their VMAF-95 crossing": [
             ("never", keep(cat.auto_rule(spare=None)))]
             + [(f"{sp:g}" + (" (shipped)" if sp == lad.AUTO_SPARE else ""),
-                keep(cat.auto_rule(spare=sp))) for sp in (8, 10, 11, 12, 14, 16, 20)],
+                keep(cat.auto_rule(spare=sp))) for sp in (2, 2.5, 3, 4, 5, 6, 8)],
         "auto, keep the input over P% (100: shipped)": [
             ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
                                             for p in (50, 70, 80, 90, 100, 120)],

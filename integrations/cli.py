@@ -104,7 +104,7 @@ def pick_options(f):
                      "above the CRF where the model's score falls D below its score of the "
                      f"input (default {lad.AUTO_GUARD:g}; 0 turns the cap off). Not on an "
                      f"input whose bitrate reads as an untouched master ({lad.AUTO_SPARE:g} "
-                     "CRF or more below its VMAF-95 crossing)."),
+                     "times the bits of its re-encode at the VMAF-95 crossing, or more)."),
         click.option("--keep/--no-keep", default=True, show_default=True,
                      help="Where the pick needs more bits than the input has and the input is "
                      "already in the encoder's format (no --vfilter, same --pix-fmt), keep "

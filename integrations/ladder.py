@@ -801,14 +801,14 @@ AUTO_NOISE_FLOOR = 75.0
 # the model judges harsher than VMAF does, which AUTO_SPARE takes back (docs/benchmark.md).
 # 0 or None: off.
 AUTO_GUARD: float | None = 0.175
-# The guard spares an input whose bitrate reads as an untouched master: one that the encoder
-# matches only at a CRF this far *below* its VMAF-95 crossing (about four times the bits of a
-# transparent re-encode). There VMAF against the input is VMAF against the master, so the search
-# is right and the guard could only add bits; the soft copies, the earlier encodes and the
-# degraded originals the guard is for read above it. Chosen on half the training catalog, one
-# CRF beyond the richest input the guard saves there (docs/benchmark.md). None: the guard
-# applies to every input.
-AUTO_SPARE: float | None = 12.0
+# The guard spares an input whose bitrate reads as an untouched master: one with at least this
+# many times the bits of its own re-encode at the VMAF-95 crossing, in the same samples. There
+# VMAF against the input is VMAF against the master, so the search is right and the guard could
+# only add bits; the soft copies, the earlier encodes and the degraded originals the guard is
+# for carry fewer. A ratio of bits, not a distance in CRF, so that it means the same with every
+# encoder's CRF scale. Chosen on half the training catalog, where the richest input the guard
+# saves carries 2.8 times its crossing's bits (docs/benchmark.md). None: it spares none.
+AUTO_SPARE: float | None = 4.0
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -885,9 +885,13 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     crf = c95 if level == AUTO_LEVEL else _find(
         ladder, target, max_probes + 2, full,
         "widen --crf-range, or use --mode vmaf --min-vmaf V with a lower V")
-    if guard and spared(gap, AUTO_SPARE):
-        ladder.say(f"auto: the input's bitrate is that of CRF {ceq:.1f}, {-gap:.1f} below the "
-                   "VMAF-95 crossing: an untouched master, which the model's guard spares")
+    at95 = None if c95 is None else ladder.probes.get(c95)
+    rich = (None if input_kbps is None or at95 is None or at95.kbps <= 0
+            else input_kbps / at95.kbps)
+    if guard and spared(rich, AUTO_SPARE):
+        ladder.say(f"auto: the input has {rich:.1f} times the bits of its re-encode at CRF "
+                   f"{c95}, the VMAF-95 crossing: an untouched master, which the model's "
+                   "guard spares")
         target = replace(target, rule=f"{target.rule}; guard spared (a master's bitrate)")
         guard = None
     capped = guard_crf(ladder, s0, crf, full, guard)
@@ -900,11 +904,11 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     return _result(ladder, target, crf, full)
 
 
-def spared(gap: float | None, spare: float | None) -> bool:
-    """Whether ``auto``'s guard spares an input whose equivalent CRF lies ``gap`` CRF above
-    its VMAF-95 crossing (negative: below; None: unknown, never spared): ``spare`` CRF below
-    it or further (:data:`AUTO_SPARE`; None: never)."""
-    return gap is not None and spare is not None and gap <= -spare
+def spared(rich: float | None, spare: float | None) -> bool:
+    """Whether ``auto``'s guard spares an input with ``rich`` times the bits of its re-encode
+    at the VMAF-95 crossing (None: unknown, never spared): ``spare`` times or more
+    (:data:`AUTO_SPARE`; None: never)."""
+    return rich is not None and spare is not None and rich >= spare
 
 
 GUARD_PROBES = 3  # probes the guard may add: the VMAF search's probes are scored already

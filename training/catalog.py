@@ -728,7 +728,8 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, the search again at the lowered level, and
     the model's guard (the pick no higher than where the model's score falls ``guard`` below
-    its score of the input), which spares an input ``spare`` CRF or more below its crossing.
+    its score of the input), which spares an input with ``spare`` times the bits of its
+    re-encode at the crossing or more (:func:`richness`).
     ``gap``, ``step``, ``floor``, ``noisy``, ``guard``, ``spare``: override the shipped
     constants (sweeps, the fit; ``noisy`` sets a noise rule, which ships off; ``guard=None``
     turns the guard off, ``spare=None`` has it spare no input)."""
@@ -741,7 +742,7 @@ def auto_rule(gap: float | None = None, step: float | None = None,
 
     def policy(c: Curve) -> int | None:
         crf = level_pick(c, over)
-        if crf is None or lad.spared(input_gap(c)[1], spare):
+        if crf is None or lad.spared(richness(c), spare):
             return crf
         return guarded(c, crf, fall)
 
@@ -761,6 +762,15 @@ def input_gap(c: Curve) -> tuple[int | None, float | None]:
     ceq = lad.equivalent_crf(dict(zip(map(int, c.crfs[near]), c.bytes[near], strict=True)),
                              float(c.info["bytes"]))
     return c95, None if ceq is None else ceq - ref
+
+
+def richness(c: Curve) -> float | None:
+    """The input's size over its re-encode's at the VMAF-95 crossing against it (None: no
+    CRF of the ladder reaches it), as ``pick_auto`` reads it off its probes."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
+    return None if c95 is None else float(c.info["bytes"]) / float(c.bytes[c.at(c95)])
 
 
 def level_pick(c: Curve, over: dict | None = None) -> int | None:

@@ -287,9 +287,9 @@ AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.7
              # (it was trained on their variants), so the guard looks cheaper on them than on
              # new footage.
              "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4),
-             # CRF below its VMAF-95 crossing where an input's bitrate reads as an untouched
-             # master, which the guard spares (None: it spares none).
-             "spare": (None, 8.0, 10.0, 11.0, 12.0, 14.0, 16.0)}
+             # Times the bits of its re-encode at the VMAF-95 crossing where an input reads as
+             # an untouched master, which the guard spares (None: it spares none).
+             "spare": (None, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)}
 # The success the default must reach (issue 36's goals 1-3): on the whole catalog, on the
 # uploads, on the masters. Among the settings that reach all three, the cheapest wins.
 AUTO_GOALS = {"whole": 0.95, "uploads": 0.90, "masters": 0.95}
@@ -314,7 +314,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     groups = {"whole": list(cs), "uploads": [c for c in cs if c.kind != "master"],
               "masters": [c for c in cs if c.kind == "master"]}
     held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in guards}
-    gaps = {c.id: cat.input_gap(c)[1] for c in cs}
+    rich = {c.id: cat.richness(c) for c in cs}
     rows = []
     for values in itertools.product(*(grid[k] for k in levels)):
         s = dict(zip(levels, values, strict=True))
@@ -324,7 +324,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
         for g, sp in itertools.product(guards, spares):
             def pol(c, g=g, sp=sp, base=base):  # cat.auto_rule, each input's cap read once
                 k, h = base[c.id], held[g][c.id]
-                return k if k is None or h is None or lad.spared(gaps[c.id], sp) else min(k, h)
+                return k if k is None or h is None or lad.spared(rich[c.id], sp) else min(k, h)
             r = {name: cat.judge("", pol, group) for name, group in groups.items() if group}
             rows.append({**s, "guard": g, "spare": sp,
                          "kept": round(r["whole"].success * len(cs)),

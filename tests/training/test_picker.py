@@ -156,10 +156,11 @@ def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
 
 
 def _spare_catalog():
-    """Rich masters (the bitrate of CRF 3 against a VMAF-95 crossing at 20, so 17 CRF below
-    it) whose model score falls 0.1 a CRF from CRF 18 up though VMAF keeps them to 20; and
-    the soft uploads of :func:`_guard_catalog` at about a transparent re-encode's bitrate (CRF
-    25 against a crossing at 30). The guard must hold the uploads and spare the masters."""
+    """Rich masters (the bitrate of CRF 3 against a VMAF-95 crossing at 20: 2**(17/6), 7.1
+    times its bits) whose model score falls 0.1 a CRF from CRF 18 up though VMAF keeps them to
+    20; and the soft uploads of :func:`_guard_catalog` at about a transparent re-encode's
+    bitrate (CRF 25 against a crossing at 30: 1.8 times). The guard must hold the uploads and
+    spare the masters."""
     inputs, rows = [], []
     for i in range(20):
         src = f"s{i}"
@@ -182,23 +183,24 @@ def test_auto_rule_guard_spares_an_input_with_an_untouched_masters_bitrate():
     master = next(c for c in cs if c.id == "s0")
     up = next(c for c in cs if c.id == "s0~soft")
     assert cat.input_gap(master) == (20, pytest.approx(-17.0, abs=1e-6))
-    assert cat.input_gap(up)[1] == pytest.approx(-5.0, abs=1e-6)
+    assert cat.richness(master) == pytest.approx(2 ** (17 / 6))
+    assert cat.richness(up) == pytest.approx(2 ** (5 / 6))
     # The score, interpolated between the rungs at 15 and 21, has fallen 0.13 at 17, 0.2 at 18.
     assert cat.auto_rule(guard=0.15, spare=None)(master) == 17 and master.cost(17) > 1.3
-    assert cat.auto_rule(guard=0.15, spare=12.0)(master) == 20 and master.cost(20) == 1.0
-    assert cat.auto_rule(guard=0.15, spare=12.0)(up) == 28 and up.success(28)
-    assert cat.auto_rule(guard=0.15, spare=4.0)(up) == 30 and not up.success(30)
+    assert cat.auto_rule(guard=0.15, spare=4.0)(master) == 20 and master.cost(20) == 1.0
+    assert cat.auto_rule(guard=0.15, spare=4.0)(up) == 28 and up.success(28)
+    assert cat.auto_rule(guard=0.15, spare=1.5)(up) == 30 and not up.success(30)
 
 
 def test_fit_auto_spares_the_masters_and_not_the_uploads():
     grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "noisy": (None,),
-            "guard": (None, 0.15), "spare": (None, 4.0, 12.0)}
+            "guard": (None, 0.15), "spare": (None, 1.5, 4.0)}
     best, rows = picker.fit_auto(_spare_catalog(), grid)
-    assert (best["guard"], best["spare"]) == (0.15, 12.0) and rows[0]["met"]
+    assert (best["guard"], best["spare"]) == (0.15, 4.0) and rows[0]["met"]
     assert rows[0]["median"] == pytest.approx(1.0) and rows[0]["masters_mean"] == 1.0
     by = {(r["guard"], r["spare"]): r for r in rows}
     assert by[(0.15, None)]["met"] and by[(0.15, None)]["masters_mean"] > 1.0
-    assert not by[(0.15, 4.0)]["met"] and by[(0.15, 4.0)]["uploads_success"] == 0.0
+    assert not by[(0.15, 1.5)]["met"] and by[(0.15, 1.5)]["uploads_success"] == 0.0
 
 
 def test_fit_reads_fast_probes_and_sizes_the_pick_from_them(curves):
