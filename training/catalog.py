@@ -769,8 +769,8 @@ def richness(c: Curve) -> float | None:
     CRF of the ladder reaches it), as ``pick_auto`` reads it off its probes."""
     from cpllm_plugin.integrations import ladder as lad
 
-    c95 = highest_meeting(c.crfs, c.vi, lad.AUTO_LEVEL)
-    return None if c95 is None else float(c.info["bytes"]) / float(c.bytes[c.at(c95)])
+    c95 = vmaf_search(lad.AUTO_LEVEL)(c)
+    return None if c95 is None else 100 / c.percent(c95)
 
 
 def level_pick(c: Curve, over: dict | None = None) -> int | None:
