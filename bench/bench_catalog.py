@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
                     "mode and compare its picks with the replayed ones.")
+    ap.add_argument("--real-modes", metavar="MODE,MODE",
+                    help="With --real: only these of the modes (e.g. auto,vmaf), not every "
+                    "one; times are then compared among them alone.")
     ap.add_argument("--keep-any-codec", action="store_true",
                     help="With --real: the tool keeps an input in any codec it encodes, and "
                     "the replay's keep column does the same.")
@@ -115,7 +118,8 @@ def main() -> None:
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
-                  a.real_ids.split(",") if a.real_ids else None, a.rounds, a.keep_any_codec)
+                  a.real_ids.split(",") if a.real_ids else None, a.rounds, a.keep_any_codec,
+                  a.real_modes.split(",") if a.real_modes else None)
 
 
 def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
@@ -157,6 +161,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     table = {
         f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
         "auto, guard sparing no input": keep(cat.auto_rule(spare=None)),
+        "auto --drop-noise": keep(cat.auto_rule(drop_noise=True)),
         "auto --no-keep": cat.auto_rule(),
         "auto --keep-any-codec": keep_any(cat.auto_rule()),
         "auto --guard 0 (no model guard)": keep(cat.auto_rule(guard=None)),
@@ -167,9 +172,12 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     }
     sweeps = {
         "auto": [(f"gap {g:g}", cat.auto_rule(gap=g)) for g in (0, 1.5, 3, 4.5, 6, 8)],
-        "auto, noise rule": [("off (shipped)", cat.auto_rule())]
-                            + [(f"from noise {n:g}", cat.auto_rule(noisy=n))
-                               for n in (3, 4, 5, 6, 7, 8, 10)],
+        "auto --drop-noise, the lift from luma noise N to a fall F of the score": [
+            ("off (the default)", keep(cat.auto_rule()))]
+            + [(f"N {n:g} F {f:g}" + (" (shipped)" if (n, f) == (lad.AUTO_LIFT_NOISE,
+                                                                  lad.AUTO_LIFT) else ""),
+                keep(cat.auto_rule(lift=(n, f))))
+               for n in (4, 5, 5.5, 6, 7, 9) for f in (0.05, 0.1, 0.15)],
         "auto, model guard (--guard D)": [("0 (off)", cat.auto_rule(guard=None))]
                                          + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
                                                          else ""), cat.auto_rule(guard=d))
@@ -267,11 +275,12 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
 
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
               guard: float | None = None, ids: list[str] | None = None,
-              rounds: int = 1, any_codec: bool = False) -> None:
-    """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode, encoding
-    with the ladders' ``codec``, against the replay of the same policy on the catalog's
-    ladders (interpolated between their levels); ``any_codec``: both keep an input in any
-    of the tool's codecs."""
+              rounds: int = 1, any_codec: bool = False,
+              modes: list[str] | None = None) -> None:
+    """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode (``modes``:
+    those alone), encoding with the ladders' ``codec``, against the replay of the same
+    policy on the catalog's ladders (interpolated between their levels); ``any_codec``: both
+    keep an input in any of the tool's codecs."""
     table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
@@ -305,6 +314,12 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
     # ab-av1's crf-search runs no model: the VMAF search timed with a stand-in that scores
     # nothing is the baseline a no-reference mode's time is held against.
     arms = [*replay, "vmaf, no model", "vmaf, ab-av1's scale"]
+    if modes:
+        unknown = sorted(set(modes) - set(arms))
+        if unknown:
+            raise SystemExit(f"bench_catalog.py --real-modes: {unknown} are not among "
+                             f"{arms}")
+        arms = [m for m in arms if m in modes]
     times: dict[tuple[str, str], list[float]] = {}
     encodes: dict[str, list[int]] = {m: [] for m in arms}
     diffs = []
@@ -353,14 +368,16 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
     # Per input the median over rounds, then summed over inputs: one slow round (the
     # first inference of the process, a burst of other load) does not set the ratio.
     med = {m: np.array([np.median(times[m, c.id]) for c in chosen]) for m in arms}
+    base = {"vmaf": "vmaf", "vmaf, no model": "vmaf without the model",
+            "vmaf, ab-av1's scale": "it at ab-av1's VMAF scale"}
     for mode in arms:
-        abav1 = med[mode].sum() / med["vmaf, ab-av1's scale"].sum()
+        against = ", ".join(f"against {name} {med[mode].sum() / med[b].sum():.2f}"
+                            for b, name in base.items() if b in med)
         print(f"{mode}: {med[mode].mean():.1f} s a pick, "
-              f"{np.mean(encodes[mode]) if encodes.get(mode) else float('nan'):.1f} encodes; "
-              f"time against vmaf {med[mode].sum() / med['vmaf'].sum():.2f}, "
-              f"against vmaf without the model {med[mode].sum() / med['vmaf, no model'].sum():.2f}"
-              f", against it at ab-av1's VMAF scale {abav1:.2f}")
-    for mode in (m for m in arms if rounds > 1 and m.startswith("predict")):
+              f"{np.mean(encodes[mode]) if encodes.get(mode) else float('nan'):.1f} encodes"
+              + (f"; time {against}" if against else ""))
+    for mode in (m for m in arms if rounds > 1 and m.startswith("predict")
+                 and "vmaf, no model" in arms):
         ratios = [sum(times[mode, c.id][r] for c in chosen)
                   / sum(times["vmaf, no model", c.id][r] for c in chosen) for r in range(rounds)]
         print(f"{mode} against vmaf without the model, round by round: "

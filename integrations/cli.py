@@ -105,6 +105,12 @@ def pick_options(f):
                      f"input (default {lad.AUTO_GUARD:g}; 0 turns the cap off). Not on an "
                      f"input whose bitrate reads as an untouched master ({lad.AUTO_SPARE:g} "
                      "times the bits of its re-encode at the VMAF-95 crossing, or more)."),
+        click.option("--drop-noise", is_flag=True, help="--mode auto: the input's noise is "
+                     "not worth its bits (sensor noise in uploads, not a master's film grain): "
+                     f"on an input that reads as noisy (luma noise {lad.AUTO_LIFT_NOISE:g} or "
+                     "more) the pick goes up to where the model's score holds within "
+                     f"{lad.AUTO_LIFT:g} of its score of the input, and the encode smooths the "
+                     "noise away. Off by default: it takes a grainy master's grain too."),
         click.option("--keep/--no-keep", default=True, show_default=True,
                      help="Where the pick needs more bits than the input has and the input is "
                      "already in the encoder's format (no --vfilter, same --pix-fmt), keep "
@@ -325,7 +331,7 @@ def _scene_picks(run: Run, threshold, min_shot):
     job.say(f"{len(shots)} shot(s)")
     picks = sc.pick_scenes(job.source, shots, job.settings, job.scorer, job.min_score,
                            job.max_drop, o.pool, job.cache, o.ffmpeg, o.vmaf, job.say,
-                           o.max_probes, job.mode, job.vmaf_level, o.guard)
+                           o.max_probes, job.mode, job.vmaf_level, o.guard, o.drop_noise)
     for p in picks:
         run.emit(p.to_dict())
     if o.max_encoded_percent is not None:

@@ -786,12 +786,6 @@ AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 4.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be kept
-# A noise rule (lower the level of an input whose luma noise is high: the master is under the
-# noise) is in the fit's grid; the fit leaves it off, because grainy masters read as noisy as
-# the noisy copies and would lose their grain (docs/benchmark.md). None: off.
-AUTO_NOISE: float | None = None  # luma noise (stream.sigma, 8-bit units) where an input is noisy
-AUTO_NOISE_STEP = 2.5  # VMAF the level gives up per unit of noise beyond AUTO_NOISE
-AUTO_NOISE_FLOOR = 75.0
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
@@ -809,6 +803,16 @@ AUTO_GUARD: float | None = 0.175
 # encoder's CRF scale. Chosen on half the training catalog, where the richest input the guard
 # saves carries 2.8 times its crossing's bits (docs/benchmark.md). None: it spares none.
 AUTO_SPARE: float | None = 4.0
+# The model's lift (``--drop-noise``): a noisy input (sensor noise, a noise filter) costs a
+# re-encode many times the bits of its picture, because VMAF against it asks for the noise. The
+# model's score of such an input holds while a re-encode smooths the noise away and falls once
+# the picture goes, so with the lift the pick on a noisy input that is not spared goes up to
+# the highest CRF whose score stays within AUTO_LIFT of the input's. Off by default: a master's
+# film grain reads as the same noise, and the model lets it go as readily (docs/benchmark.md).
+# The constants are chosen on half the training catalog; it goes with the guard (--guard 0
+# turns both off).
+AUTO_LIFT_NOISE: float | None = 5.5  # luma noise (stream.noise, 8-bit units) of a noisy input
+AUTO_LIFT = 0.1  # the fall of the model's score where the lift stops
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -823,13 +827,10 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     return float((math.log(input_rate) - icpt) / slope)
 
 
-def auto_level(gap: float | None, noise: float | None = None, reached: bool = True,
-               at: float = AUTO_GAP, step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
-               noisy: float | None = AUTO_NOISE, noise_step: float = AUTO_NOISE_STEP,
-               noise_floor: float = AUTO_NOISE_FLOOR) -> float:
+def auto_level(gap: float | None, reached: bool = True, at: float = AUTO_GAP,
+               step: float = AUTO_STEP, floor: float = AUTO_FLOOR) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
-    above its VMAF-95 crossing (None: unknown, the input is treated as a master) and whose
-    luma noise is ``noise`` (None: not measured). The lower of the two levels wins.
+    above its VMAF-95 crossing (None: unknown, the input is treated as a master).
     ``reached``: whether some CRF in the range keeps VMAF 95 against the input; when none
     does, its own detail (an upscale's ringing, noise) costs more than a re-encode keeps, so
     holding out for 95 can only fail, and an input that would keep 95 gets ``floor``. The
@@ -837,24 +838,23 @@ def auto_level(gap: float | None, noise: float | None = None, reached: bool = Tr
     level = AUTO_LEVEL
     if gap is not None and gap > at:
         level = max(floor, AUTO_LEVEL - step * (gap - at))
-    if noise is not None and noisy is not None and noise > noisy:
-        level = min(level, max(noise_floor, AUTO_LEVEL - noise_step * (noise - noisy)))
     if level == AUTO_LEVEL and not reached:
         level = floor
     return level
 
 
 def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
-              guard: float | None = AUTO_GUARD) -> Pick:
+              guard: float | None = AUTO_GUARD, drop_noise: bool = False) -> Pick:
     """``auto`` mode: the VMAF-95 search against the input; then, for an input that reads as
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
     matches a re-encode well above that crossing), the search again at the lower
-    :func:`auto_level` (also for a noisy input, :meth:`Ladder.input_noise`, when
-    :data:`AUTO_NOISE` is set); when no CRF in the range reaches VMAF
-    95 against the input, the search again at :data:`AUTO_FLOOR`. ``guard``: cap the pick
-    where the model's score falls this far below its score of the input
-    (:func:`guard_crf`; None or 0: no cap), except on an input whose bitrate reads as an
-    untouched master (:func:`spared`)."""
+    :func:`auto_level`; when no CRF in the range reaches VMAF 95 against the input, the
+    search again at :data:`AUTO_FLOOR`. ``guard``: the model's say (None or 0: none): the
+    pick is capped where its score falls ``guard`` below its score of the input
+    (:func:`guard_crf`), and with ``drop_noise``, on a noisy input (:meth:`Ladder.input_noise`
+    from :data:`AUTO_LIFT_NOISE`), first lifted to where it falls :data:`AUTO_LIFT` below it
+    (:func:`lift_crf`). Neither on an input whose bitrate reads as an untouched master
+    (:func:`spared`)."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -869,17 +869,14 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
         {c: p.kbps for c, p in ladder.probes.items()}, input_kbps)
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
-    sigma = None if AUTO_NOISE is None else ladder.input_noise()
-    level = auto_level(gap, sigma, c95 is not None)
+    level = auto_level(gap, c95 is not None)
     if level == AUTO_LEVEL:
         why = "input reads as a master"
-    elif auto_level(gap, sigma) == AUTO_LEVEL:
+    elif auto_level(gap) == AUTO_LEVEL:
         why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
-    elif auto_level(gap) == level:
+    else:
         why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
                "above the VMAF-95 crossing)")
-    else:
-        why = f"input reads as noisy (luma noise {sigma:.1f}; the master is under it)"
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     crf = c95 if level == AUTO_LEVEL else _find(
@@ -890,10 +887,22 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
             else input_kbps / at95.kbps)
     if guard and spared(rich, AUTO_SPARE):
         ladder.say(f"auto: the input has {rich:.1f} times the bits of its re-encode at CRF "
-                   f"{c95}, the VMAF-95 crossing: an untouched master, which the model's "
-                   "guard spares")
+                   f"{c95}, the VMAF-95 crossing: an untouched master, which the model "
+                   "spares (no lift, no guard)")
         target = replace(target, rule=f"{target.rule}; guard spared (a master's bitrate)")
         guard = None
+    lift = drop_noise and guard and AUTO_LIFT_NOISE is not None
+    sigma = ladder.input_noise() if lift else None
+    if sigma is not None and sigma >= AUTO_LIFT_NOISE:
+        lifted = lift_crf(ladder, s0, crf, full, AUTO_LIFT)
+        if lifted is not None and lifted > crf:
+            ladder.say(f"auto --drop-noise: the input reads as noisy (luma noise "
+                       f"{sigma:.1f}); the model's score holds within {AUTO_LIFT:g} of the "
+                       f"input's up to CRF {lifted}; pick lifted there")
+            target = replace(target, rule=f"{target.rule}; noisy (luma noise {sigma:.1f}), "
+                             f"lifted to CRF {lifted}, where the model's score holds within "
+                             f"{AUTO_LIFT:g} of the input's")
+            crf = lifted
     capped = guard_crf(ladder, s0, crf, full, guard)
     if capped is not None and capped < crf:
         ladder.say(f"auto: the model's score falls {guard:g} below the input's above "
@@ -931,6 +940,20 @@ def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
     # ``search`` counts every probe made so far against its budget.
     made = sum(not p.from_cache for p in ladder.probes.values())
     return ladder.search(floor, made + GUARD_PROBES, start=crf, measure="score")
+
+
+LIFT_PROBES = 3  # probes the lift may add above the pick
+
+
+def lift_crf(ladder: Ladder, s0: float, crf: int, full: bool, fall: float) -> int | None:
+    """The highest CRF whose model score stays within ``fall`` of the input's own ``s0``,
+    searched from the pick ``crf`` up (the probes made so far count; :data:`LIFT_PROBES`
+    more at most); None when not even the lowest probe does."""
+    floor = s0 - fall
+    if full:
+        return best_passing(ladder.values("score"), floor)
+    made = sum(not p.from_cache for p in ladder.probes.values())
+    return ladder.search(floor, made + LIFT_PROBES, start=crf, measure="score")
 
 
 def pick_predict(ladder: Ladder) -> Pick:
@@ -1000,12 +1023,13 @@ def predict_samples(samples: list[Sample], scorer, encoder: str) -> list[Sample]
 def run_mode(ladder: Ladder, mode: str, min_score: float | None = None,
              max_drop: float | None = None, vmaf_level: float = DEFAULT_VMAF,
              max_probes: int = MAX_PROBES, full: bool = False,
-             guard: float | None = None) -> Pick:
+             guard: float | None = None, drop_noise: bool = False) -> Pick:
     """The pick of ``mode`` (one of :data:`MODES`) on ``ladder``: the one dispatch that
     ``cpllm-ladder pick``, ``encode`` and ``scenes`` share. ``guard``: ``auto``'s model
-    guard (None: :data:`AUTO_GUARD`; 0: off)."""
+    guard (None: :data:`AUTO_GUARD`; 0: off); ``drop_noise``: its lift on noisy inputs."""
     if mode == "auto":
-        return pick_auto(ladder, max_probes, full, AUTO_GUARD if guard is None else guard)
+        return pick_auto(ladder, max_probes, full, AUTO_GUARD if guard is None else guard,
+                         drop_noise)
     if mode == "vmaf":
         return pick_vmaf(ladder, vmaf_level, max_probes, full)
     if mode == "predict":
@@ -1106,7 +1130,11 @@ class PickOptions(Settings):
         max_probes: most probe encodes of the search.
         guard: ``auto`` only: never pick above the CRF where the model's score falls this
             far below its score of the input (:func:`guard_crf`; None: :data:`AUTO_GUARD`;
-            0: no such cap).
+            0: no such cap, and no lift).
+        drop_noise: ``auto`` only: the input's noise is not worth its bits (sensor noise in
+            uploads, not a master's grain): on an input that reads as noisy
+            (:data:`AUTO_LIFT_NOISE`) the pick goes up to where the model's score holds
+            within :data:`AUTO_LIFT` of its score of the input (:func:`lift_crf`).
         keep: mark the pick ``keep`` (and ``encode`` copies the input's video stream instead
             of encoding it) where the pick needs more bits than the input has
             (:data:`KEEP_PERCENT`) and the input is already in the encoder's format with the
@@ -1138,6 +1166,7 @@ class PickOptions(Settings):
     pool: str = "mean"
     max_probes: int = MAX_PROBES
     guard: float | None = None
+    drop_noise: bool = False
     keep: bool = True
     keep_any_codec: bool = False
     max_encoded_percent: float | None = None
@@ -1221,6 +1250,14 @@ class Job:
             raise LadderArgumentError(message(
                 where, "--guard with --mode auto (it caps auto's VMAF pick by the model)",
                 f"--guard with --mode {self.mode}", "drop --guard, or use --mode auto"))
+        if o.drop_noise and self.mode != "auto":
+            raise LadderArgumentError(message(
+                where, "--drop-noise with --mode auto (it lifts auto's pick by the model)",
+                f"--drop-noise with --mode {self.mode}", "drop --drop-noise, or use --mode auto"))
+        if o.drop_noise and o.guard == 0:
+            raise LadderArgumentError(message(
+                where, "--drop-noise with the model's guard on (the lift reads the model's "
+                "score)", "--drop-noise with --guard 0", "drop --guard 0, or --drop-noise"))
         if o.guard is not None and not 0 <= o.guard <= 4:
             raise LadderArgumentError(message(
                 f"{where} --guard", "a fall of the model's score in [0, 4] on its 1-5 scale "
@@ -1285,7 +1322,8 @@ class Job:
         with self.ladder() as ladder:
             try:
                 result = run_mode(ladder, self.mode, self.min_score, self.max_drop,
-                                  self.vmaf_level, o.max_probes, o.full, o.guard)
+                                  self.vmaf_level, o.max_probes, o.full, o.guard,
+                                  o.drop_noise)
                 result.input_kbps = ladder.input_kbps(filtered=True)
                 bigger = (result.encoded_percent or 0) > KEEP_PERCENT
                 result.keep = self.keepable() and bigger

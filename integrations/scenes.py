@@ -266,7 +266,7 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 vmaf: bool = False, progress: Progress | None = None,
                 max_probes: int = MAX_PROBES, mode: str = "score",
                 vmaf_level: float = DEFAULT_VMAF,
-                guard: float | None = None) -> list[ScenePick]:
+                guard: float | None = None, drop_noise: bool = False) -> list[ScenePick]:
     """Pick a CRF for each shot: its own ladder, with samples inside the shot.
 
     Args:
@@ -278,7 +278,8 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
             shot against the shot's own source score (``mode="score"``).
         mode: one of :data:`~.ladder.MODES` (:func:`~.ladder.run_mode`); ``auto`` and
             ``predict`` read the input's bitrate and noise inside the shot's samples;
-            ``guard`` is ``auto``'s model guard (:func:`~.ladder.guard_crf`).
+            ``guard`` is ``auto``'s model guard (:func:`~.ladder.guard_crf`), ``drop_noise``
+            its lift on noisy shots (:func:`~.ladder.lift_crf`).
         progress: called with one line per step, prefixed ``shot i/n:``.
 
     Returns:
@@ -307,7 +308,7 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
             say(f"{tag}: {shot.start:.2f}-{shot.end:.2f} s, {shot.frames} frames")
             try:
                 p = run_mode(ladder, mode, min_score, max_drop, vmaf_level, max_probes,
-                             guard=guard)
+                             guard=guard, drop_noise=drop_noise)
             except NoCrfMeetsTargetError as err:
                 low = ladder.probes[min(ladder.probes)]
                 s0, _ = ladder.source_score()

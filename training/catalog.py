@@ -717,36 +717,51 @@ def score_linear(calibration: dict[float, float], level: float, margin: float,
     return policy
 
 
-_SHIPPED = object()  # auto_rule's guard when not overridden: the shipped AUTO_GUARD
+_SHIPPED = object()  # an auto_rule constant not overridden: the shipped one (None turns it off)
 
 
 def auto_rule(gap: float | None = None, step: float | None = None,
-              floor: float | None = None, noisy: float | None = None,
-              guard: float | None | object = _SHIPPED,
-              spare: float | None | object = _SHIPPED) -> Policy:
+              floor: float | None = None, guard: float | None | object = _SHIPPED,
+              spare: float | None | object = _SHIPPED, drop_noise: bool = False,
+              lift: tuple[float, float] | None = None) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, the search again at the lowered level, and
-    the model's guard (the pick no higher than where the model's score falls ``guard`` below
-    its score of the input), which spares an input with ``spare`` times the bits of its
-    re-encode at the crossing or more (:func:`richness`).
-    ``gap``, ``step``, ``floor``, ``noisy``, ``guard``, ``spare``: override the shipped
-    constants (sweeps, the fit; ``noisy`` sets a noise rule, which ships off; ``guard=None``
-    turns the guard off, ``spare=None`` has it spare no input)."""
+    the model's guard (the pick no higher than where its score falls ``guard`` below its score
+    of the input); with ``drop_noise`` (``--drop-noise``) first its lift on a noisy input;
+    neither on an input with ``spare`` times the bits of its re-encode at the crossing or more
+    (:func:`richness`).
+    ``gap``, ``step``, ``floor``, ``guard``, ``spare``: override the shipped constants
+    (sweeps, the fit; ``guard=None`` turns the model's say off, lift included, as ``--guard
+    0`` does; ``spare=None`` has it spare no input). ``lift``: the lift's (luma noise, fall)
+    instead of the shipped :data:`~cpllm_plugin.integrations.ladder.AUTO_LIFT_NOISE` and
+    ``AUTO_LIFT``; it turns the lift on."""
     from cpllm_plugin.integrations import ladder as lad
 
-    over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor),
-                              ("noisy", noisy)) if v is not None}
+    over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor)) if v is not None}
     fall = lad.AUTO_GUARD if guard is _SHIPPED else guard
     spare = lad.AUTO_SPARE if spare is _SHIPPED else spare
+    if lift is None and drop_noise:
+        lift = (lad.AUTO_LIFT_NOISE, lad.AUTO_LIFT)
 
     def policy(c: Curve) -> int | None:
         crf = level_pick(c, over)
-        if crf is None or lad.spared(richness(c), spare):
+        if crf is None or not fall or lad.spared(richness(c), spare):
             return crf
-        return guarded(c, crf, fall)
+        return guarded(c, lifted(c, crf, lift), fall)
 
     return policy
+
+
+def lifted(c: Curve, crf: int, lift: tuple[float, float] | None) -> int:
+    """``crf`` raised, on an input whose luma noise is ``lift[0]`` or more (None: never), to
+    the highest CRF whose model score stays within ``lift[1]`` of the input's
+    (:func:`~cpllm_plugin.integrations.ladder.lift_crf`): ``auto --drop-noise``'s lift."""
+    noise = c.info.get("noise")
+    if lift is None or noise is None or noise < lift[0]:
+        return crf
+    held = guard_held(c, lift[1])
+    return crf if held is None else max(crf, held)
 
 
 def input_gap(c: Curve) -> tuple[int | None, float | None]:
@@ -779,7 +794,7 @@ def level_pick(c: Curve, over: dict | None = None) -> int | None:
     from cpllm_plugin.integrations import ladder as lad
 
     c95, gap = input_gap(c)
-    level = lad.auto_level(gap, c.info.get("noise"), c95 is not None, **(over or {}))
+    level = lad.auto_level(gap, c95 is not None, **(over or {}))
     if level == lad.AUTO_LEVEL:
         return c95
     return highest_meeting(c.crfs, c.vi, level)

@@ -277,10 +277,9 @@ def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
 
 
 # auto's constants: the gap (CRF above the VMAF-95 crossing) where an input starts to read as
-# re-encoded, the VMAF given up per CRF beyond it, the lowest level, and the luma noise where an
-# input reads as noisy (None: no noise rule).
+# re-encoded, the VMAF given up per CRF beyond it, the lowest level.
 AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.75, 1.0),
-             "floor": (85.0, 88.0, 90.0, 92.0), "noisy": (None, 5.0, 6.0, 7.0, 8.0, 10.0),
+             "floor": (85.0, 88.0, 90.0, 92.0),
              # The model's guard: the fall of its score below the input's where the pick stops
              # (None: none). Fitted fairly only with --scores from models trained without the
              # sources they score: the shipped model's scores of training sources are in-sample
@@ -289,7 +288,13 @@ AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.7
              "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4),
              # Times the bits of its re-encode at the VMAF-95 crossing where an input reads as
              # an untouched master, which the guard spares (None: it spares none).
-             "spare": (None, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)}
+             "spare": (None, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
+             # The model's lift on a noisy input (--drop-noise, off by default): (the luma
+             # noise from which an input reads as noisy, the fall of the score where the lift
+             # stops); None: no lift. Fitted apart: see fit_lift.
+             "lift": (None,)}
+# The lift's settings, fitted with the other constants held at the default's (fit_lift).
+LIFT_GRID = tuple((n, f) for n in (4.0, 5.0, 5.5, 6.0, 7.0, 9.0) for f in (0.05, 0.1, 0.15))
 # The success the default must reach (issue 36's goals 1-3): on the whole catalog, on the
 # uploads, on the masters. Among the settings that reach all three, the cheapest wins.
 AUTO_GOALS = {"whole": 0.95, "uploads": 0.90, "masters": 0.95}
@@ -309,24 +314,34 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
 
     from cpllm_plugin.integrations import ladder as lad
 
-    levels = [k for k in grid if k not in ("guard", "spare")]
+    model = ("guard", "spare", "lift")  # read off the model's scores, after the level
+    levels = [k for k in grid if k not in model]
     guards, spares = grid.get("guard", (None,)), grid.get("spare", (None,))
+    lifts = grid.get("lift", (None,))
     groups = {"whole": list(cs), "uploads": [c for c in cs if c.kind != "master"],
               "masters": [c for c in cs if c.kind == "master"]}
-    held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in guards}
+    falls = {*guards, *(lf[1] for lf in lifts if lf)}
+    held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in falls}
     rich = {c.id: cat.richness(c) for c in cs}
+    noise = {c.id: c.info.get("noise") for c in cs}
     rows = []
     for values in itertools.product(*(grid[k] for k in levels)):
         s = dict(zip(levels, values, strict=True))
         over = {k: v for k, v in (("at", s["gap"]), ("step", s["step"]),
-                                  ("floor", s["floor"]), ("noisy", s["noisy"]))}
-        base = {c.id: cat.level_pick(c, over) for c in cs}  # the guard only caps these
-        for g, sp in itertools.product(guards, spares):
-            def pol(c, g=g, sp=sp, base=base):  # cat.auto_rule, each input's cap read once
-                k, h = base[c.id], held[g][c.id]
-                return k if k is None or h is None or lad.spared(rich[c.id], sp) else min(k, h)
+                                  ("floor", s["floor"]))}
+        base = {c.id: cat.level_pick(c, over) for c in cs}  # the model moves only these
+        for g, sp, lf in itertools.product(guards, spares, lifts):
+            def pol(c, g=g, sp=sp, lf=lf, base=base):  # cat.auto_rule, each read once
+                k = base[c.id]
+                if k is None or not g or lad.spared(rich[c.id], sp):
+                    return k
+                n = noise[c.id]
+                if lf and n is not None and n >= lf[0] and held[lf[1]][c.id] is not None:
+                    k = max(k, held[lf[1]][c.id])
+                h = held[g][c.id]
+                return k if h is None else min(k, h)
             r = {name: cat.judge("", pol, group) for name, group in groups.items() if group}
-            rows.append({**s, "guard": g, "spare": sp,
+            rows.append({**s, "guard": g, "spare": sp, "lift": lf,
                          "kept": round(r["whole"].success * len(cs)),
                          "met": all(r[k].success >= v - 1e-9 for k, v in goals.items()
                                     if k in r),
@@ -342,6 +357,21 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
                              r["median"], r["uploads_median"], r["uploads_mean"],
                              r["masters_mean"], -r["kept"]))
     return {k: rows[0][k] for k in grid}, rows
+
+
+def fit_lift(cs: Sequence[cat.Curve], best: dict,
+             lifts: Sequence[tuple[float, float]] = LIFT_GRID) -> tuple[dict, list[dict]]:
+    """``--drop-noise``'s lift: with ``best``'s other constants (the shipped ones), the setting
+    of ``lifts`` that keeps every upload the default keeps at the lowest median cost on the
+    uploads, then the one that keeps the most inputs (the masters whose grain it takes count
+    here), then the lowest mean cost on the uploads, where the noisy copies' costs show."""
+    base = {k: (v,) for k, v in best.items() if k != "lift"}
+    off = fit_auto(cs, {**base, "lift": (None,)})[1][0]
+    _, rows = fit_auto(cs, {**base, "lift": (None, *lifts)},
+                       {"uploads": off["uploads_success"]})
+    rows.sort(key=lambda r: (not r["met"], round(r["uploads_median"], 2), -r["kept"],
+                             r["uploads_mean"]))
+    return {k: rows[0][k] for k in (*base, "lift")}, rows
 
 
 def probe_files(catalog: Path, codec: str, preset: str,
@@ -592,13 +622,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             return "off" if v is None else f"{v:g}"
 
         for r in top:
-            print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} noise "
-                  f"{off(r['noisy'])} guard {off(r.get('guard'))} spare "
-                  f"{off(r.get('spare'))}: {r['success']:.1%} "
+            lf = r.get("lift")
+            print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} guard "
+                  f"{off(r.get('guard'))} spare {off(r.get('spare'))} lift "
+                  f"{'off' if not lf else f'from noise {lf[0]:g} to a fall of {lf[1]:g}'}: "
+                  f"{r['success']:.1%} "
                   f"{r['median']:.2f}; {r['masters_success']:.0%}; "
                   f"{r['uploads_success']:.0%} {r['uploads_median']:.2f} "
                   f"{r['uploads_mean']:.2f}")
         print("chosen:", json.dumps(best))
+        from cpllm_plugin.integrations import ladder as lad
+
+        shipped = {"gap": lad.AUTO_GAP, "step": lad.AUTO_STEP, "floor": lad.AUTO_FLOOR,
+                   "guard": lad.AUTO_GUARD, "spare": lad.AUTO_SPARE}
+        lift, rows = fit_lift(cs, shipped)
+        print("--drop-noise, the lift on the shipped constants (success, median; masters: "
+              "success; uploads: success, median, mean):")
+        for r in rows[:6]:
+            lf = r["lift"]
+            print(f"  {'off' if not lf else f'from noise {lf[0]:g} to a fall of {lf[1]:g}'}: "
+                  f"{r['success']:.1%} {r['median']:.2f}; {r['masters_success']:.0%}; "
+                  f"{r['uploads_success']:.0%} {r['uploads_median']:.2f} "
+                  f"{r['uploads_mean']:.2f}")
+        print("chosen for --drop-noise:", json.dumps(lift["lift"]))
         return
     try:
         if a.build:

@@ -79,18 +79,94 @@ def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
         lad.pick_file(master, lad.PickOptions(mode="vmaf", **opts), scorer)
 
 
-def test_auto_level_noise_rule_is_off_as_fitted_and_lowers_noisy_inputs_when_set():
-    # The fit on the training catalog leaves it off: grainy masters read as noisy.
-    assert lad.AUTO_NOISE is None and lad.auto_level(None, 40.0) == 95
-    on = {"noisy": 6.0}
-    assert lad.auto_level(None, 0.5, **on) == lad.auto_level(None, 6.0, **on) == 95
-    noisy = lad.auto_level(None, 8.0, **on)
-    assert noisy == pytest.approx(95 - 2 * lad.AUTO_NOISE_STEP)
-    assert lad.auto_level(None, 100, **on) == lad.AUTO_NOISE_FLOOR
-    # An earlier encode that is also noisy gets the lower of the two levels.
-    enc = lad.auto_level(lad.AUTO_GAP + 4)
-    assert lad.auto_level(lad.AUTO_GAP + 4, 8.0, **on) == min(enc, noisy)
-    assert lad.auto_level(lad.AUTO_GAP + 4, 0.0, **on) == enc
+@pytest.fixture(scope="module")
+def noisy_copy(master_and_upload, ffmpeg_exe, tmp_path_factory):
+    """The master with temporal luma noise of sigma 10 kept at CRF 16: the benchmark's noisy
+    upload (:func:`~cpllm_plugin.training.catalog.make_upload`)."""
+    from cpllm_plugin.training.catalog import make_upload
+    from cpllm_plugin.video import probe
+
+    master, _ = master_and_upload
+    out = tmp_path_factory.mktemp("noisy") / "noisy.mp4"
+    info = probe(str(master))
+    return make_upload(master, out, {"id": "noisy", "kind": "noisy",
+                                     "spec": {"noise": 10, "crf": 16}},
+                       info.width, info.height, ffmpeg_exe)
+
+
+@pytest.mark.slow
+def test_drop_noise_lifts_a_noisy_copy_above_the_vmaf_search_and_keeps_it(master_and_upload,
+                                                                          noisy_copy, tmp_path,
+                                                                          ffmpeg_exe):
+    """VMAF against a noisy copy asks for its noise; the model's score holds while a re-encode
+    smooths it away, so ``auto --drop-noise`` goes above the VMAF-95 search, and the encode
+    still keeps what the copy had against the master: VMAF >= min(95, T - 5). The default, and
+    --guard 0, do not lift."""
+    master, _ = master_and_upload
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    scorer = lad.Scorer()
+    auto = lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", drop_noise=True, **opts),
+                         scorer)
+    vmaf95 = lad.pick_file(noisy_copy, lad.PickOptions(mode="vmaf", **opts), scorer)
+    assert "noisy" in auto.target.rule and "lifted to CRF" in auto.target.rule, auto.target.rule
+    assert auto.crf > vmaf95.crf and auto.score >= auto.source_score - lad.AUTO_LIFT
+    assert auto.predicted_kbps < vmaf95.predicted_kbps
+    t = ff.measure_fr(master, noisy_copy, ffmpeg_exe, subsample=1, psnr=False)[0]
+    out = tmp_path / "final.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i",
+                    str(noisy_copy), *lad.Settings().args(auto.crf, 2), str(out)], check=True)
+    kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
+    assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
+    default = lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", **opts), scorer)
+    assert default.crf <= vmaf95.crf and "lifted" not in default.target.rule
+    with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --guard 0"):
+        lad.Job(noisy_copy, lad.PickOptions(mode="auto", drop_noise=True, guard=0, **opts),
+                scorer)
+    with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --mode vmaf"):
+        lad.Job(noisy_copy, lad.PickOptions(mode="vmaf", drop_noise=True, **opts), scorer)
+
+
+class StepScorer:
+    """4 for a picture coded with at least ``kbps``, 3 below: a model that sees no loss while
+    a re-encode keeps that many bits, and a plain one below them."""
+
+    def __init__(self, kbps: float):
+        self.kbps = kbps
+        self.id = f"stub-step-at-{kbps:.1f}-kbps"  # the probe cache keys on it
+
+    def __call__(self, paths, key_frames):
+        from cpllm_plugin.video import probe
+
+        out = []
+        for p, k in zip(paths, key_frames, strict=True):
+            v = probe(p)
+            kbps = Path(p).stat().st_size * 8 / (v.frame_count / v.fps) / 1000
+            out.append([4.0 if kbps >= self.kbps else 3.0] * k)
+        return out
+
+
+@pytest.mark.slow
+def test_the_lift_stops_at_the_highest_crf_where_the_score_holds(noisy_copy, tmp_path,
+                                                                 monkeypatch):
+    """A stand-in model whose score holds down to the bitrate between CRF p + 3 and p + 4,
+    where p is the VMAF-95 pick on the noisy copy: with --drop-noise the lift's search goes up
+    from p and stops at p + 3. Not without it, not on an input under AUTO_LIFT_NOISE, nor on
+    one the guard spares."""
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    p = lad.pick_file(noisy_copy, lad.PickOptions(mode="vmaf", **opts), _Flat()).crf
+    with lad.Job(noisy_copy, lad.PickOptions(**opts), _Flat()).ladder() as ladder:
+        k3, k4 = ladder.probe(p + 3).kbps, ladder.probe(p + 4).kbps
+    scorer = StepScorer(math.sqrt(k3 * k4))
+    lift = lad.PickOptions(mode="auto", drop_noise=True, **opts)
+    auto = lad.pick_file(noisy_copy, lift, scorer)
+    assert auto.crf == p + 3 and "lifted to CRF" in auto.target.rule, auto.target.rule
+    assert lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", **opts), scorer).crf == p
+    with monkeypatch.context() as m:
+        m.setattr(lad, "AUTO_LIFT_NOISE", 99.0)  # the copy no longer reads as noisy
+        assert lad.pick_file(noisy_copy, lift, scorer).crf == p
+    monkeypatch.setattr(lad, "AUTO_SPARE", 0.01)
+    spared = lad.pick_file(noisy_copy, lift, scorer)
+    assert spared.crf == p and "spared" in spared.target.rule
 
 
 class CappedBytesScorer:

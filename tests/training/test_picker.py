@@ -94,11 +94,10 @@ def _auto_catalog(at=3.0, step=1.0, floor=85.0):
 
 def test_fit_auto_finds_the_setting_that_keeps_every_input_at_the_least_cost():
     cs = _auto_catalog()
-    grid = {"gap": (1.5, 3.0, 4.5), "step": (0.5, 1.0), "floor": (85.0, 90.0),
-            "noisy": (None, 6.0)}
+    grid = {"gap": (1.5, 3.0, 4.5), "step": (0.5, 1.0), "floor": (85.0, 90.0)}
     best, rows = picker.fit_auto(cs, grid)
-    assert best == {"gap": 3.0, "step": 1.0, "floor": 85.0, "noisy": None}
-    assert len(rows) == 3 * 2 * 2 * 2
+    assert best == {"gap": 3.0, "step": 1.0, "floor": 85.0}
+    assert len(rows) == 3 * 2 * 2
     top = rows[0]
     assert top["success"] == 1.0 and top["median"] == pytest.approx(1.0)
     # A setting that lowers the level sooner loses uploads; one that lowers it later keeps
@@ -143,7 +142,7 @@ def test_auto_rule_guard_caps_the_pick_where_the_score_falls():
 
 def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
     cs = _guard_catalog()
-    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "noisy": (None,),
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,),
             "guard": (None, 0.05, 0.15)}
     best, rows = picker.fit_auto(cs, grid)
     assert best["guard"] == 0.15 and rows[0]["met"]
@@ -193,7 +192,7 @@ def test_auto_rule_guard_spares_an_input_with_an_untouched_masters_bitrate():
 
 
 def test_fit_auto_spares_the_masters_and_not_the_uploads():
-    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "noisy": (None,),
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,),
             "guard": (None, 0.15), "spare": (None, 1.5, 4.0)}
     best, rows = picker.fit_auto(_spare_catalog(), grid)
     assert (best["guard"], best["spare"]) == (0.15, 4.0) and rows[0]["met"]
@@ -201,6 +200,74 @@ def test_fit_auto_spares_the_masters_and_not_the_uploads():
     by = {(r["guard"], r["spare"]): r for r in rows}
     assert by[(0.15, None)]["met"] and by[(0.15, None)]["masters_mean"] > 1.0
     assert not by[(0.15, 1.5)]["met"] and by[(0.15, 1.5)]["uploads_success"] == 0.0
+
+
+def _lift_catalog():
+    """Grainy masters (luma noise 5) that keep VMAF 95 against themselves, and against the
+    master, up to CRF 20, where the model's score still holds (it falls 0.05 a CRF from 21);
+    and noisy uploads (luma noise 10) whose VMAF against themselves also crosses 95 at 20,
+    though they keep what they had against their master up to 28, where the model's score
+    starts to fall 0.1 a CRF. Neither is spared (1.4 times the crossing's bits). A lift that
+    takes the uploads and not the masters keeps every input at the cheapest success."""
+    inputs, rows = [], []
+    for i in range(20):
+        src = f"s{i}"
+        for id_, kind, t, noise in ((src, "master", 100.0, 5.0),
+                                    (f"{src}~noisy", "noisy", 90.0, 10.0)):
+            up = kind != "master"
+            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
+                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
+                           "bytes": _size(17), "codec": "h264", "noise": noise})
+            rows += [{"id": id_, "crf": c, "bytes": _size(c),
+                      "vmaf_master": 85.0 - (c - 28) if up else 95.0 - (c - 20),
+                      "vmaf_input": 100.0 - (c - 15),
+                      "frame_scores": [4.0 - 0.1 * max(c - 27, 0) if up
+                                       else 4.0 - 0.05 * max(c - 21, 0)]}
+                     for c in LEVELS]
+    return cat.curves(inputs, rows)
+
+
+def test_auto_rule_lifts_a_noisy_input_up_to_where_the_models_score_holds():
+    cs = _lift_catalog()
+    master = next(c for c in cs if c.id == "s0")
+    up = next(c for c in cs if c.id == "s0~noisy")
+    on = {"guard": 0.3, "spare": None}
+    assert cat.auto_rule(**on)(up) == 20  # VMAF 95 against the upload: the default
+    assert cat.auto_rule(lift=(8.0, 0.12), **on)(up) == 28 and up.cost(28) == 1.0
+    assert up.success(28) and not up.success(29) and up.cost(20) > 2.5
+    assert cat.auto_rule(lift=(8.0, 0.12), **on)(master) == 20  # not noisy enough
+    # A lift that takes the masters' grain too: the score, 3.9 at 23, still holds there.
+    assert cat.auto_rule(lift=(4.0, 0.12), **on)(master) == 23 and not master.success(23)
+    # The lift goes with the guard (--guard 0), and spares what the guard spares.
+    assert cat.auto_rule(lift=(8.0, 0.12), **{**on, "guard": None})(up) == 20
+    assert cat.auto_rule(lift=(8.0, 0.12), **{**on, "spare": 1.0})(up) == 20
+
+
+def test_fit_auto_lifts_the_noisy_uploads_and_not_the_grainy_masters():
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "guard": (0.3,),
+            "spare": (None,), "lift": (None, (4.0, 0.12), (8.0, 0.12))}
+    best, rows = picker.fit_auto(_lift_catalog(), grid)
+    assert best["lift"] == (8.0, 0.12) and rows[0]["met"]
+    assert rows[0]["uploads_median"] == pytest.approx(1.0)
+    by = {r["lift"]: r for r in rows}
+    assert by[None]["met"] and by[None]["uploads_median"] > 2.5
+    assert not by[(4.0, 0.12)]["met"] and by[(4.0, 0.12)]["masters_success"] == 0.0
+
+
+def test_fit_lift_takes_the_cheapest_lift_that_keeps_every_upload_the_default_keeps():
+    """--drop-noise counts noise as worth nothing, so the masters' grain does not count; a
+    fall that lets the uploads go past their cheapest success does."""
+    cs = _lift_catalog()
+    best = {"gap": 4.5, "step": 1.0, "floor": 90.0, "guard": 0.3, "spare": None, "lift": None}
+    lift, rows = picker.fit_lift(cs, best, [(4.0, 0.12), (8.0, 0.12), (8.0, 0.25)])
+    by = {r["lift"]: r for r in rows}
+    # Both 0.12 lifts take the uploads to their cheapest success; 4.0 takes the masters'
+    # grain too, so the one that keeps more inputs wins.
+    assert lift["lift"] == (8.0, 0.12) and rows[0]["uploads_median"] == 1.0
+    assert by[(4.0, 0.12)]["masters_success"] == 0.0 and by[(4.0, 0.12)]["met"]
+    # A fall of 0.25 lifts the uploads to 29, past what they had.
+    assert by[(8.0, 0.25)]["uploads_success"] == 0.0 and not by[(8.0, 0.25)]["met"]
+    assert by[None]["met"] and by[None]["uploads_median"] > 2.5
 
 
 def test_fit_reads_fast_probes_and_sizes_the_pick_from_them(curves):
