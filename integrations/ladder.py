@@ -887,8 +887,8 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
             else input_kbps / at95.kbps)
     if guard and spared(rich, AUTO_SPARE):
         ladder.say(f"auto: the input has {rich:.1f} times the bits of its re-encode at CRF "
-                   f"{c95}, the VMAF-95 crossing: an untouched master, which the model "
-                   "spares (no lift, no guard)")
+                   f"{c95}, the VMAF-95 crossing: an untouched master, which the model's "
+                   "guard spares")
         target = replace(target, rule=f"{target.rule}; guard spared (a master's bitrate)")
         guard = None
     lift = drop_noise and guard and AUTO_LIFT_NOISE is not None
