@@ -108,26 +108,40 @@ def test_fit_auto_finds_the_setting_that_keeps_every_input_at_the_least_cost():
     assert later["uploads_success"] == 1.0 and later["uploads_median"] > 1.0
 
 
-def _guard_catalog():
-    """Masters that keep VMAF 95 against themselves at CRF 20 and whose model score never
-    falls; and uploads that read as masters (VMAF 95 against themselves up to CRF 30) but keep
-    what they had against their master only up to CRF 28, where the model's score starts to
-    fall 0.1 a CRF below its score of the upload. Only the model's guard saves the uploads."""
+def _pairs(master: dict, upload: dict, n: int = 20) -> list[cat.Curve]:
+    """``n`` sources, each a master and one upload, every ladder read off the functions of CRF
+    that ``master`` and ``upload`` give: ``vm`` (VMAF against the master), ``vi`` (against the
+    input) and ``score``; with the input's ``kind``, ``t`` (its VMAF against the master),
+    ``bytes`` and ``noise`` (1 if not given)."""
     inputs, rows = [], []
-    for i in range(20):
+    for i in range(n):
         src = f"s{i}"
-        for id_, kind, t in ((src, "master", 100.0), (f"{src}~soft", "soft", 90.0)):
-            need = min(95.0, t - 5.0)
-            up = kind != "master"
-            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
-                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
-                           "bytes": _size(3), "codec": "h264", "noise": 1.0})
-            rows += [{"id": id_, "crf": c, "bytes": _size(c),
-                      "vmaf_master": need - (c - (28 if up else 20)),
-                      "vmaf_input": 100.0 - (c - 15) / 3 if up else 100.0 - (c - 15),
-                      "frame_scores": [4.0 - (0.1 * max(c - 27, 0) if up else 0.0)]}
+        for spec in (master, upload):
+            id_ = src if spec["kind"] == "master" else f"{src}~{spec['kind']}"
+            inputs.append({"id": id_, "kind": spec["kind"], "source": src,
+                           "vmaf_master": spec["t"], "frame_scores": [4.0], "width": 1280,
+                           "height": 720, "frames": 48, "bytes": spec["bytes"],
+                           "codec": "h264", "noise": spec.get("noise", 1.0)})
+            rows += [{"id": id_, "crf": c, "bytes": _size(c), "vmaf_master": spec["vm"](c),
+                      "vmaf_input": spec["vi"](c), "frame_scores": [spec["score"](c)]}
                      for c in LEVELS]
     return cat.curves(inputs, rows)
+
+
+# A master that keeps VMAF 95 against itself, and against the master, up to CRF 20.
+MASTER = {"kind": "master", "t": 100.0, "bytes": _size(3), "vm": lambda c: 95.0 - (c - 20),
+          "vi": lambda c: 100.0 - (c - 15), "score": lambda c: 4.0}
+# A soft upload that reads as a master (VMAF 95 against itself up to CRF 30) but keeps what it
+# had against its master (85) only up to CRF 28, where the model's score starts to fall 0.1 a
+# CRF below its score of the upload.
+SOFT = {"kind": "soft", "t": 90.0, "bytes": _size(3), "vm": lambda c: 85.0 - (c - 28),
+        "vi": lambda c: 100.0 - (c - 15) / 3, "score": lambda c: 4.0 - 0.1 * max(c - 27, 0)}
+
+
+def _guard_catalog():
+    """:data:`MASTER` s, whose model score never falls, and :data:`SOFT` uploads: only the
+    model's guard saves the uploads."""
+    return _pairs(MASTER, SOFT)
 
 
 def test_auto_rule_guard_caps_the_pick_where_the_score_falls():
@@ -160,21 +174,8 @@ def _spare_catalog():
     20; and the soft uploads of :func:`_guard_catalog` at about a transparent re-encode's
     bitrate (CRF 25 against a crossing at 30: 1.8 times). The guard must hold the uploads and
     spare the masters."""
-    inputs, rows = [], []
-    for i in range(20):
-        src = f"s{i}"
-        for id_, kind, t, size in ((src, "master", 100.0, _size(3)),
-                                   (f"{src}~soft", "soft", 90.0, _size(25))):
-            up = kind != "master"
-            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
-                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
-                           "bytes": size, "codec": "h264", "noise": 1.0})
-            rows += [{"id": id_, "crf": c, "bytes": _size(c),
-                      "vmaf_master": 85.0 - (c - 28) if up else 95.0 - (c - 20),
-                      "vmaf_input": 100.0 - (c - 15) / 3 if up else 100.0 - (c - 15),
-                      "frame_scores": [4.0 - 0.1 * max(c - 27 if up else c - 17, 0)]}
-                     for c in LEVELS]
-    return cat.curves(inputs, rows)
+    return _pairs({**MASTER, "score": lambda c: 4.0 - 0.1 * max(c - 17, 0)},
+                  {**SOFT, "bytes": _size(25)})
 
 
 def test_auto_rule_guard_spares_an_input_with_an_untouched_masters_bitrate():
@@ -209,22 +210,10 @@ def _lift_catalog():
     though they keep what they had against their master up to 28, where the model's score
     starts to fall 0.1 a CRF. Neither is spared (1.4 times the crossing's bits). A lift that
     takes the uploads and not the masters keeps every input at the cheapest success."""
-    inputs, rows = [], []
-    for i in range(20):
-        src = f"s{i}"
-        for id_, kind, t, noise in ((src, "master", 100.0, 5.0),
-                                    (f"{src}~noisy", "noisy", 90.0, 10.0)):
-            up = kind != "master"
-            inputs.append({"id": id_, "kind": kind, "source": src, "vmaf_master": t,
-                           "frame_scores": [4.0], "width": 1280, "height": 720, "frames": 48,
-                           "bytes": _size(17), "codec": "h264", "noise": noise})
-            rows += [{"id": id_, "crf": c, "bytes": _size(c),
-                      "vmaf_master": 85.0 - (c - 28) if up else 95.0 - (c - 20),
-                      "vmaf_input": 100.0 - (c - 15),
-                      "frame_scores": [4.0 - 0.1 * max(c - 27, 0) if up
-                                       else 4.0 - 0.05 * max(c - 21, 0)]}
-                     for c in LEVELS]
-    return cat.curves(inputs, rows)
+    return _pairs({**MASTER, "bytes": _size(17), "noise": 5.0,
+                   "score": lambda c: 4.0 - 0.05 * max(c - 21, 0)},
+                  {**SOFT, "kind": "noisy", "bytes": _size(17), "noise": 10.0,
+                   "vi": MASTER["vi"]})
 
 
 def test_auto_rule_lifts_a_noisy_input_up_to_where_the_models_score_holds():
