@@ -282,7 +282,8 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
     policy on the catalog's ladders (interpolated between their levels); ``any_codec``: both
     keep an input in any of the tool's codecs."""
     table, _ = policies(scorer, codec=codec)
-    replay = {"auto": cat.auto_rule(), "vmaf": cat.vmaf_search(95),
+    replay = {"auto": cat.auto_rule(), "auto --drop-noise": cat.auto_rule(drop_noise=True),
+              "vmaf": cat.vmaf_search(95),
               "score": next(p for k, p in table.items() if k.startswith("score"))}
     rule = scorer.predictor(codec)
     if rule is not None:
@@ -340,6 +341,7 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
                         mode=mode.split()[0].rstrip(","), no_cache=True, encoder=codec,
                         keep_any_codec=any_codec,
                         guard=guard if "--guard" in mode else None,
+                        drop_noise="--drop-noise" in mode,
                         key_frames=lad.KEY_FRAMES if "plan's key frames" in mode else None),
                         scorer if model else NoScore())
                     crf, enc, held = p.crf, p.encodes, p.keep
