@@ -921,39 +921,39 @@ def spared(rich: float | None, spare: float | None) -> bool:
 
 
 GUARD_PROBES = 3  # probes the guard may add: the VMAF search's probes are scored already
+LIFT_PROBES = 3  # probes the lift may add above the pick
+
+
+def score_holds(ladder: Ladder, s0: float, fall: float, start: int, full: bool,
+                probes: int) -> int | None:
+    """The highest CRF whose model score stays within ``fall`` of the input's own ``s0`` (on
+    the score's monotone fit), searched from ``start`` (with ``full``, read off every level);
+    the probes made so far count, ``probes`` more at most. None when no probe does."""
+    floor = s0 - fall
+    if full:
+        return best_passing(ladder.values("score"), floor)
+    # ``search`` counts every probe made so far against its budget.
+    made = sum(not p.from_cache for p in ladder.probes.values())
+    return ladder.search(floor, made + probes, start=start, measure="score")
 
 
 def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
               guard: float | None) -> int | None:
     """The highest CRF whose model score stays within ``guard`` of the input's own ``s0``,
     when the pick ``crf`` does not; None when ``crf`` does, when no CRF does, or with no
-    guard (None or 0). Searched from ``crf`` down on the score's monotone fit, so the probes
-    already made count."""
+    guard (None or 0). Searched from ``crf`` down, so the probes already made count."""
     if not guard:
         return None
-    floor = s0 - guard
-    held = best_passing(ladder.values("score"), floor)
-    if full:
-        return held
-    if held is not None and held >= crf:
+    held = best_passing(ladder.values("score"), s0 - guard)
+    if not full and held is not None and held >= crf:
         return None
-    # ``search`` counts every probe made so far against its budget.
-    made = sum(not p.from_cache for p in ladder.probes.values())
-    return ladder.search(floor, made + GUARD_PROBES, start=crf, measure="score")
-
-
-LIFT_PROBES = 3  # probes the lift may add above the pick
+    return score_holds(ladder, s0, guard, crf, full, GUARD_PROBES)
 
 
 def lift_crf(ladder: Ladder, s0: float, crf: int, full: bool, fall: float) -> int | None:
-    """The highest CRF whose model score stays within ``fall`` of the input's own ``s0``,
-    searched from the pick ``crf`` up (the probes made so far count; :data:`LIFT_PROBES`
-    more at most); None when not even the lowest probe does."""
-    floor = s0 - fall
-    if full:
-        return best_passing(ladder.values("score"), floor)
-    made = sum(not p.from_cache for p in ladder.probes.values())
-    return ladder.search(floor, made + LIFT_PROBES, start=crf, measure="score")
+    """``--drop-noise``'s lift: the highest CRF whose model score stays within ``fall`` of the
+    input's own ``s0``, searched from the pick ``crf`` up (:func:`score_holds`)."""
+    return score_holds(ladder, s0, fall, crf, full, LIFT_PROBES)
 
 
 def pick_predict(ladder: Ladder) -> Pick:
