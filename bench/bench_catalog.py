@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -73,8 +74,9 @@ def main() -> None:
                     help="Also run the real tool on N inputs (spread over the kinds) in each "
                     "mode and compare its picks with the replayed ones.")
     ap.add_argument("--real-modes", metavar="MODE,MODE",
-                    help="With --real: only these of the modes (e.g. auto,vmaf), not every "
-                    "one; times are then compared among them alone.")
+                    help="With --real: only these of the modes (e.g. \"auto,vmaf,vmaf, no "
+                    "model\": a comma and a space belong to a name), not every one; times are "
+                    "then compared among them alone.")
     ap.add_argument("--keep-any-codec", action="store_true",
                     help="With --real: the tool keeps an input in any codec it encodes, and "
                     "the replay's keep column does the same.")
@@ -119,7 +121,7 @@ def main() -> None:
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
                   a.real_ids.split(",") if a.real_ids else None, a.rounds, a.keep_any_codec,
-                  a.real_modes.split(",") if a.real_modes else None)
+                  re.split(r",(?! )", a.real_modes) if a.real_modes else None)
 
 
 def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
