@@ -366,9 +366,10 @@ def fit_lift(cs: Sequence[cat.Curve], best: dict,
     uploads, then the one that keeps the most inputs (the masters whose grain it takes count
     here), then the lowest mean cost on the uploads, where the noisy copies' costs show."""
     base = {k: (v,) for k, v in best.items() if k != "lift"}
-    off = fit_auto(cs, {**base, "lift": (None,)})[1][0]
-    _, rows = fit_auto(cs, {**base, "lift": (None, *lifts)},
-                       {"uploads": off["uploads_success"]})
+    _, rows = fit_auto(cs, {**base, "lift": (None, *lifts)}, {})
+    off = next(r for r in rows if r["lift"] is None)["uploads_success"]
+    for r in rows:
+        r["met"] = r["uploads_success"] >= off - 1e-9
     rows.sort(key=lambda r: (not r["met"], round(r["uploads_median"], 2), -r["kept"],
                              r["uploads_mean"]))
     return {k: rows[0][k] for k in (*base, "lift")}, rows
@@ -621,12 +622,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         def off(v):
             return "off" if v is None else f"{v:g}"
 
+        def lift_name(lf):
+            return "off" if not lf else f"from noise {lf[0]:g} to a fall of {lf[1]:g}"
+
         for r in top:
-            lf = r.get("lift")
             print(f"  gap {r['gap']:g} step {r['step']:g} floor {r['floor']:g} guard "
                   f"{off(r.get('guard'))} spare {off(r.get('spare'))} lift "
-                  f"{'off' if not lf else f'from noise {lf[0]:g} to a fall of {lf[1]:g}'}: "
-                  f"{r['success']:.1%} "
+                  f"{lift_name(r.get('lift'))}: {r['success']:.1%} "
                   f"{r['median']:.2f}; {r['masters_success']:.0%}; "
                   f"{r['uploads_success']:.0%} {r['uploads_median']:.2f} "
                   f"{r['uploads_mean']:.2f}")
@@ -639,11 +641,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("--drop-noise, the lift on the shipped constants (success, median; masters: "
               "success; uploads: success, median, mean):")
         for r in rows[:6]:
-            lf = r["lift"]
-            print(f"  {'off' if not lf else f'from noise {lf[0]:g} to a fall of {lf[1]:g}'}: "
-                  f"{r['success']:.1%} {r['median']:.2f}; {r['masters_success']:.0%}; "
-                  f"{r['uploads_success']:.0%} {r['uploads_median']:.2f} "
-                  f"{r['uploads_mean']:.2f}")
+            print(f"  {lift_name(r['lift'])}: {r['success']:.1%} {r['median']:.2f}; "
+                  f"{r['masters_success']:.0%}; {r['uploads_success']:.0%} "
+                  f"{r['uploads_median']:.2f} {r['uploads_mean']:.2f}")
         print("chosen for --drop-noise:", json.dumps(lift["lift"]))
         return
     try:
