@@ -77,9 +77,9 @@ def main() -> None:
                     help="With --real: only these of the modes (e.g. \"auto,vmaf,vmaf, no "
                     "model\": a comma and a space belong to a name), not every one; times are "
                     "then compared among them alone.")
-    ap.add_argument("--keep-any-codec", action="store_true",
-                    help="With --real: the tool keeps an input in any codec it encodes, and "
-                    "the replay's keep column does the same.")
+    ap.add_argument("--keep-same-codec", action="store_true",
+                    help="With --real: the tool keeps only an input in the encoder's format, "
+                    "and the replay's keep does the same.")
     ap.add_argument("--rounds", type=int, default=1, metavar="R",
                     help="With --real: run every mode R times on each input, in a turning "
                     "order, and time each by its median (picks come from the first round).")
@@ -120,7 +120,7 @@ def main() -> None:
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
-                  a.real_ids.split(",") if a.real_ids else None, a.rounds, a.keep_any_codec,
+                  a.real_ids.split(",") if a.real_ids else None, a.rounds, not a.keep_same_codec,
                   re.split(r",(?! )", a.real_modes) if a.real_modes else None)
 
 
@@ -141,11 +141,12 @@ def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
     return got
 
 
-def keeper(codec: str, any_codec: bool = False):
-    """The tool's keep as a wrapper of policies: an input already in ``codec``'s format is
-    kept where the pick would be bigger (every mode does it by default; a fixed CRF is
-    judged with it too, so that the comparison is of the CRFs alone); ``any_codec``: an
-    input in any of the tool's codecs (``--keep-any-codec``)."""
+def keeper(codec: str, any_codec: bool = True):
+    """The tool's keep as a wrapper of policies: an input in any of the tool's codecs is
+    kept where the pick would be bigger (every mode does it by default, and ab-av1's gate
+    does it whatever the input's codec; a fixed CRF is judged with it too, so that the
+    comparison is of the CRFs alone); without ``any_codec`` (``--keep-same-codec``) only an
+    input already in ``codec``'s format."""
     fmt = lad.KEEP_CODECS if any_codec else ff.get_encoder(codec).codec
     return lambda policy, percent=lad.KEEP_PERCENT: cat.keep_input(policy, percent, fmt)
 
@@ -159,13 +160,13 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
     s95 = lad.vmaf_to_score(95, cal)
     drop = scorer.drop() or lad.DEFAULT_MAX_DROP
     rule = scorer.predictor(codec)
-    keep, keep_any = keeper(codec), keeper(codec, any_codec=True)
+    keep, keep_same = keeper(codec), keeper(codec, any_codec=False)
     table = {
         f"auto (default, guard {lad.AUTO_GUARD:g})": keep(cat.auto_rule()),
         "auto, guard sparing no input": keep(cat.auto_rule(spare=None)),
         "auto --drop-noise": keep(cat.auto_rule(drop_noise=True)),
         "auto --no-keep": cat.auto_rule(),
-        "auto --keep-any-codec": keep_any(cat.auto_rule()),
+        "auto --keep-same-codec": keep_same(cat.auto_rule()),
         "auto --guard 0 (no model guard)": keep(cat.auto_rule(guard=None)),
         "VMAF-95 search (ab-av1)": cat.vmaf_search(95),
         "VMAF-95, ab-av1's gate (80%)": keep(cat.vmaf_search(95), 80),
@@ -191,8 +192,8 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
         "auto, keep the input over P% (100: shipped)": [
             ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
                                             for p in (50, 70, 80, 90, 100, 120)],
-        "auto, keep the input over P% in any codec the tool encodes (--keep-any-codec)": [
-            (f"{p:g}", keep_any(cat.auto_rule(), p)) for p in (80, 100)],
+        "auto, keep the input over P% only in the encoder's format (--keep-same-codec)": [
+            (f"{p:g}", keep_same(cat.auto_rule(), p)) for p in (80, 100)],
         "VMAF-95 search, keep the input over P%": [
             (f"{p:g}", keep(cat.vmaf_search(95), p)) for p in (50, 80, 100)],
         "fixed CRF (keeping)": [(f"{c}", keep(cat.fixed(c))) for c in crfs],
@@ -277,12 +278,12 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
 
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
               guard: float | None = None, ids: list[str] | None = None,
-              rounds: int = 1, any_codec: bool = False,
+              rounds: int = 1, any_codec: bool = True,
               modes: list[str] | None = None) -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode (``modes``:
     those alone), encoding with the ladders' ``codec``, against the replay of the same
-    policy on the catalog's ladders (interpolated between their levels); ``any_codec``: both
-    keep an input in any of the tool's codecs."""
+    policy on the catalog's ladders (interpolated between their levels); without
+    ``any_codec`` both keep only an input in the encoder's format (``--keep-same-codec``)."""
     table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "auto --drop-noise": cat.auto_rule(drop_noise=True),
               "vmaf": cat.vmaf_search(95),

@@ -113,12 +113,13 @@ def pick_options(f):
                      "noise away. Off by default: it takes a grainy master's grain too."),
         click.option("--keep/--no-keep", default=True, show_default=True,
                      help="Where the pick needs more bits than the input has and the input is "
-                     "already in the encoder's format (no --vfilter, same --pix-fmt), keep "
-                     "the input: the pick says so and encode copies its video stream."),
-        click.option("--keep-any-codec", is_flag=True,
-                     help="Keep an input in any codec the tool encodes (H.264, HEVC, AV1, "
-                     "VP9), not only the encoder's: for a catalog that serves what it "
-                     "stores."),
+                     "in a codec the tool encodes (H.264, HEVC, AV1, VP9; no --vfilter, same "
+                     "--pix-fmt), keep the input: the pick says so and encode copies its "
+                     "video stream."),
+        click.option("--keep-any-codec/--keep-same-codec", default=True, show_default=True,
+                     help="Keep an input in any of those codecs, as ab-av1's gate leaves any "
+                     "input it would not shrink; --keep-same-codec: only one already in the "
+                     "encoder's format, for a catalog that needs its own."),
         click.option("--max-encoded-percent", type=click.FloatRange(0, min_open=True),
                      metavar="P", help="Refuse a pick whose bitrate is more than P% of the "
                      "input's (ab-av1's flag; exit 1, nothing encoded). Default: any."),
@@ -300,6 +301,7 @@ def encode_cmd(output, force, crf, per_scene, chunks, threshold, min_shot, **kw)
 
     enc.check_output(Path(kw["input"]), output, force)  # before minutes of probing, not after
     run = Run(kw, "encode")
+    run.job.holds = enc.holds(output)
     scenes, keep = None, False
     if per_scene:
         picks = _scene_picks(run, threshold, min_shot)

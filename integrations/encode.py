@@ -38,6 +38,9 @@ WHERE = "cpllm-ladder encode"
 TEXT_SUBS = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"})
 # Output containers by file extension; others are left to ffmpeg's own muxer rules.
 KINDS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm"}
+# Of the tool's video codecs, those a container takes where it does not take them all: WebM
+# only VP8, VP9 and AV1; ffmpeg's .mov muxer no VP9 or AV1.
+HOLDS = {"webm": frozenset({"vp9", "av1"}), "mov": frozenset({"h264", "hevc"})}
 # Audio that ffmpeg's muxers refuse to copy into the container (checked with ffmpeg 9).
 NO_AUDIO = {"mp4": {"truehd"}, "mov": {"opus", "flac", "truehd"}}
 WEBM_AUDIO = frozenset({"opus", "vorbis"})
@@ -146,6 +149,12 @@ def _kind(output: Path) -> str:
     return KINDS.get(output.suffix.lower(), "other")
 
 
+def holds(output: str | os.PathLike) -> frozenset[str] | None:
+    """The video codecs a container named like ``output`` takes (None: any the tool
+    encodes), so that a pick keeps only an input the output can hold."""
+    return HOLDS.get(KINDS.get(Path(output).suffix.lower(), "other"))
+
+
 def _others(st: _Streams, kind: str, encoder: str, i: int,
             kept: str | None = None) -> list[str]:
     """Maps and options for input ``i``'s audio, subtitles, covers, metadata and chapters.
@@ -155,13 +164,13 @@ def _others(st: _Streams, kind: str, encoder: str, i: int,
     encoding; warns for the streams it drops.
     """
     fix = "write a .mkv, which takes any stream"
-    codec = kept or ff.ENCODERS[encoder].codec  # WebM takes only VP8, VP9 and AV1
+    codec = kept or ff.ENCODERS[encoder].codec
     video, other = ((f"the input's {codec} video, kept as it is", "--no-keep") if kept else
                     (f"--encoder {encoder}", "--encoder libvpx-vp9 or libsvtav1"))
-    if kind == "webm" and codec not in ("vp9", "av1"):
+    if kind == "webm" and codec not in HOLDS["webm"]:
         raise LadderArgumentError(message(
             WHERE, "VP9 or AV1 video for a WebM output", video, f"use {other}, or {fix}"))
-    if kind == "mov" and codec in ("vp9", "av1"):
+    if kind == "mov" and codec not in HOLDS["mov"]:
         raise LadderArgumentError(message(
             WHERE, "H.264 or HEVC video for a .mov output", video,
             f"write a .mp4 (which takes {codec.upper()}), or {fix}"))

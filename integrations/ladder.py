@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1137,13 +1137,12 @@ class PickOptions(Settings):
             within :data:`AUTO_LIFT` of its score of the input (:func:`lift_crf`).
         keep: mark the pick ``keep`` (and ``encode`` copies the input's video stream instead
             of encoding it) where the pick needs more bits than the input has
-            (:data:`KEEP_PERCENT`) and the input is already in the encoder's format with the
-            output's pixel format and no ``vfilter``: such a re-encode keeps at most what the
-            input has, for more bits.
-        keep_any_codec: with ``keep``, an input in another of the codecs the tool encodes
-            (:data:`KEEP_CODECS`: H.264, HEVC, AV1, VP9) is kept too: for a catalog that
-            serves what it stores, where an earlier encode in another codec is already
-            smaller than any re-encode that keeps what it had.
+            (:data:`KEEP_PERCENT`) and the input is in one of the codecs the tool encodes
+            (:data:`KEEP_CODECS`: H.264, HEVC, AV1, VP9) with the output's pixel format and
+            no ``vfilter``: such a re-encode keeps at most what the input has, for more bits.
+        keep_any_codec: with ``keep``, an input in any of :data:`KEEP_CODECS` is kept, as
+            ab-av1's gate leaves any input it would not shrink; False (``--keep-same-codec``):
+            only one already in the encoder's format, for a catalog that needs its own.
         max_encoded_percent: refuse a pick whose bitrate is more than this percentage of
             the input's (:class:`PickTooLargeError`; ab-av1's ``--max-encoded-percent``;
             None: any). Per-scene picks are judged together (the CLI's ``--per-scene``).
@@ -1168,7 +1167,7 @@ class PickOptions(Settings):
     guard: float | None = None
     drop_noise: bool = False
     keep: bool = True
-    keep_any_codec: bool = False
+    keep_any_codec: bool = True
     max_encoded_percent: float | None = None
     vmaf: bool = False
     full: bool = False
@@ -1202,8 +1201,11 @@ class PickOptions(Settings):
 # keeps at most what the input has, for more bits. Not fitted: it is where a re-encode stops
 # saving anything.
 KEEP_PERCENT = 100.0
-# What ``keep_any_codec`` keeps: the codecs the tool itself encodes, which any player it
-# targets decodes (not MPEG-2, MPEG-4 Part 2 or MJPEG, however small).
+# What keep keeps: the codecs the tool itself encodes, which any player it targets decodes
+# (not MPEG-2, MPEG-4 Part 2 or MJPEG, however small). Any of them by default, not only the
+# encoder's: an earlier H.264 upload that an HEVC or AV1 re-encode would outgrow is already
+# the cheapest file that keeps what it has, and ab-av1's gate (--max-encoded-percent) leaves
+# such an input too, whatever its codec.
 KEEP_CODECS = tuple(sorted({e.codec for e in ff.ENCODERS.values()}))
 
 
@@ -1218,7 +1220,13 @@ class Job:
         scorer: a loaded :class:`Scorer` (or a stand-in) to reuse; None loads ``options.model``.
         progress: called with one line per step (None: silent).
         where: the command named in errors.
+
+    Attributes:
+        holds: the video codecs the output's container takes (``encode`` sets it from the
+            output's name; None: any): an input in another is re-encoded, never kept.
     """
+
+    holds: Collection[str] | None = None
 
     def __init__(self, path: str | os.PathLike, options: PickOptions | None = None,
                  scorer=None, progress: Progress | None = None,
@@ -1267,10 +1275,6 @@ class Job:
             raise LadderArgumentError(message(
                 f"{where} --max-encoded-percent", "a percentage of the input's bitrate above 0",
                 f"{o.max_encoded_percent:g}", "pass e.g. --max-encoded-percent 80, or drop it"))
-        if o.keep_any_codec and not o.keep:
-            raise LadderArgumentError(message(
-                where, "--keep-any-codec with keep on (it widens what keep keeps)",
-                "--keep-any-codec with --no-keep", "drop one of them"))
         if self.mode == "predict" and o.full:
             raise LadderArgumentError(message(
                 where, "--full with a searching mode", "--mode predict (it reads its "
@@ -1327,10 +1331,12 @@ class Job:
                 result.input_kbps = ladder.input_kbps(filtered=True)
                 bigger = (result.encoded_percent or 0) > KEEP_PERCENT
                 result.keep = self.keepable() and bigger
-                if bigger and not result.keep and self.keepable(any_codec=True):
+                if bigger and not result.keep and self.keepable(any_codec=True, output=False):
+                    why = ("the output's container cannot hold it" if self.keepable(output=False)
+                           else f"it is not in {self.settings.encoder}'s format "
+                           "(--keep-same-codec)")
                     self.say(f"the input ({self.source.codec}) is smaller than CRF "
-                             f"{result.crf}'s re-encode but not in {self.settings.encoder}'s "
-                             "format, so it is re-encoded; --keep-any-codec would keep it")
+                             f"{result.crf}'s re-encode, but {why}: re-encoded")
                 if not result.keep:  # a kept input re-encodes nothing: no size to refuse
                     self.check_size(result.predicted_kbps, result.input_kbps,
                                     f"CRF {result.crf}", result)
@@ -1340,14 +1346,16 @@ class Job:
                     if on_probe:
                         on_probe(p)
 
-    def keepable(self, any_codec: bool = False) -> bool:
+    def keepable(self, any_codec: bool = False, output: bool = True) -> bool:
         """Whether the input could stand for the encode as it is: ``keep`` is on and the
-        input is in the encoder's format (with ``keep_any_codec``, or ``any_codec``: in one
-        of :data:`KEEP_CODECS`) at the output's pixel format, unfiltered."""
+        input is in one of :data:`KEEP_CODECS` (without ``keep_any_codec`` or ``any_codec``:
+        in the encoder's format) at the output's pixel format, unfiltered, and (``output``)
+        in a codec :attr:`holds` allows."""
         st, src, o = self.settings, self.source, self.options
         codecs = KEEP_CODECS if o.keep_any_codec or any_codec else (st.table.codec,)
         return (o.keep and not st.vfilter and src.codec in codecs
-                and st.pix_fmt in (None, src.pix_fmt))
+                and st.pix_fmt in (None, src.pix_fmt)
+                and (not output or self.holds is None or src.codec in self.holds))
 
     def check_size(self, kbps: float, input_kbps: float | None, what: str,
                    result: Pick | None = None) -> None:

@@ -604,8 +604,8 @@ def keep_input(policy: Policy, percent: float,
                codec: str | Collection[str] | None = None) -> Policy:
     """``policy``, but the input is kept as it is where the pick would cost more than
     ``percent`` of its size (``cpllm-ladder``'s keep, and ab-av1's gate); with ``codec``
-    (FFmpeg's name of the encoder's format, ``h264``, or several: ``--keep-any-codec``),
-    only an input already in it."""
+    (FFmpeg's name of the encoder's format, ``h264``, as ``--keep-same-codec`` keeps; or
+    several, the tool's default), only an input already in one of them."""
     codecs = {codec} if isinstance(codec, str) else codec
 
     def gated(c: Curve) -> int | str | None:

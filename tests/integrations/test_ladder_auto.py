@@ -282,8 +282,7 @@ def test_max_encoded_percent_refuses_a_reencode_that_saves_nothing(master_and_up
         lad.Job(upload, lad.PickOptions(max_encoded_percent=0, **opts), _Flat())
 
 
-def test_an_input_the_pick_would_outgrow_is_kept_where_it_is_the_encoders_format(
-        master_and_upload, tmp_path):
+def test_an_input_the_pick_would_outgrow_is_kept(master_and_upload, tmp_path):
     master, upload = master_and_upload  # an H.264 upload at CRF 40
     opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "mode": "vmaf"}
     p = lad.pick_file(upload, lad.PickOptions(**opts), _Flat())
@@ -291,21 +290,27 @@ def test_an_input_the_pick_would_outgrow_is_kept_where_it_is_the_encoders_format
     # The gate has nothing to refuse: a kept input is not re-encoded.
     assert lad.pick_file(upload, lad.PickOptions(max_encoded_percent=80, **opts), _Flat()).keep
     assert not lad.pick_file(master, lad.PickOptions(**opts), _Flat()).keep
-    # Not kept: asked not to, another format, a filter, another pixel format.
-    for other in ({"keep": False}, {"encoder": "libx265", "preset": "ultrafast"},
+    # In another codec the tool encodes it is kept too, as ab-av1's gate leaves it: x265
+    # would outgrow the H.264 upload as x264 does.
+    x265 = {"encoder": "libx265", "preset": "ultrafast"}
+    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265), _Flat())
+    assert r.encoded_percent > lad.KEEP_PERCENT and r.keep
+    assert "h264" in lad.KEEP_CODECS and "mpeg2video" not in lad.KEEP_CODECS
+    # Not kept: asked not to, another format with --keep-same-codec, a filter, another pixel
+    # format.
+    for other in ({"keep": False}, {**x265, "keep_any_codec": False},
                   {"vfilter": "scale=320:-2"}, {"pix_fmt": "yuv444p"}):
         r = lad.pick_file(upload, lad.PickOptions(**opts, **other), _Flat())
         assert not r.keep and r.to_dict()["keep"] is False, other
-    # A catalog that serves what it stores keeps the H.264 upload where x265 would outgrow it.
-    x265 = {"encoder": "libx265", "preset": "ultrafast"}
     said = []
-    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265), _Flat(), progress=said.append)
-    assert not r.keep and "--keep-any-codec would keep it" in said[-1]  # the user is told
-    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265, keep_any_codec=True), _Flat())
-    assert r.encoded_percent > lad.KEEP_PERCENT and r.keep
-    assert "h264" in lad.KEEP_CODECS and "mpeg2video" not in lad.KEEP_CODECS
-    with pytest.raises(lad.LadderArgumentError, match="--keep-any-codec with --no-keep"):
-        lad.Job(upload, lad.PickOptions(keep=False, keep_any_codec=True, **opts), _Flat())
+    r = lad.pick_file(upload, lad.PickOptions(**opts, **x265, keep_any_codec=False), _Flat(),
+                      progress=said.append)
+    assert "not in libx265's format (--keep-same-codec): re-encoded" in said[-1]  # told why
+    # Where the output cannot hold the input's codec (a WebM takes VP9 and AV1), it is
+    # re-encoded, and the user is told so.
+    job = lad.Job(upload, lad.PickOptions(**opts, **x265), _Flat(), progress=said.append)
+    job.holds = frozenset({"vp9", "av1"})
+    assert not job.pick().keep and "container cannot hold it: re-encoded" in said[-1]
 
 
 def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypatch):
@@ -338,18 +343,30 @@ def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypa
     assert r.exit_code == 0, r.output
     done = json.loads(r.stdout.splitlines()[-1])
     assert not done["kept"] and done["crf"] == pick["crf"] and packets(again) != packets(upload)
-    # Kept in another codec than the encoder's: the container must take the input's.
-    x265 = ["-e", "libx265", "--preset", "ultrafast", "--keep-any-codec"]
-    webm = tmp_path / "out.webm"
-    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(webm), "--mode", "vmaf",
-                                      "-q", *x265, "--cache", str(tmp_path / "cache")])
-    assert r.exit_code == 1 and "VP9 or AV1 video for a WebM output" in r.output
-    assert "the input's h264 video, kept as it is" in r.output and not webm.exists()
+    # Kept in another codec than the encoder's, where the container takes the input's.
+    x265 = ["-e", "libx265", "--preset", "ultrafast"]
     mp4 = tmp_path / "out.mp4"
     r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(mp4), "--mode", "vmaf",
                                       "--json", "-q", *x265, "--cache", str(tmp_path / "cache")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["kept"] and packets(mp4) == packets(upload)
+    same = tmp_path / "same.mp4"  # a catalog that needs its own format re-encodes it
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(same), "--mode", "vmaf",
+                                      "--json", "-q", *x265, "--keep-same-codec",
+                                      "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert not json.loads(r.stdout.splitlines()[-1])["kept"] and packets(same) != packets(upload)
+    # A WebM cannot hold H.264: the pick says it is re-encoded, and it is, in AV1.
+    webm = tmp_path / "out.webm"
+    r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(webm), "--mode", "vmaf",
+                                      "--json", "-e", "libsvtav1", "--preset", "12",
+                                      "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    pick, done = (json.loads(x) for x in r.stdout.splitlines()[-2:])
+    assert not pick["keep"] and not done["kept"] and done["crf"] == pick["crf"]
+    assert "container cannot hold it: re-encoded" in r.stderr
+    with av.open(str(webm)) as c:
+        assert c.streams.video[0].codec_context.name in ("libdav1d", "av1", "libaom-av1")
 
 
 def test_a_probe_reads_its_bitrate_as_the_inputs_is_read(master_and_upload, tmp_path,

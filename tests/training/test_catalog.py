@@ -89,7 +89,7 @@ def test_keeping_the_input_succeeds_at_the_inputs_own_size(catalog):
     assert cat.judge("", cat.keep_input(cat.vmaf_search(95), 120), [u]).picks == {
         "u~x264_36": 18}  # under the gate: re-encoded as before
     assert cat.judge("", cat.keep_input(lambda c: None, 50), [u]).success == 0
-    # Only an input in the codecs given is kept (the tool's keep, and --keep-any-codec).
+    # Only an input in the codecs given is kept (the tool's keep, and --keep-same-codec).
     u.info["codec"] = "hevc"
     assert cat.judge("", cat.keep_input(cat.vmaf_search(95), 100, "h264"), [u]).picks == {
         "u~x264_36": 18}
