@@ -305,14 +305,23 @@ AUTO_TIE = 1
 
 
 def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
-             goals: dict = AUTO_GOALS) -> tuple[dict, list[dict]]:
+             goals: dict = AUTO_GOALS, keep: Sequence[str] = ()
+             ) -> tuple[dict, list[dict]]:
     """The setting of ``grid`` that reaches ``goals`` on ``cs`` at the lowest cost (median
     over all, median then mean over the uploads); when none does, the one that keeps the most
     (within :data:`AUTO_TIE` inputs) at the lowest cost. Returns it and every setting's row,
-    best first."""
+    best first.
+
+    ``keep``: judge every setting with the tool's keep of an input in these codecs (e.g.
+    :data:`~cpllm_plugin.integrations.ladder.KEEP_CODECS`). The fit judges the pick rule
+    alone by default: keep takes the place of a pick only where it would outgrow the input,
+    whichever rule picked, so with it most settings tie at the median and the fit's choice
+    rests on its tie-breaks (docs/benchmark.md)."""
     import itertools
 
     from cpllm_plugin.integrations import ladder as lad
+
+    codecs = tuple(keep)
 
     model = ("guard", "spare", "lift")  # read off the model's scores, after the level
     levels = [k for k in grid if k not in model]
@@ -340,7 +349,8 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
                     k = max(k, held[lf[1]][c.id])
                 h = held[g][c.id]
                 return k if h is None else min(k, h)
-            r = {name: cat.judge("", pol, group) for name, group in groups.items() if group}
+            judged = cat.keep_input(pol, lad.KEEP_PERCENT, codecs) if codecs else pol
+            r = {name: cat.judge("", judged, group) for name, group in groups.items() if group}
             rows.append({**s, "guard": g, "spare": sp, "lift": lf,
                          "kept": round(r["whole"].success * len(cs)),
                          "met": all(r[k].success >= v - 1e-9 for k, v in goals.items()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cpllm_plugin.errors import CpllmError
+from cpllm_plugin.integrations import ladder as lad
 from cpllm_plugin.integrations import predict
 from cpllm_plugin.training import catalog as cat
 from cpllm_plugin.training import picker
@@ -106,6 +107,12 @@ def test_fit_auto_finds_the_setting_that_keeps_every_input_at_the_least_cost():
     later = next(r for r in rows if (r["gap"], r["step"], r["floor"]) == (4.5, 1.0, 85.0))
     assert sooner["uploads_success"] < 1.0
     assert later["uploads_success"] == 1.0 and later["uploads_median"] > 1.0
+    # Judged with the tool's keep: every earlier encode here is smaller than any re-encode
+    # that keeps what it had, so every setting keeps it, at its own size, and all tie.
+    _, kept = picker.fit_auto(cs, grid, keep=lad.KEEP_CODECS)
+    assert all(r["success"] == 1.0 for r in kept)
+    assert kept[0]["uploads_median"] < 1.0
+    assert all(r["uploads_median"] == pytest.approx(kept[0]["uploads_median"]) for r in kept)
 
 
 def _pairs(master: dict, upload: dict, n: int = 20) -> list[cat.Curve]:
