@@ -238,9 +238,12 @@ def _table(run: Run, result: lad.Pick) -> None:
                f"~{result.predicted_kbps:g} kb/s{share}, predicted "
                f"{_size(result.predicted_size)} ({result.encodes} encodes)")
     if result.keep:
+        other = run.source.codec != run.settings.table.codec
         click.echo(f"keep: the input as it is ({run.source.codec}, {result.input_kbps:g} "
                    f"kb/s): CRF {result.crf} needs more bits and keeps at most what it has; "
-                   "encode copies its video (--no-keep re-encodes)")
+                   "encode copies its video (--no-keep re-encodes"
+                   + (f"; --keep-same-codec re-encodes an input not in "
+                      f"{run.settings.encoder}'s format)" if other else ")"))
 
 
 def _target(p) -> str:

@@ -350,6 +350,10 @@ def test_encode_copies_a_kept_inputs_video(master_and_upload, tmp_path, monkeypa
                                       "--json", "-q", *x265, "--cache", str(tmp_path / "cache")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["kept"] and packets(mp4) == packets(upload)
+    r = CliRunner().invoke(cli.main, ["pick", str(upload), "--mode", "vmaf", "-q", *x265,
+                                      "--cache", str(tmp_path / "cache")])
+    keep = next(x for x in r.stdout.splitlines() if x.startswith("keep:"))
+    assert "(h264," in keep and "--keep-same-codec re-encodes" in keep  # the table says how
     same = tmp_path / "same.mp4"  # a catalog that needs its own format re-encodes it
     r = CliRunner().invoke(cli.main, ["encode", str(upload), "-o", str(same), "--mode", "vmaf",
                                       "--json", "-q", *x265, "--keep-same-codec",
