@@ -813,6 +813,7 @@ AUTO_SPARE: float | None = 4.0
 # turns both off).
 AUTO_LIFT_NOISE: float | None = 5.5  # luma noise (stream.noise, 8-bit units) of a noisy input
 AUTO_LIFT = 0.1  # the fall of the model's score where the lift stops
+LIFT_ENCODER = "libx264"  # the ladders the lift was fitted on (x265 smooths noise sooner)
 
 
 def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
@@ -1266,6 +1267,12 @@ class Job:
             raise LadderArgumentError(message(
                 where, "--drop-noise with the model's guard on (the lift reads the model's "
                 "score)", "--drop-noise with --guard 0", "drop --guard 0, or --drop-noise"))
+        if o.drop_noise and o.encoder != LIFT_ENCODER:
+            # Not an error: on the dev ladders it kept every noisy copy with each encoder.
+            warnings.warn(f"--drop-noise: its lift is fitted on {LIFT_ENCODER} ladders; "
+                          f"with {o.encoder} it may take a noisy input past what it had (with "
+                          "libx265 on the training catalog it did so on 6 of 16 noisy copies, "
+                          "by 1-3 CRF; docs/benchmark.md)", stacklevel=2)
         if o.guard is not None and not 0 <= o.guard <= 4:
             raise LadderArgumentError(message(
                 f"{where} --guard", "a fall of the model's score in [0, 4] on its 1-5 scale "

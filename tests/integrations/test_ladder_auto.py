@@ -124,6 +124,10 @@ def test_drop_noise_lifts_a_noisy_copy_above_the_vmaf_search_and_keeps_it(master
                 scorer)
     with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --mode vmaf"):
         lad.Job(noisy_copy, lad.PickOptions(mode="vmaf", drop_noise=True, **opts), scorer)
+    # Fitted on x264 ladders: with another encoder the user is warned, not refused.
+    with pytest.warns(UserWarning, match="fitted on libx264 ladders; with libx265"):
+        lad.Job(noisy_copy, lad.PickOptions(mode="auto", drop_noise=True, encoder="libx265",
+                                            **opts), scorer)
 
 
 class StepScorer:
