@@ -39,7 +39,7 @@ TEXT_SUBS = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "tex
 # Output containers by file extension; others are left to ffmpeg's own muxer rules.
 KINDS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm"}
 # Of the tool's video codecs, those a container takes where it does not take them all: WebM
-# only VP8, VP9 and AV1; ffmpeg's .mov muxer no VP9 or AV1.
+# only VP9 and AV1 (and VP8, which the tool does not encode); ffmpeg's .mov muxer no VP9 or AV1.
 HOLDS = {"webm": frozenset({"vp9", "av1"}), "mov": frozenset({"h264", "hevc"})}
 # Audio that ffmpeg's muxers refuse to copy into the container (checked with ffmpeg 9).
 NO_AUDIO = {"mp4": {"truehd"}, "mov": {"opus", "flac", "truehd"}}
@@ -152,7 +152,7 @@ def _kind(output: Path) -> str:
 def holds(output: str | os.PathLike) -> frozenset[str] | None:
     """The video codecs a container named like ``output`` takes (None: any the tool
     encodes), so that a pick keeps only an input the output can hold."""
-    return HOLDS.get(KINDS.get(Path(output).suffix.lower(), "other"))
+    return HOLDS.get(_kind(Path(output)))
 
 
 def _others(st: _Streams, kind: str, encoder: str, i: int,

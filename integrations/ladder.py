@@ -1337,9 +1337,10 @@ class Job:
                                   o.drop_noise)
                 result.input_kbps = ladder.input_kbps(filtered=True)
                 bigger = (result.encoded_percent or 0) > KEEP_PERCENT
-                result.keep = self.keepable() and bigger
-                if bigger and not result.keep and self.keepable(any_codec=True, output=False):
-                    why = ("the output's container cannot hold it" if self.keepable(output=False)
+                held = self.holds is None or self.source.codec in self.holds
+                result.keep = bigger and self.keepable() and held
+                if bigger and not result.keep and self.keepable(any_codec=True):
+                    why = ("the output's container cannot hold it" if self.keepable()
                            else f"it is not in {self.settings.encoder}'s format "
                            "(--keep-same-codec)")
                     self.say(f"the input ({self.source.codec}) is smaller than CRF "
@@ -1353,16 +1354,15 @@ class Job:
                     if on_probe:
                         on_probe(p)
 
-    def keepable(self, any_codec: bool = False, output: bool = True) -> bool:
+    def keepable(self, any_codec: bool = False) -> bool:
         """Whether the input could stand for the encode as it is: ``keep`` is on and the
         input is in one of :data:`KEEP_CODECS` (without ``keep_any_codec`` or ``any_codec``:
-        in the encoder's format) at the output's pixel format, unfiltered, and (``output``)
-        in a codec :attr:`holds` allows."""
+        in the encoder's format) at the output's pixel format, unfiltered. The output's
+        container (:attr:`holds`) is the pick's to check."""
         st, src, o = self.settings, self.source, self.options
         codecs = KEEP_CODECS if o.keep_any_codec or any_codec else (st.table.codec,)
         return (o.keep and not st.vfilter and src.codec in codecs
-                and st.pix_fmt in (None, src.pix_fmt)
-                and (not output or self.holds is None or src.codec in self.holds))
+                and st.pix_fmt in (None, src.pix_fmt))
 
     def check_size(self, kbps: float, input_kbps: float | None, what: str,
                    result: Pick | None = None) -> None:

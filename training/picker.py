@@ -316,12 +316,10 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     :data:`~cpllm_plugin.integrations.ladder.KEEP_CODECS`). The fit judges the pick rule
     alone by default: keep takes the place of a pick only where it would outgrow the input,
     whichever rule picked, so with it most settings tie at the median and the fit's choice
-    rests on its tie-breaks (docs/benchmark.md)."""
+    rests on its tie-breaks (docs/experiments.md)."""
     import itertools
 
     from cpllm_plugin.integrations import ladder as lad
-
-    codecs = tuple(keep)
 
     model = ("guard", "spare", "lift")  # read off the model's scores, after the level
     levels = [k for k in grid if k not in model]
@@ -349,7 +347,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
                     k = max(k, held[lf[1]][c.id])
                 h = held[g][c.id]
                 return k if h is None else min(k, h)
-            judged = cat.keep_input(pol, lad.KEEP_PERCENT, codecs) if codecs else pol
+            judged = cat.keep_input(pol, lad.KEEP_PERCENT, keep) if keep else pol
             r = {name: cat.judge("", judged, group) for name, group in groups.items() if group}
             rows.append({**s, "guard": g, "spare": sp, "lift": lf,
                          "kept": round(r["whole"].success * len(cs)),
