@@ -151,6 +151,16 @@ def keeper(codec: str, any_codec: bool = True):
     return lambda policy, percent=lad.KEEP_PERCENT: cat.keep_input(policy, percent, fmt)
 
 
+def cross_floor(codec: str, floor: float) -> cat.Policy:
+    """``auto`` with its level's floor at ``floor`` for an input in one of the tool's codecs
+    other than ``codec``'s format (an x264 upload re-encoded with x265 or SVT-AV1 needs less
+    VMAF against itself than one re-encoded with x264; tried, not shipped: experiments.md)."""
+    fmt = ff.get_encoder(codec).codec
+    plain, lowered = cat.auto_rule(), cat.auto_rule(floor=floor)
+    return lambda c: (lowered(c) if c.info.get("codec") in lad.KEEP_CODECS
+                      and c.info.get("codec") != fmt else plain(c))
+
+
 def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
              frames: bool = False) -> tuple[dict, dict]:
     """The policies of the tables (name -> policy) and the swept ones (name -> points);
@@ -180,7 +190,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
             + [(f"N {n:g} F {f:g}" + (" (shipped)" if (n, f) == (lad.AUTO_LIFT_NOISE,
                                                                   lad.AUTO_LIFT) else ""),
                 keep(cat.auto_rule(lift=(n, f))))
-               for n in (4, 5, 5.5, 6, 7, 9) for f in (0.05, 0.1, 0.15)],
+               for n in (0, 4, 5, 5.5, 6, 7, 9) for f in (0.05, 0.1, 0.15)],
         "auto, model guard (--guard D)": [("0 (off)", cat.auto_rule(guard=None))]
                                          + [(f"{d:g}" + (" (shipped)" if d == lad.AUTO_GUARD
                                                          else ""), cat.auto_rule(guard=d))
@@ -189,6 +199,9 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
             ("never", keep(cat.auto_rule(spare=None)))]
             + [(f"{sp:g}" + (" (shipped)" if sp == lad.AUTO_SPARE else ""),
                 keep(cat.auto_rule(spare=sp))) for sp in (2, 2.5, 3, 4, 5, 6, 8)],
+        "auto, a floor F for an earlier encode in another codec than the encoder's": [
+            (f"{fl:g}" + (" (shipped)" if fl == lad.AUTO_FLOOR else ""),
+             keep(cross_floor(codec, fl))) for fl in (80, 84, 88, 90, lad.AUTO_FLOOR)],
         "auto, keep the input over P% (100: shipped)": [
             ("never", cat.auto_rule())] + [(f"{p:g}", keep(cat.auto_rule(), p))
                                             for p in (50, 70, 80, 90, 100, 120)],
