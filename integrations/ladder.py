@@ -834,13 +834,14 @@ def auto_level(gap: float | None, reached: bool = True, at: float = AUTO_GAP,
     above its VMAF-95 crossing (None: unknown, the input is treated as a master).
     ``reached``: whether some CRF in the range keeps VMAF 95 against the input; when none
     does, its own detail (an upscale's ringing, noise) costs more than a re-encode keeps, so
-    holding out for 95 can only fail, and an input that would keep 95 gets ``floor``. The
-    other arguments are the constants, overridden only by benchmark sweeps."""
+    holding out for 95, or for an earlier encode's level just under it, can only fail or
+    take the lowest CRF: the input gets ``floor``. The other arguments are the constants,
+    overridden only by benchmark sweeps."""
+    if not reached:
+        return floor
     level = AUTO_LEVEL
     if gap is not None and gap > at:
         level = max(floor, AUTO_LEVEL - step * (gap - at))
-    if level == AUTO_LEVEL and not reached:
-        level = floor
     return level
 
 
@@ -871,10 +872,10 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
     level = auto_level(gap, c95 is not None)
-    if level == AUTO_LEVEL:
-        why = "input reads as a master"
-    elif auto_level(gap) == AUTO_LEVEL:
+    if c95 is None:
         why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
+    elif level == AUTO_LEVEL:
+        why = "input reads as a master"
     else:
         why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
                "above the VMAF-95 crossing)")

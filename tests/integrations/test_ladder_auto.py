@@ -31,6 +31,9 @@ def test_auto_level_keeps_masters_and_lowers_earlier_encodes():
     assert lad.auto_level(100) == lad.AUTO_FLOOR
     levels = [lad.auto_level(lad.AUTO_GAP + g / 2) for g in range(40)]
     assert all(a >= b for a, b in zip(levels, levels[1:], strict=False))
+    # No CRF in the range keeps VMAF 95 against the input: the floor, however it reads.
+    for gap in (None, 0, lad.AUTO_GAP + 1, 100):
+        assert lad.auto_level(gap, reached=False) == lad.AUTO_FLOOR
 
 
 def test_auto_takes_no_target_of_its_own(tmp_path):

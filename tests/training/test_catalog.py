@@ -97,6 +97,19 @@ def test_keeping_the_input_succeeds_at_the_inputs_own_size(catalog):
                      [u]).picks == {"u~x264_36": cat.KEEP}
 
 
+def test_auto_searches_at_the_floor_when_nothing_keeps_95_against_an_earlier_encode():
+    """An input whose bitrate reads 5.5 CRF above the lowest CRF and which keeps VMAF 95
+    against itself nowhere: its earlier-encode level (94) is out of reach too, so ``auto``
+    searches at the floor (92, CRF 21) and keeps what it had (T 90: VMAF 85, up to CRF 25)."""
+    inp = {**_input("u~down_2_26", "down", 90.0, 3.5), "bytes": 1000 * 2 ** (-5.5 / 6)}
+    rows = _ladder("u~down_2_26", lambda c: 90 - 0.5 * (c - 15), lambda c: 93.5 - 0.25 * (c - 15),
+                   lambda c: 3.5)
+    c = cat.curves([inp], rows)[0]
+    c95, gap = cat.input_gap(c)
+    assert c95 is None and gap == pytest.approx(5.5)
+    assert cat.auto_rule()(c) == 21 and c.success(21)
+
+
 def test_groups_split_masters_and_uploads(catalog):
     g = cat.groups(list(catalog.values()))
     assert [c.id for c in g["master"]] == ["m", "d"]
