@@ -851,7 +851,8 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     an earlier lossy encode (its bitrate inside the samples, :meth:`Ladder.input_kbps`,
     matches a re-encode well above that crossing), the search again at the lower
     :func:`auto_level`; when no CRF in the range reaches VMAF 95 against the input, the
-    search again at :data:`AUTO_FLOOR`. ``guard``: the model's say (None or 0: none): the
+    search again at :data:`AUTO_FLOOR`, and when none reaches that either, the range's lowest
+    CRF. ``guard``: the model's say (None or 0: none): the
     pick is capped where its score falls ``guard`` below its score of the input
     (:func:`guard_crf`), and with ``drop_noise``, on a noisy input (:meth:`Ladder.input_noise`
     from :data:`AUTO_LIFT_NOISE`), first lifted to where it falls :data:`AUTO_LIFT` below it
@@ -881,9 +882,21 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
                "above the VMAF-95 crossing)")
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
-    crf = c95 if level == AUTO_LEVEL else _find(
-        ladder, target, max_probes + 2, full,
-        "widen --crf-range, or use --mode vmaf --min-vmaf V with a lower V")
+    if level == AUTO_LEVEL:
+        crf = c95
+    else:
+        try:
+            crf = _find(ladder, target, max_probes + 2, full, "")
+        except NoCrfMeetsTargetError:
+            # Only an input that keeps VMAF 95 nowhere gets here (a lower level is met
+            # wherever 95 is), so not even the floor is: the range's lowest CRF keeps the
+            # most of it any CRF can, where stopping would leave a catalog without a pick.
+            crf = ladder.settings.search[0]
+            ladder.probe(crf)
+            ladder.say(f"auto: no CRF in the range keeps VMAF {level:g} against the input "
+                       f"either; its lowest CRF, {crf}")
+            target = replace(target, rule=f"{target.rule}; not even VMAF {level:g} in the "
+                             f"range: its lowest CRF")
     at95 = None if c95 is None else ladder.probes.get(c95)
     rich = (None if input_kbps is None or at95 is None or at95.kbps <= 0
             else input_kbps / at95.kbps)

@@ -788,16 +788,18 @@ def richness(c: Curve) -> float | None:
     return None if c95 is None else 100 / c.percent(c95)
 
 
-def level_pick(c: Curve, over: dict | None = None) -> int | None:
+def level_pick(c: Curve, over: dict | None = None) -> int:
     """``auto``'s pick before the guard: the highest CRF at its level of VMAF against the
-    input (``over``: :func:`~cpllm_plugin.integrations.ladder.auto_level`'s constants)."""
+    input, or the ladder's lowest CRF where not even the floor is kept (``over``:
+    :func:`~cpllm_plugin.integrations.ladder.auto_level`'s constants)."""
     from cpllm_plugin.integrations import ladder as lad
 
     c95, gap = input_gap(c)
     level = lad.auto_level(gap, c95 is not None, **(over or {}))
     if level == lad.AUTO_LEVEL:
         return c95
-    return highest_meeting(c.crfs, c.vi, level)
+    crf = highest_meeting(c.crfs, c.vi, level)
+    return int(c.crfs[0]) if crf is None else crf
 
 
 def guarded(c: Curve, crf: int, fall: float | None) -> int:

@@ -71,7 +71,7 @@ def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upl
 def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
     """A range where no CRF keeps VMAF 95 against the input (the sample's crossing is near
     CRF 28): auto searches again at the floor and picks, where the VMAF-95 search stops with
-    the named error."""
+    the named error; where not even the floor is kept, auto takes the range's lowest CRF."""
     master, _ = master_and_upload
     opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w", "crf_range": (31, 45)}
     scorer = lad.Scorer()
@@ -80,6 +80,10 @@ def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
     assert 31 <= p.crf <= 45 and p.vmaf >= lad.AUTO_FLOOR
     with pytest.raises(lad.NoCrfMeetsTargetError):
         lad.pick_file(master, lad.PickOptions(mode="vmaf", **opts), scorer)
+    # Not even the floor in a range of high CRFs: the range's lowest CRF, and the rule says so.
+    low = lad.pick_file(master, lad.PickOptions(mode="auto", **{**opts, "crf_range": (46, 51)}),
+                        scorer)
+    assert low.crf == 46 and low.vmaf < lad.AUTO_FLOOR and "lowest CRF" in low.target.rule
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,17 @@ def test_auto_searches_at_the_floor_when_nothing_keeps_95_against_an_earlier_enc
     assert cat.auto_rule()(c) == 21 and c.success(21)
 
 
+def test_auto_takes_the_lowest_crf_where_not_even_the_floor_is_kept():
+    """A noisy input that keeps VMAF 92 against itself nowhere on its ladder: ``auto`` takes
+    the ladder's lowest CRF, which keeps what it had against the master (T 80: VMAF 75)."""
+    inp = _input("n~noisy_16_16", "noisy", 80.0, 4.6)
+    rows = _ladder("n~noisy_16_16", lambda c: 80 - 0.5 * (c - 15), lambda c: 90 - (c - 15),
+                   lambda c: 4.6)
+    c = cat.curves([inp], rows)[0]
+    assert cat.highest_meeting(c.crfs, c.vi, 92) is None
+    assert cat.auto_rule()(c) == 15 and c.success(15)
+
+
 def test_groups_split_masters_and_uploads(catalog):
     g = cat.groups(list(catalog.values()))
     assert [c.id for c in g["master"]] == ["m", "d"]
