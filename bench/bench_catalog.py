@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--keep-same-codec", action="store_true",
                     help="With --real: the tool keeps only an input in the encoder's format, "
                     "and the replay's keep does the same.")
+    ap.add_argument("--inputs", action="store_true",
+                    help="Also list every input by its cost under the default: its kind, the "
+                    "default's pick, ab-av1's gated search's, the cheapest success's CRF.")
     ap.add_argument("--rounds", type=int, default=1, metavar="R",
                     help="With --real: run every mode R times on each input, in a turning "
                     "order, and time each by its median (picks come from the first round).")
@@ -118,6 +121,8 @@ def main() -> None:
               f"{c.required:.1f} against the master (best {c.vm.max():.1f})")
     # one fixed CRF is swept over the ladder's own span (SVT-AV1's runs to 63)
     report(cs, scorer, a.plot, range(min(levels), max(levels) + 1), a.codec)
+    if a.inputs:
+        per_input(cs, a.codec)
     if a.real:
         real_tool(cs, scorer, a.real, a.codec, a.guard,
                   a.real_ids.split(",") if a.real_ids else None, a.rounds, not a.keep_same_codec,
@@ -287,6 +292,25 @@ def report(cs: list, scorer, plot: Path | None, crfs: range = range(15, 52),
     if plot:
         cat.plot_tradeoff(curves_, plot, f"{len(cs)} dev inputs against the clean master")
         print(f"plot: {plot}")
+
+
+def per_input(cs: list, codec: str = "libx264") -> None:
+    """Every input by its cost under the default (where a goal's median sits, and what each
+    input that fails or overspends reads as), beside ab-av1's gated VMAF-95 search."""
+    keep = keeper(codec)
+    default, gate = keep(cat.auto_rule()), keep(cat.vmaf_search(95), 80)
+    rows = []
+    for c in cs:
+        pick, won, cost = cat.outcome(default, c)
+        gpick, gwon, gcost = cat.outcome(gate, c)
+        rows.append((cost, c, pick, won, gpick, gwon, gcost))
+    print(f"\nevery input by its cost under auto (default); cheapest: the cheapest success's "
+          f"CRF; T: its VMAF against the master\n{'input':36} {'kind':8} {'T':>5} "
+          f"{'cheapest':>8} {'auto':>5} {'cost':>7} {'gate':>5} {'cost':>7}")
+    for cost, c, pick, won, gpick, gwon, gcost in sorted(rows, key=lambda r: r[0]):
+        print(f"{c.id:36} {c.kind:8} {c.t:5.1f} {cat.cheapest_success_crf(c):>8} {pick!s:>5} "
+              f"{cost:6.2f}{' ' if won else '!'} {gpick!s:>5} {gcost:6.2f}{' ' if gwon else '!'}")
+    print("(!: not a success)")
 
 
 def real_tool(cs: list, scorer, n: int, codec: str = "libx264",

@@ -571,20 +571,22 @@ class Result:
     median: float = float("nan")  # the typical input's cost, which a few outliers do not move
 
 
+def outcome(policy: Policy, c: Curve) -> tuple[int | str | None, bool, float]:
+    """``(pick, success, cost)`` of ``policy`` on one input, as :func:`judge` counts it."""
+    crf = policy(c)
+    if crf is None:
+        return None, False, c.cost(int(c.crfs[0]))
+    if crf == KEEP:
+        return KEEP, True, float(c.info["bytes"] / c.cheapest)
+    return crf, c.success(crf), c.cost(crf)
+
+
 def judge(name: str, policy: Policy, cs: Sequence[Curve]) -> Result:
     wins, costs, picks = [], [], {}
     for c in cs:
-        crf = policy(c)
-        if crf is None:
-            wins.append(False)
-            costs.append(c.cost(int(c.crfs[0])))
-        elif crf == KEEP:
-            wins.append(True)
-            costs.append(float(c.info["bytes"] / c.cheapest))
-        else:
-            wins.append(c.success(crf))
-            costs.append(c.cost(crf))
-        picks[c.id] = crf
+        picks[c.id], won, cost = outcome(policy, c)
+        wins.append(won)
+        costs.append(cost)
     nan = float("nan")
     return Result(name, len(cs), float(np.mean(wins)) if cs else nan,
                   float(np.mean(costs)) if cs else nan, picks,
