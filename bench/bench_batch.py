@@ -142,9 +142,10 @@ def part_pick(seconds: int) -> None:
             print(f"pick failed: {row['error']}: {row['message']}")
             return
         sec = row["batch"]["seconds"]
+        scored = [p for p in row["probes"] if "frame_scores" in p]  # a VMAF search scores few
         print(f"pick: CRF {row['crf']}, score {row['score']:.3f} (target {row['target']:.3f}), "
-              f"{row['encodes']} probe encodes of {len(row['probes'][0]['frame_scores'])} key "
-              f"frames each")
+              f"{row['encodes']} probe encodes, {len(scored)} scored, of "
+              f"{len(scored[0]['frame_scores'])} key frames each")
         print(f"one pick: {sec:.1f} s on {ff.cpus()} cores = {sec * ff.cpus():.0f} core-seconds "
               f"(batch wall {wall:.1f} s with worker start-up; {s.line()})")
 

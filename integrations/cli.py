@@ -222,7 +222,8 @@ def _table(run: Run, result: lad.Pick) -> None:
         cached = " (cache)" if p.from_cache else ""
         if p.preset is not None:  # predict's probe, at the rule's preset, not the encode's
             cached += f" (preset {p.preset})"
-        click.echo(f"{p.crf:>4} {p.score:>7.3f}"
+        score = f"{p.score:>7.3f}" if p.score is not None else f"{'-':>7}"  # not scored
+        click.echo(f"{p.crf:>4} {score}"
                    + (f" {p.vmaf:>6.2f}" if vm and p.vmaf is not None else
                       (f" {'':>6}" if vm else ""))
                    + f" {p.kbps:>9.1f} {_size(p.predicted_size):>15} {p.seconds:>6.1f}s"

@@ -385,10 +385,14 @@ def linear_target(source_score: float, calibration: dict[float, float], level: f
 
 @dataclass
 class Probe:
-    """One CRF encoded over all samples and scored."""
+    """One CRF encoded over all samples, measured and (once something reads it) scored.
+
+    ``score`` is None and ``frame_scores`` empty until the model's score is asked for
+    (:meth:`Ladder.scored`): a VMAF search reads bitrates and VMAF alone, and scoring a probe
+    costs more than encoding it on a small machine."""
 
     crf: int
-    score: float
+    score: float | None
     frame_scores: list[float]
     bytes: int
     kbps: float
@@ -400,9 +404,11 @@ class Probe:
 
     def to_dict(self) -> dict:
         d = {"type": "probe", **asdict(self)}
-        for k in ("vmaf", "preset"):
+        for k in ("score", "vmaf", "preset"):
             if d[k] is None:
                 del d[k]
+        if d.get("score") is None:
+            del d["frame_scores"]
         return d
 
 
@@ -504,6 +510,7 @@ class Ladder:
         self.cache = Path(cache) if cache else None
         self.encodes = 0
         self.probes: dict[int, Probe] = {}
+        self._unscored: dict[int, list[Path]] = {}  # encodes kept until a score is asked for
         self._workdir = workdir
         self._dir: Path | None = None
         self._refs: list[Path] | None = None
@@ -522,6 +529,7 @@ class Ladder:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+            self._unscored.clear()
             self._refs = None
 
     @property
@@ -655,63 +663,113 @@ class Ladder:
         self._s0 = (pool(np.array(frames), self.pool), frames)
         return self._s0
 
-    def probe(self, crf: int, preset: str | None = None) -> Probe:
-        """Encode every sample at ``crf``, score (and measure) it; cached on disk.
+    def probe(self, crf: int, preset: str | None = None, score: bool = True) -> Probe:
+        """Encode every sample at ``crf``, measure it (with ``vmaf``) and, with ``score``,
+        score it; cached on disk. Without ``score`` the encodes are kept until
+        :meth:`scored` (or :meth:`values` of ``"score"``) asks for the score.
         ``preset``: encode at this preset instead of the settings' (the probe then stands
         for that preset alone: a ladder holds probes of one preset)."""
         if crf in self.probes:
-            return self.probes[crf]
+            return self.scored(crf) if score else self.probes[crf]
         settings = self.settings if preset is None else replace(self.settings, preset=preset)
         cfile = self._cache_file("probe", *self._probe_key(settings), crf)
         cached = self._read(cfile)
         if cached is not None and (not self.vmaf or cached.get("vmaf") is not None):
             p = Probe(**{**cached, "from_cache": True})
-            p.score = pool(np.array(p.frame_scores), self.pool)
+            p.score = pool(np.array(p.frame_scores), self.pool) if p.frame_scores else None
             self.probes[crf] = p
-            self.say(f"crf {crf}: score {p.score:.3f} (from the cache)")
-            return p
+            self.say(f"crf {crf}: {self._line(p)} (from the cache)")
+            return self.scored(crf) if score else p
         refs = self.references()
         t0 = time.perf_counter()
+        outs = self._encodes(crf, settings, score)
+        self.encodes += 1
+        frames = [v for f, _ in outs for v in f]
+        vmaf = None
+        if self.vmaf:
+            vmaf = round(float(np.average([v for _, v in outs],
+                                          weights=[s.duration for s in self.samples])), 3)
+        from .stream import video_bytes
+
+        files = self._files(crf, len(refs))
+        # The video's packets, as the input's bitrate is read (Ladder.input_kbps): keep and
+        # auto compare the two, and a file's size would count each sample's container too.
+        size = sum(video_bytes(p) for p in files)
+        secs = sum(s.duration for s in self.samples)
+        probe = Probe(crf, pool(np.array(frames), self.pool) if score else None, frames, size,
+                      round(size * 8 / secs / 1000, 1),
+                      int(size / secs * self.source.duration),
+                      round(time.perf_counter() - t0, 2), False, vmaf, preset)
+        if score:
+            for f in files:
+                f.unlink(missing_ok=True)
+        else:
+            self._unscored[crf] = files
+        self._write(cfile, {k: v for k, v in asdict(probe).items() if k != "from_cache"})
+        self.probes[crf] = probe
+        self.say(f"crf {crf}: {self._line(probe)} ({probe.seconds:.1f} s)")
+        return probe
+
+    def _files(self, crf: int, n: int) -> list[Path]:
+        return [self.dir / f"crf{crf}_{i}.mkv" for i in range(n)]
+
+    def _encodes(self, crf: int, settings: Settings, score: bool, measure: bool = True
+                 ) -> list[tuple[list[float], float | None]]:
+        """Encode every sample at ``crf`` into :meth:`_files`; ``[(frame scores, VMAF)]``
+        per sample (scores only with ``score``, VMAF only with ``measure`` and ``vmaf``)."""
+        refs = self.references()
         # Every sample at once, each scored (and measured) as soon as it is encoded: no core
         # idles on the last sample while the others are done, and scoring fills the gaps.
         jobs = min(len(refs), 2 * ff.cpus())
         threads = max(1, ff.cpus() // jobs)
-        outs = [self.dir / f"crf{crf}_{i}.mkv" for i in range(len(refs))]
+        outs = self._files(crf, len(refs))
 
         def one(i: int) -> tuple[list[float], float | None]:
             self._encode(refs[i], outs[i], crf, threads, settings)
-            scores = self.scorer([str(outs[i])], [self.samples[i].key_frames])[0]
+            scores = (self.scorer([str(outs[i])], [self.samples[i].key_frames])[0]
+                      if score else [])
             vm = ff.measure_fr(refs[i], outs[i], self.ffmpeg, threads, subsample=1,
-                               psnr=False)[0] if self.vmaf else None
+                               psnr=False)[0] if self.vmaf and measure else None
             return [float(v) for v in scores], vm
 
         with ThreadPoolExecutor(jobs) as ex:
-            done = list(ex.map(one, range(len(refs))))
-        self.encodes += 1
-        frames = [v for f, _ in done for v in f]
-        vmaf = None
-        if self.vmaf:
-            vmaf = round(float(np.average([v for _, v in done],
-                                          weights=[s.duration for s in self.samples])), 3)
-        from .stream import video_bytes
+            return list(ex.map(one, range(len(refs))))
 
-        # The video's packets, as the input's bitrate is read (Ladder.input_kbps): keep and
-        # auto compare the two, and a file's size would count each sample's container too.
-        size = sum(video_bytes(p) for p in outs)
-        secs = sum(s.duration for s in self.samples)
-        probe = Probe(crf, pool(np.array(frames), self.pool), frames, size,
-                      round(size * 8 / secs / 1000, 1),
-                      int(size / secs * self.source.duration),
-                      round(time.perf_counter() - t0, 2), False, vmaf, preset)
-        for p in outs:
-            p.unlink(missing_ok=True)
-        self._write(cfile, {k: v for k, v in asdict(probe).items() if k != "from_cache"})
-        self.probes[crf] = probe
-        extra = (f", VMAF {vmaf:.2f}" if vmaf is not None else "") + (
-            f", preset {preset}" if preset is not None else "")
-        self.say(f"crf {crf}: score {probe.score:.3f}{extra}, {probe.kbps:g} kb/s "
-                 f"({probe.seconds:.1f} s)")
-        return probe
+    def scored(self, crf: int) -> Probe:
+        """The probe at ``crf`` (made already) with its model score: scored now from the
+        encodes :meth:`probe` kept, or encoded again when they are gone (a probe read from
+        the cache without a score)."""
+        p = self.probes[crf]
+        if p.score is not None:
+            return p
+        settings = self.settings if p.preset is None else replace(self.settings,
+                                                                  preset=p.preset)
+        t0 = time.perf_counter()
+        files = self._unscored.pop(crf, None)
+        try:
+            if files is not None and all(f.is_file() for f in files):
+                per = self.scorer([str(f) for f in files],
+                                  [s.key_frames for s in self.samples])
+            else:  # read from the cache without a score: encoded again to be scored
+                files = self._files(crf, len(self.samples))
+                per = [f for f, _ in self._encodes(crf, settings, score=True, measure=False)]
+                self.encodes += 1
+        finally:
+            for f in files:
+                f.unlink(missing_ok=True)
+        p.frame_scores = [float(v) for f in per for v in f]
+        p.score = pool(np.array(p.frame_scores), self.pool)
+        self._write(self._cache_file("probe", *self._probe_key(settings), crf),
+                    {k: v for k, v in asdict(p).items() if k != "from_cache"})
+        self.say(f"crf {crf}: score {p.score:.3f} ({time.perf_counter() - t0:.1f} s)")
+        return p
+
+    @staticmethod
+    def _line(p: Probe) -> str:
+        return ", ".join([*([f"score {p.score:.3f}"] if p.score is not None else []),
+                          *([f"VMAF {p.vmaf:.2f}"] if p.vmaf is not None else []),
+                          f"{p.kbps:g} kb/s",
+                          *([f"preset {p.preset}"] if p.preset is not None else [])])
 
     def _encode(self, ref: Path, out: Path, crf: int, threads: int,
                 settings: Settings | None = None) -> None:
@@ -730,7 +788,7 @@ class Ladder:
         crf = min(max(start if start is not None else self.settings.table.start, lo), hi)
         prior = PRIOR_SLOPE if measure == "score" else VMAF_PRIOR_SLOPE
         while True:
-            self.probe(crf)
+            self.probe(crf, score=measure == "score")
             fresh = sum(not p.from_cache for p in self.probes.values())
             nxt = next_crf(self.values(measure), target, lo, hi, prior)
             if nxt is None or nxt in self.probes or fresh >= max_probes:
@@ -739,7 +797,11 @@ class Ladder:
         return best_passing(self.values(measure), target)
 
     def values(self, measure: str = "score") -> dict[int, float]:
-        """``{crf: the probe's score or VMAF}`` of every probe so far."""
+        """``{crf: the probe's score or VMAF}`` of every probe so far (scores the probes not
+        yet scored when ``measure`` is ``score``)."""
+        if measure == "score":
+            for c in list(self.probes):
+                self.scored(c)
         return {c: float(getattr(p, measure)) for c, p in self.probes.items()}
 
     def full(self, levels: Sequence[int] | None = None) -> list[Probe]:
@@ -1097,7 +1159,7 @@ def _find(ladder: Ladder, target: Target, max_probes: int, full: bool, hint: str
 
 
 def _result(ladder: Ladder, target: Target, crf: int, full: bool) -> Pick:
-    p = ladder.probes[crf]
+    p = ladder.scored(crf)
     return Pick(crf, p.score, target.source_score, target, p.predicted_size, p.kbps,
                 ladder.encodes, ladder.scorer.id, ladder.settings.encoder,
                 ladder.settings.public(), sorted(ladder.probes.values(), key=lambda q: q.crf),

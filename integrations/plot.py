@@ -49,13 +49,16 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
     require("PIL", None, "cpllm-ladder --plot")
     from PIL import Image, ImageDraw
 
-    probes = sorted(result.probes, key=lambda p: p.crf)
+    every = sorted(result.probes, key=lambda p: p.crf)
+    crfs = [p.crf for p in every]
+    # A VMAF search scores the pick alone (and what the guard reads): the score curve
+    # joins the scored probes, the VMAF curve every probe.
+    probes = [p for p in every if p.score is not None]
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     big, small = font(15), font(12)
     x0, x1, y0, y1 = 70, w - 70, 50, h - 55
-    crfs = [p.crf for p in probes]
     on_vmaf = result.target.measure == "vmaf"  # the target is a VMAF level, not a score
     scores = [p.score for p in probes] + [result.source_score] + (
         [] if on_vmaf else [result.target.value])
@@ -90,7 +93,7 @@ def plot_ladder(result, path: str | os.PathLike, title: str = "",
         d.line(pts, fill=SCORE, width=2)
     for x, y in pts:
         d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=SCORE)
-    vm = [(p.crf, p.vmaf) for p in probes if p.vmaf is not None]
+    vm = [(p.crf, p.vmaf) for p in every if p.vmaf is not None]
     if vm:
         for v in range(0, 101, 20):
             d.text((x1 + 8, pv(cx0, v)[1]), str(v), fill=VMAF, font=small, anchor="lm")

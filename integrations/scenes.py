@@ -310,7 +310,7 @@ def pick_scenes(source, shots: Sequence[Shot], settings: Settings, scorer, min_s
                 p = run_mode(ladder, mode, min_score, max_drop, vmaf_level, max_probes,
                              guard=guard, drop_noise=drop_noise)
             except NoCrfMeetsTargetError as err:
-                low = ladder.probes[min(ladder.probes)]
+                low = ladder.scored(min(ladder.probes))
                 s0, _ = ladder.source_score()
                 target = err.target if err.target is not None else min_score
                 say(f"{tag}: no CRF meets {target:.3f}; using the lowest tried, {low.crf}")

@@ -72,7 +72,7 @@ class Curve(lad.Ladder):
         self.settings = lad.Settings(crf_range=(lo, hi))
         self._start = start
 
-    def probe(self, crf):
+    def probe(self, crf, preset=None, score=True):
         if crf not in self.probes:
             self.encodes += 1
             self.probes[crf] = lad.Probe(crf, self.f(crf), [], 0, 0, 0, 0)
@@ -162,6 +162,40 @@ def test_pick_on_real_encodes_matches_exhaustive_and_counts_encodes(small, tmp_p
     exhaustive = max(c for c, s in probes.items() if s >= target)
     assert exhaustive - 1 <= result.crf <= exhaustive
     assert not any((tmp_path / "w").iterdir())  # working folders removed
+
+
+def test_a_vmaf_search_scores_the_pick_alone_and_a_cached_probe_is_scored_when_asked(
+        small, tmp_path):
+    """Scoring costs more than encoding on a small machine, so a VMAF search scores the
+    input and its pick only; the other probes get a score when something asks (a score
+    search over the same cache re-encodes them), the same score as scored at once."""
+    scorer = Bitrate()
+    cache = tmp_path / "cache"
+    with lad.Ladder(small, FAST, scorer, vmaf=True, cache=cache) as ladder:
+        p = lad.pick_vmaf(ladder, 90)
+        unscored = [q for q in p.probes if q.crf != p.crf]
+        assert unscored and all(q.score is None and q.frame_scores == [] for q in unscored)
+        assert scorer.calls == 2 and p.score == ladder.probes[p.crf].score is not None
+        assert "score" not in unscored[0].to_dict() and "frame_scores" not in unscored[0].to_dict()
+        assert len(list(ladder.dir.glob("crf*.mkv"))) == len(unscored)  # kept to be scored
+        late = ladder.scored(unscored[0].crf)
+        assert late.score is not None and scorer.calls == 3
+        folder = ladder.dir
+    assert not folder.exists()
+    with lad.Ladder(small, FAST, Bitrate(), vmaf=True) as fresh:
+        assert fresh.probe(late.crf).score == pytest.approx(late.score, abs=1e-9)
+
+    # The cache holds the rest unscored: a score search reads them, encodes them again to
+    # score them, and counts those encodes.
+    rest = [q.crf for q in unscored[1:]]
+    with lad.Ladder(small, FAST, Bitrate(), vmaf=True, cache=cache) as again:
+        for c in [late.crf, *rest]:
+            again.probe(c, score=False)
+        assert again.encodes == 0 and again.probes[late.crf].score == late.score
+        values = again.values("score")
+        assert all(v is not None for v in values.values()) and again.encodes == len(rest)
+    with lad.Ladder(small, FAST, Bitrate(), vmaf=True, cache=cache) as third:
+        assert all(third.probe(c).from_cache and third.encodes == 0 for c in rest)
 
 
 def test_raw_references_hold_the_lossless_frames_and_fall_back_past_the_budget(
