@@ -1021,6 +1021,13 @@ def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
     guard (None or 0). Searched from ``crf`` down, so the probes already made count."""
     if not guard:
         return None
+    if not full:
+        # The monotone fit at ``crf`` over the probes at and below it is a lower bound on the
+        # fit over all of them (a probe above can only pool upwards with it): where that
+        # holds, the pick holds, and the probes above it need no score.
+        below = {c: ladder.scored(c).score for c in ladder.probes if c <= crf}
+        if best_passing(below, s0 - guard) == crf:
+            return None
     held = best_passing(ladder.values("score"), s0 - guard)
     if not full and held is not None and held >= crf:
         return None

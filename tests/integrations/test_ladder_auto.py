@@ -248,6 +248,47 @@ def test_guard_spares_an_input_with_an_untouched_masters_bitrate(tmp_path, monke
     assert capped.crf < vmaf.crf and "capped at CRF" in capped.target.rule
 
 
+class _Scores(lad.Ladder):
+    """Probes made but not scored; ``scored`` reads a given score and notes the CRF."""
+
+    def __init__(self, scores: dict[int, float]):
+        self.truth, self.asked = scores, []
+        self.probes = {c: lad.Probe(c, None, [], 0, 0, 0, 0) for c in scores}
+
+    def scored(self, crf):
+        p = self.probes[crf]
+        if p.score is None:
+            p.score = self.truth[crf]
+            self.asked.append(crf)
+        return p
+
+
+def test_guard_scores_no_probe_above_a_pick_that_holds_and_decides_as_on_every_score(
+        monkeypatch):
+    """The guard judges the pick on the probes at and below it first (the monotone fit there
+    is a lower bound on the fit over all): on noisy curves it caps exactly where reading
+    every probe's score caps, and where the pick holds it leaves the probes above unscored."""
+    import numpy as np
+
+    monkeypatch.setattr(lad, "score_holds", lambda *a: "searched down")
+    rng = np.random.default_rng(0)
+    spared = 0
+    for _ in range(3000):
+        crfs = sorted(rng.choice(np.arange(15, 52), size=rng.integers(2, 7), replace=False))
+        noise = rng.choice([0.0, 0.03, 0.1])
+        scores = {int(c): 4.8 - 0.04 * (c - 15) + rng.normal(0, noise) for c in crfs}
+        pick = int(rng.choice(crfs))
+        s0 = 4.8 + rng.normal(0, 0.3)
+        ladder = _Scores(scores)
+        got = lad.guard_crf(ladder, s0, pick, False, 0.175)
+        held = lad.best_passing(scores, s0 - 0.175)
+        assert got == (None if held is not None and held >= pick else "searched down")
+        if got is None and any(c > pick for c in crfs):
+            assert all(c <= pick for c in ladder.asked)
+            spared += 1
+    assert spared > 300
+
+
 def test_spared_needs_a_known_bitrate_several_times_the_crossings():
     assert lad.spared(4.0, 4.0) and lad.spared(9.0, 4.0)
     assert not lad.spared(3.9, 4.0) and not lad.spared(0.5, 4.0)
