@@ -407,7 +407,7 @@ class Probe:
         for k in ("score", "vmaf", "preset"):
             if d[k] is None:
                 del d[k]
-        if d.get("score") is None:
+        if self.score is None:
             del d["frame_scores"]
         return d
 
@@ -671,16 +671,15 @@ class Ladder:
         for that preset alone: a ladder holds probes of one preset)."""
         if crf in self.probes:
             return self.scored(crf) if score else self.probes[crf]
-        settings = self.settings if preset is None else replace(self.settings, preset=preset)
-        cfile = self._cache_file("probe", *self._probe_key(settings), crf)
-        cached = self._read(cfile)
+        settings = self._at(preset)
+        cached = self._read(self._probe_file(settings, crf))
         if cached is not None and (not self.vmaf or cached.get("vmaf") is not None):
             p = Probe(**{**cached, "from_cache": True})
             p.score = pool(np.array(p.frame_scores), self.pool) if p.frame_scores else None
             self.probes[crf] = p
             self.say(f"crf {crf}: {self._line(p)} (from the cache)")
             return self.scored(crf) if score else p
-        refs = self.references()
+        self.references()  # cut before the clock starts: a probe's time is its encodes'
         t0 = time.perf_counter()
         outs = self._encodes(crf, settings, score)
         self.encodes += 1
@@ -691,7 +690,7 @@ class Ladder:
                                           weights=[s.duration for s in self.samples])), 3)
         from .stream import video_bytes
 
-        files = self._files(crf, len(refs))
+        files = self._files(crf)
         # The video's packets, as the input's bitrate is read (Ladder.input_kbps): keep and
         # auto compare the two, and a file's size would count each sample's container too.
         size = sum(video_bytes(p) for p in files)
@@ -705,13 +704,23 @@ class Ladder:
                 f.unlink(missing_ok=True)
         else:
             self._unscored[crf] = files
-        self._write(cfile, {k: v for k, v in asdict(probe).items() if k != "from_cache"})
+        self._save(probe)
         self.probes[crf] = probe
         self.say(f"crf {crf}: {self._line(probe)} ({probe.seconds:.1f} s)")
         return probe
 
-    def _files(self, crf: int, n: int) -> list[Path]:
-        return [self.dir / f"crf{crf}_{i}.mkv" for i in range(n)]
+    def _at(self, preset: str | None) -> Settings:
+        return self.settings if preset is None else replace(self.settings, preset=preset)
+
+    def _probe_file(self, settings: Settings, crf: int) -> Path | None:
+        return self._cache_file("probe", *self._probe_key(settings), crf)
+
+    def _save(self, p: Probe) -> None:
+        self._write(self._probe_file(self._at(p.preset), p.crf),
+                    {k: v for k, v in asdict(p).items() if k != "from_cache"})
+
+    def _files(self, crf: int) -> list[Path]:
+        return [self.dir / f"crf{crf}_{i}.mkv" for i in range(len(self.samples))]
 
     def _encodes(self, crf: int, settings: Settings, score: bool, measure: bool = True
                  ) -> list[tuple[list[float], float | None]]:
@@ -722,7 +731,7 @@ class Ladder:
         # idles on the last sample while the others are done, and scoring fills the gaps.
         jobs = min(len(refs), 2 * ff.cpus())
         threads = max(1, ff.cpus() // jobs)
-        outs = self._files(crf, len(refs))
+        outs = self._files(crf)
 
         def one(i: int) -> tuple[list[float], float | None]:
             self._encode(refs[i], outs[i], crf, threads, settings)
@@ -742,8 +751,6 @@ class Ladder:
         p = self.probes[crf]
         if p.score is not None:
             return p
-        settings = self.settings if p.preset is None else replace(self.settings,
-                                                                  preset=p.preset)
         t0 = time.perf_counter()
         files = self._unscored.pop(crf, None)
         try:
@@ -751,16 +758,16 @@ class Ladder:
                 per = self.scorer([str(f) for f in files],
                                   [s.key_frames for s in self.samples])
             else:  # read from the cache without a score: encoded again to be scored
-                files = self._files(crf, len(self.samples))
-                per = [f for f, _ in self._encodes(crf, settings, score=True, measure=False)]
+                files = self._files(crf)
+                per = [f for f, _ in self._encodes(crf, self._at(p.preset), score=True,
+                                                   measure=False)]
                 self.encodes += 1
         finally:
             for f in files:
                 f.unlink(missing_ok=True)
         p.frame_scores = [float(v) for f in per for v in f]
         p.score = pool(np.array(p.frame_scores), self.pool)
-        self._write(self._cache_file("probe", *self._probe_key(settings), crf),
-                    {k: v for k, v in asdict(p).items() if k != "from_cache"})
+        self._save(p)
         self.say(f"crf {crf}: score {p.score:.3f} ({time.perf_counter() - t0:.1f} s)")
         return p
 
