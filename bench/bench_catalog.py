@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--split", default="dev", choices=("dev", "train"),
                     help="dev: the benchmark; train: the same kinds of inputs from training "
                     "sources, to fit a picker's constants on (never on dev).")
+    ap.add_argument("--corpus", type=Path,
+                    help="An existing corpus folder (the recipe's, with its sources.jsonl) to "
+                    "take the originals from, instead of building one under DATA/corpus.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
@@ -93,10 +96,10 @@ def main() -> None:
     only = a.only.split(",") if a.only else None
     t0 = time.perf_counter()
     if a.report_only:
-        inputs, rows = cat.with_noise(a.data), cat.read_jsonl(a.data / cat.ladder_file(a.codec))
+        inputs, rows = cat.with_readings(a.data), cat.read_jsonl(a.data / cat.ladder_file(a.codec))
     else:
         inputs, rows = cat.build(a.data, scorer, levels, jobs=a.jobs, only=only,
-                                 codec=a.codec, split=a.split)
+                                 codec=a.codec, split=a.split, corpus=a.corpus)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} {a.codec} ladder rows")
     if a.build_only:

@@ -622,6 +622,14 @@ class Ladder:
         per = max(1, -(-frames // len(self.samples)))
         return float(np.mean([noise(r, frames=per) for r in self.references()]))
 
+    def input_detail(self, frames: int = 6) -> float:
+        """The fine detail of the frames the probes are measured against
+        (:func:`.stream.detail`, ``frames`` spread over the reference samples)."""
+        from .stream import detail
+
+        per = max(1, -(-frames // len(self.samples)))
+        return float(np.median([detail(r, frames=per) for r in self.references()]))
+
     def raw_bytes(self) -> int:
         """Bytes the reference samples take uncompressed, estimated on the safe side (4:4:4
         and the input's size: a --vfilter usually scales down)."""
@@ -855,6 +863,14 @@ AUTO_LEVEL = DEFAULT_VMAF
 AUTO_GAP = 4.5  # CRF above the VMAF-95 crossing where an input starts to count as re-encoded
 AUTO_STEP = 1.0  # VMAF the level gives up per CRF beyond AUTO_GAP
 AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be kept
+# A soft copy (scaled down and back up, then kept at high quality) carries a master's bits, so
+# its bitrate reads as a master's; what it lost is the top octave of its detail, which a
+# re-encode cannot lose again, so keeping VMAF 95 against it keeps more than a viewer of the
+# master would miss. An input whose fine detail (:func:`.stream.detail`) reads under
+# AUTO_SOFT[0] is searched at no more than the level AUTO_SOFT[1]. Fitted on the training
+# catalog with the other constants held (``python -m cpllm_plugin.training.picker --soft``,
+# docs/benchmark.md). None: off.
+AUTO_SOFT: tuple[float, float] | None = (0.34, 90.0)
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
@@ -897,20 +913,24 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     return float((math.log(input_rate) - icpt) / slope)
 
 
-def auto_level(gap: float | None, reached: bool = True, at: float = AUTO_GAP,
-               step: float = AUTO_STEP, floor: float = AUTO_FLOOR) -> float:
+def auto_level(gap: float | None, reached: bool = True, detail: float | None = None,
+               at: float = AUTO_GAP, step: float = AUTO_STEP, floor: float = AUTO_FLOOR,
+               soft: tuple[float, float] | None = AUTO_SOFT) -> float:
     """The VMAF level of ``auto`` mode for an input whose equivalent CRF lies ``gap`` CRF
     above its VMAF-95 crossing (None: unknown, the input is treated as a master).
     ``reached``: whether some CRF in the range keeps VMAF 95 against the input; when none
     does, its own detail (an upscale's ringing, noise) costs more than a re-encode keeps, so
     holding out for 95, or for an earlier encode's level just under it, can only fail or
-    take the lowest CRF: the input gets ``floor``. The other arguments are the constants,
-    overridden only by benchmark sweeps."""
+    take the lowest CRF: the input gets ``floor``. ``detail``: the input's fine detail (None:
+    not read); under ``soft[0]`` it reads as a soft copy, searched at no more than
+    ``soft[1]``. The other arguments are the constants, overridden only by benchmark sweeps."""
     if not reached:
         return floor
     level = AUTO_LEVEL
     if gap is not None and gap > at:
         level = max(floor, AUTO_LEVEL - step * (gap - at))
+    if soft is not None and detail is not None and detail < soft[0]:
+        level = min(level, soft[1])
     return level
 
 
@@ -942,13 +962,22 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     # Nothing reaches VMAF 95: the crossing lies below the lowest CRF searched.
     gap = None if ceq is None else ceq - (c95 if c95 is not None else ladder.settings.search[0])
     level = auto_level(gap, c95 is not None)
+    # Read only where it could lower the level (six frames of the reference samples), and
+    # not with --vfilter, where auto keeps VMAF 95 as it does for the bitrate.
+    detail = (ladder.input_detail() if AUTO_SOFT is not None and c95 is not None
+              and level > AUTO_SOFT[1] and not ladder.settings.vfilter else None)
+    soft = auto_level(gap, c95 is not None, detail)
     if c95 is None:
         why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
+    elif soft < level:
+        why = (f"input reads as a soft copy (fine detail {detail:.2f}, under "
+               f"{AUTO_SOFT[0]:g})")
     elif level == AUTO_LEVEL:
         why = "input reads as a master"
     else:
         why = (f"input reads as an earlier encode (bitrate of CRF {ceq:.1f}, {gap:.1f} "
                "above the VMAF-95 crossing)")
+    level = soft
     ladder.say(f"auto: {why}; level {level:g}")
     target = Target(level, None, None, s0, f"auto: {why}", "vmaf")
     if level == AUTO_LEVEL:

@@ -187,8 +187,8 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
             under ``data/corpus``.
     """
     from cpllm_plugin.console import progress_printer
+    from cpllm_plugin.integrations import stream
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
-    from cpllm_plugin.integrations.stream import noise
     from cpllm_plugin.video import probe
 
     from .corpus import build_corpus, read_split
@@ -252,7 +252,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
                   "frames": info.frame_count, "duration": info.duration,
                   "codec": info.codec, "bytes": Path(inp["path"]).stat().st_size,
                   "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores],
-                  "noise": round(noise(inp["path"]), 3)})
+                  **{k: round(getattr(stream, k)(inp["path"]), 3) for k in READINGS}})
 
     def rung(inp: dict, crf: int) -> None:
         out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
@@ -289,7 +289,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, todo))
-    return with_noise(data), read_jsonl(data / ladder_file(codec))
+    return with_readings(data), read_jsonl(data / ladder_file(codec))
 
 
 def _scored_encode(src: str, out: Path, crf: int, codec: str, scorer, ffmpeg: str,
@@ -447,18 +447,23 @@ def with_scores(inputs: Sequence[dict], rows: Sequence[dict], files: Sequence[Pa
     return ins, out
 
 
-def with_noise(data: str | os.PathLike) -> list[dict]:
-    """The catalog's inputs, each with its luma ``noise`` (what ``predict`` mode reads, and
-    ``auto``'s noise rule when one is set); inputs
-    measured before the field existed get it now, and the file is rewritten once."""
+# What the catalog reads of each input's pixels, as the tool reads its input (``stream``):
+# luma noise (``predict``, ``--drop-noise``) and fine detail (``auto``'s soft-copy rule).
+READINGS = ("noise", "detail")
+
+
+def with_readings(data: str | os.PathLike) -> list[dict]:
+    """The catalog's inputs, each with its :data:`READINGS`; inputs measured before a field
+    existed get it now, and the file is rewritten once."""
     from cpllm_plugin.files import write_atomic
-    from cpllm_plugin.integrations.stream import noise
+    from cpllm_plugin.integrations import stream
 
     path = Path(data) / "inputs.jsonl"
     rows = read_jsonl(path)
-    if all("noise" in r for r in rows):
+    if all(k in r for r in rows for k in READINGS):
         return rows
-    rows = [r if "noise" in r else {**r, "noise": round(noise(r["path"]), 3)} for r in rows]
+    rows = [{**r, **{k: round(getattr(stream, k)(r["path"]), 3) for k in READINGS
+                     if k not in r}} for r in rows]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -797,7 +802,7 @@ def level_pick(c: Curve, over: dict | None = None) -> int:
     from cpllm_plugin.integrations import ladder as lad
 
     c95, gap = input_gap(c)
-    level = lad.auto_level(gap, c95 is not None, **(over or {}))
+    level = lad.auto_level(gap, c95 is not None, c.info.get("detail"), **(over or {}))
     if level == lad.AUTO_LEVEL:
         return c95
     crf = highest_meeting(c.crfs, c.vi, level)

@@ -336,6 +336,8 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
         s = dict(zip(levels, values, strict=True))
         over = {k: v for k, v in (("at", s["gap"]), ("step", s["step"]),
                                   ("floor", s["floor"]))}
+        if "soft" in s:
+            over["soft"] = s["soft"]
         base = {c.id: cat.level_pick(c, over) for c in cs}  # the model moves only these
         for g, sp, lf in itertools.product(guards, spares, lifts):
             def pol(c, g=g, sp=sp, lf=lf, base=base):  # cat.auto_rule, each read once
@@ -383,6 +385,38 @@ def fit_lift(cs: Sequence[cat.Curve], best: dict,
     return {k: rows[0][k] for k in (*base, "lift")}, rows
 
 
+# auto's soft-copy rule: (the fine detail under which an input reads as a soft copy, the
+# level it is searched at); None: off. Fitted apart, with the other constants held (fit_soft).
+SOFT_GRID = tuple((round(float(t), 2), lv) for t in np.arange(0.30, 0.541, 0.02)
+                  for lv in (90.0, 91.0, 92.0, 93.0, 94.0))
+
+
+def fit_soft(cs: Sequence[cat.Curve], best: dict, softs: Sequence = SOFT_GRID,
+             keep: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
+    """``auto``'s soft-copy rule: with ``best``'s other constants (the shipped ones), the
+    setting of ``softs`` that keeps as many inputs as the default without it (masters and
+    uploads alike), at the lowest median then mean cost on the uploads; among equals the
+    lowest threshold and the highest level, which move the fewest picks. Judged with the
+    tool's keep (``keep``: its codecs; None: :data:`~cpllm_plugin.integrations.ladder.
+    KEEP_CODECS`), which decides what a soft copy costs: one the re-encode would outgrow
+    is kept whatever the level."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    base = {k: (v,) for k, v in best.items() if k != "soft"}
+    _, rows = fit_auto(cs, {**base, "soft": (None, *softs)}, {},
+                       lad.KEEP_CODECS if keep is None else keep)
+    off = next(r for r in rows if r["soft"] is None)
+    for r in rows:
+        r["met"] = all(r[k] >= off[k] - 1e-9 for k in ("success", "uploads_success",
+                                                        "masters_success"))
+    # The mean breaks the median's ties: keep puts most uploads' median at 1.00 whatever the
+    # rule, and the soft copies the rule moves show in the mean (the noisy copies that set
+    # its size read sharp, so no setting moves them).
+    rows.sort(key=lambda r: (not r["met"], round(r["uploads_median"], 2), r["uploads_mean"],
+                             *((r["soft"][0], -r["soft"][1]) if r["soft"] else (0, 0))))
+    return {k: rows[0][k] for k in (*base, "soft")}, rows
+
+
 def probe_files(catalog: Path, codec: str, preset: str,
                 scores: Sequence[Path] = ()) -> list[Path]:
     """The catalog's :func:`~.catalog.fast_probes` files of ``codec`` at ``preset``: of the
@@ -405,7 +439,7 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES,
     models; the inputs without are left out)."""
     from .corpus import read_split
 
-    inputs = cat.with_noise(catalog)
+    inputs = cat.with_readings(catalog)
     if not inputs:
         raise cat.CatalogError(message(
             str(catalog), "a training catalog (its inputs.jsonl)", "none there",
@@ -653,6 +687,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{r['masters_success']:.0%}; {r['uploads_success']:.0%} "
                   f"{r['uploads_median']:.2f} {r['uploads_mean']:.2f}")
         print("chosen for --drop-noise:", json.dumps(lift["lift"]))
+        soft, rows = fit_soft(cs, shipped)
+        print("the soft-copy rule on the shipped constants, judged with keep (success, "
+              "median; masters: success; uploads: success, median, mean):")
+        for r in rows[:8]:
+            name = "off" if r["soft"] is None else \
+                f"fine detail under {r['soft'][0]:g}: level {r['soft'][1]:g}"
+            print(f"  {name}: {r['success']:.1%} {r['median']:.2f}; "
+                  f"{r['masters_success']:.0%}; {r['uploads_success']:.0%} "
+                  f"{r['uploads_median']:.2f} {r['uploads_mean']:.2f}")
+        print("chosen for AUTO_SOFT:", json.dumps(soft["soft"]))
         return
     try:
         if a.build:

@@ -14,6 +14,17 @@ from cpllm_plugin.integrations import ladder as lad
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 
 
+def _assert_keeps_what_it_had(master, upload, crf, ffmpeg_exe, tmp_path):
+    """The upload encoded whole at ``crf`` keeps what it had against the master: VMAF >=
+    min(95, T - 5), T its own VMAF against the master (the benchmark's truth)."""
+    t = ff.measure_fr(master, upload, ffmpeg_exe, subsample=1, psnr=False)[0]
+    out = tmp_path / "final.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(upload),
+                    *lad.Settings().args(crf, 2), str(out)], check=True)
+    kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
+    assert kept >= min(95.0, t - 5.0), (crf, t, kept)
+
+
 def test_equivalent_crf_reads_the_input_off_the_bitrate_line():
     # Bitrate halves every 6 CRF: 800 kb/s at CRF 20 ({crf: kb/s}, as the probes give it).
     probes = {c: 800 * 2 ** (-(c - 20) / 6) for c in (20, 26, 29)}
@@ -59,12 +70,7 @@ def test_auto_spends_fewer_bits_on_an_earlier_encode_and_keeps_it(master_and_upl
     vmaf95 = lad.pick_file(upload, lad.PickOptions(mode="vmaf", **opts), scorer)
     assert "earlier encode" in auto.target.rule and auto.target.value < 95
     assert auto.crf > vmaf95.crf
-    t = ff.measure_fr(master, upload, ffmpeg_exe, subsample=1, psnr=False)[0]
-    out = tmp_path / "final.mp4"
-    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(upload),
-                    *lad.Settings().args(auto.crf, 2), str(out)], check=True)
-    kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
-    assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
+    _assert_keeps_what_it_had(master, upload, auto.crf, ffmpeg_exe, tmp_path)
 
 
 @pytest.mark.slow
@@ -84,6 +90,49 @@ def test_auto_keeps_the_floor_when_no_crf_keeps_95(master_and_upload, tmp_path):
     low = lad.pick_file(master, lad.PickOptions(mode="auto", **{**opts, "crf_range": (46, 51)}),
                         scorer)
     assert low.crf == 46 and low.vmaf < lad.AUTO_FLOOR and "lowest CRF" in low.target.rule
+
+
+@pytest.fixture(scope="module")
+def soft_copy(master_and_upload, ffmpeg_exe, tmp_path_factory):
+    """The master scaled 4x down and back up, kept at CRF 16: a soft copy of a small original
+    (the sample is sharper than most footage, so a 2x copy of it still reads sharp)."""
+    master, _ = master_and_upload
+    out = tmp_path_factory.mktemp("soft") / "soft.mp4"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(master),
+                    "-vf", "scale=iw/4:ih/4:flags=bicubic,scale=iw*4:ih*4:flags=bicubic",
+                    "-c:v", "libx264", "-crf", "16", str(out)], check=True)
+    return out
+
+
+def test_auto_level_lowers_a_soft_copy_only_under_the_threshold():
+    detail, level = lad.AUTO_SOFT
+    assert lad.auto_level(None, detail=detail - 0.01) == level < 95
+    assert lad.auto_level(None, detail=detail) == lad.auto_level(None, detail=None) == 95
+    # An earlier encode already searched lower keeps the lower level; the floor still wins
+    # where nothing keeps VMAF 95.
+    assert lad.auto_level(100, detail=0.0) == min(lad.AUTO_FLOOR, level)
+    assert lad.auto_level(None, reached=False, detail=0.0) == lad.AUTO_FLOOR
+    assert lad.auto_level(None, detail=0.0, soft=None) == 95
+
+
+@pytest.mark.slow
+def test_auto_searches_a_soft_copy_lower_and_keeps_what_it_had(master_and_upload, soft_copy,
+                                                               tmp_path, ffmpeg_exe):
+    """A soft copy carries a master's bits, so its bitrate reads as a master's; its fine
+    detail does not, and auto goes above the VMAF-95 search against it while the encode still
+    keeps what the copy had against the master (VMAF >= min(95, T - 5)). The master itself
+    reads sharp and keeps VMAF 95."""
+    from cpllm_plugin.integrations import stream
+
+    master, _ = master_and_upload
+    assert stream.detail(soft_copy) < lad.AUTO_SOFT[0] < stream.detail(master)
+    opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
+    scorer = lad.Scorer()
+    auto = lad.pick_file(soft_copy, lad.PickOptions(mode="auto", **opts), scorer)
+    vmaf95 = lad.pick_file(soft_copy, lad.PickOptions(mode="vmaf", **opts), scorer)
+    assert "soft copy" in auto.target.rule and auto.target.value == lad.AUTO_SOFT[1]
+    assert auto.crf > vmaf95.crf
+    _assert_keeps_what_it_had(master, soft_copy, auto.crf, ffmpeg_exe, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +167,7 @@ def test_drop_noise_lifts_a_noisy_copy_above_the_vmaf_search_and_keeps_it(master
     assert "noisy" in auto.target.rule and "lifted to CRF" in auto.target.rule, auto.target.rule
     assert auto.crf > vmaf95.crf and auto.score >= auto.source_score - lad.AUTO_LIFT
     assert auto.predicted_kbps < vmaf95.predicted_kbps
-    t = ff.measure_fr(master, noisy_copy, ffmpeg_exe, subsample=1, psnr=False)[0]
-    out = tmp_path / "final.mp4"
-    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i",
-                    str(noisy_copy), *lad.Settings().args(auto.crf, 2), str(out)], check=True)
-    kept = ff.measure_fr(master, out, ffmpeg_exe, subsample=1, psnr=False)[0]
-    assert kept >= min(95.0, t - 5.0), (auto.crf, t, kept)
+    _assert_keeps_what_it_had(master, noisy_copy, auto.crf, ffmpeg_exe, tmp_path)
     default = lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", **opts), scorer)
     assert default.crf <= vmaf95.crf and "lifted" not in default.target.rule
     with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --guard 0"):

@@ -68,3 +68,33 @@ def test_noise_tells_a_noisy_copy_from_its_clip(encodes, ffmpeg_exe, tmp_path):
     assert clean < 3 < 6 < stream.noise(noisy)
     # Windows: frames inside them only, still the same reading.
     assert stream.noise(noisy, [(0.5, 1.0)]) == pytest.approx(stream.noise(noisy), rel=0.2)
+
+
+def test_fine_detail_reads_the_octave_a_down_and_up_scale_loses():
+    # A picture's spectrum falls as 1/f, as natural images' do (white noise would not tell:
+    # the reading is a ratio to the plane's own pixel differences).
+    rng = np.random.default_rng(0)
+    f = np.hypot(np.fft.fftfreq(240)[:, None], np.fft.rfftfreq(320)[None, :])
+    f[0, 0] = 1
+    plane = np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f,
+                          (240, 320))
+    sharp = (128 + 30 * plane / plane.std()).astype(np.float32)
+    # The same plane scaled 2x down and back up: its top octave gone.
+    small = sharp.reshape(120, 2, 160, 2).mean(axis=(1, 3))
+    soft = stream._resize(small, 240, 320)
+    assert stream.fine_detail(sharp) > 0.6 > 0.5 > stream.fine_detail(soft)
+    assert stream.fine_detail(np.full((240, 320), 90.0)) == 0.0  # flat: nothing to lose
+    assert stream.fine_detail(np.zeros((2, 2))) == 0.0  # too small to halve
+    # Odd sizes are read on their even part.
+    assert stream.fine_detail(sharp[:239, :319]) == pytest.approx(stream.fine_detail(sharp),
+                                                                  rel=0.05)
+
+
+def test_detail_tells_a_soft_copy_from_its_clip(encodes, ffmpeg_exe, tmp_path):
+    # The catalog's soft upload: scaled down 2x and back up, kept at a high quality.
+    soft = _encode(ffmpeg_exe, tmp_path / "s.mp4", "-vf",
+                   "scale=320:180:flags=bicubic,scale=640:360:flags=bicubic",
+                   "-c:v", "libx264", "-preset", "veryfast", "-crf", "16")
+    sharp = stream.detail(encodes["crf20"])
+    assert stream.detail(soft) < 0.45 < 0.5 < sharp
+    assert stream.detail(soft, [(0.5, 1.0)]) == pytest.approx(stream.detail(soft), rel=0.1)

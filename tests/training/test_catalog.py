@@ -1,6 +1,8 @@
 """The catalog benchmark's truth, costs and policies on a synthetic catalog with known answers."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +121,36 @@ def test_auto_takes_the_lowest_crf_where_not_even_the_floor_is_kept():
     c = cat.curves([inp], rows)[0]
     assert cat.highest_meeting(c.crfs, c.vi, 92) is None
     assert cat.auto_rule()(c) == 15 and c.success(15)
+
+
+def test_auto_searches_a_soft_copy_at_its_level_and_a_sharp_one_at_95():
+    """A soft copy with a master's bits (its bitrate reads at the VMAF-95 crossing, CRF 20):
+    read sharp, ``auto`` keeps VMAF 95 against it (CRF 20); read soft (fine detail under
+    ``AUTO_SOFT[0]``), it searches at ``AUTO_SOFT[1]``, a higher CRF that still keeps what the
+    copy had (T 75: VMAF 70 against the master, to CRF 25)."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    detail, level = lad.AUTO_SOFT
+    inp = {**_input("s~soft_2_16", "soft", 75.0, 3.5), "bytes": 1000 * 2 ** (-5 / 6)}
+    rows = _ladder("s~soft_2_16", lambda c: 75 - 0.5 * (c - 15), lambda c: 100 - (c - 15),
+                   lambda c: 3.5)
+    sharp, soft = (cat.curves([{**inp, "detail": d}], rows)[0] for d in (0.6, detail - 0.01))
+    assert cat.auto_rule(guard=None)(sharp) == 20
+    assert cat.auto_rule(guard=None)(soft) == int(100 - level + 15) and soft.success(
+        int(100 - level + 15))
+
+
+def test_readings_are_added_once_to_a_catalog_without_them(tmp_path):
+    from cpllm_plugin.integrations import stream
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
+    (tmp_path / "inputs.jsonl").write_text(json.dumps({"id": "a", "path": str(sample),
+                                                       "noise": 1.0}) + "\n")
+    rows = cat.with_readings(tmp_path)
+    assert rows[0]["noise"] == 1.0  # kept as measured
+    assert rows[0]["detail"] == pytest.approx(stream.detail(sample), abs=1e-3)
+    assert rows[0]["detail"] > 0.4
+    assert cat.read_jsonl(tmp_path / "inputs.jsonl") == rows
 
 
 def test_groups_split_masters_and_uploads(catalog):
