@@ -116,7 +116,7 @@ def main() -> None:
                          f"{','.join(map(str, levels))}; its ladders hold "
                          f"{','.join(map(str, measured)) or 'nothing'}: pass those as --levels")
     inputs = with_fast_probes(inputs, scorer, a)
-    cs = cat.curves(inputs, rows)
+    cs = cat.curves(inputs, rows, a.codec)
     lost = [c for c in cs if not c.reachable]
     cs = [c for c in cs if c.reachable]
     for c in lost:

@@ -871,6 +871,11 @@ AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be ke
 # catalog with the other constants held (``python -m cpllm_plugin.training.picker --soft``,
 # docs/benchmark.md). None: off.
 AUTO_SOFT: tuple[float, float] | None = (0.34, 90.0)
+# The encoder whose ladders AUTO_SOFT was fitted and checked on. With SVT-AV1 on dev it lost a
+# soft copy that the guard spares there (SVT-AV1's re-encode at the crossing is small enough
+# that the copy reads as an untouched master), so other encoders keep VMAF 95 until a fit on
+# their own ladders says otherwise.
+AUTO_SOFT_ENCODER = "libx264"
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
@@ -965,7 +970,8 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     # Read only where it could lower the level (six frames of the reference samples), and
     # not with --vfilter, where auto keeps VMAF 95 as it does for the bitrate.
     detail = (ladder.input_detail() if AUTO_SOFT is not None and c95 is not None
-              and level > AUTO_SOFT[1] and not ladder.settings.vfilter else None)
+              and level > AUTO_SOFT[1] and not ladder.settings.vfilter
+              and ladder.settings.encoder == AUTO_SOFT_ENCODER else None)
     soft = auto_level(gap, c95 is not None, detail)
     if c95 is None:
         why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"

@@ -487,6 +487,7 @@ class Curve:
     score: np.ndarray  # the model's score of the encode
     bytes: np.ndarray
     rungs: dict = field(default_factory=dict)  # measured CRF -> that encode's frame scores
+    codec: str = "libx264"  # the ladder's encoder
 
     @property
     def required(self) -> float:
@@ -521,8 +522,10 @@ class Curve:
         return float(100 * self.bytes[self.at(crf)] / self.info["bytes"])
 
 
-def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
-    """Interpolate every input's measured levels to every integer CRF between them."""
+def curves(inputs: Sequence[dict], rows: Sequence[dict],
+           codec: str = "libx264") -> list[Curve]:
+    """Interpolate every input's measured levels to every integer CRF between them
+    (``codec``: the ladders' encoder)."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["id"], []).append(r)
@@ -542,7 +545,7 @@ def curves(inputs: Sequence[dict], rows: Sequence[dict]) -> list[Curve]:
         out.append(Curve(inp["id"], inp["kind"], inp["source"], float(inp["vmaf_master"]),
                          float(np.mean(inp["frame_scores"])), inp, crfs,
                          lin("vmaf_master"), lin("vmaf_input"), score, size,
-                         {int(r["crf"]): r["frame_scores"] for r in rs}))
+                         {int(r["crf"]): r["frame_scores"] for r in rs}, codec))
     return out
 
 
@@ -802,7 +805,10 @@ def level_pick(c: Curve, over: dict | None = None) -> int:
     from cpllm_plugin.integrations import ladder as lad
 
     c95, gap = input_gap(c)
-    level = lad.auto_level(gap, c95 is not None, c.info.get("detail"), **(over or {}))
+    over = over or {}
+    # The shipped soft-copy rule is its encoder's alone; a sweep that sets one reads any.
+    soft = "soft" in over or c.codec == lad.AUTO_SOFT_ENCODER
+    level = lad.auto_level(gap, c95 is not None, c.info.get("detail") if soft else None, **over)
     if level == lad.AUTO_LEVEL:
         return c95
     crf = highest_meeting(c.crfs, c.vi, level)

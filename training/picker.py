@@ -464,7 +464,7 @@ def read(catalog: Path, only: Sequence[str] | None = SOURCES,
                 f"({cat.probes_file(codec, preset, 'MODEL')})", "none",
                 f"measure them with --probes MODEL --probe-preset {preset}"))
         inputs = cat.with_probes(inputs, files, codec, preset)
-    return [c for c in cat.curves(inputs, rows) if c.reachable]
+    return [c for c in cat.curves(inputs, rows, codec) if c.reachable]
 
 
 def _scorer(model):

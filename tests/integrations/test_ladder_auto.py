@@ -133,6 +133,10 @@ def test_auto_searches_a_soft_copy_lower_and_keeps_what_it_had(master_and_upload
     assert "soft copy" in auto.target.rule and auto.target.value == lad.AUTO_SOFT[1]
     assert auto.crf > vmaf95.crf
     _assert_keeps_what_it_had(master, soft_copy, auto.crf, ffmpeg_exe, tmp_path)
+    # Fitted on x264 ladders only: another encoder keeps VMAF 95 against the copy.
+    x265 = lad.pick_file(soft_copy, lad.PickOptions(mode="auto", encoder="libx265", **opts),
+                         scorer)
+    assert "soft copy" not in x265.target.rule and x265.target.value == 95
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,10 @@ def test_auto_searches_a_soft_copy_at_its_level_and_a_sharp_one_at_95():
     assert cat.auto_rule(guard=None)(sharp) == 20
     assert cat.auto_rule(guard=None)(soft) == int(100 - level + 15) and soft.success(
         int(100 - level + 15))
+    # Another encoder's ladder keeps 95 unless a sweep sets the rule.
+    (svt,) = cat.curves([{**inp, "detail": detail - 0.01}], rows, "libsvtav1")
+    assert cat.auto_rule(guard=None)(svt) == 20
+    assert cat.level_pick(svt, {"soft": lad.AUTO_SOFT}) == int(100 - level + 15)
 
 
 def test_readings_are_added_once_to_a_catalog_without_them(tmp_path):
