@@ -867,9 +867,9 @@ AUTO_FLOOR = 92.0  # never below this: what still shows of the master must be ke
 # its bitrate reads as a master's; what it lost is the top octave of its detail, which a
 # re-encode cannot lose again, so keeping VMAF 95 against it keeps more than a viewer of the
 # master would miss. An input whose fine detail (:func:`.stream.detail`) reads under
-# AUTO_SOFT[0] is searched at no more than the level AUTO_SOFT[1]. Fitted on the training
-# catalog with the other constants held (``python -m cpllm_plugin.training.picker --soft``,
-# docs/benchmark.md). None: off.
+# AUTO_SOFT[0] is searched at no more than the level AUTO_SOFT[1]. Fitted on the x264 training
+# half with the other constants held (``python -m cpllm_plugin.training.picker --auto`` prints
+# ``fit_soft``'s table; docs/benchmark.md). None: off.
 AUTO_SOFT: tuple[float, float] | None = (0.34, 90.0)
 # The encoder whose ladders AUTO_SOFT was fitted and checked on. With SVT-AV1 on dev it lost a
 # soft copy that the guard spares there (SVT-AV1's re-encode at the crossing is small enough

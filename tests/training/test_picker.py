@@ -381,3 +381,24 @@ def test_refit_size_keeps_a_shipped_rules_weights_and_adds_its_size(tmp_path, mo
 def test_read_names_a_folder_that_holds_no_catalog(tmp_path):
     with pytest.raises(cat.CatalogError, match=r"inputs\.jsonl.*--build"):
         picker.read(tmp_path / "catalog-train")
+
+
+def test_fit_soft_takes_the_level_that_keeps_the_soft_copies_and_spares_the_masters():
+    """Soft copies with a master's bitrate (read as masters: VMAF 95 against themselves at
+    CRF 25) keep what they had up to CRF 27, where their VMAF against themselves is 94; the
+    masters' fine detail reads 0.5, the copies' 0.3."""
+    copy = {"kind": "soft", "t": 80.0, "bytes": _size(3), "vm": lambda c: 75.0 - (c - 27),
+            "vi": lambda c: 100.0 - (c - 15) / 2, "score": lambda c: 4.0}
+    cs = _pairs(MASTER, copy)
+    for c in cs:
+        c.info["detail"] = 0.5 if c.kind == "master" else 0.3
+    best = {"gap": 4.5, "step": 1.0, "floor": 90.0, "guard": None, "spare": None}
+    soft, rows = picker.fit_soft(cs, best, [(0.32, 90.0), (0.32, 93.0), (0.32, 94.0),
+                                            (0.6, 94.0)])
+    by = {r["soft"]: r for r in rows}
+    assert soft["soft"] == (0.32, 94.0) and by[(0.32, 94.0)]["uploads_median"] == 1.0
+    assert by[None]["met"] and by[None]["uploads_median"] > 1.0  # VMAF 95: CRF 25
+    # Lower levels take the copies past what they had; a threshold over the masters' detail
+    # searches them at 94 too.
+    assert not by[(0.32, 93.0)]["met"] and by[(0.32, 93.0)]["uploads_success"] == 0.0
+    assert not by[(0.6, 94.0)]["met"] and by[(0.6, 94.0)]["masters_success"] == 0.0
