@@ -619,16 +619,19 @@ class Ladder:
         if self.settings.vfilter:
             return noise(self.source.path, [(s.start, s.duration) for s in self.samples],
                          frames)
-        per = max(1, -(-frames // len(self.samples)))
-        return float(np.mean([noise(r, frames=per) for r in self.references()]))
+        return float(np.mean(self._on_references(noise, frames)))
 
     def input_detail(self, frames: int = 6) -> float:
         """The fine detail of the frames the probes are measured against
         (:func:`.stream.detail`, ``frames`` spread over the reference samples)."""
         from .stream import detail
 
+        return float(np.median(self._on_references(detail, frames)))
+
+    def _on_references(self, read, frames: int) -> list[float]:
+        """``read(path, frames=...)`` of each reference sample, ``frames`` spread over all."""
         per = max(1, -(-frames // len(self.samples)))
-        return float(np.median([detail(r, frames=per) for r in self.references()]))
+        return [read(r, frames=per) for r in self.references()]
 
     def raw_bytes(self) -> int:
         """Bytes the reference samples take uncompressed, estimated on the safe side (4:4:4
@@ -876,6 +879,7 @@ AUTO_SOFT: tuple[float, float] | None = (0.34, 90.0)
 # that the copy reads as an untouched master), so other encoders keep VMAF 95 until a fit on
 # their own ladders says otherwise.
 AUTO_SOFT_ENCODER = "libx264"
+
 # The model's guard (``--guard D``): VMAF against the input cannot tell when a re-encode that
 # keeps the input's own picture still loses what a viewer of the master sees; the model can, as a
 # fall of its score below its score of the input, and the pick then never goes above the CRF
@@ -916,6 +920,11 @@ def equivalent_crf(rates: dict[int, float], input_rate: float) -> float | None:
     if slope >= 0:
         return None
     return float((math.log(input_rate) - icpt) / slope)
+
+
+def soft_rule(encoder: str) -> tuple[float, float] | None:
+    """:data:`AUTO_SOFT` for ``encoder``'s ladders (None: the rule is off for it)."""
+    return AUTO_SOFT if encoder == AUTO_SOFT_ENCODER else None
 
 
 def auto_level(gap: float | None, reached: bool = True, detail: float | None = None,
@@ -969,15 +978,14 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     level = auto_level(gap, c95 is not None)
     # Read only where it could lower the level (six frames of the reference samples), and
     # not with --vfilter, where auto keeps VMAF 95 as it does for the bitrate.
-    detail = (ladder.input_detail() if AUTO_SOFT is not None and c95 is not None
-              and level > AUTO_SOFT[1] and not ladder.settings.vfilter
-              and ladder.settings.encoder == AUTO_SOFT_ENCODER else None)
-    soft = auto_level(gap, c95 is not None, detail)
+    rule = soft_rule(ladder.settings.encoder)
+    detail = (ladder.input_detail() if rule is not None and c95 is not None
+              and level > rule[1] and not ladder.settings.vfilter else None)
+    soft = auto_level(gap, c95 is not None, detail, soft=rule)
     if c95 is None:
         why = f"no CRF in the range keeps VMAF {AUTO_LEVEL:g} against the input"
     elif soft < level:
-        why = (f"input reads as a soft copy (fine detail {detail:.2f}, under "
-               f"{AUTO_SOFT[0]:g})")
+        why = f"input reads as a soft copy (fine detail {detail:.2f}, under {rule[0]:g})"
     elif level == AUTO_LEVEL:
         why = "input reads as a master"
     else:

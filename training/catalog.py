@@ -187,7 +187,6 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
             under ``data/corpus``.
     """
     from cpllm_plugin.console import progress_printer
-    from cpllm_plugin.integrations import stream
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg, measure_fr
     from cpllm_plugin.video import probe
 
@@ -252,7 +251,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
                   "frames": info.frame_count, "duration": info.duration,
                   "codec": info.codec, "bytes": Path(inp["path"]).stat().st_size,
                   "vmaf_master": round(t, 3), "frame_scores": [float(v) for v in scores],
-                  **{k: round(getattr(stream, k)(inp["path"]), 3) for k in READINGS}})
+                  **readings(inp["path"])})
 
     def rung(inp: dict, crf: int) -> None:
         out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
@@ -452,18 +451,23 @@ def with_scores(inputs: Sequence[dict], rows: Sequence[dict], files: Sequence[Pa
 READINGS = ("noise", "detail")
 
 
+def readings(path: str | os.PathLike, keys: Sequence[str] = READINGS) -> dict[str, float]:
+    """``keys`` of :data:`READINGS` read off the video at ``path``."""
+    from cpllm_plugin.integrations import stream
+
+    return {k: round(getattr(stream, k)(path), 3) for k in keys}
+
+
 def with_readings(data: str | os.PathLike) -> list[dict]:
     """The catalog's inputs, each with its :data:`READINGS`; inputs measured before a field
     existed get it now, and the file is rewritten once."""
     from cpllm_plugin.files import write_atomic
-    from cpllm_plugin.integrations import stream
 
     path = Path(data) / "inputs.jsonl"
     rows = read_jsonl(path)
     if all(k in r for r in rows for k in READINGS):
         return rows
-    rows = [{**r, **{k: round(getattr(stream, k)(r["path"]), 3) for k in READINGS
-                     if k not in r}} for r in rows]
+    rows = [{**r, **readings(r["path"], [k for k in READINGS if k not in r])} for r in rows]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -805,10 +809,8 @@ def level_pick(c: Curve, over: dict | None = None) -> int:
     from cpllm_plugin.integrations import ladder as lad
 
     c95, gap = input_gap(c)
-    over = over or {}
-    # The shipped soft-copy rule is its encoder's alone; a sweep that sets one reads any.
-    soft = "soft" in over or c.codec == lad.AUTO_SOFT_ENCODER
-    level = lad.auto_level(gap, c95 is not None, c.info.get("detail") if soft else None, **over)
+    over = {"soft": lad.soft_rule(c.codec), **(over or {})}  # a sweep's rule reads any codec
+    level = lad.auto_level(gap, c95 is not None, c.info.get("detail"), **over)
     if level == lad.AUTO_LEVEL:
         return c95
     crf = highest_meeting(c.crfs, c.vi, level)
