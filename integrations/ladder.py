@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpllm_plugin.configs import DEFAULT_MODEL
+from cpllm_plugin.configs import DEFAULT_MODEL, ModelConfig
 from cpllm_plugin.errors import CpllmError, message
 from cpllm_plugin.files import check_input, write_atomic
 from cpllm_plugin.hashing import sampled_identity as identity
@@ -889,6 +889,12 @@ AUTO_SOFT_ENCODER = "libx264"
 # the model judges harsher than VMAF does, which AUTO_SPARE takes back (docs/benchmark.md).
 # 0 or None: off.
 AUTO_GUARD: float | None = 0.175
+# The scale D is read on (guard_floor): "score", the 1-5 score itself, or "logit", the head's
+# logit of it, where a fall spans about as many CRF on an input the model scores low (most
+# uploads) as on one near 5. The fit (training/picker.py) sweeps both; the logit is not the
+# default until it is fitted on out-of-sample scores and replayed with every encoder
+# (docs/experiments.md, "The guard's fall on the head's logit scale").
+AUTO_GUARD_SCALE = "score"
 # The guard spares an input whose bitrate reads as an untouched master: one with at least this
 # many times the bits of its own re-encode at the VMAF-95 crossing, in the same samples. There
 # VMAF against the input is VMAF against the master, so the search is right and the guard could
@@ -1032,10 +1038,13 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
             crf = lifted
     capped = guard_crf(ladder, s0, crf, full, guard)
     if capped is not None and capped < crf:
-        ladder.say(f"auto: the model's score falls {guard:g} below the input's above "
-                   f"CRF {capped}; pick capped there")
+        fell = f"{guard:g} below the input's" + (
+            "" if AUTO_GUARD_SCALE == "score" else
+            f" on its {AUTO_GUARD_SCALE} (under {guard_floor(s0, guard):.2f})")
+        ladder.say(f"auto: the model's score falls {fell} above CRF {capped}; pick capped "
+                   "there")
         target = replace(target, rule=f"{target.rule}; capped at CRF {capped}, where the "
-                         f"model's score falls {guard:g} below the input's")
+                         f"model's score falls {fell}")
         crf = capped
     return _result(ladder, target, crf, full)
 
@@ -1051,12 +1060,36 @@ GUARD_PROBES = 3  # probes the guard may add: the VMAF search's probes are score
 LIFT_PROBES = 3  # probes the lift may add above the pick
 
 
-def score_holds(ladder: Ladder, s0: float, fall: float, start: int, full: bool,
+# The model's score range (the head's 1 + 4 sigmoid), whose logit the "logit" scale reads.
+SCORE_RANGE = ModelConfig.score_range
+# The widest fall --guard takes on each scale: the whole 1-5 range; on the logit, a score at
+# the range's edge (guard_floor's eps) lies 9.2 from its middle, so 10 lets any encode through.
+GUARD_MAX = {"score": 4.0, "logit": 10.0}
+
+
+def guard_floor(s0: float, fall: float, scale: str | None = None) -> float:
+    """The model score a re-encode must keep for ``auto``'s guard: ``fall`` below the input's
+    own ``s0`` on ``scale`` (None: :data:`AUTO_GUARD_SCALE`). On ``"logit"``, the head's
+    ``logit((score - lo) / (hi - lo))``: the head's sigmoid squeezes a fall near both ends, so
+    one fall of the 1-5 score spans few CRF on an input the model scores low and many on one
+    it scores near 5, where on the logit a fall spans about as many CRF anywhere."""
+    scale = AUTO_GUARD_SCALE if scale is None else scale
+    if scale == "score":
+        return s0 - fall
+    if scale != "logit":
+        raise LadderArgumentError(message("guard_floor()", "a scale of " + " or ".join(
+            GUARD_MAX), repr(scale), "pass scale='score' or 'logit'"))
+    lo, hi = SCORE_RANGE
+    eps = 1e-4  # a mean of frame scores can sit on the range's edge
+    u = min(max((s0 - lo) / (hi - lo), eps), 1 - eps)
+    return min(s0, lo + (hi - lo) / (1 + math.exp(fall - math.log(u / (1 - u)))))
+
+
+def score_holds(ladder: Ladder, floor: float, start: int, full: bool,
                 probes: int) -> int | None:
-    """The highest CRF whose model score stays within ``fall`` of the input's own ``s0`` (on
-    the score's monotone fit), searched from ``start`` (with ``full``, read off every level);
-    the probes made so far count, ``probes`` more at most. None when no probe does."""
-    floor = s0 - fall
+    """The highest CRF whose model score stays at ``floor`` or above (on the score's
+    monotone fit), searched from ``start`` (with ``full``, read off every level); the probes
+    made so far count, ``probes`` more at most. None when no probe does."""
     if full:
         return best_passing(ladder.values("score"), floor)
     # ``search`` counts every probe made so far against its budget.
@@ -1066,28 +1099,30 @@ def score_holds(ladder: Ladder, s0: float, fall: float, start: int, full: bool,
 
 def guard_crf(ladder: Ladder, s0: float, crf: int, full: bool,
               guard: float | None) -> int | None:
-    """The highest CRF whose model score stays within ``guard`` of the input's own ``s0``,
-    when the pick ``crf`` does not; None when ``crf`` does, when no CRF does, or with no
-    guard (None or 0). Searched from ``crf`` down, so the probes already made count."""
+    """The highest CRF whose model score stays at :func:`guard_floor` (``guard`` below the
+    input's own ``s0``), when the pick ``crf`` does not; None when ``crf`` does, when no CRF
+    does, or with no guard (None or 0). Searched from ``crf`` down, so the probes already
+    made count."""
     if not guard:
         return None
+    floor = guard_floor(s0, guard)
     if not full:
         # The monotone fit at ``crf`` over the probes at and below it is a lower bound on the
         # fit over all of them (a probe above can only pool upwards with it): where that
         # holds, the pick holds, and the probes above it need no score.
         below = {c: ladder.scored(c).score for c in ladder.probes if c <= crf}
-        if best_passing(below, s0 - guard) == crf:
+        if best_passing(below, floor) == crf:
             return None
-    held = best_passing(ladder.values("score"), s0 - guard)
+    held = best_passing(ladder.values("score"), floor)
     if not full and held is not None and held >= crf:
         return None
-    return score_holds(ladder, s0, guard, crf, full, GUARD_PROBES)
+    return score_holds(ladder, floor, crf, full, GUARD_PROBES)
 
 
 def lift_crf(ladder: Ladder, s0: float, crf: int, full: bool, fall: float) -> int | None:
     """``--drop-noise``'s lift: the highest CRF whose model score stays within ``fall`` of the
     input's own ``s0``, searched from the pick ``crf`` up (:func:`score_holds`)."""
-    return score_holds(ladder, s0, fall, crf, full, LIFT_PROBES)
+    return score_holds(ladder, s0 - fall, crf, full, LIFT_PROBES)
 
 
 def pick_predict(ladder: Ladder) -> Pick:
@@ -1406,10 +1441,12 @@ class Job:
                           f"with {o.encoder} it may take a noisy input past what it had (with "
                           "libx265 on the training catalog it did so on 6 of 16 noisy copies, "
                           "by 1-3 CRF; docs/benchmark.md)", stacklevel=2)
-        if o.guard is not None and not 0 <= o.guard <= 4:
+        top = GUARD_MAX[AUTO_GUARD_SCALE]
+        if o.guard is not None and not 0 <= o.guard <= top:
             raise LadderArgumentError(message(
-                f"{where} --guard", "a fall of the model's score in [0, 4] on its 1-5 scale "
-                "(0 turns the guard off)", f"{o.guard:g}",
+                f"{where} --guard", f"a fall of the model's score in [0, {top:g}] on "
+                + ("its 1-5 scale" if AUTO_GUARD_SCALE == "score" else "its logit")
+                + " (0 turns the guard off)", f"{o.guard:g}",
                 f"drop --guard for the default {AUTO_GUARD:g}, or pass --guard 0 to turn it off"))
         if o.max_encoded_percent is not None and not o.max_encoded_percent > 0:
             raise LadderArgumentError(message(

@@ -737,7 +737,8 @@ _SHIPPED = object()  # an auto_rule constant not overridden: the shipped one (No
 def auto_rule(gap: float | None = None, step: float | None = None,
               floor: float | None = None, guard: float | None | object = _SHIPPED,
               spare: float | None | object = _SHIPPED, drop_noise: bool = False,
-              lift: tuple[float, float] | None = None) -> Policy:
+              lift: tuple[float, float] | None = None, guard_scale: str | None = None
+              ) -> Policy:
     """``cpllm-ladder --mode auto`` (:func:`~cpllm_plugin.integrations.ladder.pick_auto`)
     replayed: the VMAF-95 crossing against the input, the input's equivalent CRF from a
     log-bitrate line through the ladder near it, the search again at the lowered level, and
@@ -749,7 +750,8 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     (sweeps, the fit; ``guard=None`` turns the model's say off, lift included, as ``--guard
     0`` does; ``spare=None`` has it spare no input). ``lift``: the lift's (luma noise, fall)
     instead of the shipped :data:`~cpllm_plugin.integrations.ladder.AUTO_LIFT_NOISE` and
-    ``AUTO_LIFT``; it turns the lift on."""
+    ``AUTO_LIFT``; it turns the lift on. ``guard_scale``: the scale ``guard`` is read on
+    (:func:`~cpllm_plugin.integrations.ladder.guard_floor`; None: the shipped one)."""
     from cpllm_plugin.integrations import ladder as lad
 
     over = {k: v for k, v in (("at", gap), ("step", step), ("floor", floor)) if v is not None}
@@ -762,7 +764,7 @@ def auto_rule(gap: float | None = None, step: float | None = None,
         crf = level_pick(c, over)
         if crf is None or not fall or lad.spared(richness(c), spare):
             return crf
-        return guarded(c, lifted(c, crf, lift), fall)
+        return guarded(c, lifted(c, crf, lift), fall, guard_scale)
 
     return policy
 
@@ -774,7 +776,7 @@ def lifted(c: Curve, crf: int, lift: tuple[float, float] | None) -> int:
     noise = c.info.get("noise")
     if lift is None or noise is None or noise < lift[0]:
         return crf
-    held = guard_held(c, lift[1])
+    held = held_at(c, c.s0 - lift[1])
     return crf if held is None else max(crf, held)
 
 
@@ -817,18 +819,25 @@ def level_pick(c: Curve, over: dict | None = None) -> int:
     return int(c.crfs[0]) if crf is None else crf
 
 
-def guarded(c: Curve, crf: int, fall: float | None) -> int:
-    """``crf`` capped at the highest CRF whose model score stays within ``fall`` of the
-    input's own (:func:`~cpllm_plugin.integrations.ladder.guard_crf`; None: no cap, and none
-    when no CRF stays within it; 0 is none too)."""
-    held = guard_held(c, fall)
+def guarded(c: Curve, crf: int, fall: float | None, scale: str | None = None) -> int:
+    """``crf`` capped at :func:`guard_held` (:func:`~cpllm_plugin.integrations.ladder.
+    guard_crf`; None: no cap, and none when no CRF holds; 0 is none too)."""
+    held = guard_held(c, fall, scale)
     return crf if held is None else min(crf, held)
 
 
-def guard_held(c: Curve, fall: float | None) -> int | None:
-    """The highest CRF whose model score stays within ``fall`` of the input's own (None with
-    no guard, or when none does): where :func:`guarded` caps any pick of ``c``."""
-    return highest_meeting(c.crfs, c.score, c.s0 - fall) if fall else None
+def guard_held(c: Curve, fall: float | None, scale: str | None = None) -> int | None:
+    """The highest CRF whose model score stays at the guard's floor, ``fall`` below the
+    input's own on ``scale`` (:func:`~cpllm_plugin.integrations.ladder.guard_floor`; None
+    with no guard, or when none does): where :func:`guarded` caps any pick of ``c``."""
+    from cpllm_plugin.integrations import ladder as lad
+
+    return held_at(c, lad.guard_floor(c.s0, fall, scale)) if fall else None
+
+
+def held_at(c: Curve, floor: float) -> int | None:
+    """The highest CRF whose model score stays at ``floor`` or above (None: none does)."""
+    return highest_meeting(c.crfs, c.score, floor)
 
 
 def frames_kept(c: Curve, probes: Sequence[int], fast: bool = False) -> bool:

@@ -281,11 +281,14 @@ def fit_size(cs: Sequence[cat.Curve], rule: predict.Predictor
 AUTO_GRID = {"gap": (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0), "step": (0.25, 0.5, 0.75, 1.0),
              "floor": (85.0, 88.0, 90.0, 92.0),
              # The model's guard: the fall of its score below the input's where the pick stops
-             # (None: none). Fitted fairly only with --scores from models trained without the
-             # sources they score: the shipped model's scores of training sources are in-sample
+             # (None: none); a number is a fall on the shipped scale, a pair (scale, fall) one
+             # on that scale (ladder.guard_floor: the score itself or the head's logit of it).
+             # Fitted fairly only with --scores from models trained without the sources they
+             # score: the shipped model's scores of training sources are in-sample
              # (it was trained on their variants), so the guard looks cheaper on them than on
              # new footage.
-             "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4),
+             "guard": (None, 0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4,
+                       *(("logit", f) for f in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))),
              # Times the bits of its re-encode at the VMAF-95 crossing where an input reads as
              # an untouched master, which the guard spares (None: it spares none).
              "spare": (None, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
@@ -302,6 +305,11 @@ AUTO_GOALS = {"whole": 0.95, "uploads": 0.90, "masters": 0.95}
 # catalog) is within what another draw of the same kinds of uploads would move, so settings
 # that keep one fewer than the best count as tied.
 AUTO_TIE = 1
+
+
+def guard_of(g: float | tuple[str, float] | None) -> tuple[float | None, str | None]:
+    """``(fall, scale)`` of a guard of :data:`AUTO_GRID` (scale None: the shipped one)."""
+    return (g[1], g[0]) if isinstance(g, tuple) else (g, None)
 
 
 def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
@@ -327,8 +335,10 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
     lifts = grid.get("lift", (None,))
     groups = {"whole": list(cs), "uploads": [c for c in cs if c.kind != "master"],
               "masters": [c for c in cs if c.kind == "master"]}
-    falls = {*guards, *(lf[1] for lf in lifts if lf)}
-    held = {g: {c.id: cat.guard_held(c, g) for c in cs} for g in falls}
+    held = {g: {c.id: cat.guard_held(c, *guard_of(g)) for c in cs} for g in guards}
+    # The lift's fall is on the 1-5 score itself (fitted so), not the guard's logit.
+    raised = {f: {c.id: cat.held_at(c, c.s0 - f) for c in cs}
+              for f in {lf[1] for lf in lifts if lf}}
     rich = {c.id: cat.richness(c) for c in cs}
     noise = {c.id: c.info.get("noise") for c in cs}
     rows = []
@@ -345,8 +355,8 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
                 if k is None or not g or lad.spared(rich[c.id], sp):
                     return k
                 n = noise[c.id]
-                if lf and n is not None and n >= lf[0] and held[lf[1]][c.id] is not None:
-                    k = max(k, held[lf[1]][c.id])
+                if lf and n is not None and n >= lf[0] and raised[lf[1]][c.id] is not None:
+                    k = max(k, raised[lf[1]][c.id])
                 h = held[g][c.id]
                 return k if h is None else min(k, h)
             judged = cat.keep_input(pol, lad.KEEP_PERCENT, keep) if keep else pol
@@ -662,6 +672,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"sources; {goals} the goals {json.dumps(AUTO_GOALS)}; the ten best settings "
               "(success, median cost; masters: success; uploads: success, median, mean):")
         def off(v):
+            if isinstance(v, tuple):
+                return f"{v[1]:g} on the {v[0]}"
             return "off" if v is None else f"{v:g}"
 
         def lift_name(lf):

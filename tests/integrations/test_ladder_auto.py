@@ -296,6 +296,28 @@ def test_guard_spares_an_input_with_an_untouched_masters_bitrate(tmp_path, monke
     assert capped.crf < vmaf.crf and "capped at CRF" in capped.target.rule
 
 
+def test_the_guards_fall_on_the_logit_is_the_same_at_any_score():
+    """A fall F on the "logit" scale is F on logit((score - 1) / 4): on the 1-5 score it is
+    small near 5, where the head's sigmoid squeezes it, and larger in the middle; at the
+    range's edge (a mean of frame scores can sit there) it stays finite and at or below the
+    input. The shipped scale is the score itself; another is refused by name."""
+    def logit(s):
+        return math.log((s - 1) / (5 - s))
+
+    for s0 in (1.5, 2.5, 3.5, 4.5, 4.85):
+        assert logit(s0) - logit(lad.guard_floor(s0, 0.7, "logit")) == pytest.approx(0.7)
+    low, high = 3.5 - lad.guard_floor(3.5, 0.7, "logit"), 4.85 - lad.guard_floor(4.85, 0.7, "logit")
+    assert high < 0.15 < 0.6 < low
+    assert lad.guard_floor(2.5, 0.0, "logit") == pytest.approx(2.5)
+    assert 4.99 < lad.guard_floor(5.0, 0.7, "logit") < 5.0
+    assert lad.guard_floor(1.0, 0.7, "logit") == 1.0
+    assert lad.guard_floor(4.85, lad.GUARD_MAX["logit"], "logit") < 1.01
+    assert lad.guard_floor(4.0, 0.175, "score") == pytest.approx(3.825)
+    assert lad.AUTO_GUARD_SCALE == "score" and lad.guard_floor(4.0, 0.175) == 4.0 - 0.175
+    with pytest.raises(lad.LadderArgumentError, match="'score' or 'logit'"):
+        lad.guard_floor(4.0, 0.7, "probit")
+
+
 class _Scores(lad.Ladder):
     """Probes made but not scored; ``scored`` reads a given score and notes the CRF."""
 

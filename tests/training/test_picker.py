@@ -126,7 +126,8 @@ def _pairs(master: dict, upload: dict, n: int = 20) -> list[cat.Curve]:
         for spec in (master, upload):
             id_ = src if spec["kind"] == "master" else f"{src}~{spec['kind']}"
             inputs.append({"id": id_, "kind": spec["kind"], "source": src,
-                           "vmaf_master": spec["t"], "frame_scores": [4.0], "width": 1280,
+                           "vmaf_master": spec["t"], "frame_scores": [spec.get("s0", 4.0)],
+                           "width": 1280,
                            "height": 720, "frames": 48, "bytes": spec["bytes"],
                            "codec": "h264", "noise": spec.get("noise", 1.0)})
             rows += [{"id": id_, "crf": c, "bytes": _size(c), "vmaf_master": spec["vm"](c),
@@ -173,6 +174,40 @@ def test_fit_auto_takes_the_cheapest_guard_that_reaches_the_goals():
     # Goals no setting reaches: the most inputs kept, then the least cost.
     best, rows = picker.fit_auto(cs, grid, {"whole": 1.01})
     assert best["guard"] == 0.15 and not rows[0]["met"]
+
+
+def _scale_catalog():
+    """Masters scored 4.8 that keep what they had up to CRF 20 though VMAF against them
+    allows 24, their score falling 0.05 a CRF; and soft uploads scored 3.0 that keep it up to
+    30 though VMAF against them allows 33, their score falling 0.25 a CRF from 27. On the 1-5
+    score the masters need a fall in [0.25, 0.3) and the uploads one in [0.75, 1.0); on the
+    head's logit the two ranges meet (0.88-0.99 and 0.79-1.10)."""
+    return _pairs({**MASTER, "s0": 4.8, "vi": lambda c: 100.0 - (c - 15) * 5 / 9,
+                   "score": lambda c: 4.8 - 0.05 * (c - 15)},
+                  {**SOFT, "s0": 3.0, "vm": lambda c: 85.0 - (c - 30),
+                   "vi": lambda c: 100.0 - (c - 15) / 3.6,
+                   "score": lambda c: 3.0 - 0.25 * max(c - 27, 0)})
+
+
+def test_fit_auto_reads_the_guard_on_the_scale_where_both_kinds_fit():
+    cs = _scale_catalog()
+    master = next(c for c in cs if c.id == "s0")
+    up = next(c for c in cs if c.id == "s0~soft")
+    assert cat.auto_rule(guard=None, spare=None)(master) == 24 and not master.success(24)
+    assert cat.auto_rule(guard=None, spare=None)(up) == 33 and not up.success(33)
+    assert cat.auto_rule(guard=0.9, spare=None, guard_scale="logit")(master) == 20
+    assert cat.auto_rule(guard=0.9, spare=None, guard_scale="logit")(up) == 30
+    assert cat.auto_rule(guard=0.25, spare=None, guard_scale="score")(up) == 28 < 30
+    grid = {"gap": (4.5,), "step": (1.0,), "floor": (90.0,), "spare": (None,),
+            "guard": (None, 0.25, 0.8, ("logit", 0.5), ("logit", 0.9))}
+    best, rows = picker.fit_auto(cs, grid)
+    assert best["guard"] == ("logit", 0.9) and rows[0]["met"] and rows[0]["median"] == 1.0
+    by = {r["guard"]: r for r in rows}
+    # On the 1-5 score a fall either caps the uploads below what they keep (more bits) or
+    # lets the masters past theirs; a smaller fall on the logit caps both below.
+    assert by[0.25]["success"] == 1.0 and by[0.25]["uploads_median"] > 1.2
+    assert by[0.8]["masters_success"] == 0.0
+    assert by[("logit", 0.5)]["success"] == 1.0 and by[("logit", 0.5)]["median"] > 1.2
 
 
 def _spare_catalog():
