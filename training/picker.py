@@ -672,9 +672,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"sources; {goals} the goals {json.dumps(AUTO_GOALS)}; the ten best settings "
               "(success, median cost; masters: success; uploads: success, median, mean):")
         def off(v):
-            if isinstance(v, tuple):
-                return f"{v[1]:g} on the {v[0]}"
-            return "off" if v is None else f"{v:g}"
+            fall, scale = guard_of(v)
+            return "off" if fall is None else f"{fall:g}" + (f" on the {scale}" if scale else "")
 
         def lift_name(lf):
             return "off" if not lf else f"from noise {lf[0]:g} to a fall of {lf[1]:g}"

@@ -119,7 +119,7 @@ def _pairs(master: dict, upload: dict, n: int = 20) -> list[cat.Curve]:
     """``n`` sources, each a master and one upload, every ladder read off the functions of CRF
     that ``master`` and ``upload`` give: ``vm`` (VMAF against the master), ``vi`` (against the
     input) and ``score``; with the input's ``kind``, ``t`` (its VMAF against the master),
-    ``bytes`` and ``noise`` (1 if not given)."""
+    ``bytes``, ``noise`` (1 if not given) and ``s0``, its model score (4 if not given)."""
     inputs, rows = [], []
     for i in range(n):
         src = f"s{i}"
@@ -127,8 +127,7 @@ def _pairs(master: dict, upload: dict, n: int = 20) -> list[cat.Curve]:
             id_ = src if spec["kind"] == "master" else f"{src}~{spec['kind']}"
             inputs.append({"id": id_, "kind": spec["kind"], "source": src,
                            "vmaf_master": spec["t"], "frame_scores": [spec.get("s0", 4.0)],
-                           "width": 1280,
-                           "height": 720, "frames": 48, "bytes": spec["bytes"],
+                           "width": 1280, "height": 720, "frames": 48, "bytes": spec["bytes"],
                            "codec": "h264", "noise": spec.get("noise", 1.0)})
             rows += [{"id": id_, "crf": c, "bytes": _size(c), "vmaf_master": spec["vm"](c),
                       "vmaf_input": spec["vi"](c), "frame_scores": [spec["score"](c)]}
