@@ -205,7 +205,7 @@ def policies(scorer, crfs: range = range(15, 52), codec: str = "libx264",
                                             for d in (0.1, 0.15, 0.175, 0.2, 0.25, 0.3)],
         "auto, the guard's fall D on the head's logit (not shipped)": [
             (f"{d:g}", cat.auto_rule(guard=d, guard_scale="logit"))
-            for d in (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)],
+            for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)],
         "auto, the guard spares inputs with S times the bits at their VMAF-95 crossing": [
             ("never", keep(cat.auto_rule(spare=None)))]
             + [(f"{sp:g}" + (" (shipped)" if sp == lad.AUTO_SPARE else ""),
