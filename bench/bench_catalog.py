@@ -65,6 +65,10 @@ def main() -> None:
                     help="An existing corpus folder (the recipe's, with its sources.jsonl) to "
                     "take the originals from, instead of building one under DATA/corpus.")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="After the build, measure more CRFs by bisection until every "
+                    "input's cheapest success is pinned to one CRF (about two more encodes "
+                    "an input), instead of read between rungs 4 apart.")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
@@ -102,6 +106,11 @@ def main() -> None:
                                  codec=a.codec, split=a.split, corpus=a.corpus)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} {a.codec} ladder rows")
+    if a.pin and not a.report_only:
+        t1 = time.perf_counter()
+        cat.pin(a.data, scorer, a.codec, jobs=a.jobs, only=only)
+        rows = cat.read_jsonl(a.data / cat.ladder_file(a.codec))
+        print(f"cheapest successes pinned in {time.perf_counter() - t1:.0f} s")
     if a.build_only:
         return
     if only:

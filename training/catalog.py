@@ -192,7 +192,6 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
 
     from .corpus import build_corpus, read_split
     from .manifest import read_manifest
-    from .variants import encode
 
     say = progress_printer(progress)
     data = Path(data)
@@ -254,18 +253,7 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
                   **readings(inp["path"])})
 
     def rung(inp: dict, crf: int) -> None:
-        out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
-        encode(inp["path"], out, crf, codec, ffmpeg=ffmpeg, threads=1)
-        try:
-            vm = measure_fr(inp["master"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
-            vi = vm if inp["kind"] == "master" else measure_fr(
-                inp["path"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
-            scores = scorer([str(out)], [KEY_FRAMES])[0]
-            ladder.add({"id": inp["id"], "crf": crf, "bytes": out.stat().st_size,
-                        "vmaf_master": round(vm, 3), "vmaf_input": round(vi, 3),
-                        "frame_scores": [float(v) for v in scores]})
-        finally:
-            out.unlink(missing_ok=True)
+        ladder.add(_rung(inp, crf, codec, work, scorer, ffmpeg))
 
     firsts = [(measure_input, (i,)) for i in inputs if (i["id"],) not in book.done]
     rungs = [(rung, (i, c)) for i in inputs for c in levels if (i["id"], c) not in ladder.done]
@@ -289,6 +277,77 @@ def build(data: str | os.PathLike, scorer, levels: Sequence[int] = LEVELS, jobs:
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, todo))
     return with_readings(data), read_jsonl(data / ladder_file(codec))
+
+
+def _rung(inp: dict, crf: int, codec: str, work: Path, scorer, ffmpeg: str) -> dict:
+    """One ladder row: ``inp`` encoded at ``crf`` (one thread), its size, VMAF against the
+    master and against the input, and the model's frame scores; the encode is deleted."""
+    from cpllm_plugin.integrations.ffmpeg import measure_fr
+
+    from .variants import encode
+
+    out = work / f"{inp['id']}_{codec}_crf{crf}.mp4"
+    encode(inp["path"], out, crf, codec, ffmpeg=ffmpeg, threads=1)
+    try:
+        vm = measure_fr(inp["master"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
+        vi = vm if inp["kind"] == "master" else measure_fr(
+            inp["path"], out, ffmpeg, 1, subsample=1, psnr=False)[0]
+        scores = scorer([str(out)], [KEY_FRAMES])[0]
+        return {"id": inp["id"], "crf": crf, "bytes": out.stat().st_size,
+                "vmaf_master": round(vm, 3), "vmaf_input": round(vi, 3),
+                "frame_scores": [float(v) for v in scores]}
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def pin_crf(c: Curve) -> int | None:
+    """The next CRF to measure on ``c``'s ladder to pin its cheapest success to one CRF: the
+    middle of the gap between its highest measured CRF that keeps what the input had and the
+    next measured one above it, which does not (None: pinned already, no measured CRF keeps
+    it, or none above fails). Its rungs lie 4 CRF apart, and VMAF read between them is
+    interpolated, so without it the cheapest success, the denominator of every cost, can be
+    a CRF off: on an input whose pick sits next to it, a cost of 1.00 read as 1.10."""
+    measured = sorted(c.rungs)
+    ok = [k for k in measured if c.success(k)]
+    if not ok:
+        return None
+    above = [k for k in measured if k > ok[-1]]
+    if not above or above[0] - ok[-1] <= 1:
+        return None
+    return (ok[-1] + above[0]) // 2
+
+
+def pin(data: str | os.PathLike, scorer, codec: str = "libx264", jobs: int = 2,
+        ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
+        only: Iterable[str] | None = None) -> int:
+    """Measure more rungs of a built catalog's ``codec`` ladders, by bisection, until every
+    input's cheapest success lies between two measured CRFs one apart (:func:`pin_crf`; two
+    rungs an input with rungs 4 apart). ``only``: these sources' inputs alone. The rows join
+    the ladder file (resumable), so every report reads them. Returns the rungs measured."""
+    from cpllm_plugin.console import progress_printer
+    from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
+
+    say = progress_printer(progress)
+    data = Path(data)
+    ffmpeg = find_ffmpeg(ffmpeg)
+    keep = set(only) if only is not None else None
+    inputs = [i for i in with_readings(data) if keep is None or i["source"] in keep]
+    by_id = {i["id"]: i for i in inputs}
+    ladder = _Rows(data / ladder_file(codec), lambda r: (r["id"], r["crf"]))
+    work = data / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    total = 0
+    while True:
+        todo = [(by_id[c.id], k) for c in curves(inputs, ladder.rows, codec)
+                if (k := pin_crf(c)) is not None and (c.id, k) not in ladder.done]
+        if not todo:
+            break
+        say(f"pin: {len(todo)} rungs")
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda t: ladder.add(_rung(*t, codec, work, scorer, ffmpeg)), todo))
+        total += len(todo)
+    say(f"pin: every cheapest success pinned to one CRF ({total} rungs measured)")
+    return total
 
 
 def _scored_encode(src: str, out: Path, crf: int, codec: str, scorer, ffmpeg: str,

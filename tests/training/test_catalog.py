@@ -237,6 +237,58 @@ def test_rescore_scores_the_ladders_again_and_keeps_sizes_and_vmaf(tmp_path):
     assert scorer.calls == calls
 
 
+def test_pin_bisects_between_the_rungs_around_the_cheapest_success(catalog):
+    """Rungs 4 CRF apart leave the cheapest success read off a line between them; the next
+    CRF to measure halves the gap above the last measured success, until it is one CRF."""
+    m = catalog["m"]  # crosses VMAF 95 at CRF 20, between the rungs at 19 and 23
+    assert cat.pin_crf(m) == 21
+    inp = _input("m", "master", 100.0, 4.6)
+    rows = _ladder("m", lambda c: 100 - (c - 15), lambda c: 100 - (c - 15), lambda c: 4.6)
+    # Measured, the encode at 21 keeps 95 (the straight line said 94): the gap is 21-23.
+    size = {c: 1000.0 * 2 ** (-(c - 15) / 6) for c in (21, 22)}  # as _ladder's
+    rows.append({**rows[0], "crf": 21, "bytes": size[21], "vmaf_master": 95.5,
+                 "vmaf_input": 95.5})
+    (m,) = cat.curves([inp], rows)
+    assert m.success(21) and cat.pin_crf(m) == 22
+    rows.append({**rows[0], "crf": 22, "bytes": size[22], "vmaf_master": 94.0,
+                 "vmaf_input": 94.0})
+    (m,) = cat.curves([inp], rows)
+    assert cat.pin_crf(m) is None and m.cost(21) == pytest.approx(1.0)
+    # Nothing keeps what the input had, or nothing measured above fails: nothing to pin.
+    assert cat.pin_crf(catalog["d"]) is None
+    (flat,) = cat.curves([inp], _ladder("m", lambda c: 99, lambda c: 99, lambda c: 4.6))
+    assert cat.pin_crf(flat) is None
+
+
+def test_pin_measures_real_encodes_until_every_cheapest_success_is_one_crf_wide(tmp_path):
+    """On a real clip whose ladder holds only CRF 15 (kept) and 51 (lost), pin encodes and
+    measures by bisection, adds the rows to the ladder file, leaves no encode behind, and
+    resumes with nothing to do."""
+    from media import pan_frames, write_video
+
+    path = write_video(tmp_path / "a.mp4", pan_frames(12, 96, 128), crf=8)
+    inp = {**_input("a", "master", 100.0, 9.9), "source": "a", "path": str(path),
+           "master": str(path)}
+    (tmp_path / "inputs.jsonl").write_text(json.dumps(inp) + "\n")
+    ends = [{"id": "a", "crf": c, "bytes": b, "vmaf_master": v, "vmaf_input": v,
+             "frame_scores": [9.9]} for c, b, v in ((15, 9e4, 100.0), (51, 1e3, 0.0))]
+    (tmp_path / "ladder.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ends))
+    scorer = _BytesScorer()
+    n = cat.pin(tmp_path, scorer, progress=False)
+    rows = cat.read_jsonl(tmp_path / "ladder.jsonl")
+    added = sorted((r for r in rows[2:]), key=lambda r: r["crf"])
+    assert n == len(added) >= 5 and all(15 < r["crf"] < 51 for r in added)  # log2(36) rounds
+    assert all(r["vmaf_master"] == r["vmaf_input"] for r in added)  # a master: one VMAF run
+    assert added[0]["vmaf_master"] > added[-1]["vmaf_master"]  # measured, not interpolated
+    assert added[0]["bytes"] > added[-1]["bytes"]
+    (c,) = cat.curves(cat.with_readings(tmp_path), rows)
+    ok = [k for k in sorted(c.rungs) if c.success(k)]
+    assert ok[-1] + 1 in c.rungs and not c.success(ok[-1] + 1)  # pinned to one CRF
+    assert not [f for f in (tmp_path / "work").iterdir() if f.suffix == ".mp4"]
+    calls = scorer.calls
+    assert cat.pin(tmp_path, scorer, progress=False) == 0 and scorer.calls == calls
+
+
 def test_fast_probes_encode_at_their_preset_and_resume(tmp_path):
     """A rule's probes at a faster preset than the ladders': each kept input encoded at that
     preset and scored, its size kept; a rule reads them beside the ladder, and an input
