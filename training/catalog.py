@@ -13,7 +13,8 @@ master and the input itself, and replays CRF-picking policies on those ladders:
   encode after a downscale); each master gets :data:`PER_SOURCE` of them in turn.
 - **ladders**: each input encoded at :data:`LEVELS`; each encode measured with VMAF against
   the master and against the input, and scored by the model (the scores the real tool's
-  probe sees); values between levels are interpolated (VMAF and score linearly, size in log).
+  probe sees); values between levels are interpolated (VMAF and score linearly, size in log);
+  :func:`pin` measures more levels where each input's cheapest success falls.
 - **truth**: a pick succeeds when its encode keeps what the input had: VMAF against the
   master at least ``min(95, T - 5)``, T the input's own VMAF against the master (a clean
   master's T is 100 by definition: there this is the VMAF-95 rule). Its cost is its size
@@ -304,9 +305,9 @@ def pin_crf(c: Curve) -> int | None:
     """The next CRF to measure on ``c``'s ladder to pin its cheapest success to one CRF: the
     middle of the gap between its highest measured CRF that keeps what the input had and the
     next measured one above it, which does not (None: pinned already, no measured CRF keeps
-    it, or none above fails). Its rungs lie 4 CRF apart, and VMAF read between them is
-    interpolated, so without it the cheapest success, the denominator of every cost, can be
-    a CRF off: on an input whose pick sits next to it, a cost of 1.00 read as 1.10."""
+    it, or none above fails). VMAF between rungs is read off a straight line, which VMAF
+    against CRF is not, so the cheapest success, the denominator of every cost on that input,
+    can be a CRF off, and a pick next to it a CRF's worth of bits."""
     measured = sorted(c.rungs)
     ok = [k for k in measured if c.success(k)]
     if not ok:
