@@ -67,8 +67,8 @@ def main() -> None:
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--pin", action="store_true",
                     help="After the build, measure more CRFs by bisection until every "
-                    "input's cheapest success is pinned to one CRF (about two more encodes "
-                    "an input), instead of read between rungs 4 apart.")
+                    "input's cheapest success is pinned to one CRF (two or three more "
+                    "encodes an input), instead of read between the ladder's rungs.")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
@@ -94,6 +94,8 @@ def main() -> None:
                     help="With --real: run every mode R times on each input, in a turning "
                     "order, and time each by its median (picks come from the first round).")
     a = ap.parse_args()
+    if a.pin and a.report_only:
+        ap.error("--pin measures more encodes; it cannot go with --report-only")
     print(json.dumps(describe()))
     scorer = lad.Scorer(a.model)
     levels = tuple(int(v) for v in a.levels.split(",")) if a.levels else cat.LEVELS
@@ -106,7 +108,7 @@ def main() -> None:
                                  codec=a.codec, split=a.split, corpus=a.corpus)
     print(f"catalog built in {time.perf_counter() - t0:.0f} s: {len(inputs)} inputs, "
           f"{len(rows)} {a.codec} ladder rows")
-    if a.pin and not a.report_only:
+    if a.pin:
         t1 = time.perf_counter()
         cat.pin(a.data, scorer, a.codec, jobs=a.jobs, only=only)
         rows = cat.read_jsonl(a.data / cat.ladder_file(a.codec))

@@ -340,7 +340,7 @@ def pin(data: str | os.PathLike, scorer, codec: str = "libx264", jobs: int = 2,
     total = 0
     while True:
         todo = [(by_id[c.id], k) for c in curves(inputs, ladder.rows, codec)
-                if (k := pin_crf(c)) is not None and (c.id, k) not in ladder.done]
+                if (k := pin_crf(c)) is not None]
         if not todo:
             break
         say(f"pin: {len(todo)} rungs")
