@@ -66,9 +66,10 @@ def main() -> None:
                     "take the originals from, instead of building one under DATA/corpus.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--pin", action="store_true",
-                    help="After the build, measure more CRFs by bisection until every "
-                    "input's cheapest success is pinned to one CRF (two or three more "
-                    "encodes an input), instead of read between the ladder's rungs.")
+                    help="After the build, measure more CRFs until every input's cheapest "
+                    "success is pinned to one CRF (by bisection) and the table's searches "
+                    "pick on measured encodes (their pick and the CRF above it), instead of "
+                    "reading VMAF off a line between the ladder's rungs.")
     ap.add_argument("--report-only", action="store_true",
                     help="Report on what is measured so far; build nothing.")
     ap.add_argument("--plot", type=Path, help="PNG of success share against bit cost.")
@@ -110,9 +111,10 @@ def main() -> None:
           f"{len(rows)} {a.codec} ladder rows")
     if a.pin:
         t1 = time.perf_counter()
-        cat.pin(a.data, scorer, a.codec, jobs=a.jobs, only=only)
+        cat.pin(a.data, scorer, a.codec, jobs=a.jobs, only=only, searches=searches())
         rows = cat.read_jsonl(a.data / cat.ladder_file(a.codec))
-        print(f"cheapest successes pinned in {time.perf_counter() - t1:.0f} s")
+        print(f"cheapest successes and searches' picks pinned in "
+              f"{time.perf_counter() - t1:.0f} s")
     if a.build_only:
         return
     if only:
@@ -158,6 +160,13 @@ def with_fast_probes(inputs: list[dict], scorer, a) -> list[dict]:
                          f"lack predict's fast probes in {a.data / name}; run without "
                          "--report-only to measure them")
     return got
+
+
+def searches() -> list[cat.Policy]:
+    """The table's searches, whose picks --pin measures: without the keep, which reads the
+    size at the pick they would make."""
+    return [cat.auto_rule(), cat.auto_rule(spare=None), cat.auto_rule(drop_noise=True),
+            cat.auto_rule(guard=None), cat.vmaf_search(95)]
 
 
 def keeper(codec: str, any_codec: bool = True):

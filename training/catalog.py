@@ -318,13 +318,30 @@ def pin_crf(c: Curve) -> int | None:
     return (ok[-1] + above[0]) // 2
 
 
+def pin_pick(c: Curve, search: Policy) -> int | None:
+    """The next CRF to measure on ``c``'s ladder so that ``search``'s pick, where a measure
+    read off the ladder crosses a level (a VMAF search, ``auto`` and its guard), is read off
+    measured rungs: the pick and the CRF above it (None: both are, or it keeps the input or
+    picks nothing). A line under-reads VMAF between rungs, which holds a replayed search up
+    to a CRF under the real tool's, whose probes are encodes at whole CRFs."""
+    crf = search(c)
+    if crf is None or crf == KEEP:
+        return None
+    for k in (crf, crf + 1):
+        if k <= c.crfs[-1] and k not in c.rungs:
+            return int(k)
+    return None
+
+
 def pin(data: str | os.PathLike, scorer, codec: str = "libx264", jobs: int = 2,
         ffmpeg: str | None = None, progress: Callable[[str], None] | bool = True,
-        only: Iterable[str] | None = None) -> int:
+        only: Iterable[str] | None = None, searches: Sequence[Policy] = ()) -> int:
     """Measure more rungs of a built catalog's ``codec`` ladders, by bisection, until every
     input's cheapest success lies between two measured CRFs one apart (:func:`pin_crf`; two
-    rungs an input with rungs 4 apart). ``only``: these sources' inputs alone. The rows join
-    the ladder file (resumable), so every report reads them. Returns the rungs measured."""
+    rungs an input with rungs 4 apart), and every pick of ``searches`` and the CRF above it
+    are measured rungs (:func:`pin_pick`), so that a pick is judged on the encodes the real
+    tool would make. ``only``: these sources' inputs alone. The rows join the ladder file
+    (resumable), so every report reads them. Returns the rungs measured."""
     from cpllm_plugin.console import progress_printer
     from cpllm_plugin.integrations.ffmpeg import find_ffmpeg
 
@@ -339,15 +356,17 @@ def pin(data: str | os.PathLike, scorer, codec: str = "libx264", jobs: int = 2,
     work.mkdir(parents=True, exist_ok=True)
     total = 0
     while True:
-        todo = [(by_id[c.id], k) for c in curves(inputs, ladder.rows, codec)
-                if (k := pin_crf(c)) is not None]
+        todo = []
+        for c in curves(inputs, ladder.rows, codec):
+            ks = {pin_crf(c)} | {pin_pick(c, p) for p in searches}
+            todo += [(by_id[c.id], k) for k in sorted(ks - {None})]
         if not todo:
             break
         say(f"pin: {len(todo)} rungs")
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(lambda t: ladder.add(_rung(*t, codec, work, scorer, ffmpeg)), todo))
         total += len(todo)
-    say(f"pin: every cheapest success pinned to one CRF ({total} rungs measured)")
+    say(f"pin: every cheapest success and pick on measured rungs ({total} rungs measured)")
     return total
 
 

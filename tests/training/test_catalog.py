@@ -287,6 +287,35 @@ def test_pin_measures_real_encodes_until_every_cheapest_success_is_one_crf_wide(
     assert not [f for f in (tmp_path / "work").iterdir() if f.suffix == ".mp4"]
     calls = scorer.calls
     assert cat.pin(tmp_path, scorer, progress=False) == 0 and scorer.calls == calls
+    # A search at another level crosses elsewhere: its pick and the CRF above get encodes.
+    v80 = cat.vmaf_search(80)
+    assert cat.pin(tmp_path, scorer, progress=False, searches=[v80]) >= 1
+    (c,) = cat.curves(cat.with_readings(tmp_path), cat.read_jsonl(tmp_path / "ladder.jsonl"))
+    k = v80(c)
+    assert {k, k + 1} <= set(c.rungs) and c.vi[c.at(k)] >= 80 > c.vi[c.at(k + 1)]
+    assert cat.pin(tmp_path, scorer, progress=False, searches=[v80]) == 0
+
+
+def test_pin_pick_measures_a_search_until_it_picks_on_encodes():
+    """VMAF against the input bends down with CRF, so a line between rungs 4 apart reads it
+    low and a replayed search picks under the real tool's; measuring the pick and the CRF
+    above it, round by round, moves the pick to the measured crossing."""
+    vi = lambda c: 100 - 0.05 * (c - 15) ** 2  # noqa: E731  95.0 at CRF 25, 93.95 at 26
+    inp = _input("m", "master", 100.0, 4.6)
+    rows = _ladder("m", vi, vi, lambda c: 4.6)
+    v95 = cat.vmaf_search(95)
+    (m,) = cat.curves([inp], rows)
+    assert v95(m) == 24  # the line from 23 (96.8) to 27 (92.8) crosses 95 at 24.45
+    added = []
+    while (k := cat.pin_pick(m, v95)) is not None:
+        added.append(k)
+        rows.append({**rows[0], "crf": k, "bytes": 1000.0 * 2 ** (-(k - 15) / 6),
+                     "vmaf_master": vi(k), "vmaf_input": vi(k)})
+        (m,) = cat.curves([inp], rows)
+    assert added == [24, 25, 26] and v95(m) == 25
+    # Nothing to measure for a pick that keeps the input, finds nothing, or tops the ladder.
+    for policy in (lambda c: cat.KEEP, lambda c: None, lambda c: 51):
+        assert cat.pin_pick(m, policy) is None
 
 
 def test_fast_probes_encode_at_their_preset_and_resume(tmp_path):
