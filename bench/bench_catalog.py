@@ -345,7 +345,8 @@ def real_tool(cs: list, scorer, n: int, codec: str = "libx264",
               modes: list[str] | None = None) -> None:
     """The real ``pick_file`` on ``n`` inputs (every kind in turn) in each mode (``modes``:
     those alone), encoding with the ladders' ``codec``, against the replay of the same
-    policy on the catalog's ladders (interpolated between their levels); without
+    policy on the catalog's ladders (interpolated between their measured rungs, which
+    --pin adds where the replayed searches pick); without
     ``any_codec`` both keep only an input in the encoder's format (``--keep-same-codec``)."""
     table, _ = policies(scorer, codec=codec)
     replay = {"auto": cat.auto_rule(), "auto --drop-noise": cat.auto_rule(drop_noise=True),
