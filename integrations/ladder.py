@@ -909,8 +909,8 @@ AUTO_SPARE: float | None = 4.0
 # the picture goes, so with the lift the pick on a noisy input that is not spared goes up to
 # the highest CRF whose score stays within AUTO_LIFT of the input's. Off by default: a master's
 # film grain reads as the same noise, and the model lets it go as readily (docs/benchmark.md).
-# The constants are chosen on half the training catalog; it goes with the guard (--guard 0
-# turns both off).
+# The constants are chosen on half the training catalog. It stands apart from the guard:
+# --guard 0 --drop-noise searches by VMAF alone but lets a noisy input's noise go.
 AUTO_LIFT_NOISE: float | None = 5.5  # luma noise (stream.noise, 8-bit units) of a noisy input
 AUTO_LIFT = 0.1  # the fall of the model's score where the lift stops
 LIFT_ENCODER = "libx264"  # the ladders the lift was fitted on (x265 smooths noise sooner)
@@ -961,12 +961,11 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     matches a re-encode well above that crossing), the search again at the lower
     :func:`auto_level`; when no CRF in the range reaches VMAF 95 against the input, the
     search again at :data:`AUTO_FLOOR`, and when none reaches that either, the range's lowest
-    CRF. ``guard``: the model's say (None or 0: none): the
-    pick is capped where its score falls ``guard`` below its score of the input
-    (:func:`guard_crf`), and with ``drop_noise``, on a noisy input (:meth:`Ladder.input_noise`
-    from :data:`AUTO_LIFT_NOISE`), first lifted to where it falls :data:`AUTO_LIFT` below it
-    (:func:`lift_crf`). Neither on an input whose bitrate reads as an untouched master
-    (:func:`spared`)."""
+    CRF. ``guard``: the model's cap (None or 0: none): the pick is capped where its score
+    falls ``guard`` below its score of the input (:func:`guard_crf`). ``drop_noise``: on a
+    noisy input (:meth:`Ladder.input_noise` from :data:`AUTO_LIFT_NOISE`), the pick is first
+    lifted to where the score falls :data:`AUTO_LIFT` below it (:func:`lift_crf`). Neither on
+    an input whose bitrate reads as an untouched master (:func:`spared`)."""
     if not ladder.vmaf:
         raise LadderArgumentError(message("pick_auto()", "a Ladder made with vmaf=True",
                                           "one without", "make it with vmaf=True"))
@@ -1018,13 +1017,14 @@ def pick_auto(ladder: Ladder, max_probes: int = MAX_PROBES, full: bool = False,
     at95 = None if c95 is None else ladder.probes.get(c95)
     rich = (None if input_kbps is None or at95 is None or at95.kbps <= 0
             else input_kbps / at95.kbps)
-    if guard and spared(rich, AUTO_SPARE):
+    if (guard or drop_noise) and spared(rich, AUTO_SPARE):
+        what = "guard" if guard else "lift"
         ladder.say(f"auto: the input has {rich:.1f} times the bits of its re-encode at CRF "
                    f"{c95}, the VMAF-95 crossing: an untouched master, which the model's "
-                   "guard spares")
-        target = replace(target, rule=f"{target.rule}; guard spared (a master's bitrate)")
-        guard = None
-    lift = drop_noise and guard and AUTO_LIFT_NOISE is not None
+                   f"{what} spares")
+        target = replace(target, rule=f"{target.rule}; {what} spared (a master's bitrate)")
+        guard, drop_noise = None, False
+    lift = drop_noise and AUTO_LIFT_NOISE is not None
     sigma = ladder.input_noise() if lift else None
     if sigma is not None and sigma >= AUTO_LIFT_NOISE:
         lifted = lift_crf(ladder, s0, crf, full, AUTO_LIFT)
@@ -1299,7 +1299,7 @@ class PickOptions(Settings):
         max_probes: most probe encodes of the search.
         guard: ``auto`` only: never pick above the CRF where the model's score falls this
             far below its score of the input (:func:`guard_crf`; None: :data:`AUTO_GUARD`;
-            0: no such cap, and no lift).
+            0: no such cap; ``drop_noise`` still lifts).
         drop_noise: ``auto`` only: the input's noise is not worth its bits (sensor noise in
             uploads, not a master's grain): on an input that reads as noisy
             (:data:`AUTO_LIFT_NOISE`) the pick goes up to where the model's score holds
@@ -1431,10 +1431,6 @@ class Job:
             raise LadderArgumentError(message(
                 where, "--drop-noise with --mode auto (it lifts auto's pick by the model)",
                 f"--drop-noise with --mode {self.mode}", "drop --drop-noise, or use --mode auto"))
-        if o.drop_noise and o.guard == 0:
-            raise LadderArgumentError(message(
-                where, "--drop-noise with the model's guard on (the lift reads the model's "
-                "score)", "--drop-noise with --guard 0", "drop --guard 0, or --drop-noise"))
         if o.drop_noise and o.encoder != LIFT_ENCODER:
             # Not an error: on the dev ladders it kept every noisy copy with each encoder.
             warnings.warn(f"--drop-noise: its lift is fitted on {LIFT_ENCODER} ladders; "

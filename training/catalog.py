@@ -826,8 +826,8 @@ def auto_rule(gap: float | None = None, step: float | None = None,
     neither on an input with ``spare`` times the bits of its re-encode at the crossing or more
     (:func:`richness`).
     ``gap``, ``step``, ``floor``, ``guard``, ``spare``: override the shipped constants
-    (sweeps, the fit; ``guard=None`` turns the model's say off, lift included, as ``--guard
-    0`` does; ``spare=None`` has it spare no input). ``lift``: the lift's (luma noise, fall)
+    (sweeps, the fit; ``guard=None`` turns the model's cap off, as ``--guard 0`` does, and
+    leaves the lift; ``spare=None`` has it spare no input). ``lift``: the lift's (luma noise, fall)
     instead of the shipped :data:`~cpllm_plugin.integrations.ladder.AUTO_LIFT_NOISE` and
     ``AUTO_LIFT``; it turns the lift on. ``guard_scale``: the scale ``guard`` is read on
     (:func:`~cpllm_plugin.integrations.ladder.guard_floor`; None: the shipped one)."""
@@ -841,7 +841,7 @@ def auto_rule(gap: float | None = None, step: float | None = None,
 
     def policy(c: Curve) -> int | None:
         crf = level_pick(c, over)
-        if crf is None or not fall or lad.spared(richness(c), spare):
+        if crf is None or not (fall or lift) or lad.spared(richness(c), spare):
             return crf
         return guarded(c, lifted(c, crf, lift), fall, guard_scale)
 

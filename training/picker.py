@@ -352,7 +352,7 @@ def fit_auto(cs: Sequence[cat.Curve], grid: dict = AUTO_GRID,
         for g, sp, lf in itertools.product(guards, spares, lifts):
             def pol(c, g=g, sp=sp, lf=lf, base=base):  # cat.auto_rule, each read once
                 k = base[c.id]
-                if k is None or not g or lad.spared(rich[c.id], sp):
+                if k is None or not (g or lf) or lad.spared(rich[c.id], sp):
                     return k
                 n = noise[c.id]
                 if lf and n is not None and n >= lf[0] and raised[lf[1]][c.id] is not None:

@@ -4,6 +4,7 @@ against the clip itself (the master)."""
 
 import math
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,8 +161,8 @@ def test_drop_noise_lifts_a_noisy_copy_above_the_vmaf_search_and_keeps_it(master
                                                                           ffmpeg_exe):
     """VMAF against a noisy copy asks for its noise; the model's score holds while a re-encode
     smooths it away, so ``auto --drop-noise`` goes above the VMAF-95 search, and the encode
-    still keeps what the copy had against the master: VMAF >= min(95, T - 5). The default, and
-    --guard 0, do not lift."""
+    still keeps what the copy had against the master: VMAF >= min(95, T - 5). The default does
+    not lift."""
     master, _ = master_and_upload
     opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
     scorer = lad.Scorer()
@@ -174,9 +175,6 @@ def test_drop_noise_lifts_a_noisy_copy_above_the_vmaf_search_and_keeps_it(master
     _assert_keeps_what_it_had(master, noisy_copy, auto.crf, ffmpeg_exe, tmp_path)
     default = lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", **opts), scorer)
     assert default.crf <= vmaf95.crf and "lifted" not in default.target.rule
-    with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --guard 0"):
-        lad.Job(noisy_copy, lad.PickOptions(mode="auto", drop_noise=True, guard=0, **opts),
-                scorer)
     with pytest.raises(lad.LadderArgumentError, match="--drop-noise with --mode vmaf"):
         lad.Job(noisy_copy, lad.PickOptions(mode="vmaf", drop_noise=True, **opts), scorer)
     # Fitted on x264 ladders: with another encoder the user is warned, not refused.
@@ -209,8 +207,9 @@ def test_the_lift_stops_at_the_highest_crf_where_the_score_holds(noisy_copy, tmp
                                                                  monkeypatch):
     """A stand-in model whose score holds down to the bitrate between CRF p + 3 and p + 4,
     where p is the VMAF-95 pick on the noisy copy: with --drop-noise the lift's search goes up
-    from p and stops at p + 3. Not without it, not on an input under AUTO_LIFT_NOISE, nor on
-    one the guard spares."""
+    from p and stops at p + 3, with the guard or without it (--guard 0: the lift is not the
+    guard). Not without --drop-noise, not on an input under AUTO_LIFT_NOISE, nor on one the
+    guard spares."""
     opts = {"cache": tmp_path / "cache", "temp_dir": tmp_path / "w"}
     p = lad.pick_file(noisy_copy, lad.PickOptions(mode="vmaf", **opts), _Flat()).crf
     with lad.Job(noisy_copy, lad.PickOptions(**opts), _Flat()).ladder() as ladder:
@@ -219,6 +218,8 @@ def test_the_lift_stops_at_the_highest_crf_where_the_score_holds(noisy_copy, tmp
     lift = lad.PickOptions(mode="auto", drop_noise=True, **opts)
     auto = lad.pick_file(noisy_copy, lift, scorer)
     assert auto.crf == p + 3 and "lifted to CRF" in auto.target.rule, auto.target.rule
+    unguarded = lad.pick_file(noisy_copy, replace(lift, guard=0), scorer)
+    assert unguarded.crf == p + 3 and "capped" not in unguarded.target.rule
     assert lad.pick_file(noisy_copy, lad.PickOptions(mode="auto", **opts), scorer).crf == p
     with monkeypatch.context() as m:
         m.setattr(lad, "AUTO_LIFT_NOISE", 99.0)  # the copy no longer reads as noisy

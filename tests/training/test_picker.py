@@ -268,8 +268,9 @@ def test_auto_rule_lifts_a_noisy_input_up_to_where_the_models_score_holds():
     assert cat.auto_rule(lift=(8.0, 0.12), **on)(master) == 20  # not noisy enough
     # A lift that takes the masters' grain too: the score, 3.9 at 23, still holds there.
     assert cat.auto_rule(lift=(4.0, 0.12), **on)(master) == 23 and not master.success(23)
-    # The lift goes with the guard (--guard 0), and spares what the guard spares.
-    assert cat.auto_rule(lift=(8.0, 0.12), **{**on, "guard": None})(up) == 20
+    # The lift stands without the guard (--guard 0), and spares what the guard spares.
+    assert cat.auto_rule(lift=(8.0, 0.12), **{**on, "guard": None})(up) == 28
+    assert cat.auto_rule(**{**on, "guard": None})(up) == 20
     assert cat.auto_rule(lift=(8.0, 0.12), **{**on, "spare": 1.0})(up) == 20
 
 
@@ -282,6 +283,9 @@ def test_fit_auto_lifts_the_noisy_uploads_and_not_the_grainy_masters():
     by = {r["lift"]: r for r in rows}
     assert by[None]["met"] and by[None]["uploads_median"] > 2.5
     assert not by[(4.0, 0.12)]["met"] and by[(4.0, 0.12)]["masters_success"] == 0.0
+    # Without a guard the fit replays the lift as the tool makes it: on its own.
+    best, rows = picker.fit_auto(_lift_catalog(), {**grid, "guard": (None,)})
+    assert best["lift"] == (8.0, 0.12) and rows[0]["uploads_median"] == pytest.approx(1.0)
 
 
 def test_fit_lift_takes_the_cheapest_lift_that_keeps_every_upload_the_default_keeps():
